@@ -1,0 +1,1 @@
+"""pipeline: a declarative runner for streaming ETL on Amazon Kinesis."""

@@ -1,0 +1,1 @@
+"""Targets: the embedded local backend and AWS."""

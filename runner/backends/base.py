@@ -1,0 +1,211 @@
+"""The interface the engine, provisioning and produce/consume use, whatever the target.
+
+A backend speaks Kinesis' vocabulary (streams, shards, iterators, sequence numbers) so that the
+engine is written once. `local.py` keeps these semantics in one SQLite file; `aws.py` maps them
+onto boto3.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# The Kinesis limits the engine and producers batch against.
+MAX_RECORD_BYTES = 1024 * 1024  # data plus partition key
+MAX_BATCH_RECORDS = 500
+MAX_BATCH_BYTES = 5 * 1024 * 1024
+MAX_PARTITION_KEY_CHARS = 256
+MAX_GET_RECORDS = 10_000
+
+# A checkpoint value meaning "this closed shard was read to its end".
+SHARD_END = "SHARD_END"
+
+ITERATOR_TYPES = (
+    "TRIM_HORIZON",
+    "LATEST",
+    "AT_SEQUENCE_NUMBER",
+    "AFTER_SEQUENCE_NUMBER",
+    "AT_TIMESTAMP",
+)
+
+
+class BackendError(Exception):
+    """A failure of the target the user can act on; its text is one line, no credentials."""
+
+
+class StreamNotFound(BackendError):
+    pass
+
+
+class IteratorExpired(BackendError):
+    """The shard iterator is too old; get a new one from the checkpoint."""
+
+
+class Throttled(BackendError):
+    """The shard or account is over its limits; slow down and try again."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    starting_hash_key: int
+    ending_hash_key: int
+    starting_sequence: str
+    ending_sequence: str | None = None  # set once the shard is closed
+    parent_shard_id: str | None = None
+    adjacent_parent_shard_id: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ending_sequence is None
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    name: str
+    status: str  # CREATING, ACTIVE, UPDATING, DELETING
+    open_shard_count: int
+    retention_hours: int
+
+
+@dataclass(frozen=True)
+class Record:
+    sequence: str
+    partition_key: str
+    data: bytes
+    arrival: datetime.datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    records: list[Record]
+    next_iterator: str | None  # None once a closed shard has been read to its end
+    millis_behind: int
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """One entry of a PutRecords answer: a sequence number, or an error for that entry only."""
+
+    shard_id: str | None = None
+    sequence: str | None = None
+    error_code: str | None = None  # e.g. ProvisionedThroughputExceededException
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
+@dataclass(frozen=True)
+class FirehoseDescription:
+    name: str
+    stream: str  # source stream name
+    bucket: str
+    prefix: str
+    error_prefix: str
+    buffer_size_mb: int
+    buffer_interval_s: int
+    compression: str
+
+
+class Backend(abc.ABC):
+    """What every target offers. Names are resource names, never spec keys."""
+
+    name: str  # "local" or "aws"
+    region: str
+    # True when the target delivers Firehose streams itself (AWS); otherwise `run` does it.
+    delivers_firehoses: bool
+
+    @property
+    @abc.abstractmethod
+    def account_id(self) -> str: ...
+
+    # Streams
+    @abc.abstractmethod
+    def describe_stream(self, name: str) -> StreamDescription | None: ...
+
+    @abc.abstractmethod
+    def create_stream(self, name: str, shards: int) -> None:
+        """Create the stream and return once it is ACTIVE."""
+
+    @abc.abstractmethod
+    def update_shard_count(self, name: str, shards: int) -> None:
+        """Reshard to `shards` open shards; the old ones close and become parents."""
+
+    @abc.abstractmethod
+    def delete_stream(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_shards(self, stream: str) -> list[Shard]:
+        """Every shard the stream still retains, open and closed, parents before children."""
+
+    @abc.abstractmethod
+    def get_shard_iterator(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> str: ...
+
+    @abc.abstractmethod
+    def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
+        """Raises IteratorExpired, Throttled or StreamNotFound."""
+
+    @abc.abstractmethod
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        """Put (data, partition_key) entries; one result per entry, in order.
+
+        Raises BackendError for a request Kinesis would refuse whole (too many entries, too
+        many bytes, a record over 1 MiB) and Throttled when the whole call is throttled.
+        """
+
+    # Checkpoints: the last sequence number of a shard that is durably handled.
+    @abc.abstractmethod
+    def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
+        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+
+    @abc.abstractmethod
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        """Record progress; a checkpoint never moves backwards (an older one is ignored)."""
+
+    # Buckets
+    @abc.abstractmethod
+    def bucket_exists(self, name: str) -> bool: ...
+
+    @abc.abstractmethod
+    def create_bucket(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def delete_bucket(self, name: str) -> None:
+        """Delete the bucket and every object in it."""
+
+    @abc.abstractmethod
+    def put_object(self, bucket: str, key: str, body: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """Keys under `prefix`, sorted."""
+
+    @abc.abstractmethod
+    def get_object(self, bucket: str, key: str) -> bytes: ...
+
+    # Firehose delivery streams
+    @abc.abstractmethod
+    def describe_firehose(self, name: str) -> FirehoseDescription | None: ...
+
+    @abc.abstractmethod
+    def create_firehose(self, firehose: FirehoseDescription) -> None: ...
+
+    @abc.abstractmethod
+    def update_firehose(self, firehose: FirehoseDescription) -> None: ...
+
+    @abc.abstractmethod
+    def delete_firehose(self, name: str) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - most backends have nothing to release
+        """Release connections; the default has nothing to release."""

@@ -1,0 +1,316 @@
+"""A spec file as a document: YAML read with the position of every value, `${...}` replaced,
+and the shape checked against the JSON Schema. Every problem names FILE:LINE:COL and the path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_FILE = "pipeline.schema.json"
+
+SpecPath = tuple  # a path in the spec: keys and list indexes
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def schema() -> dict:
+    """The JSON Schema of a spec, as shipped inside the package."""
+    return json.loads(resources.files("runner").joinpath(SCHEMA_FILE).read_text("utf-8"))
+
+
+class Reader:
+    """Parses YAML into plain values, remembering where each value and key stands."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.marks: dict[SpecPath, tuple[int, int]] = {}
+        self.key_marks: dict[SpecPath, tuple[int, int]] = {}
+        self.problems: list[tuple[int, int, str]] = []
+
+    def problem(
+        self,
+        path: SpecPath,
+        message: str,
+        *,
+        at_key: bool = False,
+        mark: tuple[int, int] | None = None,
+    ) -> None:
+        """Note a problem at the node of `path` (or its key, or `mark`)."""
+        if mark is None:
+            mark = (self.key_marks if at_key else self.marks).get(path) or self._nearest(path)
+        where = format_path(path)
+        line, col = mark
+        self.problems.append(
+            (line, col, f"{self.path}:{line}:{col}: {where + ': ' if where else ''}{message}")
+        )
+
+    def _nearest(self, path: SpecPath) -> tuple[int, int]:
+        while path and path not in self.marks:
+            path = path[:-1]
+        return self.marks.get(path, (1, 1))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise SpecError(list(dict.fromkeys(text for _, _, text in sorted(self.problems))))
+
+    def fail(self, line: int, col: int, message: str) -> SpecError:
+        return SpecError([f"{self.path}:{line}:{col}: {message}"])
+
+    def read(self) -> Any:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raise SpecError([f"{self.path}: no such file"]) from None
+        except IsADirectoryError:
+            raise SpecError([f"{self.path}: is a directory, not a spec file"]) from None
+        except OSError as error:
+            raise SpecError([f"{self.path}: cannot read: {error.strerror}"]) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SpecError(
+                [f"{self.path}: not a text file (not UTF-8 at byte {error.start})"]
+            ) from None
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise self.fail(
+                    1,
+                    1,
+                    "the spec is empty; expected a mapping with pipeline, resources and source",
+                )
+            return self._value(loader, node, (), set())
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = error.problem or error.context or "invalid YAML"
+            raise self.fail(line, col, f"invalid YAML: {problem}") from None
+        except yaml.YAMLError as error:
+            raise SpecError([f"{self.path}: invalid YAML: {error}"]) from None
+        finally:
+            loader.dispose()
+
+    def _value(self, loader: yaml.SafeLoader, node: yaml.Node, path: SpecPath, active: set) -> Any:
+        self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if id(node) in active:
+            self.problem(path, "an alias refers to itself")
+            return None
+        if isinstance(node, yaml.MappingNode):
+            active.add(id(node))
+            loader.flatten_mapping(node)
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                mark = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if not isinstance(key, str):
+                    key = str(key)
+                child = path + (key,)
+                if key in result:
+                    first_line = self.key_marks[child][0]
+                    self.problem(
+                        child, f"duplicate key '{key}' (first at line {first_line})", mark=mark
+                    )
+                    continue
+                self.key_marks[child] = mark
+                result[key] = self._value(loader, value_node, child, active)
+            active.discard(id(node))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            active.add(id(node))
+            items = [
+                self._value(loader, item, path + (index,), active)
+                for index, item in enumerate(node.value)
+            ]
+            active.discard(id(node))
+            return items
+        value = loader.construct_object(node, deep=True)
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()  # a YAML timestamp the user meant as text
+        if isinstance(value, bytes):
+            self.problem(path, "binary values are not supported")
+            return None
+        return value
+
+
+_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Interpolator:
+    """Replaces ${var}, ${env:NAME}, ${account_id} and ${region} in every text value."""
+
+    def __init__(self, reader, document, region, account_id, environ) -> None:
+        self.reader = reader
+        self.document = document
+        self.environ = environ
+        self._account_id = account_id
+        self._account_value: str | None = None
+        self.vars: dict[str, Any] = {}
+        raw_region = document.get("region") if isinstance(document, dict) else None
+        self.region = region or (raw_region if isinstance(raw_region, str) else "us-east-1")
+
+    def run(self) -> Any:
+        document = self.document
+        if not isinstance(document, dict):
+            return document
+        declared = document.get("vars")
+        if isinstance(declared, dict):
+            for name, value in declared.items():
+                path = ("vars", name)
+                if not _VAR_NAME.match(name):
+                    self.reader.problem(
+                        path,
+                        "a var name is letters, digits and _, not starting with a digit",
+                        at_key=True,
+                    )
+                self.vars[name] = self.value(value, path)
+        return {
+            key: value if key == "vars" else self.value(value, (key,))
+            for key, value in document.items()
+        }
+
+    def value(self, value: Any, path: SpecPath) -> Any:
+        if isinstance(value, dict):
+            return {key: self.value(item, path + (key,)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.value(item, path + (index,)) for index, item in enumerate(value)]
+        if isinstance(value, str) and "$" in value:
+            return self.text(value, path)
+        return value
+
+    def text(self, text: str, path: SpecPath) -> Any:
+        whole = _REFERENCE.fullmatch(text)
+        if whole and whole.group(1) is not None:
+            # "${count}" alone keeps the var's type, so `shards: ${count}` stays a number.
+            return self.resolve(whole.group(1), path)
+        return _REFERENCE.sub(
+            lambda match: (
+                "$" if match.group(1) is None else str(self.resolve(match.group(1), path))
+            ),
+            text,
+        )
+
+    def resolve(self, name: str, path: SpecPath) -> Any:
+        if name.startswith("env:"):
+            variable = name[4:]
+            if variable in self.environ:
+                return self.environ[variable]
+            self.reader.problem(path, f"${{{name}}}: environment variable {variable} is not set")
+            return ""
+        if name == "region":
+            return self.region
+        if name == "account_id":
+            if self._account_value is None:
+                self._account_value = self._account_id()
+            return self._account_value
+        if name in self.vars:
+            return self.vars[name]
+        known = ", ".join(sorted(self.vars)) or "none"
+        self.reader.problem(
+            path,
+            f"unresolved ${{{name}}} (vars: {known}; "
+            "also ${env:NAME}, ${account_id}, ${region})",
+        )
+        return ""
+
+
+_TYPE_WORDS = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "nothing",
+}
+
+
+def _type_word(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"text {value!r}"
+    return repr(value)
+
+
+def validate_shape(reader: Reader, document: Any) -> None:
+    validator = jsonschema.Draft202012Validator(schema())
+    for error in sorted(
+        validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
+    ):
+        path = tuple(error.absolute_path)
+        for message, problem_path, at_key in _describe(error, path):
+            reader.problem(problem_path, message, at_key=at_key)
+
+
+def _describe(
+    error: jsonschema.ValidationError, path: SpecPath
+) -> Iterator[tuple[str, SpecPath, bool]]:
+    kind, subschema, instance = error.validator, error.schema, error.instance
+    title = subschema.get("title")
+    if kind == "additionalProperties":
+        allowed = sorted(subschema.get("properties", {}))
+        for key in sorted(set(instance) - set(allowed)):
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+            yield (
+                f"unknown key '{key}' ({suggestion}expected one of: {', '.join(allowed)})",
+                path + (key,),
+                True,
+            )
+    elif kind == "required":
+        missing = error.validator_value
+        for key in missing:
+            if key not in instance:
+                yield f"missing required key '{key}'", path, False
+    elif kind == "type":
+        expected = error.validator_value
+        expected = [expected] if isinstance(expected, str) else expected
+        words = " or ".join(_TYPE_WORDS[name] for name in expected)
+        yield f"expected {words}, got {_type_word(instance)}", path, False
+    elif kind == "enum":
+        options = ", ".join(str(option) for option in error.validator_value)
+        yield f"expected one of: {options}; got {_type_word(instance)}", path, False
+    elif kind in ("minimum", "maximum"):
+        bound = "at least" if kind == "minimum" else "at most"
+        yield f"expected {bound} {error.validator_value}, got {instance}", path, False
+    elif kind in ("minItems", "minProperties", "minLength") and not title:
+        yield "must not be empty", path, False
+    elif title:
+        yield f"expected {title}, got {_type_word(instance)}", path, False
+    else:
+        yield error.message, path, False
+
+
+def format_path(path: SpecPath) -> str:
+    """('route', 'cases', 0, 'to') -> 'route.cases[0].to'."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text

@@ -1,0 +1,68 @@
+"""`pipeline preview`: what a spec does to JSON records, with no stream at all."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import IO
+
+from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
+from runner.spec import Spec, SpecError
+
+
+def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = False) -> int:
+    """Run every non-blank line through the spec and describe its fate; returns 0."""
+    if spec.route is None:
+        raise SpecError([f"{spec.path}: has no route, so there is nothing to preview"])
+    journey = Journey(spec)
+    counts: Counter[str] = Counter()
+    number = 0
+    for line in lines:
+        data = line.rstrip(b"\r\n")
+        if not data.strip():
+            continue
+        number += 1
+        outcome = journey.process(data)
+        if outcome.kind == DEAD_LETTER:
+            counts["dead-lettered"] += 1
+            fate = {"dead_letter": outcome.reason}
+            text = f"record {number}: dead letter: {outcome.reason}"
+        elif outcome.kind == DROPPED:
+            counts["dropped"] += 1
+            fate = {"dropped": outcome.reason}
+            text = f"record {number}: dropped: {outcome.reason}"
+        elif outcome.kind == FILTERED:
+            counts["filtered"] += 1
+            fate = {"filtered": True}
+            text = f"record {number}: filtered"
+        else:
+            counts.update(f"to {sink}" for sink in outcome.sinks)
+            record = outcome.payload.decode("utf-8").rstrip("\n")
+            routes = [
+                {
+                    "to": sink,
+                    "stream": spec.streams[sink].name,
+                    "partition_key": outcome.partition_key,
+                }
+                for sink in outcome.sinks
+            ]
+            fate = {"routes": routes, "record": json.loads(record)}
+            text = (
+                "\n".join(
+                    f"record {number}: to {r['to']} ({r['stream']}), "
+                    f"partition key {r['partition_key']!r}"
+                    for r in routes
+                )
+                + f"\n  {record}"
+            )
+        if jsonl:
+            out.write(json.dumps({"record": number, **fate}, ensure_ascii=False) + "\n")
+        else:
+            out.write(text + "\n")
+    if not jsonl:
+        tally = ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
+        out.write(
+            f"{number} record{'' if number == 1 else 's'}" + (f": {tally}" if tally else "") + "\n"
+        )
+    return 0

@@ -1,0 +1,69 @@
+"""Routing: a transformed record's cases become sink decisions (stream key, partition key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runner.backends.base import MAX_PARTITION_KEY_CHARS
+from runner.expressions import Expression, SearchError, is_true, json_type
+
+
+class RouteError(ValueError):
+    """Routing failed on one record; the text is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class Case:
+    to: str  # a key of resources.streams
+    when: Expression | None = None
+    continue_: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    partition_key: Expression
+    cases: tuple[Case, ...]
+    unmatched: str = "dead_letter"  # or "drop"
+    newline: bool = True
+
+    def decide(self, record: Any) -> tuple[list[str], str]:
+        """The sink stream keys the record goes to (empty: no case took it) and its key."""
+        sinks = []
+        for index, case in enumerate(self.cases):
+            if case.when is not None:
+                try:
+                    taken = is_true(case.when.search(record))
+                except SearchError as error:
+                    raise RouteError(f"route.cases[{index}].when: {error}") from None
+                if not taken:
+                    continue
+            sinks.append(case.to)
+            if not case.continue_:
+                break
+        if not sinks:
+            return sinks, ""
+        return sinks, self.key_of(record)
+
+    def key_of(self, record: Any) -> str:
+        """The record's partition key: the expression's text or number, 1-256 characters."""
+        try:
+            value = self.partition_key.search(record)
+        except SearchError as error:
+            raise RouteError(f"route.partition_key: {error}") from None
+        if isinstance(value, str):
+            key = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            key = str(value)
+        else:
+            raise RouteError(
+                f"route.partition_key gave {json_type(value)}, expected text or a number"
+            )
+        if not key:
+            raise RouteError("route.partition_key gave empty text")
+        if len(key) > MAX_PARTITION_KEY_CHARS:
+            raise RouteError(
+                f"route.partition_key gave {len(key)} characters, "
+                f"at most {MAX_PARTITION_KEY_CHARS} allowed"
+            )
+        return key

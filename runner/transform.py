@@ -1,0 +1,84 @@
+"""Transform steps: a record (a JSON object) in, the record out, or a reason it cannot be.
+
+Each step is built once from the spec; `apply` runs on every record and mutates it in place,
+since each record is freshly decoded and owned by its journey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runner.expressions import Expression, SearchError, is_true
+
+
+class TransformError(ValueError):
+    """A step failed on one record; the text is the dead-letter reason."""
+
+
+class Filtered(Exception):
+    """A filter step dropped the record."""
+
+
+@dataclass(frozen=True)
+class SetStep:
+    """Set attributes to expression values, all computed on the record as it enters."""
+
+    path: str  # e.g. transform[0].set, for reasons
+    assignments: tuple[tuple[str, Expression], ...]
+
+    def apply(self, record: dict) -> None:
+        values = []
+        for name, expression in self.assignments:
+            try:
+                values.append(expression.search(record))
+            except SearchError as error:
+                raise TransformError(f"{self.path}.{name}: {error}") from None
+        for (name, _), value in zip(self.assignments, values, strict=True):
+            record[name] = value
+
+
+@dataclass(frozen=True)
+class RemoveStep:
+    path: str
+    names: tuple[str, ...]
+
+    def apply(self, record: dict) -> None:
+        for name in self.names:
+            record.pop(name, None)
+
+
+@dataclass(frozen=True)
+class RenameStep:
+    path: str
+    names: tuple[tuple[str, str], ...]  # (old, new)
+
+    def apply(self, record: dict) -> None:
+        for old, new in self.names:
+            if old in record:
+                record[new] = record.pop(old)
+
+
+@dataclass(frozen=True)
+class FilterStep:
+    path: str
+    condition: Expression
+
+    def apply(self, record: dict) -> None:
+        try:
+            keep = is_true(self.condition.search(record))
+        except SearchError as error:
+            raise TransformError(f"{self.path}: {error}") from None
+        if not keep:
+            raise Filtered()
+
+
+Step = SetStep | RemoveStep | RenameStep | FilterStep
+
+
+def apply(steps: Sequence[Step], record: dict) -> dict[str, Any]:
+    """Run every step on `record`; raises TransformError or Filtered."""
+    for step in steps:
+        step.apply(record)
+    return record

@@ -1,0 +1,94 @@
+import json
+
+from click.testing import CliRunner
+from conftest import MINIMAL, PIPELINES
+
+from runner.cli import cli
+
+SAMPLE = (
+    '{"session_id": "a1", "customer_number": 100, "city": "Washington", "country": "USA", '
+    '"credit_limit": 1000, "browse_history": [{"product_code": "Product1", "quantity": 2, '
+    '"in_shopping_cart": true}, {"product_code": "Product2", "quantity": 1, '
+    '"in_shopping_cart": false}]}'
+)
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def test_validate_the_shipped_specs():
+    result = invoke(
+        "validate", str(PIPELINES / "cli-router.yaml"), str(PIPELINES / "ecommerce.yaml")
+    )
+    assert result.exit_code == 0
+    assert result.output == (
+        f"{PIPELINES / 'cli-router.yaml'}: ok: pipeline de-c2w2lab1-cli, 1 stream, 0 buckets, "
+        "0 firehoses, 0 transform steps, no route\n"
+        f"{PIPELINES / 'ecommerce.yaml'}: ok: pipeline de-c2w2lab1-etl, 3 streams, 2 buckets, "
+        "2 firehoses, 1 transform step, 2 route cases\n"
+    )
+
+
+def test_validate_lists_the_problems_of_every_spec_and_exits_2(write_spec):
+    good = write_spec(MINIMAL, "good.yaml")
+    bad = write_spec(MINIMAL.replace("to: usa", "to: nowhere"), "bad.yaml")
+    missing = good.parent / "missing.yaml"
+    result = invoke("validate", str(bad), str(good), str(missing))
+    assert result.exit_code == 2
+    assert result.stdout.startswith(f"{good}: ok: pipeline shop")
+    assert result.stderr == (
+        f"{bad}:13:11: route.cases[0].to: unknown stream 'nowhere' "
+        "(streams: source, usa, other)\n"
+        f"{missing}: no such file\n"
+    )
+
+
+def test_preview_shows_the_scenario_records_route_and_attributes(fixed_clock):
+    result = invoke("preview", str(PIPELINES / "ecommerce.yaml"), "-", input=SAMPLE + "\n")
+    assert result.exit_code == 0, result.output
+    added = (
+        ',"processing_timestamp":"2026-11-26T12:00:00+00:00","overall_product_quantity":3,'
+        '"overall_in_shopping_cart":2,"total_different_products":2}'
+    )
+    compact = json.dumps(json.loads(SAMPLE), separators=(",", ":"))
+    assert result.output == (
+        "record 1: to usa (de-c2w2lab1-usa-data-stream), partition key 'a1'\n"
+        f"  {compact[:-1]}{added}\n"
+        "1 record: 1 to usa\n"
+    )
+
+
+def test_preview_sends_other_countries_international_and_bad_lines_to_the_dead_letter(
+    fixed_clock,
+):
+    french = SAMPLE.replace('"USA"', '"France"').replace('"a1"', '"b7"')
+    lines = "\n".join([french, '{"country": 5}', "not json", "[1, 2]", ""]) + "\n"
+    result = invoke("preview", "--jsonl", str(PIPELINES / "ecommerce.yaml"), input=lines)
+    assert result.exit_code == 0, result.output
+    outputs = [json.loads(line) for line in result.output.splitlines()]
+    assert outputs[0]["routes"] == [
+        {
+            "to": "international",
+            "stream": "de-c2w2lab1-international-data-stream",
+            "partition_key": "b7",
+        }
+    ]
+    assert outputs[0]["record"]["overall_product_quantity"] == 3
+    assert outputs[1]["dead_letter"].startswith("transform[0].set.overall_product_quantity: ")
+    assert outputs[2:] == [
+        {"record": 3, "dead_letter": "not JSON: Expecting value at column 1"},
+        {"record": 4, "dead_letter": "not a JSON object: got an array"},
+    ]
+
+
+def test_preview_of_a_spec_without_a_route_is_refused():
+    result = invoke("preview", str(PIPELINES / "cli-router.yaml"), input="{}\n")
+    assert result.exit_code == 2
+    assert "has no route, so there is nothing to preview" in result.output
+
+
+def test_schema_prints_the_json_schema():
+    result = invoke("schema")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["title"] == "a pipeline spec"

@@ -1,0 +1,65 @@
+import uuid
+
+import pytest
+
+from runner import expressions
+from runner.expressions import ExpressionError, SearchError
+
+
+def test_added_functions_give_time_ids_and_case(fixed_clock):
+    record = {"city": "Washington"}
+    assert expressions.compile("now()").search(record) == "2026-11-26T12:00:00+00:00"
+    assert expressions.compile("epoch()").search(record) == 1795694400
+    assert expressions.compile("epoch_ms()").search(record) == 1795694400000
+    assert expressions.compile("upper(city)").search(record) == "WASHINGTON"
+    assert expressions.compile("lower(city)").search(record) == "washington"
+    first, second = (expressions.compile("uuid()").search(record) for _ in range(2))
+    assert uuid.UUID(first).version == 4 and first != second
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("country ==", "invalid expression: Invalid jmespath expression at column 11"),
+        (
+            "nope(a)",
+            "unknown function nope() (functions: abs, avg, ceil, contains, ends_with, "
+            "epoch, epoch_ms, floor, join, keys, length, lower, map, max, max_by, merge, min, "
+            "min_by, not_null, now, reverse, sort, sort_by, starts_with, sum, to_array, "
+            "to_number, to_string, type, upper, uuid, values)",
+        ),
+        ("uper(city)", "unknown function uper(); did you mean upper()?"),
+        ("length(a, b)", "length() takes 1 argument, 2 given"),
+        ("now(a)", "now() takes 0 arguments, 1 given"),
+        ("merge()", "merge() takes at least 1 argument, 0 given"),
+        ("[a, sum(b, c)]", "sum() takes 1 argument, 2 given"),
+    ],
+)
+def test_compile_refuses_syntax_unknown_functions_and_arity(text, message):
+    with pytest.raises(ExpressionError) as caught:
+        expressions.compile(text)
+    assert str(caught.value) == message
+
+
+def test_a_type_error_is_raised_when_searching_a_record():
+    with pytest.raises(SearchError):
+        expressions.compile("sum(browse_history[].quantity)").search({"browse_history": "x"})
+
+
+@pytest.mark.parametrize(
+    "value, truth",
+    [
+        (None, False),
+        (False, False),
+        ("", False),
+        ([], False),
+        ({}, False),
+        (0, True),
+        ("a", True),
+        ([0], True),
+        ({"a": None}, True),
+        (True, True),
+    ],
+)
+def test_truthiness_is_jmespaths(value, truth):
+    assert expressions.is_true(value) is truth

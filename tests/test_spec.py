@@ -1,0 +1,245 @@
+import pytest
+from conftest import MINIMAL, PIPELINES
+
+from runner import spec
+from runner.spec import SpecError
+
+
+def problems(path, **kwargs):
+    with pytest.raises(SpecError) as caught:
+        spec.load(path, **kwargs)
+    return caught.value.problems
+
+
+def test_the_scenario_spec_declares_every_name_and_setting_of_the_scenario():
+    loaded = spec.load(PIPELINES / "ecommerce.yaml", account_id=lambda: "123456789012")
+
+    assert loaded.pipeline == "de-c2w2lab1-etl"
+    assert loaded.region == "us-east-1"
+    assert {key: (s.name, s.shards) for key, s in loaded.streams.items()} == {
+        "source": ("de-c2w2lab1-kinesis-data-stream", 1),
+        "usa": ("de-c2w2lab1-usa-data-stream", 2),
+        "international": ("de-c2w2lab1-international-data-stream", 2),
+    }
+    assert {key: b.name for key, b in loaded.buckets.items()} == {
+        "usa": "de-c2w2lab1-123456789012-usa",
+        "international": "de-c2w2lab1-123456789012-int",
+    }
+    usa = loaded.firehoses["usa"]
+    assert (usa.name, usa.stream, usa.bucket) == ("de-c2w2lab1-firehose-usa", "usa", "usa")
+    assert (usa.prefix, usa.error_prefix) == ("firehose/", "errors/")
+    assert (usa.buffer_size_mb, usa.buffer_interval_s, usa.compression) == (1, 60, "UNCOMPRESSED")
+    assert (usa.log_group, usa.log_stream) == (
+        "de-c2w2lab1-firehose-usa-log-group",
+        "de-c2w2lab1-usa-firehose-log-stream",
+    )
+    international = loaded.firehoses["international"]
+    assert international.name == "de-c2w2lab1-firehose-international"
+    assert (international.log_group, international.log_stream) == (
+        "de-c2w2lab1-firehose-international-log-group",
+        "de-c2w2lab1-international-firehose-log-stream",
+    )
+    assert {f.role for f in loaded.firehoses.values()} == {"de-c2w2lab1-firehose-role"}
+    assert loaded.source.stream == "source" and loaded.source.start == "trim_horizon"
+    assert [case.to for case in loaded.route.cases] == ["usa", "international"]
+    assert loaded.route.partition_key.text == "session_id"
+
+
+def test_the_plain_producer_consumer_spec_declares_one_stream_and_no_route():
+    loaded = spec.load(PIPELINES / "cli-router.yaml")
+    assert [s.name for s in loaded.streams.values()] == ["de-c2w2lab1-kinesis-data-stream-cli"]
+    assert loaded.route is None
+
+
+def test_a_mistyped_key_is_named_where_it_stands_with_a_suggestion(write_spec):
+    path = write_spec(MINIMAL.replace("    - when: country", "    - wehn: country"))
+    assert problems(path) == [
+        f"{path}:12:7: route.cases[0].wehn: unknown key 'wehn' "
+        "(did you mean 'when'? expected one of: continue, to, when)"
+    ]
+
+
+def test_every_semantic_problem_is_listed_at_its_node(write_spec):
+    path = write_spec(
+        MINIMAL.replace("to: usa", "to: usaa")
+        .replace("    - to: other", "    - to: source")
+        .replace("country == 'USA'", "country == ")
+    )
+    assert problems(path) == [
+        f"{path}:12:13: route.cases[0].when: 'country ==': invalid expression: "
+        "Invalid jmespath expression at column 11",
+        f"{path}:13:11: route.cases[0].to: unknown stream 'usaa' (streams: source, usa, other)",
+        f"{path}:14:11: route.cases[1].to: a route cannot be the source stream 'source': "
+        "records would loop back into it",
+    ]
+
+
+def test_an_unknown_function_and_a_wrong_arity_are_refused_at_load(write_spec):
+    path = write_spec(
+        MINIMAL + "transform:\n  - set:\n      a: summ(items)\n      b: length(items, items)\n"
+    )
+    assert problems(path) == [
+        f"{path}:17:10: transform[0].set.a: 'summ(items)': unknown function summ(); "
+        "did you mean sum()?",
+        f"{path}:18:10: transform[0].set.b: 'length(items, items)': "
+        "length() takes 1 argument, 2 given",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "1:1: the spec is empty; expected a mapping with pipeline, resources and source"),
+        ("pipeline: [", "1:12: invalid YAML: expected the node content, but found '<stream end>'"),
+        ("- a\n- b\n", "1:1: expected a mapping, got a list"),
+        ("just text", "1:1: expected a mapping, got text 'just text'"),
+    ],
+)
+def test_a_file_that_is_no_spec_at_all_gets_one_clear_line(write_spec, text, message):
+    path = write_spec(text)
+    assert problems(path) == [f"{path}:{message}"]
+
+
+def test_missing_files_directories_and_binary_junk_are_named(tmp_path):
+    assert problems(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such file"]
+    assert problems(tmp_path) == [f"{tmp_path}: is a directory, not a spec file"]
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(b"pipeline: x\n\xff\xfe\x00")
+    assert problems(junk) == [f"{junk}: not a text file (not UTF-8 at byte 12)"]
+
+
+def test_wrong_types_and_missing_keys_are_each_reported(write_spec):
+    path = write_spec(
+        "pipeline: 5\n"
+        "resources:\n"
+        "  streams:\n"
+        "    source: {name: in, shards: two}\n"
+        "    out: [in]\n"
+        "source: {stream: source}\n"
+        "route: {cases: [{to: out}]}\n"
+    )
+    assert problems(path) == [
+        f"{path}:1:11: pipeline: expected text, got 5",
+        f"{path}:4:32: resources.streams.source.shards: expected a whole number, got text 'two'",
+        f"{path}:5:10: resources.streams.out: expected a mapping, got a list",
+        f"{path}:7:8: route: missing required key 'partition_key'",
+    ]
+
+
+def test_duplicate_keys_are_refused_with_both_lines(write_spec):
+    path = write_spec(MINIMAL + "pipeline: again\n")
+    assert problems(path) == [f"{path}:15:1: pipeline: duplicate key 'pipeline' (first at line 1)"]
+
+
+def test_vars_env_region_and_account_id_are_interpolated(write_spec):
+    path = write_spec(
+        MINIMAL.replace("pipeline: shop", "pipeline: shop\nvars: {p: '${env:TEAM}-x', n: 3}")
+        .replace("name: in,", "name: '${p}-${region}-${account_id}',")
+        .replace("shards: 2", "shards: '${n}'")
+    )
+    loaded = spec.load(path, environ={"TEAM": "blue"}, account_id=lambda: "111122223333")
+    assert loaded.streams["source"].name == "blue-x-us-east-1-111122223333"
+    assert loaded.streams["usa"].shards == 3
+
+
+def test_account_id_is_only_looked_up_when_the_spec_uses_it(write_spec):
+    def account_id():
+        raise AssertionError("account id looked up")
+
+    assert spec.load(write_spec(MINIMAL), account_id=account_id).pipeline == "shop"
+
+
+def test_unresolved_references_are_spec_errors(write_spec):
+    path = write_spec(MINIMAL.replace("name: in,", "name: '${nope}-${env:PIPELINE_NOT_SET}',"))
+    assert problems(path, environ={}) == [
+        f"{path}:4:20: resources.streams.source.name: "
+        "${env:PIPELINE_NOT_SET}: environment variable PIPELINE_NOT_SET is not set",
+        f"{path}:4:20: resources.streams.source.name: unresolved ${{nope}} "
+        "(vars: none; also ${env:NAME}, ${account_id}, ${region})",
+    ]
+
+
+def test_a_default_case_must_be_last(write_spec):
+    path = write_spec(
+        MINIMAL.replace("    - when: country == 'USA'\n      to: usa\n", "")
+        + "    - when: country == 'USA'\n      to: usa\n"
+    )
+    assert problems(path) == [
+        f"{path}:12:7: route.cases[0]: a case without 'when' takes every record, "
+        "so it must be the last case"
+    ]
+
+
+def test_names_must_be_unique_and_valid(write_spec):
+    path = write_spec(
+        MINIMAL.replace("usa-out", "other-out").replace("name: in,", "name: 'bad name',")
+        + "dead_letter: {stream: source}\n"
+    )
+    assert problems(path) == [
+        f"{path}:4:20: resources.streams.source.name: expected a Kinesis stream name: "
+        "1-128 characters of a-z, A-Z, 0-9, _ . -, got text 'bad name'",
+    ]
+    path = write_spec(MINIMAL.replace("usa-out", "other-out") + "dead_letter: {stream: source}\n")
+    assert problems(path) == [
+        f"{path}:6:19: resources.streams.other.name: name 'other-out' is already used by "
+        "resources.streams.usa",
+        f"{path}:15:23: dead_letter.stream: the dead letter cannot be the source stream "
+        "'source': records would loop back into it",
+    ]
+
+
+def test_bucket_names_follow_s3_rules_and_firehose_buffers_are_in_range(write_spec):
+    path = write_spec(
+        MINIMAL.replace(
+            "source:\n  stream",
+            "  buckets:\n"
+            "    a: {name: my..bucket}\n"
+            "    b: {name: My_Bucket}\n"
+            "  firehoses:\n"
+            "    f: {name: f, from: usa, to: a, buffer: {size_mb: 129, interval_s: 901}}\n"
+            "source:\n  stream",
+        )
+    )
+    assert problems(path) == [
+        f"{path}:9:15: resources.buckets.b.name: expected an S3 bucket name: 3-63 characters "
+        "of a-z, 0-9, . and -, starting and ending with a letter or digit, got text 'My_Bucket'",
+        f"{path}:11:54: resources.firehoses.f.buffer.size_mb: expected at most 128, got 129",
+        f"{path}:11:71: resources.firehoses.f.buffer.interval_s: expected at most 900, got 901",
+    ]
+    path = write_spec(
+        MINIMAL.replace(
+            "source:\n  stream",
+            "  buckets:\n    a: {name: my..bucket}\n"
+            "  firehoses:\n    f: {name: f, from: usa, to: b}\n"
+            "source:\n  stream",
+        )
+    )
+    assert problems(path) == [
+        f"{path}:8:15: resources.buckets.a.name: 'my..bucket' is not a valid S3 bucket name: "
+        "no two dots in a row",
+        f"{path}:10:33: resources.firehoses.f.to: unknown bucket 'b' (buckets: a)",
+    ]
+
+
+def test_a_start_timestamp_must_parse(write_spec):
+    path = write_spec(
+        MINIMAL.replace("  stream: source", "  stream: source\n  start: at_timestamp:soon")
+    )
+    assert problems(path) == [
+        f"{path}:9:10: source.start: 'soon' is not an ISO-8601 timestamp such as "
+        "2026-01-31T12:00:00Z"
+    ]
+
+
+def test_the_schema_ships_with_the_package_and_describes_every_property():
+    schema = spec.schema()
+
+    def walk(node, path):
+        for name, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{path}.{name} has no description"
+            walk(sub, f"{path}.{name}")
+        for sub in node.get("$defs", {}).values():
+            walk(sub, path)
+
+    walk(schema, "$")
+    assert schema["additionalProperties"] is False
