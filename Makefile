@@ -25,6 +25,21 @@ format: install
 	$(BIN)/ruff format runner tests
 	$(BIN)/ruff check --fix runner tests
 
+# The scenario end to end on the embedded local backend, in a fresh state folder of its own.
+DEMO_STATE := .pipeline/demo
+SOURCE := de-c2w2lab1-kinesis-data-stream
+demo: export PIPELINE_STATE_DIR = $(DEMO_STATE)
+demo: install
+	@rm -rf $(DEMO_STATE)
+	$(BIN)/pipeline apply pipelines/ecommerce.yaml
+	$(BIN)/pipeline produce --stream $(SOURCE) --json "$$(cat pipelines/samples/session.json)"
+	$(BIN)/pipeline produce --stream $(SOURCE) --synthetic --count 1000 --mean-gap 0 --seed 7
+	$(BIN)/pipeline run pipelines/ecommerce.yaml --until-idle 2
+	@echo; echo "Delivered files (JSON Lines, one record per line):"
+	@cd $(DEMO_STATE) && find buckets -type f | sort | xargs wc -l
+	@echo; echo "Explore it:  export PIPELINE_STATE_DIR=$(DEMO_STATE)"
+	@echo "             $(BIN)/pipeline consume --stream de-c2w2lab1-usa-data-stream --no-follow"
+
 validate: install
 	$(BIN)/pipeline validate pipelines/*.yaml
 

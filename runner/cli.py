@@ -6,13 +6,22 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
+from runner import consume as consume_module
+from runner import engine, provision
+from runner import produce as produce_module
 from runner import spec as spec_module
+from runner.backends import TARGETS
+from runner.backends.base import BackendError
+from runner.expressions import ExpressionError
+from runner.expressions import compile as compile_expression
 from runner.preview import preview as preview_records
 from runner.spec import SpecError
+from runner.target import Target
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
@@ -27,15 +36,70 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         except SpecError as error:
             click.echo(str(error), err=True)
             sys.exit(EXIT_INVALID)
+        except BackendError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_FAILURE)
         except BrokenPipeError:
-            sys.stderr.close()  # `pipeline ... | head` is fine
+            sys.stderr.close()  # `pipeline consume ... | head` is fine
             sys.exit(EXIT_OK)
+        except KeyboardInterrupt:
+            click.echo(
+                "stopped before writes finished; the next run re-reads from the last checkpoint",
+                err=True,
+            )
+            sys.exit(130)
+        finally:
+            target = kwargs.get("target")
+            if isinstance(target, Target):
+                target.close()
         sys.exit(code or EXIT_OK)
 
     return run
 
 
-spec_path = click.argument("spec", type=click.Path(dir_okay=True, path_type=str))
+def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--target and what it needs, gathered into one Target passed as `target`."""
+
+    def gather(target, state_dir, region, profile, endpoint_url, **kwargs):
+        where = Target(target, state_dir, region, profile, endpoint_url)
+        return command(target=where, **kwargs)
+
+    options = [
+        click.option(
+            "--target",
+            type=click.Choice(TARGETS),
+            default="local",
+            show_default=True,
+            envvar="PIPELINE_TARGET",
+            help="Where to act (env PIPELINE_TARGET).",
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=".pipeline",
+            show_default=True,
+            envvar="PIPELINE_STATE_DIR",
+            help="The local target's state folder (env PIPELINE_STATE_DIR).",
+        ),
+        click.option("--region", help="AWS region; default: the spec's region."),
+        click.option("--profile", help="AWS profile from your AWS config."),
+        click.option(
+            "--endpoint-url",
+            envvar="AWS_ENDPOINT_URL",
+            help="AWS endpoint, e.g. LocalStack or a moto server (env AWS_ENDPOINT_URL).",
+        ),
+    ]
+    wrapped = functools.wraps(command)(gather)
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return wrapped
+
+
+def say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+spec_argument = click.argument("spec", type=click.Path(path_type=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,13 +110,14 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(path_type=str))
+@target_options
 @reports_errors
-def validate(specs: tuple[str, ...]) -> int:
+def validate(specs: tuple[str, ...], target: Target) -> int:
     """Check specs (schema, references, expressions); touches nothing."""
     problems: list[str] = []
     for path in specs:
         try:
-            click.echo(spec_module.load(path).summary())
+            click.echo(target.load(path).summary())
         except SpecError as error:
             problems.extend(error.problems)
     if problems:
@@ -61,13 +126,197 @@ def validate(specs: tuple[str, ...]) -> int:
 
 
 @cli.command()
-@spec_path
+@spec_argument
 @click.argument("records", type=click.File("rb"), default="-")
 @click.option("--jsonl", is_flag=True, help="One JSON object per record, for scripts.")
+@target_options
 @reports_errors
-def preview(spec: str, records: Any, jsonl: bool) -> int:
+def preview(spec: str, records: Any, jsonl: bool, target: Target) -> int:
     """Show each record's route and transformed record (RECORDS: a JSONL file, - for stdin)."""
-    return preview_records(spec_module.load(spec), records, sys.stdout, jsonl=jsonl)
+    return preview_records(target.load(spec), records, sys.stdout, jsonl=jsonl)
+
+
+@cli.command()
+@spec_argument
+@target_options
+@reports_errors
+def plan(spec: str, target: Target) -> int:
+    """Show what apply would change, resource by resource."""
+    loaded = target.load(spec)
+    changes = provision.plan(loaded, target.backend(loaded.region))
+    for change in changes:
+        click.echo(change.line())
+    click.echo(provision.summary(changes, done=False))
+    return EXIT_OK
+
+
+@cli.command()
+@spec_argument
+@target_options
+@reports_errors
+def apply(spec: str, target: Target) -> int:
+    """Create what is missing and fix what differs; never deletes."""
+    loaded = target.load(spec)
+    changes = provision.apply(loaded, target.backend(loaded.region), click.echo)
+    click.echo(provision.summary(changes, done=True))
+    return EXIT_OK
+
+
+@cli.command()
+@spec_argument
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@target_options
+@reports_errors
+def destroy(spec: str, yes: bool, target: Target) -> int:
+    """Delete the spec's streams, buckets (with their objects) and firehoses."""
+    loaded = target.load(spec)
+    if not yes:
+        click.confirm(
+            f"Destroy every resource of {loaded.pipeline} on the {target.name} target, "
+            "with the records and objects in them?",
+            abort=True,
+        )
+    removed = provision.destroy(loaded, target.backend(loaded.region), click.echo)
+    click.echo(f"Destroyed {removed} resources." if removed else "Nothing to destroy.")
+    return EXIT_OK
+
+
+@cli.command()
+@spec_argument
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Stop once nothing new arrived for this long and all is flushed.",
+)
+@click.option(
+    "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N source records."
+)
+@target_options
+@reports_errors
+def run(spec: str, until_idle: float | None, max_records: int | None, target: Target) -> int:
+    """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
+    loaded = target.load(spec)
+    options = engine.RunOptions(until_idle=until_idle, max_records=max_records)
+    return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
+
+
+class PositionType(click.ParamType):
+    name = "POSITION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        try:
+            return consume_module.position(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+class ExpressionType(click.ParamType):
+    name = "EXPRESSION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        try:
+            return compile_expression(value)
+        except ExpressionError as error:
+            self.fail(f"'{value}': {error}", param, ctx)
+
+
+@cli.command()
+@click.option("--stream", required=True, help="The stream's name.")
+@click.option("--json", "json_text", metavar="TEXT", help="Put this one JSON record.")
+@click.option(
+    "--file", "file", type=click.File("rb"), help="Put every line of this JSONL file (- for stdin)."
+)
+@click.option("--synthetic", is_flag=True, help="Put scenario-shaped browsing sessions.")
+@click.option(
+    "--count", type=click.IntRange(min=1), help="How many synthetic sessions (default: endless)."
+)
+@click.option(
+    "--mean-gap",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Mean gap between synthetic sessions, Poisson-distributed [10; 0 = as fast as possible].",
+)
+@click.option("--seed", type=int, help="Seed of the synthetic generator, for repeatable sessions.")
+@click.option(
+    "--partition-key",
+    type=ExpressionType(),
+    default="session_id",
+    show_default=True,
+    help="JMESPath expression giving each record's partition key.",
+)
+@target_options
+@reports_errors
+def produce(
+    stream: str,
+    json_text: str | None,
+    file: Any,
+    synthetic: bool,
+    count: int | None,
+    mean_gap: float | None,
+    seed: int | None,
+    partition_key: Any,
+    target: Target,
+) -> int:
+    """Put records into a stream: one --json, a --file of JSON Lines, or --synthetic sessions."""
+    if sum((json_text is not None, file is not None, synthetic)) != 1:
+        raise click.UsageError("give exactly one of --json, --file or --synthetic")
+    if count is not None and not synthetic:
+        raise click.UsageError("--count goes with --synthetic")
+    with click.progressbar(
+        length=count or 0, label="producing", file=sys.stderr, hidden=count is None
+    ) as bar:
+        return produce_module.main(
+            target.backend(),
+            stream,
+            json_text=json_text,
+            file=file,
+            synthetic=synthetic,
+            count=count,
+            mean_gap=mean_gap,
+            seed=seed,
+            key=partition_key,
+            warn=say,
+            progress=bar.update,
+        )
+
+
+@cli.command()
+@click.option("--stream", required=True, help="The stream's name.")
+@click.option(
+    "--from",
+    "start",
+    type=PositionType(),
+    default="trim_horizon",
+    show_default=True,
+    help="trim_horizon, latest, at_timestamp:ISO, at_sequence_number:SEQ or "
+    "after_sequence_number:SEQ (with --shard).",
+)
+@click.option("--shard", help="Read only this shard (needed with a sequence number).")
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Keep polling for new records, or stop at the end.",
+)
+@click.option(
+    "--jsonl",
+    is_flag=True,
+    help="One JSON object per record: shard, sequence, partition_key, arrival, data.",
+)
+@target_options
+@reports_errors
+def consume(
+    stream: str, start: Any, shard: str | None, follow: bool, jsonl: bool, target: Target
+) -> int:
+    """Print a stream's records with their shard and sequence number."""
+    if start.sequence is not None and shard is None:
+        raise click.UsageError("--from with a sequence number needs --shard: they are per shard")
+    consume_module.consume(
+        target.backend(), stream, start, sys.stdout, shard=shard, follow=follow, jsonl=jsonl
+    )
+    return EXIT_OK
 
 
 @cli.command()

@@ -43,27 +43,25 @@ class Route:
                 break
         if not sinks:
             return sinks, ""
-        return sinks, self.key_of(record)
+        return sinks, partition_key(self.partition_key, record)
 
-    def key_of(self, record: Any) -> str:
-        """The record's partition key: the expression's text or number, 1-256 characters."""
-        try:
-            value = self.partition_key.search(record)
-        except SearchError as error:
-            raise RouteError(f"route.partition_key: {error}") from None
-        if isinstance(value, str):
-            key = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            key = str(value)
-        else:
-            raise RouteError(
-                f"route.partition_key gave {json_type(value)}, expected text or a number"
-            )
-        if not key:
-            raise RouteError("route.partition_key gave empty text")
-        if len(key) > MAX_PARTITION_KEY_CHARS:
-            raise RouteError(
-                f"route.partition_key gave {len(key)} characters, "
-                f"at most {MAX_PARTITION_KEY_CHARS} allowed"
-            )
-        return key
+
+def partition_key(expression: Expression, record: Any, what: str = "route.partition_key") -> str:
+    """A record's partition key: the expression's text or number, 1-256 characters."""
+    try:
+        value = expression.search(record)
+    except SearchError as error:
+        raise RouteError(f"{what}: {error}") from None
+    if isinstance(value, str):
+        key = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        key = str(value)
+    else:
+        raise RouteError(f"{what} gave {json_type(value)}, expected text or a number")
+    if not key:
+        raise RouteError(f"{what} gave empty text")
+    if len(key) > MAX_PARTITION_KEY_CHARS:
+        raise RouteError(
+            f"{what} gave {len(key)} characters, at most {MAX_PARTITION_KEY_CHARS} allowed"
+        )
+    return key

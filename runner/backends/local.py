@@ -1,0 +1,565 @@
+"""The embedded local backend: Kinesis semantics in one SQLite file, buckets as folders.
+
+Streams, shards, records, checkpoints and Firehose metadata live in `<state_dir>/pipeline.db`
+(WAL mode), so a producer, a runner and a consumer in separate processes can share it.
+
+Sequence numbers are rowids of one global records table. SQLite lets one writer commit at a
+time and AUTOINCREMENT never reuses a rowid, so numbers rise within every shard and become
+visible in order: a reader polling "after sequence N" never skips a record. A closed shard's
+ending_sequence is its last record's number, or starting_sequence - 1 if it never held one.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from runner.backends.base import (
+    ITERATOR_TYPES,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_RECORDS,
+    MAX_GET_RECORDS,
+    MAX_PARTITION_KEY_CHARS,
+    MAX_RECORD_BYTES,
+    SHARD_END,
+    Backend,
+    BackendError,
+    FirehoseDescription,
+    IteratorExpired,
+    PutResult,
+    Record,
+    RecordBatch,
+    Shard,
+    StreamDescription,
+    StreamNotFound,
+)
+
+HASH_SPACE = 2**128
+ITERATOR_TTL_S = 300
+MAX_GET_BYTES = 10 * 1024 * 1024
+TRIM_INTERVAL_S = 60
+DEFAULT_RETENTION_HOURS = 24
+
+_STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SEQUENCE = re.compile(r"[0-9]{1,18}")  # local rowids; longer ones would overflow SQLite
+_FIREHOSE_FIELDS = [f.name for f in dataclasses.fields(FirehoseDescription)]
+
+# Hash keys are decimal TEXT: 128-bit values overflow SQLite integers.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS shards (
+    stream TEXT NOT NULL, shard_id TEXT NOT NULL, number INTEGER NOT NULL,
+    starting_hash TEXT NOT NULL, ending_hash TEXT NOT NULL,
+    starting_sequence INTEGER NOT NULL, ending_sequence INTEGER,
+    parent_shard_id TEXT, adjacent_parent_shard_id TEXT, closed_ms INTEGER,
+    PRIMARY KEY (stream, shard_id));
+CREATE TABLE IF NOT EXISTS records (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+    partition_key TEXT NOT NULL, data BLOB NOT NULL, arrival_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS records_by_shard ON records (stream, shard_id, sequence);
+CREATE INDEX IF NOT EXISTS records_by_arrival ON records (stream, arrival_ms);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+    sequence TEXT NOT NULL, PRIMARY KEY (pipeline, stream, shard_id));
+CREATE TABLE IF NOT EXISTS firehoses (
+    name TEXT PRIMARY KEY, stream TEXT NOT NULL, bucket TEXT NOT NULL, prefix TEXT NOT NULL,
+    error_prefix TEXT NOT NULL, buffer_size_mb INTEGER NOT NULL,
+    buffer_interval_s INTEGER NOT NULL, compression TEXT NOT NULL);
+"""
+
+
+def partition_hash(partition_key: str) -> int:
+    """The 128-bit hash Kinesis routes a partition key by."""
+    digest = hashlib.md5(partition_key.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest, "big")
+
+
+class LocalBackend(Backend):
+    """Kinesis, S3 and Firehose metadata on the local disk, shareable between processes."""
+
+    name = "local"
+    delivers_firehoses = False
+
+    def __init__(
+        self, state_dir: Path, region: str = "us-east-1", clock: Callable[[], float] = time.time
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.region = region
+        self._clock = clock
+        self._db_path = self.state_dir / "pipeline.db"
+        # One connection may serve several engine threads; sqlite3 needs them serialised.
+        self._lock = threading.Lock()
+        self._last_trim: dict[str, float] = {}
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self._db_path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # Survives a crashed process; only a power loss can drop the last commits.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        except (OSError, sqlite3.Error) as e:
+            raise BackendError(f"cannot open local state in {self.state_dir}: {e}") from e
+
+    @property
+    def account_id(self) -> str:
+        return "000000000000"
+
+    def close(self) -> None:
+        """Close the SQLite connection."""
+        self._db.close()
+
+    # Streams
+
+    def describe_stream(self, name: str) -> StreamDescription | None:
+        """The stream's status and open shard count, or None if it does not exist."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status, retention_hours, (SELECT COUNT(*) FROM shards "
+                "WHERE stream = streams.name AND ending_sequence IS NULL) "
+                "FROM streams WHERE name = ?",
+                (name,),
+            ).fetchone()
+        return StreamDescription(name, row[0], row[2], row[1]) if row else None
+
+    def create_stream(self, name: str, shards: int) -> None:
+        """Create an ACTIVE stream whose shards split the hash space evenly."""
+        if not _STREAM_NAME.fullmatch(name):
+            raise BackendError(f"invalid stream name '{name}': use 1 to 128 of a-z A-Z 0-9 _ . -")
+        _check_shard_count(name, shards)
+        with self._tx(write=True) as db:
+            if db.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchone():
+                raise BackendError(f"stream '{name}' already exists")
+            db.execute(
+                "INSERT INTO streams VALUES (?, 'ACTIVE', ?)", (name, DEFAULT_RETENTION_HOURS)
+            )
+            self._open_shards(db, name, shards, parents=[])
+
+    def update_shard_count(self, name: str, shards: int) -> None:
+        """Close every open shard and open `shards` new ones; a no-op if the count is unchanged."""
+        _check_shard_count(name, shards)
+        with self._tx(write=True) as db:
+            self._stream(db, name, active=True)
+            old = [s for s in self._shards(db, name) if s.is_open]
+            if len(old) == shards:
+                return
+            for shard in old:
+                (last,) = db.execute(
+                    "SELECT MAX(sequence) FROM records WHERE stream = ? AND shard_id = ?",
+                    (name, shard.shard_id),
+                ).fetchone()
+                ending = int(shard.starting_sequence) - 1 if last is None else last
+                db.execute(
+                    "UPDATE shards SET ending_sequence = ?, closed_ms = ? "
+                    "WHERE stream = ? AND shard_id = ?",
+                    (ending, self._now_ms(), name, shard.shard_id),
+                )
+            self._open_shards(db, name, shards, parents=old)
+
+    def delete_stream(self, name: str) -> None:
+        """Delete the stream with its shards, records and every pipeline's checkpoints."""
+        with self._tx(write=True) as db:
+            self._stream(db, name)
+            for table in ("records", "shards", "checkpoints"):
+                db.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
+            db.execute("DELETE FROM streams WHERE name = ?", (name,))
+
+    def list_shards(self, stream: str) -> list[Shard]:
+        """Every retained shard, in creation order, so parents come before children."""
+        with self._tx() as db:
+            self._stream(db, stream)
+            return self._shards(db, stream)
+
+    # Records
+
+    def get_shard_iterator(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> str:
+        """An opaque iterator, valid for 300 s, positioned as `iterator_type` says."""
+        if iterator_type not in ITERATOR_TYPES:
+            expected = ", ".join(ITERATOR_TYPES)
+            raise BackendError(f"unknown iterator type '{iterator_type}' (expected {expected})")
+        with self._tx() as db:
+            self._shard(db, stream, shard_id)
+            if iterator_type == "TRIM_HORIZON":
+                after = 0  # records past retention are skipped when read
+            elif iterator_type == "LATEST":
+                after = self._next_sequence(db) - 1
+            elif iterator_type == "AT_TIMESTAMP":
+                if timestamp is None or timestamp.tzinfo is None:
+                    raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
+                row = db.execute(
+                    "SELECT sequence FROM records WHERE stream = ? AND shard_id = ? "
+                    "AND arrival_ms >= ? ORDER BY sequence LIMIT 1",
+                    (stream, shard_id, int(timestamp.timestamp() * 1000)),
+                ).fetchone()
+                after = row[0] - 1 if row else self._next_sequence(db) - 1
+            else:
+                number = _parse_sequence(sequence, f"{iterator_type} on {stream}/{shard_id}")
+                after = number - 1 if iterator_type == "AT_SEQUENCE_NUMBER" else number
+        return self._iterator(stream, shard_id, after)
+
+    def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
+        """Up to `limit` records (and about 10 MiB) after the iterator's position."""
+        if not 1 <= limit <= MAX_GET_RECORDS:
+            raise BackendError(f"get_records limit must be 1 to {MAX_GET_RECORDS}, got {limit}")
+        stream, shard_id, after, issued = _decode_iterator(iterator)
+        if self._clock() - issued > ITERATOR_TTL_S:
+            raise IteratorExpired(
+                f"shard iterator for {stream}/{shard_id} is over {ITERATOR_TTL_S} s old"
+            )
+        with self._tx() as db:
+            shard = self._shard(db, stream, shard_id)
+            cutoff = self._now_ms() - self._stream(db, stream) * 3_600_000
+            retained = "stream = ? AND shard_id = ? AND sequence > ? AND arrival_ms >= ?"
+            rows = db.execute(
+                f"SELECT sequence, partition_key, data, arrival_ms FROM records "
+                f"WHERE {retained} ORDER BY sequence LIMIT ?",
+                (stream, shard_id, after, cutoff, limit),
+            )
+            records: list[Record] = []
+            size = last_arrival_ms = 0
+            for number, key, data, arrival_ms in rows:
+                size += len(data) + len(key.encode())
+                if records and size > MAX_GET_BYTES:
+                    break
+                records.append(Record(str(number), key, data, _utc(arrival_ms)))
+                after, last_arrival_ms = number, arrival_ms
+            newest = db.execute(
+                f"SELECT arrival_ms FROM records WHERE {retained} ORDER BY sequence DESC LIMIT 1",
+                (stream, shard_id, after, cutoff),
+            ).fetchone()
+        if newest is None:
+            # Caught up; a closed shard is then finished for good.
+            next_iterator = self._iterator(stream, shard_id, after) if shard.is_open else None
+            return RecordBatch(records, next_iterator, 0)
+        behind = max(0, newest[0] - last_arrival_ms) if records else 0
+        return RecordBatch(records, self._iterator(stream, shard_id, after), behind)
+
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        """Route each (data, partition_key) entry to the open shard owning its key's hash.
+
+        One transaction for the whole call. Raises StreamNotFound, or BackendError for a
+        request Kinesis would refuse whole.
+        """
+        entries = list(entries)
+        _check_batch(stream, entries)
+        arrival_ms = self._now_ms()
+        results: list[PutResult] = []
+        with self._tx(write=True) as db:
+            retention_hours = self._stream(db, stream, active=True)
+            # The open shards come from one _open_shards call, so they are in hash order.
+            shards = [s for s in self._shards(db, stream) if s.is_open]
+            starts = [s.starting_hash_key for s in shards]
+            for data, key in entries:
+                shard_id = shards[bisect.bisect_right(starts, partition_hash(key)) - 1].shard_id
+                cursor = db.execute(
+                    "INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (stream, shard_id, key, bytes(data), arrival_ms),
+                )
+                results.append(PutResult(shard_id=shard_id, sequence=str(cursor.lastrowid)))
+            # Trimming on every write would cost a scan per batch; once a minute is plenty.
+            if self._clock() - self._last_trim.get(stream, 0.0) >= TRIM_INTERVAL_S:
+                self._last_trim[stream] = self._clock()
+                cutoff = arrival_ms - retention_hours * 3_600_000
+                # Like Kinesis, also forget shards closed for longer than the retention period.
+                for table, column in (("records", "arrival_ms"), ("shards", "closed_ms")):
+                    sql = f"DELETE FROM {table} WHERE stream = ? AND {column} < ?"
+                    db.execute(sql, (stream, cutoff))
+        return results
+
+    # Checkpoints
+
+    def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
+        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT shard_id, sequence FROM checkpoints WHERE pipeline = ? AND stream = ?",
+                (pipeline, stream),
+            ).fetchall()
+        return dict(rows)
+
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
+        if sequence != SHARD_END:
+            _parse_sequence(sequence, f"checkpoint of {stream}/{shard_id}")
+        key = (pipeline, stream, shard_id)
+        with self._tx(write=True) as db:
+            row = db.execute(
+                "SELECT sequence FROM checkpoints "
+                "WHERE pipeline = ? AND stream = ? AND shard_id = ?",
+                key,
+            ).fetchone()
+            if row is None or _is_later(sequence, row[0]):
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (*key, sequence)
+                )
+
+    # Buckets
+
+    def bucket_exists(self, name: str) -> bool:
+        return self._bucket_dir(name).is_dir()
+
+    def create_bucket(self, name: str) -> None:
+        try:
+            self._bucket_dir(name).mkdir(parents=True)
+        except FileExistsError:
+            raise BackendError(f"bucket '{name}' already exists") from None
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete the bucket and every object in it."""
+        shutil.rmtree(self._bucket_dir(name, existing=True))
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        """Write the object atomically: readers see the old file or the whole new one."""
+        path = self._object_path(bucket, key)
+        staging = self.state_dir / "buckets" / ".staging"  # not a valid bucket name
+        try:
+            staging.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=staging)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(body)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                os.unlink(temp)
+                raise
+        except OSError as e:
+            message = f"cannot write object '{key}' to bucket '{bucket}': {e.strerror}"
+            raise BackendError(message) from e
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """Keys under `prefix`, sorted."""
+        root = self._bucket_dir(bucket, existing=True)
+        keys = []
+        for folder, _, files in os.walk(root):
+            relative = Path(folder).relative_to(root)
+            keys.extend(k for f in files if (k := (relative / f).as_posix()).startswith(prefix))
+        return sorted(keys)
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        try:
+            return self._object_path(bucket, key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BackendError(f"object '{key}' not found in bucket '{bucket}'") from None
+
+    # Firehose delivery streams: stored metadata only, since `pipeline run` delivers them.
+
+    def describe_firehose(self, name: str) -> FirehoseDescription | None:
+        with self._tx() as db:
+            columns = ", ".join(_FIREHOSE_FIELDS)
+            sql = f"SELECT {columns} FROM firehoses WHERE name = ?"
+            row = db.execute(sql, (name,)).fetchone()
+        return FirehoseDescription(*row) if row else None
+
+    def create_firehose(self, firehose: FirehoseDescription) -> None:
+        with self._tx(write=True) as db:
+            if db.execute("SELECT 1 FROM firehoses WHERE name = ?", (firehose.name,)).fetchone():
+                raise BackendError(f"firehose '{firehose.name}' already exists")
+            values = dataclasses.astuple(firehose)
+            columns, marks = ", ".join(_FIREHOSE_FIELDS), ", ".join("?" * len(values))
+            db.execute(f"INSERT INTO firehoses ({columns}) VALUES ({marks})", values)
+
+    def update_firehose(self, firehose: FirehoseDescription) -> None:
+        settings = ", ".join(f"{field} = ?" for field in _FIREHOSE_FIELDS)
+        with self._tx(write=True) as db:
+            sql = f"UPDATE firehoses SET {settings} WHERE name = ?"
+            if db.execute(sql, (*dataclasses.astuple(firehose), firehose.name)).rowcount == 0:
+                raise BackendError(f"firehose '{firehose.name}' does not exist")
+
+    def delete_firehose(self, name: str) -> None:
+        with self._tx(write=True) as db:
+            if db.execute("DELETE FROM firehoses WHERE name = ?", (name,)).rowcount == 0:
+                raise BackendError(f"firehose '{name}' does not exist")
+
+    # Internals
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, where the busy timeout waits for it;
+        # a deferred transaction upgrading later could fail with "database is locked".
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise BackendError(f"local state {self._db_path}: {e}") from e
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _iterator(self, stream: str, shard_id: str, after: int) -> str:
+        fields = {"stream": stream, "shard": shard_id, "after": after, "issued": self._clock()}
+        return base64.urlsafe_b64encode(json.dumps(fields).encode()).decode()
+
+    def _stream(self, db: sqlite3.Connection, name: str, active: bool = False) -> int:
+        """The stream's retention in hours; raises StreamNotFound."""
+        row = db.execute(
+            "SELECT status, retention_hours FROM streams WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise StreamNotFound(f"stream '{name}' does not exist")
+        if active and row[0] != "ACTIVE":
+            raise BackendError(f"stream '{name}' is {row[0]}, not ACTIVE")
+        return row[1]
+
+    def _shards(self, db: sqlite3.Connection, stream: str) -> list[Shard]:
+        rows = db.execute(
+            "SELECT shard_id, starting_hash, ending_hash, starting_sequence, ending_sequence, "
+            "parent_shard_id, adjacent_parent_shard_id FROM shards "
+            "WHERE stream = ? ORDER BY number",
+            (stream,),
+        )
+        return [
+            Shard(id_, int(lo), int(hi), str(first), None if last is None else str(last), p, a)
+            for id_, lo, hi, first, last, p, a in rows
+        ]
+
+    def _shard(self, db: sqlite3.Connection, stream: str, shard_id: str) -> Shard:
+        self._stream(db, stream)
+        for shard in self._shards(db, stream):
+            if shard.shard_id == shard_id:
+                return shard
+        raise BackendError(f"shard '{shard_id}' does not exist in stream '{stream}'")
+
+    def _next_sequence(self, db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return (row[0] if row else 0) + 1
+
+    def _open_shards(
+        self, db: sqlite3.Connection, stream: str, count: int, parents: list[Shard]
+    ) -> None:
+        (number,) = db.execute(
+            "SELECT COALESCE(MAX(number) + 1, 0) FROM shards WHERE stream = ?", (stream,)
+        ).fetchone()
+        first = self._next_sequence(db)
+
+        def add(lo: int, hi: int, parent: str | None, adjacent: str | None, closed: bool) -> str:
+            nonlocal number
+            shard_id = f"shardId-{number:012d}"
+            ending, closed_ms = (first - 1, self._now_ms()) if closed else (None, None)
+            row = (stream, shard_id, number, str(lo), str(hi), first, ending, parent, adjacent)
+            db.execute(
+                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, closed_ms)
+            )
+            number += 1
+            return shard_id
+
+        for i in range(count):
+            lo, hi = i * HASH_SPACE // count, (i + 1) * HASH_SPACE // count - 1
+            overlapped = [
+                s.shard_id for s in parents if s.starting_hash_key <= hi and s.ending_hash_key >= lo
+            ]
+            parent = overlapped[0] if overlapped else None
+            # Kinesis merges two shards at a time; a child over three or more parents gets a
+            # chain of closed, empty shards so every parent stays in its lineage.
+            for adjacent in overlapped[1:-1]:
+                parent = add(lo, hi, parent, adjacent, closed=True)
+            add(lo, hi, parent, overlapped[-1] if len(overlapped) > 1 else None, closed=False)
+
+    def _bucket_dir(self, name: str, existing: bool = False) -> Path:
+        if not _BUCKET_NAME.fullmatch(name) or ".." in name:
+            raise BackendError(
+                f"invalid bucket name '{name}': use 3 to 63 lowercase letters, digits, '.' and '-'"
+            )
+        path = self.state_dir / "buckets" / name
+        if existing and not path.is_dir():
+            raise BackendError(f"bucket '{name}' does not exist")
+        return path
+
+    def _object_path(self, bucket: str, key: str) -> Path:
+        parts = key.split("/")
+        if any(part in ("", ".", "..") for part in parts) or "\0" in key:
+            raise BackendError(
+                f"object key '{key}' cannot be stored locally: it must be relative, "
+                "without empty, '.' or '..' segments"
+            )
+        return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _check_shard_count(stream: str, shards: int) -> None:
+    if shards < 1:
+        raise BackendError(f"stream '{stream}' needs at least 1 shard, got {shards}")
+
+
+def _check_batch(stream: str, entries: list[tuple[bytes, str]]) -> None:
+    """Refuse a PutRecords request the way Kinesis refuses it: whole."""
+    where = f"put_records to stream '{stream}'"
+    if not 1 <= len(entries) <= MAX_BATCH_RECORDS:
+        raise BackendError(f"{where}: {len(entries)} entries, at most {MAX_BATCH_RECORDS} allowed")
+    total = 0
+    for i, (data, key) in enumerate(entries):
+        if not isinstance(data, (bytes, bytearray)):
+            raise BackendError(f"{where}: entry {i}: data must be bytes")
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_PARTITION_KEY_CHARS:
+            limit = MAX_PARTITION_KEY_CHARS
+            raise BackendError(f"{where}: entry {i}: partition key must be 1 to {limit} characters")
+        size = len(data) + len(key.encode())
+        if size > MAX_RECORD_BYTES:
+            raise BackendError(
+                f"{where}: entry {i} is {size} bytes with its partition key, "
+                f"at most {MAX_RECORD_BYTES} allowed"
+            )
+        total += size
+    if total > MAX_BATCH_BYTES:
+        raise BackendError(f"{where}: {total} bytes in one call, at most {MAX_BATCH_BYTES} allowed")
+
+
+def _is_later(sequence: str, than: str) -> bool:
+    if than == SHARD_END:
+        return False
+    return sequence == SHARD_END or int(sequence) > int(than)
+
+
+def _parse_sequence(sequence: str | None, where: str) -> int:
+    if not isinstance(sequence, str) or not _SEQUENCE.fullmatch(sequence):
+        raise BackendError(f"{where}: '{sequence}' is not a sequence number")
+    return int(sequence)
+
+
+def _decode_iterator(iterator: str) -> tuple[str, str, int, float]:
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(iterator.encode()))
+        stream, shard_id, after = fields["stream"], fields["shard"], fields["after"]
+        if not (isinstance(stream, str) and isinstance(shard_id, str) and isinstance(after, int)):
+            raise TypeError
+        return stream, shard_id, after, float(fields["issued"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise BackendError(
+            "invalid shard iterator: it was not issued by the local backend"
+        ) from None
+
+
+def _utc(millis: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.timezone.utc)

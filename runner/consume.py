@@ -1,0 +1,82 @@
+"""`pipeline consume`: print a stream's records, every shard, from a chosen position."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import IO
+
+from runner.backends.base import Backend, Record
+from runner.engine import start_position
+from runner.reader import Position, StreamReader
+
+SEQUENCE_TYPES = ("at_sequence_number", "after_sequence_number")
+
+
+def position(text: str) -> Position:
+    """--from: trim_horizon, latest, at_timestamp:ISO, at/after_sequence_number:SEQ."""
+    kind, _, argument = text.partition(":")
+    if kind in SEQUENCE_TYPES:
+        if not argument.isdigit():
+            raise ValueError(f"--from {kind}: needs a sequence number, e.g. {kind}:4953")
+        return Position(kind.upper(), sequence=argument)
+    if kind in ("trim_horizon", "latest") and not argument:
+        return Position(kind.upper())
+    if kind == "at_timestamp" and argument:
+        return start_position(text)
+    raise ValueError(
+        f"--from {text!r}: expected trim_horizon, latest, at_timestamp:ISO, "
+        "at_sequence_number:SEQ or after_sequence_number:SEQ"
+    )
+
+
+def readable(shard_id: str, record: Record) -> str:
+    text = record.data.decode("utf-8", errors="replace").rstrip("\n")
+    return f"{shard_id} {record.sequence} key={record.partition_key}: {text}"
+
+
+def as_json(shard_id: str, record: Record) -> str:
+    try:
+        data = json.loads(record.data)
+    except ValueError:
+        data = record.data.decode("utf-8", errors="replace")
+    return json.dumps(
+        {
+            "shard": shard_id,
+            "sequence": record.sequence,
+            "partition_key": record.partition_key,
+            "arrival": record.arrival.isoformat(),
+            "data": data,
+        },
+        ensure_ascii=False,
+    )
+
+
+def consume(
+    backend: Backend,
+    stream: str,
+    start: Position,
+    out: IO[str],
+    *,
+    shard: str | None = None,
+    follow: bool = True,
+    jsonl: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Print every record from `start` on; without `follow`, stop once every shard is read.
+    Returns how many records were printed."""
+    reader = StreamReader(backend, stream, start=start, only_shard=shard)
+    show = as_json if jsonl else readable
+    printed = 0
+    while True:
+        batches = reader.poll()
+        for batch in batches:
+            for record in batch.records:
+                out.write(show(batch.shard_id, record) + "\n")
+            printed += len(batch.records)
+        out.flush()
+        if not follow and (reader.caught_up or reader.done):
+            return printed
+        if not any(batch.records for batch in batches):
+            sleep(reader.wait_time())

@@ -1,0 +1,74 @@
+"""The dead letter: where a record that cannot be delivered goes, with why and where it was.
+
+Each entry holds the reason, the source stream, shard and sequence number, the partition key,
+the arrival time and the original bytes (base64, plus the text when it is UTF-8). It is a
+declared stream when the spec names one, otherwise `<state-dir>/dead-letter/<pipeline>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+from pathlib import Path
+
+from runner.backends.base import MAX_RECORD_BYTES, Backend, Record
+from runner.sink import Sink
+from runner.spec import Spec
+
+
+def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record) -> dict:
+    """A dead-letter entry for one record."""
+    try:
+        text = record.data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "reason": reason,
+        "pipeline": pipeline,
+        "stream": stream,
+        "shard": shard_id,
+        "sequence": record.sequence,
+        "partition_key": record.partition_key,
+        "arrival": record.arrival.isoformat(),
+        "dead_lettered_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "data": text,
+        "data_base64": base64.b64encode(record.data).decode("ascii"),
+    }
+
+
+class DeadLetter:
+    def __init__(self, spec: Spec, backend: Backend, state_dir: Path) -> None:
+        self.pipeline = spec.pipeline
+        self.path = state_dir / "dead-letter" / f"{spec.pipeline}.jsonl"
+        self.sink = Sink(backend, spec.streams[spec.dead_letter].name) if spec.dead_letter else None
+        self._pending: list[tuple[bytes, str]] = []
+        self.count = 0
+
+    @property
+    def where(self) -> str:
+        return f"stream {self.sink.stream}" if self.sink else str(self.path)
+
+    def add(self, reason: str, stream: str, shard_id: str, record: Record) -> None:
+        data = json.dumps(entry(reason, self.pipeline, stream, shard_id, record)).encode() + b"\n"
+        self._pending.append((data, record.partition_key))
+
+    def write(self) -> None:
+        """Make every added entry durable before the caller checkpoints past it."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        to_file = pending
+        if self.sink is not None:
+            # An entry too big for a stream record (base64 grows a 1 MiB record) goes to the file.
+            fits = [e for e in pending if len(e[0]) + len(e[1].encode()) <= MAX_RECORD_BYTES]
+            to_file = [e for e in pending if len(e[0]) + len(e[1].encode()) > MAX_RECORD_BYTES]
+            self.sink.put(fits)
+        if to_file:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as file:
+                file.writelines(data for data, _ in to_file)
+                file.flush()
+                os.fsync(file.fileno())
+        self.count += len(pending)

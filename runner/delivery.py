@@ -1,0 +1,112 @@
+"""Firehose delivery where the target does not deliver itself (the local backend).
+
+Each delivery reads its stream like Firehose does, buffers the records' bytes and writes an
+object to its bucket when the buffer reaches its size or its interval, and at stop. Object
+keys are Firehose's: prefix + YYYY/MM/DD/HH/ + name-1-YYYY-MM-DD-HH-MM-SS-uuid. Its shards'
+checkpoints move only once the object holding their records is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import time
+import uuid
+from collections.abc import Callable
+
+from runner.backends.base import SHARD_END, Backend
+from runner.reader import StreamReader
+from runner.spec import Firehose, Spec
+
+COMPRESSIONS = {"UNCOMPRESSED": ("", lambda body: body), "GZIP": (".gz", gzip.compress)}
+
+
+class Delivery:
+    """One Firehose delivery stream, delivered by the run."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        firehose: Firehose,
+        backend: Backend,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if firehose.compression not in COMPRESSIONS:
+            raise ValueError(
+                f"resources.firehoses.{firehose.key}.compression: the {backend.name} target "
+                f"delivers only {' or '.join(COMPRESSIONS)}, not {firehose.compression}"
+            )
+        self.firehose = firehose
+        self.backend = backend
+        self.bucket = spec.buckets[firehose.bucket].name
+        self.stream = spec.streams[firehose.stream].name
+        self.checkpoint_name = f"firehose:{firehose.name}"
+        self.clock = clock
+        self.reader = StreamReader(
+            backend,
+            self.stream,
+            checkpoints=backend.get_checkpoints(self.checkpoint_name, self.stream),
+            clock=clock,
+        )
+        self.max_bytes = firehose.buffer_size_mb * 1024 * 1024
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._first_at = 0.0  # when the oldest buffered record was read
+        self._first_arrival: datetime.datetime | None = None
+        self._pending: dict[str, str] = {}  # shard -> sequence to checkpoint after the write
+        self.records = 0
+        self.objects: list[str] = []
+
+    def step(self) -> int:
+        """Read what the stream has, deliver if a limit is reached; returns records read."""
+        taken = 0
+        for batch in self.reader.poll():
+            for record in batch.records:
+                if not self._buffer:
+                    self._first_at = self.clock()
+                    self._first_arrival = record.arrival
+                self._buffer.append(record.data)
+                self._size += len(record.data)
+                taken += 1
+            if batch.records:
+                self._pending[batch.shard_id] = batch.records[-1].sequence
+            if batch.finished:
+                self._pending[batch.shard_id] = SHARD_END
+            if self._size >= self.max_bytes:
+                self.flush()
+        if self._buffer and self.clock() - self._first_at >= self.firehose.buffer_interval_s:
+            self.flush()
+        elif not self._buffer:
+            self._checkpoint()  # e.g. a shard finished with nothing left to write
+        return taken
+
+    def flush(self) -> None:
+        """Write the buffer as one object, then checkpoint what it holds."""
+        if self._buffer:
+            extension, compress = COMPRESSIONS[self.firehose.compression]
+            key = self._key(self._first_arrival) + extension
+            self.backend.put_object(self.bucket, key, compress(b"".join(self._buffer)))
+            self.objects.append(key)
+            self.records += len(self._buffer)
+            self._buffer, self._size = [], 0
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        for shard_id, sequence in self._pending.items():
+            self.backend.set_checkpoint(self.checkpoint_name, self.stream, shard_id, sequence)
+        self._pending.clear()
+
+    def _key(self, arrival: datetime.datetime | None) -> str:
+        moment = (arrival or datetime.datetime.now(datetime.timezone.utc)).astimezone(
+            datetime.timezone.utc
+        )
+        return (
+            f"{self.firehose.prefix}{moment:%Y/%m/%d/%H}/"
+            f"{self.firehose.name}-1-{moment:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and the stream read to its end."""
+        return not self._buffer and self.reader.caught_up

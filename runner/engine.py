@@ -1,0 +1,266 @@
+"""The loop: read batches from every source shard, transform, route, write, checkpoint.
+
+At-least-once: a shard's checkpoint moves only after every record before it is in a sink or in
+the dead letter, so a crash re-reads at most the batch in flight. SIGINT/SIGTERM stop reading;
+what was read is written and checkpointed, deliveries are flushed, and the run exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.backends.base import SHARD_END, Backend, BackendError, Record
+from runner.dead_letter import DeadLetter
+from runner.delivery import Delivery
+from runner.reader import Position, ShardBatch, StreamReader
+from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
+from runner.sink import Sink
+from runner.spec import Spec, SpecError, parse_timestamp
+
+STATUS_EVERY_S = 5.0
+MAX_SLEEP_S = 0.5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    until_idle: float | None = None  # stop once nothing arrived for this many seconds
+    max_records: int | None = None  # stop after this many source records
+    status_every: float = STATUS_EVERY_S
+
+
+@dataclass
+class Counts:
+    records_in: int = 0
+    out: Counter = field(default_factory=Counter)  # per route (stream key)
+    dead_lettered: int = 0
+    filtered: int = 0
+    dropped: int = 0
+    lag_ms: int = 0
+
+    def line(self) -> str:
+        routes = ", ".join(f"{key} {count}" for key, count in sorted(self.out.items())) or "none"
+        return (
+            f"in {self.records_in} | out {routes} | dead-lettered {self.dead_lettered} | "
+            f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms"
+        )
+
+
+def start_position(start: str) -> Position:
+    """The spec's source.start (or consume's --from without a sequence) as a Position."""
+    if start.startswith("at_timestamp:"):
+        return Position("AT_TIMESTAMP", timestamp=parse_timestamp(start.partition(":")[2]))
+    return Position(start.upper())
+
+
+class Engine:
+    def __init__(
+        self,
+        spec: Spec,
+        backend: Backend,
+        state_dir: Path,
+        options: RunOptions,
+        report: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.options = options
+        self.report = report
+        self.clock = clock
+        self.sleep = sleep
+        self.journey = Journey(spec)
+        self.source = spec.streams[spec.source.stream].name
+        self.sinks = {key: Sink(backend, spec.streams[key].name) for key in _routed(spec)}
+        self.dead_letter = DeadLetter(spec, backend, state_dir)
+        self.deliveries = (
+            []
+            if backend.delivers_firehoses
+            else [Delivery(spec, f, backend, clock=clock) for f in spec.firehoses.values()]
+        )
+        self.reader = StreamReader(
+            backend,
+            self.source,
+            start=start_position(spec.source.start),
+            checkpoints=backend.get_checkpoints(spec.pipeline, self.source),
+            clock=clock,
+        )
+        self.counts = Counts()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the batch in flight."""
+        self._stopping.set()
+
+    def run(self) -> Counts:
+        """Run until stopped, idle for --until-idle or --max-records handled."""
+        with _StopOnSignals(self.stop):
+            last_activity = next_status = self.clock()
+            while not self._stopping.is_set():
+                moved = self._handle(self.reader.poll())
+                moved += sum(delivery.step() for delivery in self.deliveries)
+                now = self.clock()
+                if moved:
+                    last_activity = now
+                if now >= next_status:
+                    self.counts.lag_ms = self.reader.lag_ms
+                    self.report(f"[{self.spec.pipeline}] {self.counts.line()}")
+                    next_status = now + self.options.status_every
+                if self._limit_reached():
+                    break
+                if self.options.until_idle is not None and not moved:
+                    if now - last_activity >= self.options.until_idle:
+                        break
+                if not moved:
+                    self.sleep(min(self.reader.wait_time(), MAX_SLEEP_S))
+            self._finish_deliveries(drain=not self._stopping.is_set())
+        self.counts.lag_ms = self.reader.lag_ms
+        return self.counts
+
+    def _limit_reached(self) -> bool:
+        limit = self.options.max_records
+        return limit is not None and self.counts.records_in >= limit
+
+    def _handle(self, batches: list[ShardBatch]) -> int:
+        """Process, write and checkpoint one round of batches; returns records handled."""
+        if not batches:
+            return 0
+        outgoing: dict[str, list[tuple[bytes, str]]] = {key: [] for key in self.sinks}
+        checkpoints: list[tuple[str, str]] = []
+        handled = 0
+        for batch in batches:
+            records = self._within_limit(batch.records)
+            for record in records:
+                self._process(batch.shard_id, record, outgoing)
+            handled += len(records)
+            if batch.finished and len(records) == len(batch.records):
+                checkpoints.append((batch.shard_id, SHARD_END))
+            elif records:
+                checkpoints.append((batch.shard_id, records[-1].sequence))
+        for key, entries in outgoing.items():
+            if entries:
+                self.sinks[key].put(entries)
+        self.dead_letter.write()
+        for shard_id, sequence in checkpoints:
+            self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+        return handled
+
+    def _within_limit(self, records: list[Record]) -> list[Record]:
+        limit = self.options.max_records
+        if limit is None:
+            return records
+        return records[: max(0, limit - self.counts.records_in)]
+
+    def _process(self, shard_id: str, record: Record, outgoing: dict) -> None:
+        counts = self.counts
+        counts.records_in += 1
+        outcome = self.journey.process(record.data)
+        if outcome.kind == DEAD_LETTER:
+            counts.dead_lettered += 1
+            self.dead_letter.add(outcome.reason, self.source, shard_id, record)
+        elif outcome.kind == FILTERED:
+            counts.filtered += 1
+        elif outcome.kind == DROPPED:
+            counts.dropped += 1
+        else:
+            entry = (outcome.payload, outcome.partition_key)
+            for sink in outcome.sinks:
+                outgoing[sink].append(entry)
+                counts.out[sink] += 1
+
+    def _finish_deliveries(self, *, drain: bool) -> None:
+        """Flush every delivery; first read what the run wrote, unless asked to stop."""
+        for delivery in self.deliveries:
+            delivery.reader.expect_more()
+            while drain and not delivery.reader.caught_up:
+                if not delivery.step():
+                    self.sleep(min(delivery.reader.wait_time(), MAX_SLEEP_S))
+            delivery.flush()
+
+
+def check_resources(spec: Spec, backend: Backend) -> None:
+    """Refuse to run when a stream or bucket the run uses does not exist."""
+    missing = [
+        f"stream {stream.name}"
+        for stream in spec.streams.values()
+        if backend.describe_stream(stream.name) is None
+    ]
+    if not backend.delivers_firehoses:
+        missing += [
+            f"bucket {spec.buckets[firehose.bucket].name}"
+            for firehose in spec.firehoses.values()
+            if not backend.bucket_exists(spec.buckets[firehose.bucket].name)
+        ]
+    if missing:
+        raise BackendError(
+            f"{', '.join(missing)} not found on the {backend.name} target: "
+            f"run `pipeline apply {spec.path}` first"
+        )
+
+
+def _routed(spec: Spec) -> list[str]:
+    return list(dict.fromkeys(case.to for case in spec.route.cases)) if spec.route else []
+
+
+class _StopOnSignals:
+    """SIGINT/SIGTERM ask for a clean stop; a second one stops at once."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
+        self.previous: dict[int, object] = {}
+        self.asked = False
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        self.stop()
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def run(
+    spec: Spec,
+    backend: Backend,
+    state_dir: Path,
+    options: RunOptions,
+    report: Callable[[str], None],
+) -> int:
+    """`pipeline run`: check the resources, run the loop, report what it did; returns 0."""
+    if spec.route is None:
+        raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
+    check_resources(spec, backend)
+    engine = Engine(spec, backend, state_dir, options, report)
+    report(
+        f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
+        f"(Ctrl-C stops cleanly)"
+    )
+    counts = engine.run()
+    report(f"[{spec.pipeline}] done: {counts.line()}")
+    for delivery in engine.deliveries:
+        objects = len(delivery.objects)
+        report(
+            f"[{spec.pipeline}] firehose {delivery.firehose.name}: {delivery.records} records "
+            f"in {objects} object{'' if objects == 1 else 's'} to bucket {delivery.bucket}"
+        )
+    if engine.dead_letter.count:
+        report(
+            f"[{spec.pipeline}] dead letter: {engine.dead_letter.count} records "
+            f"in {engine.dead_letter.where}"
+        )
+    return 0

@@ -1,0 +1,171 @@
+"""Record sources for `pipeline produce`: one JSON text, JSON Lines, or synthetic sessions.
+
+Records go out in PutRecords batches through a Sink. With a mean gap between records (the
+scenario's producer sends one session every 10 s on average, a Poisson process), each record
+is sent on its own when its time comes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from runner.backends.base import Backend, BackendError
+from runner.expressions import Expression
+from runner.record import encode
+from runner.routing import RouteError, partition_key
+from runner.sink import Sink
+
+BATCH = 500
+SCENARIO_MEAN_GAP_S = 10.0
+
+USA_CITIES = ["Washington", "New York", "Chicago", "Houston", "Seattle", "Boston", "Denver"]
+ABROAD = [
+    ("Paris", "France"),
+    ("Lyon", "France"),
+    ("Berlin", "Germany"),
+    ("Madrid", "Spain"),
+    ("Tokyo", "Japan"),
+    ("Toronto", "Canada"),
+    ("Lima", "Peru"),
+    ("Sydney", "Australia"),
+]
+
+
+class BadLine(ValueError):
+    """A line of input that is not a record; the text names the line."""
+
+
+def synthetic_sessions(seed: int | None) -> Iterator[dict]:
+    """Endless scenario-shaped browsing sessions, the same for the same seed."""
+    rng = random.Random(seed)
+    alphabet = string.ascii_lowercase + string.digits
+    while True:
+        if rng.random() < 0.5:
+            city, country = rng.choice(USA_CITIES), "USA"
+        else:
+            city, country = rng.choice(ABROAD)
+        products = rng.sample(range(1, 31), rng.randint(1, 5))
+        yield {
+            "session_id": "".join(rng.choices(alphabet, k=12)),
+            "customer_number": rng.randint(100, 999_999),
+            "city": city,
+            "country": country,
+            "credit_limit": rng.choice([500, 1000, 1500, 2000, 5000, 10000]),
+            "browse_history": [
+                {
+                    "product_code": f"Product{number}",
+                    "quantity": rng.randint(1, 5),
+                    "in_shopping_cart": rng.random() < 0.5,
+                }
+                for number in products
+            ],
+        }
+
+
+def json_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, dict | BadLine]]:
+    """(line number, record) for every non-blank line, or a BadLine in the record's place."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            yield number, BadLine(f"line {number}: not JSON: {error}")
+            continue
+        if not isinstance(record, dict):
+            yield number, BadLine(f"line {number}: not a JSON object")
+            continue
+        yield number, record
+
+
+@dataclass
+class Produced:
+    sent: int = 0
+    bad_lines: int = 0
+
+
+def produce(
+    sink: Sink,
+    records: Iterable[tuple[int, dict | BadLine]],
+    key: Expression,
+    *,
+    mean_gap: float = 0.0,
+    seed: int | None = None,
+    warn: Callable[[str], None],
+    progress: Callable[[int], None] = lambda sent: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Produced:
+    """Put every record, keyed by `key`; report bad lines through `warn` and go on."""
+    result = Produced()
+    gaps = random.Random(None if seed is None else seed + 1)
+    batch: list[tuple[bytes, str]] = []
+
+    def flush() -> None:
+        sink.put(batch)
+        result.sent += len(batch)
+        progress(len(batch))
+        batch.clear()
+
+    for number, record in records:
+        if isinstance(record, BadLine):
+            result.bad_lines += 1
+            warn(str(record))
+            continue
+        try:
+            batch.append(
+                (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
+            )
+        except RouteError as error:
+            result.bad_lines += 1
+            warn(f"line {number}: {error}")
+            continue
+        if mean_gap > 0:
+            flush()
+            sleep(gaps.expovariate(1 / mean_gap))
+        elif len(batch) >= BATCH:
+            flush()
+    if batch:
+        flush()
+    return result
+
+
+def main(
+    backend: Backend,
+    stream: str,
+    *,
+    json_text: str | None,
+    file: IO[bytes] | None,
+    synthetic: bool,
+    count: int | None,
+    mean_gap: float | None,
+    seed: int | None,
+    key: Expression,
+    warn: Callable[[str], None],
+    progress: Callable[[int], None] = lambda sent: None,
+) -> int:
+    """`pipeline produce`: put the chosen records; 1 when a line could not be sent."""
+    if json_text is not None:
+        records: Iterable[tuple[int, dict | BadLine]] = json_lines([json_text.encode("utf-8")])
+    elif file is not None:
+        records = json_lines(file)
+    else:
+        sessions = synthetic_sessions(seed)
+        records = enumerate(sessions if count is None else itertools.islice(sessions, count), 1)
+    gap = mean_gap if mean_gap is not None else (SCENARIO_MEAN_GAP_S if synthetic else 0.0)
+    if backend.describe_stream(stream) is None:
+        raise BackendError(f"stream '{stream}' not found on the {backend.name} target")
+    result = produce(
+        Sink(backend, stream), records, key, mean_gap=gap, seed=seed, warn=warn, progress=progress
+    )
+    warn(
+        f"put {result.sent} record{'' if result.sent == 1 else 's'} into {stream}"
+        + (f"; {result.bad_lines} lines not sent" if result.bad_lines else "")
+    )
+    return 1 if result.bad_lines else 0

@@ -1,0 +1,208 @@
+"""Reading every shard of a stream the way Kinesis wants it read.
+
+Parents are read to their end before their children; each shard is asked at most five times a
+second, less often while it is empty; an expired iterator is renewed after the last record
+handed out; throttling slows the shard down. The caller decides what a checkpoint is: it passes
+the checkpoints to start from and records progress itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runner.backends.base import (
+    MAX_GET_RECORDS,
+    SHARD_END,
+    Backend,
+    BackendError,
+    IteratorExpired,
+    Record,
+    Shard,
+    Throttled,
+)
+
+MIN_CALL_INTERVAL_S = 0.2  # GetRecords: at most 5 calls per second per shard
+EMPTY_INTERVAL_S = 1.0  # an empty shard is asked again after this long
+MAX_THROTTLE_WAIT_S = 10.0
+SHARD_REFRESH_S = 30.0  # look for new shards (a reshard) this often
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a shard without a checkpoint starts: an iterator type and its argument."""
+
+    iterator_type: str = "TRIM_HORIZON"
+    sequence: str | None = None
+    timestamp: datetime.datetime | None = None
+
+
+@dataclass
+class ShardBatch:
+    """What one GetRecords call gave for one shard."""
+
+    shard_id: str
+    records: list[Record]
+    finished: bool  # the shard is closed and was read to its end with this batch
+    millis_behind: int
+
+
+@dataclass
+class _ShardState:
+    shard: Shard
+    iterator: str | None = None
+    last_sequence: str | None = None  # of the last record handed out
+    next_call: float = 0.0
+    throttle_wait: float = 0.0
+    finished: bool = False
+    at_end: bool = False  # the last answer was empty and nothing is behind
+    millis_behind: int = 0
+
+
+@dataclass
+class StreamReader:
+    backend: Backend
+    stream: str
+    start: Position = field(default_factory=Position)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    only_shard: str | None = None
+    limit: int = MAX_GET_RECORDS
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._shards: dict[str, _ShardState] = {}
+        # Shards read to their end, by this reader or before (a SHARD_END checkpoint).
+        self._followed = {shard for shard, seq in self.checkpoints.items() if seq == SHARD_END}
+        self._next_refresh = 0.0
+        self._refresh()
+
+    # Reading
+    def poll(self) -> list[ShardBatch]:
+        """One GetRecords call on every shard that may be asked now; [] when none may."""
+        now = self.clock()
+        if now >= self._next_refresh:
+            self._refresh()
+        batches = []
+        for state in list(self._shards.values()):
+            if state.finished or state.next_call > now:
+                continue
+            batch = self._read(state, now)
+            if batch is not None:
+                batches.append(batch)
+        if any(batch.finished for batch in batches):
+            self._refresh()  # children of a finished parent may start now
+        return batches
+
+    def wait_time(self) -> float:
+        """Seconds until some shard may be asked again."""
+        waiting = [s.next_call for s in self._shards.values() if not s.finished]
+        if not waiting:
+            return EMPTY_INTERVAL_S
+        return max(0.0, min(waiting) - self.clock())
+
+    @property
+    def lag_ms(self) -> int:
+        return max((s.millis_behind for s in self._shards.values()), default=0)
+
+    @property
+    def caught_up(self) -> bool:
+        """True when every shard's last answer was empty with nothing behind, or it finished."""
+        return all(s.finished or s.at_end for s in self._shards.values())
+
+    def expect_more(self) -> None:
+        """Forget that shards were at their end: records were written since they were asked."""
+        for state in self._shards.values():
+            state.at_end = False
+
+    @property
+    def done(self) -> bool:
+        """True when every shard this reader reads is closed and read to its end."""
+        return bool(self._shards) and all(s.finished for s in self._shards.values())
+
+    def _read(self, state: _ShardState, now: float) -> ShardBatch | None:
+        try:
+            if state.iterator is None:
+                state.iterator = self._iterator_for(state)
+            answer = self.backend.get_records(state.iterator, self.limit)
+        except IteratorExpired:
+            state.iterator = None  # renewed from the last record handed out, next call
+            return None
+        except Throttled:
+            state.throttle_wait = min(
+                MAX_THROTTLE_WAIT_S, max(MIN_CALL_INTERVAL_S, state.throttle_wait * 2)
+            )
+            state.next_call = now + state.throttle_wait
+            return None
+        state.throttle_wait = 0.0
+        state.iterator = answer.next_iterator
+        state.millis_behind = answer.millis_behind
+        if answer.records:
+            state.last_sequence = answer.records[-1].sequence
+        state.at_end = not answer.records and answer.millis_behind == 0
+        if answer.next_iterator is None:
+            state.finished = True
+            self._followed.add(state.shard.shard_id)
+        busy = len(answer.records) >= self.limit or answer.millis_behind > 0
+        state.next_call = now + (
+            MIN_CALL_INTERVAL_S if busy or answer.records else EMPTY_INTERVAL_S
+        )
+        return ShardBatch(
+            state.shard.shard_id, answer.records, state.finished, answer.millis_behind
+        )
+
+    def _iterator_for(self, state: _ShardState) -> str:
+        shard_id = state.shard.shard_id
+        if state.last_sequence is not None:
+            return self.backend.get_shard_iterator(
+                self.stream, shard_id, "AFTER_SEQUENCE_NUMBER", sequence=state.last_sequence
+            )
+        checkpoint = self.checkpoints.get(shard_id)
+        if checkpoint is not None:
+            return self.backend.get_shard_iterator(
+                self.stream, shard_id, "AFTER_SEQUENCE_NUMBER", sequence=checkpoint
+            )
+        # A child of a shard read to its end starts at its beginning, whatever `start` is.
+        if state.shard.parent_shard_id in self._followed:
+            return self.backend.get_shard_iterator(self.stream, shard_id, "TRIM_HORIZON")
+        return self.backend.get_shard_iterator(
+            self.stream,
+            shard_id,
+            self.start.iterator_type,
+            sequence=self.start.sequence,
+            timestamp=self.start.timestamp,
+        )
+
+    # Shards
+    def _refresh(self) -> None:
+        """Start every shard whose parents are read to their end."""
+        self._next_refresh = self.clock() + SHARD_REFRESH_S
+        shards = self.backend.list_shards(self.stream)
+        if self.only_shard is not None:
+            shards = [s for s in shards if s.shard_id == self.only_shard]
+            if not shards:
+                raise BackendError(f"stream '{self.stream}' has no shard '{self.only_shard}'")
+        by_id = {s.shard_id: s for s in shards}
+        for shard in shards:
+            if shard.shard_id in self._shards:
+                continue
+            if self.checkpoints.get(shard.shard_id) == SHARD_END:
+                continue
+            if (
+                self.start.iterator_type == "LATEST"
+                and not shard.is_open
+                and shard.shard_id not in self.checkpoints
+            ):
+                continue  # nothing new will ever arrive in a closed shard
+            parents = [
+                p for p in (shard.parent_shard_id, shard.adjacent_parent_shard_id) if p in by_id
+            ]
+            if all(self._parent_done(p) for p in parents):
+                self._shards[shard.shard_id] = _ShardState(shard)
+
+    def _parent_done(self, shard_id: str) -> bool:
+        # With LATEST, a closed parent is skipped, never read: its children need not wait.
+        return shard_id in self._followed or (
+            self.start.iterator_type == "LATEST" and shard_id not in self._shards
+        )

@@ -1,0 +1,85 @@
+"""Writing records to a stream: PutRecords batches within Kinesis' limits, retrying only the
+entries that failed, with exponential backoff and jitter. Throttling is waited out, never dropped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from runner.backends.base import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_RECORDS,
+    Backend,
+    Throttled,
+)
+
+Entry = tuple[bytes, str]  # (data, partition key)
+
+FIRST_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 5.0
+
+
+def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
+    """Split entries into PutRecords calls of at most 500 records and 5 MiB."""
+    batch: list[Entry] = []
+    size = 0
+    for data, key in entries:
+        entry_size = len(data) + len(key.encode("utf-8"))
+        if batch and (len(batch) == MAX_BATCH_RECORDS or size + entry_size > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((data, key))
+        size += entry_size
+    if batch:
+        yield batch
+
+
+class Sink:
+    """Puts records into one stream until every one of them is accepted."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        stream: str,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.backend = backend
+        self.stream = stream
+        self.sleep = sleep
+        self.jitter = jitter
+        self.retries = 0  # entries or calls retried, for the run's report
+
+    def put(self, entries: Sequence[Entry]) -> None:
+        """Return once every entry is in the stream; raises BackendError for what retrying
+        cannot fix (a missing stream, a refused request)."""
+        for batch in batches(entries):
+            self._put_batch(batch)
+
+    def _put_batch(self, pending: list[Entry]) -> None:
+        attempt = 0
+        while pending:
+            try:
+                results = self.backend.put_records(self.stream, pending)
+            except Throttled:
+                results = None
+            if results is None:
+                failed = pending
+            else:
+                failed = [
+                    entry for entry, result in zip(pending, results, strict=True) if not result.ok
+                ]
+            if not failed:
+                return
+            self.retries += len(failed)
+            self.sleep(self._backoff(attempt))
+            attempt += 1
+            pending = failed
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: a random wait up to an exponentially growing cap.
+        cap = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * (2**attempt))
+        return cap * (0.5 + self.jitter() / 2)

@@ -1,0 +1,531 @@
+import datetime
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.backends.base import (
+    SHARD_END,
+    BackendError,
+    FirehoseDescription,
+    IteratorExpired,
+    RecordBatch,
+    StreamNotFound,
+)
+from runner.backends.local import LocalBackend, partition_hash
+
+START = 1_800_000_000.0
+
+
+class Clock:
+    """A settable time.time() stand-in."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def backend(tmp_path, clock):
+    backend = LocalBackend(tmp_path / "state", clock=clock)
+    yield backend
+    backend.close()
+
+
+def read_all(backend, stream, shard_id, iterator_type="TRIM_HORIZON", **position):
+    """Every record from the position to the end, following next_iterator."""
+    iterator = backend.get_shard_iterator(stream, shard_id, iterator_type, **position)
+    records = []
+    while iterator:
+        batch = backend.get_records(iterator, limit=100)
+        records.extend(batch.records)
+        if not batch.records:
+            break
+        iterator = batch.next_iterator
+    return records
+
+
+def put(backend, stream, *payloads, key="k"):
+    return backend.put_records(stream, [(p.encode(), key) for p in payloads])
+
+
+# Streams and shards
+
+
+def test_new_stream_splits_the_hash_space_evenly_like_kinesis(backend):
+    backend.create_stream("events", 4)
+
+    shards = backend.list_shards("events")
+
+    assert [s.shard_id for s in shards] == [f"shardId-00000000000{i}" for i in range(4)]
+    assert shards[0].starting_hash_key == 0
+    assert shards[-1].ending_hash_key == 2**128 - 1
+    for left, right in zip(shards, shards[1:], strict=False):
+        assert right.starting_hash_key == left.ending_hash_key + 1
+    widths = {s.ending_hash_key - s.starting_hash_key for s in shards}
+    assert max(widths) - min(widths) <= 1
+    assert all(s.is_open and s.parent_shard_id is None for s in shards)
+    description = backend.describe_stream("events")
+    assert (description.status, description.open_shard_count) == ("ACTIVE", 4)
+    assert description.retention_hours == 24
+
+
+def test_create_describe_and_delete_stream(backend):
+    backend.create_stream("events", 1)
+    with pytest.raises(BackendError, match="^stream 'events' already exists$"):
+        backend.create_stream("events", 1)
+
+    put(backend, "events", "a")
+    backend.set_checkpoint("shop", "events", "shardId-000000000000", "1")
+    backend.delete_stream("events")
+
+    assert backend.describe_stream("events") is None
+    assert backend.get_checkpoints("shop", "events") == {}
+    with pytest.raises(StreamNotFound, match="^stream 'events' does not exist$"):
+        backend.list_shards("events")
+    backend.create_stream("events", 1)
+    assert read_all(backend, "events", "shardId-000000000000") == []
+
+
+def test_a_key_goes_to_the_shard_owning_its_hash_every_time(backend):
+    backend.create_stream("events", 3)
+    shards = {s.shard_id: s for s in backend.list_shards("events")}
+    keys = [f"user-{i}" for i in range(60)]
+
+    first = backend.put_records("events", [(b"x", key) for key in keys])
+    second = backend.put_records("events", [(b"y", key) for key in keys])
+
+    for key, a, b in zip(keys, first, second, strict=True):
+        shard = shards[a.shard_id]
+        assert shard.starting_hash_key <= partition_hash(key) <= shard.ending_hash_key
+        assert a.shard_id == b.shard_id
+    assert len({r.shard_id for r in first}) == 3
+
+
+def test_sequence_numbers_rise_within_each_shard(backend):
+    backend.create_stream("events", 2)
+    results = []
+    for batch in range(5):
+        results += backend.put_records("events", [(b"x", f"k{batch}-{i}") for i in range(40)])
+
+    for shard in backend.list_shards("events"):
+        sequences = [int(r.sequence) for r in results if r.shard_id == shard.shard_id]
+        assert sequences == sorted(set(sequences))
+        read = [int(r.sequence) for r in read_all(backend, "events", shard.shard_id)]
+        assert read == sequences
+
+
+# Iterators
+
+
+@pytest.fixture
+def three_records(backend, clock):
+    """One shard holding a, b, c, put one second apart."""
+    backend.create_stream("events", 1)
+    results = []
+    for payload in "abc":
+        results += put(backend, "events", payload)
+        clock.now += 1
+    return [r.sequence for r in results]
+
+
+def at(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(START + seconds, datetime.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "iterator_type, position, expected",
+    [
+        ("TRIM_HORIZON", {}, "abc"),
+        ("AT_SEQUENCE_NUMBER", {"sequence": "b"}, "bc"),
+        ("AFTER_SEQUENCE_NUMBER", {"sequence": "b"}, "c"),
+        ("AT_TIMESTAMP", {"timestamp": at(1)}, "bc"),
+        ("AT_TIMESTAMP", {"timestamp": at(1.5)}, "c"),
+        ("AT_TIMESTAMP", {"timestamp": at(9)}, ""),
+    ],
+)
+def test_iterator_types_start_at_the_right_record(
+    backend, three_records, iterator_type, position, expected
+):
+    if "sequence" in position:  # the sequence number of that record
+        position = {"sequence": three_records["abc".index(position["sequence"])]}
+
+    records = read_all(backend, "events", "shardId-000000000000", iterator_type, **position)
+
+    assert b"".join(r.data for r in records) == expected.encode()
+
+
+def test_latest_returns_only_records_put_after_it(backend, three_records):
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "LATEST")
+    assert backend.get_records(iterator).records == []
+
+    put(backend, "events", "d")
+
+    assert [r.data for r in backend.get_records(iterator).records] == [b"d"]
+
+
+def test_records_keep_key_and_utc_arrival(backend, three_records):
+    first = read_all(backend, "events", "shardId-000000000000")[0]
+
+    assert (first.sequence, first.partition_key) == (three_records[0], "k")
+    assert first.arrival == datetime.datetime.fromtimestamp(START, datetime.timezone.utc)
+
+
+def test_get_records_pages_by_limit_and_reports_lag(backend, clock):
+    backend.create_stream("events", 1)
+    for payload in "abcde":
+        put(backend, "events", payload)
+        clock.now += 2
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
+
+    first = backend.get_records(iterator, limit=2)
+    rest = backend.get_records(first.next_iterator, limit=10)
+    empty = backend.get_records(rest.next_iterator)
+
+    assert [r.data for r in first.records] == [b"a", b"b"]
+    assert first.millis_behind == 6000
+    assert [r.data for r in rest.records] == [b"c", b"d", b"e"]
+    assert rest.millis_behind == 0
+    assert (empty.records, empty.millis_behind) == ([], 0)
+    assert empty.next_iterator is not None
+
+
+def test_get_records_returns_at_most_ten_mib(backend):
+    backend.create_stream("events", 1)
+    mib_record = (b"x" * (1024 * 1024 - 1), "k")  # 1 MiB with its partition key
+    for count in (4, 4, 3):
+        backend.put_records("events", [mib_record] * count)
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
+
+    first = backend.get_records(iterator)
+    second = backend.get_records(first.next_iterator)
+
+    assert (len(first.records), len(second.records)) == (10, 1)
+
+
+def test_iterators_expire_after_five_minutes(backend, clock, three_records):
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
+    clock.now += 299
+    next_iterator = backend.get_records(iterator, limit=1).next_iterator
+
+    clock.now += 2
+    with pytest.raises(IteratorExpired, match="shardId-000000000000 is over 300 s old"):
+        backend.get_records(iterator)
+    assert [r.data for r in backend.get_records(next_iterator).records] == [b"b", b"c"]
+
+
+def test_a_garbage_iterator_is_refused(backend):
+    for garbage in ("", "hello", "bm90IGpzb24=", "WzEsIDJd"):
+        with pytest.raises(BackendError, match="^invalid shard iterator: it was not issued"):
+            backend.get_records(garbage)
+
+
+def test_iterator_arguments_are_checked(backend, three_records):
+    shard = "shardId-000000000000"
+    with pytest.raises(BackendError, match="^unknown iterator type 'OLDEST'"):
+        backend.get_shard_iterator("events", shard, "OLDEST")
+    with pytest.raises(BackendError, match="'None' is not a sequence number$"):
+        backend.get_shard_iterator("events", shard, "AT_SEQUENCE_NUMBER")
+    with pytest.raises(BackendError, match="^shard 'shardId-000000000009' does not exist in"):
+        backend.get_shard_iterator("events", "shardId-000000000009", "LATEST")
+    with pytest.raises(StreamNotFound):
+        backend.get_shard_iterator("nope", shard, "LATEST")
+
+
+def test_records_survive_closing_and_reopening(tmp_path):
+    backend = LocalBackend(tmp_path)
+    backend.create_stream("events", 2)
+    results = put(backend, "events", "a", "b", key="same")
+    backend.set_checkpoint("shop", "events", results[0].shard_id, results[0].sequence)
+    backend.close()
+
+    reopened = LocalBackend(tmp_path)
+    records = read_all(reopened, "events", results[0].shard_id)
+    checkpoints = reopened.get_checkpoints("shop", "events")
+    reopened.close()
+
+    assert [r.data for r in records] == [b"a", b"b"]
+    assert checkpoints == {results[0].shard_id: results[0].sequence}
+    assert (tmp_path / "pipeline.db").is_file()
+
+
+def test_records_past_retention_are_gone(backend, clock):
+    backend.create_stream("events", 1)
+    put(backend, "events", "old")
+    clock.now += 25 * 3600
+
+    assert read_all(backend, "events", "shardId-000000000000") == []
+    put(backend, "events", "new")
+    assert [r.data for r in read_all(backend, "events", "shardId-000000000000")] == [b"new"]
+
+
+# PutRecords refusals
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([(b"x", "k")] * 501, "501 entries, at most 500 allowed"),
+        ([], "0 entries, at most 500 allowed"),
+        (
+            [(b"x" * (1024 * 1024), "k")],
+            "entry 0 is 1048577 bytes with its partition key, at most 1048576 allowed",
+        ),
+        ([(b"x", "")], "entry 0: partition key must be 1 to 256 characters"),
+        ([(b"x", "k" * 257)], "entry 0: partition key must be 1 to 256 characters"),
+        ([(b"x" * 1_000_000, "k")] * 6, "6000006 bytes in one call, at most 5242880 allowed"),
+        ([("text", "k")], "entry 0: data must be bytes"),
+    ],
+)
+def test_put_records_refuses_what_kinesis_refuses_whole(backend, entries, message):
+    backend.create_stream("events", 1)
+
+    with pytest.raises(BackendError) as refused:
+        backend.put_records("events", entries)
+
+    assert str(refused.value) == f"put_records to stream 'events': {message}"
+    assert read_all(backend, "events", "shardId-000000000000") == []
+
+
+def test_put_records_to_a_missing_stream(backend):
+    with pytest.raises(StreamNotFound, match="^stream 'nope' does not exist$"):
+        put(backend, "nope", "a")
+
+
+# Resharding
+
+
+def test_resharding_closes_parents_and_links_children(backend):
+    backend.create_stream("events", 2)
+    keys = [f"user-{i}" for i in range(40)]
+    before = backend.put_records("events", [(b"x", key) for key in keys])
+
+    backend.update_shard_count("events", 3)
+
+    shards = backend.list_shards("events")
+    old, new = shards[:2], shards[2:]
+    assert [s.shard_id for s in shards] == [f"shardId-00000000000{i}" for i in range(5)]
+    for parent in old:
+        last = max(int(r.sequence) for r in before if r.shard_id == parent.shard_id)
+        assert not parent.is_open and parent.ending_sequence == str(last)
+    assert [(s.parent_shard_id, s.adjacent_parent_shard_id) for s in new] == [
+        ("shardId-000000000000", None),
+        ("shardId-000000000000", "shardId-000000000001"),
+        ("shardId-000000000001", None),
+    ]
+    assert backend.describe_stream("events").open_shard_count == 3
+    after = backend.put_records("events", [(b"y", key) for key in keys])
+    assert {r.shard_id for r in after} <= {s.shard_id for s in new}
+    assert min(int(r.sequence) for r in after) >= int(new[0].starting_sequence)
+
+
+def test_a_closed_shards_reader_ends_after_its_last_record(backend):
+    backend.create_stream("events", 1)
+    put(backend, "events", "a", "b")
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
+    first = backend.get_records(iterator, limit=1)
+
+    backend.update_shard_count("events", 2)
+    put(backend, "events", "c")
+    last = backend.get_records(first.next_iterator)
+
+    assert [r.data for r in first.records + last.records] == [b"a", b"b"]
+    assert last.next_iterator is None
+
+
+def test_an_empty_closed_shard_ends_at_once_and_says_it_is_empty(backend):
+    backend.create_stream("events", 1)
+    backend.update_shard_count("events", 2)
+
+    parent = backend.list_shards("events")[0]
+    iterator = backend.get_shard_iterator("events", parent.shard_id, "TRIM_HORIZON")
+
+    assert int(parent.ending_sequence) < int(parent.starting_sequence)
+    assert backend.get_records(iterator) == RecordBatch([], None, 0)
+
+
+def test_merging_keeps_every_parent_in_the_lineage(backend):
+    backend.create_stream("events", 5)
+    old = backend.list_shards("events")
+    backend.update_shard_count("events", 3)
+
+    shards = {s.shard_id: s for s in backend.list_shards("events")}
+
+    def ancestors(shard):
+        found = set()
+        for parent in (shard.parent_shard_id, shard.adjacent_parent_shard_id):
+            if parent:
+                found |= {parent} | ancestors(shards[parent])
+        return found
+
+    children = [s for s in shards.values() if s.is_open]
+    assert len(children) == 3
+    for child in children:
+        overlapped = {
+            s.shard_id
+            for s in old
+            if s.starting_hash_key <= child.ending_hash_key
+            and s.ending_hash_key >= child.starting_hash_key
+        }
+        assert ancestors(child) & {s.shard_id for s in old} == overlapped
+    # The middle child overlaps three parents, so it hangs below a closed, empty merge shard.
+    assert len(ancestors(children[1]) & {s.shard_id for s in old}) == 3
+
+
+# Checkpoints
+
+
+def test_checkpoints_never_move_backwards(backend):
+    shard = "shardId-000000000000"
+    backend.set_checkpoint("shop", "events", shard, "100")
+    backend.set_checkpoint("shop", "events", shard, "99")
+    backend.set_checkpoint("shop", "events", "shardId-000000000001", "7")
+    assert backend.get_checkpoints("shop", "events") == {
+        shard: "100",
+        "shardId-000000000001": "7",
+    }
+
+    backend.set_checkpoint("shop", "events", shard, "1000")
+    assert backend.get_checkpoints("shop", "events")[shard] == "1000"
+
+    backend.set_checkpoint("shop", "events", shard, SHARD_END)
+    backend.set_checkpoint("shop", "events", shard, "99999")
+    assert backend.get_checkpoints("shop", "events")[shard] == SHARD_END
+    assert backend.get_checkpoints("other", "events") == {}
+
+
+def test_a_checkpoint_must_be_a_sequence_number(backend):
+    with pytest.raises(BackendError, match="'latest' is not a sequence number$"):
+        backend.set_checkpoint("shop", "events", "shardId-000000000000", "latest")
+
+
+# Buckets
+
+
+def test_buckets_round_trip_and_list(backend, tmp_path):
+    backend.create_bucket("lake")
+    backend.put_object("lake", "usa/2026/11/26/part-1", b"one")
+    backend.put_object("lake", "usa/2026/11/26/part-0", b"zero")
+    backend.put_object("lake", "errors/x", b"bad")
+    backend.put_object("lake", "errors/x", b"worse")
+
+    assert backend.bucket_exists("lake")
+    assert backend.list_objects("lake") == [
+        "errors/x",
+        "usa/2026/11/26/part-0",
+        "usa/2026/11/26/part-1",
+    ]
+    assert backend.list_objects("lake", "usa/") == [
+        "usa/2026/11/26/part-0",
+        "usa/2026/11/26/part-1",
+    ]
+    assert backend.get_object("lake", "errors/x") == b"worse"
+    assert (tmp_path / "state/buckets/lake/usa/2026/11/26/part-1").read_bytes() == b"one"
+    with pytest.raises(BackendError, match="^bucket 'lake' already exists$"):
+        backend.create_bucket("lake")
+
+    backend.delete_bucket("lake")
+    assert not backend.bucket_exists("lake")
+    with pytest.raises(BackendError, match="^bucket 'lake' does not exist$"):
+        backend.list_objects("lake")
+
+
+@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "a//b", "a/"])
+def test_object_keys_cannot_leave_the_bucket(backend, key):
+    backend.create_bucket("lake")
+
+    with pytest.raises(BackendError, match=f"^object key '{key}' cannot be stored locally"):
+        backend.put_object("lake", key, b"x")
+
+
+def test_missing_objects_and_bad_bucket_names(backend):
+    backend.create_bucket("lake")
+    with pytest.raises(BackendError, match="^object 'nope' not found in bucket 'lake'$"):
+        backend.get_object("lake", "nope")
+    with pytest.raises(BackendError, match="^invalid bucket name 'Lake/..'"):
+        backend.create_bucket("Lake/..")
+
+
+# Firehose metadata
+
+
+def test_firehose_metadata_round_trips(backend):
+    firehose = FirehoseDescription("usa-lake", "usa", "lake", "usa/", "errors/", 5, 60, "GZIP")
+    assert backend.describe_firehose("usa-lake") is None
+
+    backend.create_firehose(firehose)
+    with pytest.raises(BackendError, match="^firehose 'usa-lake' already exists$"):
+        backend.create_firehose(firehose)
+    changed = FirehoseDescription("usa-lake", "usa", "lake", "us/", "err/", 64, 900, "UNCOMPRESSED")
+    backend.update_firehose(changed)
+
+    assert backend.describe_firehose("usa-lake") == changed
+    backend.delete_firehose("usa-lake")
+    assert backend.describe_firehose("usa-lake") is None
+    with pytest.raises(BackendError, match="^firehose 'usa-lake' does not exist$"):
+        backend.delete_firehose("usa-lake")
+
+
+# Several processes at once
+
+
+def write_records(state_dir: str, writer: int) -> None:
+    backend = LocalBackend(Path(state_dir))
+    for start in range(0, 2000, 100):
+        entries = [(f"{writer}:{i}".encode(), f"key-{i}") for i in range(start, start + 100)]
+        assert all(result.ok for result in backend.put_records("events", entries))
+    backend.close()
+
+
+def poll_records(state_dir: str, stop, seen) -> None:
+    backend = LocalBackend(Path(state_dir))
+    shards = [s.shard_id for s in backend.list_shards("events")]
+    iterators = {s: backend.get_shard_iterator("events", s, "TRIM_HORIZON") for s in shards}
+    count = 0
+    while True:
+        # Read once more after the writers stop, so the last batches are counted too.
+        stopping = stop.is_set()
+        for shard, iterator in iterators.items():
+            batch = backend.get_records(iterator)
+            count += len(batch.records)
+            iterators[shard] = batch.next_iterator
+        if stopping:
+            break
+        time.sleep(0.01)
+    seen.put(count)
+    backend.close()
+
+
+def test_two_writers_and_a_reader_share_the_state_folder(tmp_path):
+    backend = LocalBackend(tmp_path)
+    backend.create_stream("events", 4)
+    spawn = multiprocessing.get_context("spawn")
+    stop, seen = spawn.Event(), spawn.Queue()
+    reader = spawn.Process(target=poll_records, args=(str(tmp_path), stop, seen))
+    writers = [spawn.Process(target=write_records, args=(str(tmp_path), w)) for w in (1, 2)]
+
+    reader.start()
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    stop.set()
+    reader.join(60)
+
+    assert [w.exitcode for w in writers] + [reader.exitcode] == [0, 0, 0]
+    assert seen.get(timeout=5) == 4000
+    data = [
+        r.data
+        for s in backend.list_shards("events")
+        for r in read_all(backend, "events", s.shard_id)
+    ]
+    assert sorted(data) == sorted(f"{w}:{i}".encode() for w in (1, 2) for i in range(2000))
+    backend.close()

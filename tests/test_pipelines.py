@@ -1,0 +1,275 @@
+"""End to end: the shipped specs, applied, fed and run on the local backend."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from itertools import islice
+
+import pytest
+from click.testing import CliRunner
+from conftest import PIPELINES, REPO
+
+from runner import engine, spec
+from runner.backends.local import LocalBackend
+from runner.cli import cli
+from runner.produce import synthetic_sessions
+
+ECOMMERCE = str(PIPELINES / "ecommerce.yaml")
+SOURCE = "de-c2w2lab1-kinesis-data-stream"
+USA = "de-c2w2lab1-usa-data-stream"
+INTERNATIONAL = "de-c2w2lab1-international-data-stream"
+OBJECT_KEY = re.compile(
+    r"firehose/\d{4}/\d\d/\d\d/\d\d/de-c2w2lab1-firehose-(usa|international)-1-"
+    r"\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9a-f-]{36}"
+)
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """A fresh local state folder, used by the CLI through PIPELINE_STATE_DIR."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(folder))
+    return folder
+
+
+def pipeline(*args, input=None):
+    result = CliRunner().invoke(cli, list(args), input=input)
+    assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def produce_sessions(count, seed=None):
+    """Put `count` synthetic sessions (from `seed`) into the scenario's source stream."""
+    seeded = ["--seed", str(seed)] if seed is not None else []
+    pipeline(
+        "produce",
+        "--stream",
+        SOURCE,
+        "--synthetic",
+        "--count",
+        str(count),
+        "--mean-gap",
+        "0",
+        *seeded,
+    )
+
+
+def read_stream(backend, name):
+    """Every record of every shard of a stream, as parsed JSON."""
+    records = []
+    for shard in backend.list_shards(name):
+        iterator = backend.get_shard_iterator(name, shard.shard_id, "TRIM_HORIZON")
+        while iterator:
+            batch = backend.get_records(iterator)
+            records += [json.loads(record.data) for record in batch.records]
+            if not batch.records:
+                break
+            iterator = batch.next_iterator
+    return records
+
+
+def expected(session):
+    history = session["browse_history"]
+    return {
+        **session,
+        "overall_product_quantity": sum(item["quantity"] for item in history),
+        "overall_in_shopping_cart": sum(i["quantity"] for i in history if i["in_shopping_cart"]),
+        "total_different_products": len(history),
+    }
+
+
+def without_time(record):
+    return {key: value for key, value in record.items() if key != "processing_timestamp"}
+
+
+def run_until_idle(state, **options):
+    loaded = spec.load(ECOMMERCE)
+    backend = LocalBackend(state)
+    lines = []
+    options = engine.RunOptions(until_idle=options.pop("until_idle", 0.5), **options)
+    assert engine.run(loaded, backend, state, options, lines.append) == 0
+    return lines
+
+
+def test_every_session_reaches_the_right_stream_and_bucket_with_its_attributes(state):
+    pipeline("apply", ECOMMERCE)
+    produce_sessions(600, seed=3)
+    sessions = list(islice(synthetic_sessions(3), 600))
+
+    lines = run_until_idle(state)
+
+    backend = LocalBackend(state)
+    usa = {r["session_id"]: r for r in read_stream(backend, USA)}
+    international = {r["session_id"]: r for r in read_stream(backend, INTERNATIONAL)}
+    assert len(usa) + len(international) == 600
+    for session in sessions:
+        sink = usa if session["country"] == "USA" else international
+        assert without_time(sink[session["session_id"]]) == expected(session)
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\dT.*\+00:00", sink[session["session_id"]]["processing_timestamp"]
+        )
+    for bucket, routed in (
+        ("de-c2w2lab1-000000000000-usa", usa),
+        ("de-c2w2lab1-000000000000-int", international),
+    ):
+        delivered = []
+        for key in backend.list_objects(bucket):
+            assert OBJECT_KEY.fullmatch(key), key
+            body = backend.get_object(bucket, key).decode()
+            assert body.endswith("\n")
+            delivered += [json.loads(line) for line in body.splitlines()]
+        assert {r["session_id"]: r for r in delivered} == routed
+        assert len(delivered) == len(routed)
+    assert lines[-3].startswith(
+        f"[de-c2w2lab1-etl] done: in 600 | out international {len(international)}, "
+        f"usa {len(usa)} | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms"
+    )
+
+
+def test_bad_records_go_to_the_dead_letter_while_good_ones_flow_on(state):
+    pipeline("apply", ECOMMERCE)
+    good = next(synthetic_sessions(1))
+    backend = LocalBackend(state)
+    backend.put_records(
+        SOURCE,
+        [
+            (json.dumps(good).encode(), "a"),
+            (b"\xff\xfe not utf-8", "b"),
+            (b"{not json", "c"),
+            (b"[1, 2]", "d"),
+            (b'{"country": 5, "session_id": "x"}', "e"),
+            (json.dumps({**good, "session_id": "last"}).encode(), "f"),
+        ],
+    )
+
+    lines = run_until_idle(state)
+
+    routed = read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)
+    assert sorted(r["session_id"] for r in routed) == sorted([good["session_id"], "last"])
+    dead_letter = state / "dead-letter" / "de-c2w2lab1-etl.jsonl"
+    entries = [json.loads(line) for line in dead_letter.read_text().splitlines()]
+    assert [(e["reason"].split(":")[0], e["partition_key"], e["stream"]) for e in entries] == [
+        ("not UTF-8", "b", SOURCE),
+        ("not JSON", "c", SOURCE),
+        ("not a JSON object", "d", SOURCE),
+        ("transform[0].set.overall_product_quantity", "e", SOURCE),
+    ]
+    assert entries[0]["data"] is None and entries[0]["data_base64"] == "//4gbm90IHV0Zi04"
+    assert entries[1]["data"] == "{not json"
+    assert all(e["shard"] == "shardId-000000000000" and e["sequence"].isdigit() for e in entries)
+    assert lines[-1] == f"[de-c2w2lab1-etl] dead letter: 4 records in {dead_letter}"
+
+
+def test_a_run_continues_after_its_checkpoint(state):
+    pipeline("apply", ECOMMERCE)
+    produce_sessions(50)
+    run_until_idle(state, max_records=20)
+    backend = LocalBackend(state)
+    assert len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)) == 20
+    run_until_idle(state)
+    assert len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)) == 50
+
+
+def test_consume_prints_what_the_run_wrote(state):
+    pipeline("apply", ECOMMERCE)
+    sample = (PIPELINES / "samples" / "session.json").read_text().strip()
+    pipeline("produce", "--stream", SOURCE, "--json", sample)
+    run_until_idle(state)
+
+    result = pipeline("consume", "--stream", USA, "--no-follow", "--jsonl")
+
+    (line,) = result.stdout.splitlines()
+    printed = json.loads(line)
+    assert set(printed) == {"shard", "sequence", "partition_key", "arrival", "data"}
+    assert printed["partition_key"] == "a1"
+    assert without_time(printed["data"]) == expected(json.loads(sample))
+
+
+def test_the_plain_producer_and_consumer_part(state):
+    pipeline("apply", str(PIPELINES / "cli-router.yaml"))
+    stream = "de-c2w2lab1-kinesis-data-stream-cli"
+    pipeline("produce", "--stream", stream, "--json", '{"session_id": "s1", "n": 1}')
+    pipeline("produce", "--stream", stream, "--json", '{"session_id": "s2", "n": 2}')
+
+    result = pipeline("consume", "--stream", stream, "--no-follow")
+
+    first, second = result.stdout.splitlines()
+    match = re.fullmatch(
+        r"shardId-000000000000 (\d+) key=s1: \{\"session_id\":\"s1\",\"n\":1\}", first
+    )
+    assert match, first
+    assert re.fullmatch(r"shardId-000000000000 (\d+) key=s2: .*", second)
+    after = pipeline(
+        "consume",
+        "--stream",
+        stream,
+        "--no-follow",
+        "--shard",
+        "shardId-000000000000",
+        "--from",
+        f"after_sequence_number:{match.group(1)}",
+    )
+    assert after.stdout.splitlines() == [second]
+
+
+def start_run(state, *args):
+    env = {**os.environ, "PIPELINE_STATE_DIR": str(state)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", ECOMMERCE, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state):
+    pipeline("apply", ECOMMERCE)
+    total = 30_000
+    produce_sessions(total, seed=5)
+    backend = LocalBackend(state)
+    run = start_run(state)
+    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    written = len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL))
+    assert 0 < written < total, "the kill should land mid-stream"
+
+    again = start_run(state, "--until-idle", "1")
+    assert again.wait(timeout=120) == 0, again.stderr.read()
+
+    routed = {
+        r["session_id"] for r in read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)
+    }
+    assert routed == {s["session_id"] for s in islice(synthetic_sessions(5), total)}
+
+
+def test_sigterm_stops_cleanly_with_a_summary(state):
+    pipeline("apply", ECOMMERCE)
+    produce_sessions(10)
+    run = start_run(state)
+    backend = LocalBackend(state)
+    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 0
+    stderr = run.stderr.read()
+    assert "[de-c2w2lab1-etl] done: in 10 |" in stderr
+    assert "Traceback" not in stderr
+    delivered = sum(
+        len(backend.get_object(bucket, key).splitlines())
+        for bucket in ("de-c2w2lab1-000000000000-usa", "de-c2w2lab1-000000000000-int")
+        for key in backend.list_objects(bucket)
+    )
+    assert delivered == 10
