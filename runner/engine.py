@@ -198,6 +198,8 @@ def check_resources(spec: Spec, backend: Backend) -> None:
             for firehose in spec.firehoses.values()
             if not backend.bucket_exists(spec.buckets[firehose.bucket].name)
         ]
+    if not backend.checkpoint_store_exists(spec.pipeline):
+        missing.append(f"checkpoint table {spec.pipeline}-checkpoints")
     if missing:
         raise BackendError(
             f"{', '.join(missing)} not found on the {backend.name} target: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from runner import access
 from runner.backends.base import Backend, FirehoseDescription
 from runner.spec import Firehose, Spec
 
@@ -31,12 +32,14 @@ class Change:
 
 
 def plan(spec: Spec, backend: Backend) -> list[Change]:
-    """Compare the spec with the target, resource by resource; touches nothing."""
-    return (
-        list(_streams(spec, backend))
-        + list(_buckets(spec, backend))
-        + list(_firehoses(spec, backend))
-    )
+    """Compare the spec with the target, resource by resource; touches nothing.
+
+    In the order apply must follow: what a firehose needs comes before it."""
+    kinds = [_streams, _buckets]
+    if backend.delivers_firehoses:
+        kinds += [_checkpoint_store, _roles, _log_groups]
+    kinds.append(_firehoses)
+    return [change for kind in kinds for change in kind(spec, backend)]
 
 
 def apply(spec: Spec, backend: Backend, report: Callable[[str], None]) -> list[Change]:
@@ -62,24 +65,61 @@ def summary(changes: list[Change], *, done: bool) -> str:
 
 
 def destroy(spec: Spec, backend: Backend, report: Callable[[str], None]) -> int:
-    """Delete the spec's resources that exist, firehoses before streams and buckets."""
+    """Delete the spec's resources that exist, each before what it depends on."""
     removed = 0
-    for firehose in spec.firehoses.values():
-        if backend.describe_firehose(firehose.name) is not None:
-            backend.delete_firehose(firehose.name)
-            report(f"- destroy firehose {firehose.name}")
-            removed += 1
-    for stream in spec.streams.values():
-        if backend.describe_stream(stream.name) is not None:
-            backend.delete_stream(stream.name)
-            report(f"- destroy stream {stream.name}")
-            removed += 1
-    for bucket in spec.buckets.values():
-        if backend.bucket_exists(bucket.name):
-            backend.delete_bucket(bucket.name)
-            report(f"- destroy bucket {bucket.name} (and every object in it)")
+    for kind, name, exists, delete in _owned(spec, backend):
+        if exists():
+            delete()
+            report(f"- destroy {kind} {name}")
             removed += 1
     return removed
+
+
+def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, Callable]]:
+    """(kind, name, exists, delete) for every resource of the spec, dependants first."""
+    for f in spec.firehoses.values():
+        yield (
+            "firehose",
+            f.name,
+            lambda f=f: backend.describe_firehose(f.name) is not None,
+            lambda f=f: backend.delete_firehose(f.name),
+        )
+    if backend.delivers_firehoses:
+        for group in sorted({f.log_group for f in spec.firehoses.values() if f.log_group}):
+            yield (
+                "log group",
+                group,
+                lambda g=group: backend.describe_log_group(g) is not None,
+                lambda g=group: backend.delete_log_group(g),
+            )
+        for role in sorted({f.role for f in spec.firehoses.values()}):
+            yield (
+                "role",
+                role,
+                lambda r=role: backend.describe_role(r) is not None,
+                lambda r=role: backend.delete_role(r),
+            )
+    for s in spec.streams.values():
+        yield (
+            "stream",
+            s.name,
+            lambda s=s: backend.describe_stream(s.name) is not None,
+            lambda s=s: backend.delete_stream(s.name),
+        )
+    for b in spec.buckets.values():
+        yield (
+            "bucket",
+            f"{b.name} (and every object in it)",
+            lambda b=b: backend.bucket_exists(b.name),
+            lambda b=b: backend.delete_bucket(b.name),
+        )
+    if backend.delivers_firehoses:
+        yield (
+            "checkpoint table",
+            f"{spec.pipeline}-checkpoints",
+            lambda: backend.checkpoint_store_exists(spec.pipeline),
+            lambda: backend.delete_checkpoint_store(spec.pipeline),
+        )
 
 
 def _plural(count: int, what: str) -> str:
@@ -136,6 +176,9 @@ def description(spec: Spec, firehose: Firehose) -> FirehoseDescription:
         buffer_size_mb=firehose.buffer_size_mb,
         buffer_interval_s=firehose.buffer_interval_s,
         compression=firehose.compression,
+        role=firehose.role,
+        log_group=firehose.log_group,
+        log_stream=firehose.log_stream,
     )
 
 
@@ -167,6 +210,52 @@ def _firehoses(spec: Spec, backend: Backend) -> Iterator[Change]:
             )
         else:
             yield Change(UNCHANGED, "firehose", firehose.name, source, _nothing)
+
+
+def _checkpoint_store(spec: Spec, backend: Backend) -> Iterator[Change]:
+    name = f"{spec.pipeline}-checkpoints"
+    if backend.checkpoint_store_exists(spec.pipeline):
+        yield Change(UNCHANGED, "checkpoint table", name, "exists", _nothing)
+    else:
+        yield Change(
+            CREATE,
+            "checkpoint table",
+            name,
+            "DynamoDB, on demand",
+            lambda: backend.create_checkpoint_store(spec.pipeline),
+        )
+
+
+def _roles(spec: Spec, backend: Backend) -> Iterator[Change]:
+    for wanted in access.roles(spec, backend.account_id, backend.region):
+        current = backend.describe_role(wanted.name)
+        if current is None:
+            action, detail = CREATE, "assumed by Firehose"
+        elif current != wanted:
+            action, detail = CHANGE, "trust or inline policy differs"
+        else:
+            yield Change(UNCHANGED, "role", wanted.name, "assumed by Firehose", _nothing)
+            continue
+        yield Change(action, "role", wanted.name, detail, lambda w=wanted: backend.put_role(w))
+
+
+def _log_groups(spec: Spec, backend: Backend) -> Iterator[Change]:
+    for firehose in spec.firehoses.values():
+        group, stream = firehose.log_group, firehose.log_stream
+        if group is None or stream is None:
+            continue
+        name = f"{group}/{stream}"
+        streams = backend.describe_log_group(group)
+        if streams is not None and stream in streams:
+            yield Change(UNCHANGED, "log stream", name, "exists", _nothing)
+        else:
+            yield Change(
+                CREATE,
+                "log stream",
+                name,
+                "delivery errors",
+                lambda g=group, s=stream: backend.create_log_stream(g, s),
+            )
 
 
 def _nothing() -> None:

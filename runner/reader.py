@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from runner.backends.base import (
@@ -72,6 +73,7 @@ class StreamReader:
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None  # for targets that read shards in parallel
         self._shards: dict[str, _ShardState] = {}
         # Shards read to their end, by this reader or before (a SHARD_END checkpoint).
         self._followed = {shard for shard, seq in self.checkpoints.items() if seq == SHARD_END}
@@ -84,13 +86,14 @@ class StreamReader:
         now = self.clock()
         if now >= self._next_refresh:
             self._refresh()
-        batches = []
-        for state in list(self._shards.values()):
-            if state.finished or state.next_call > now:
-                continue
-            batch = self._read(state, now)
-            if batch is not None:
-                batches.append(batch)
+        ready = [s for s in self._shards.values() if not s.finished and s.next_call <= now]
+        if len(ready) > 1 and self.backend.read_workers > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.backend.read_workers, "shard-reader")
+            answers = list(self._pool.map(lambda state: self._read(state, now), ready))
+        else:
+            answers = [self._read(state, now) for state in ready]
+        batches = [batch for batch in answers if batch is not None]
         if any(batch.finished for batch in batches):
             self._refresh()  # children of a finished parent may start now
         return batches

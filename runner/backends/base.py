@@ -109,6 +109,18 @@ class FirehoseDescription:
     buffer_size_mb: int
     buffer_interval_s: int
     compression: str
+    role: str = ""  # the IAM role Firehose assumes (AWS)
+    log_group: str | None = None  # CloudWatch Logs for delivery errors (AWS)
+    log_stream: str | None = None
+
+
+@dataclass(frozen=True)
+class RoleDescription:
+    """An IAM role as provisioning compares it: who may assume it and its inline policies."""
+
+    name: str
+    trust_policy: dict
+    policies: dict  # inline policy name -> policy document
 
 
 class Backend(abc.ABC):
@@ -118,6 +130,8 @@ class Backend(abc.ABC):
     region: str
     # True when the target delivers Firehose streams itself (AWS); otherwise `run` does it.
     delivers_firehoses: bool
+    # How many shards a reader may ask at once: network targets gain from asking in parallel.
+    read_workers: int = 1
 
     @property
     @abc.abstractmethod
@@ -207,5 +221,38 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete_firehose(self, name: str) -> None: ...
 
-    def close(self) -> None:  # noqa: B027 - most backends have nothing to release
+    # What only a target that delivers Firehose itself needs (AWS): the role Firehose
+    # assumes, the log groups it writes errors to, and a table for the run's checkpoints.
+    def describe_role(self, name: str) -> RoleDescription | None:
+        raise BackendError(f"the {self.name} target has no IAM roles")
+
+    def put_role(self, role: RoleDescription) -> None:
+        """Create the role, or set its trust policy and inline policies to these."""
+        raise BackendError(f"the {self.name} target has no IAM roles")
+
+    def delete_role(self, name: str) -> None:
+        raise BackendError(f"the {self.name} target has no IAM roles")
+
+    def describe_log_group(self, group: str) -> list[str] | None:
+        """The log group's stream names, or None when the group does not exist."""
+        raise BackendError(f"the {self.name} target has no log groups")
+
+    def create_log_stream(self, group: str, stream: str) -> None:
+        """Create the stream, and its group when missing."""
+        raise BackendError(f"the {self.name} target has no log groups")
+
+    def delete_log_group(self, group: str) -> None:
+        raise BackendError(f"the {self.name} target has no log groups")
+
+    def checkpoint_store_exists(self, pipeline: str) -> bool:
+        """Whether the pipeline's checkpoints have somewhere to go (the local file always)."""
+        return True
+
+    def create_checkpoint_store(self, pipeline: str) -> None:
+        """Make room for the pipeline's checkpoints (a DynamoDB table on AWS)."""
+
+    def delete_checkpoint_store(self, pipeline: str) -> None:
+        """Remove the pipeline's checkpoints and their store."""
+
+    def close(self) -> None:
         """Release connections; the default has nothing to release."""

@@ -57,7 +57,6 @@ DEFAULT_RETENTION_HOURS = 24
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SEQUENCE = re.compile(r"[0-9]{1,18}")  # local rowids; longer ones would overflow SQLite
-_FIREHOSE_FIELDS = [f.name for f in dataclasses.fields(FirehoseDescription)]
 
 # Hash keys are decimal TEXT: 128-bit values overflow SQLite integers.
 _SCHEMA = """
@@ -77,10 +76,7 @@ CREATE INDEX IF NOT EXISTS records_by_arrival ON records (stream, arrival_ms);
 CREATE TABLE IF NOT EXISTS checkpoints (
     pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
     sequence TEXT NOT NULL, PRIMARY KEY (pipeline, stream, shard_id));
-CREATE TABLE IF NOT EXISTS firehoses (
-    name TEXT PRIMARY KEY, stream TEXT NOT NULL, bucket TEXT NOT NULL, prefix TEXT NOT NULL,
-    error_prefix TEXT NOT NULL, buffer_size_mb INTEGER NOT NULL,
-    buffer_interval_s INTEGER NOT NULL, compression TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
 """
 
 
@@ -373,24 +369,23 @@ class LocalBackend(Backend):
 
     def describe_firehose(self, name: str) -> FirehoseDescription | None:
         with self._tx() as db:
-            columns = ", ".join(_FIREHOSE_FIELDS)
-            sql = f"SELECT {columns} FROM firehoses WHERE name = ?"
-            row = db.execute(sql, (name,)).fetchone()
-        return FirehoseDescription(*row) if row else None
+            row = db.execute("SELECT settings FROM firehoses WHERE name = ?", (name,)).fetchone()
+        return FirehoseDescription(**json.loads(row[0])) if row else None
 
     def create_firehose(self, firehose: FirehoseDescription) -> None:
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM firehoses WHERE name = ?", (firehose.name,)).fetchone():
                 raise BackendError(f"firehose '{firehose.name}' already exists")
-            values = dataclasses.astuple(firehose)
-            columns, marks = ", ".join(_FIREHOSE_FIELDS), ", ".join("?" * len(values))
-            db.execute(f"INSERT INTO firehoses ({columns}) VALUES ({marks})", values)
+            settings = json.dumps(dataclasses.asdict(firehose))
+            db.execute(
+                "INSERT INTO firehoses (name, settings) VALUES (?, ?)", (firehose.name, settings)
+            )
 
     def update_firehose(self, firehose: FirehoseDescription) -> None:
-        settings = ", ".join(f"{field} = ?" for field in _FIREHOSE_FIELDS)
         with self._tx(write=True) as db:
-            sql = f"UPDATE firehoses SET {settings} WHERE name = ?"
-            if db.execute(sql, (*dataclasses.astuple(firehose), firehose.name)).rowcount == 0:
+            settings = json.dumps(dataclasses.asdict(firehose))
+            sql = "UPDATE firehoses SET settings = ? WHERE name = ?"
+            if db.execute(sql, (settings, firehose.name)).rowcount == 0:
                 raise BackendError(f"firehose '{firehose.name}' does not exist")
 
     def delete_firehose(self, name: str) -> None:

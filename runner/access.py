@@ -1,0 +1,86 @@
+"""Least privilege for Firehose on AWS: the role each delivery stream assumes, allowed only to
+read its source streams, write its buckets and log to its log groups."""
+
+from __future__ import annotations
+
+from runner.backends.base import RoleDescription
+from runner.spec import Spec
+
+POLICY_NAME = "pipeline-firehose-delivery"
+
+
+def roles(spec: Spec, account_id: str, region: str) -> list[RoleDescription]:
+    """One role per distinct `role` name of the spec's firehoses, covering all that use it."""
+    by_role: dict[str, list] = {}
+    for firehose in spec.firehoses.values():
+        by_role.setdefault(firehose.role, []).append(firehose)
+    return [
+        RoleDescription(
+            name=name,
+            trust_policy=trust_policy(account_id),
+            policies={POLICY_NAME: delivery_policy(spec, firehoses, account_id, region)},
+        )
+        for name, firehoses in by_role.items()
+    ]
+
+
+def trust_policy(account_id: str) -> dict:
+    """Only Firehose, acting for this account, may assume the role."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "firehose.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": account_id}},
+            }
+        ],
+    }
+
+
+def delivery_policy(spec: Spec, firehoses: list, account_id: str, region: str) -> dict:
+    streams = sorted({spec.streams[f.stream].name for f in firehoses})
+    buckets = sorted({spec.buckets[f.bucket].name for f in firehoses})
+    groups = sorted({f.log_group for f in firehoses if f.log_group})
+    statements = [
+        {
+            "Sid": "ReadSourceStreams",
+            "Effect": "Allow",
+            "Action": [
+                "kinesis:DescribeStream",
+                "kinesis:DescribeStreamSummary",
+                "kinesis:GetShardIterator",
+                "kinesis:GetRecords",
+                "kinesis:ListShards",
+            ],
+            "Resource": [f"arn:aws:kinesis:{region}:{account_id}:stream/{s}" for s in streams],
+        },
+        {
+            "Sid": "WriteBuckets",
+            "Effect": "Allow",
+            "Action": [
+                "s3:AbortMultipartUpload",
+                "s3:GetBucketLocation",
+                "s3:GetObject",
+                "s3:ListBucket",
+                "s3:ListBucketMultipartUploads",
+                "s3:PutObject",
+            ],
+            "Resource": [
+                arn for b in buckets for arn in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")
+            ],
+        },
+    ]
+    if groups:
+        statements.append(
+            {
+                "Sid": "LogDeliveryErrors",
+                "Effect": "Allow",
+                "Action": ["logs:PutLogEvents"],
+                "Resource": [
+                    f"arn:aws:logs:{region}:{account_id}:log-group:{g}:log-stream:*" for g in groups
+                ],
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}

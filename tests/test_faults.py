@@ -1,0 +1,150 @@
+"""Injected faults lose nothing: the loop's promises under partial failures, throttling,
+expired iterators and a reshard in the middle of a run."""
+
+import itertools
+import json
+
+import pytest
+from conftest import PIPELINES
+
+from runner import engine, spec
+from runner.backends.base import IteratorExpired, PutResult, Throttled
+from runner.backends.local import LocalBackend
+from runner.produce import synthetic_sessions
+from runner.provision import apply
+
+SOURCE = "de-c2w2lab1-kinesis-data-stream"
+SINKS = ("de-c2w2lab1-usa-data-stream", "de-c2w2lab1-international-data-stream")
+
+
+class Faulty:
+    """A backend that misbehaves as told, then behaves like the one it wraps."""
+
+    def __init__(self, backend, **faults):
+        self._backend = backend
+        self.faults = faults
+        self.calls = {"put_records": 0, "get_records": 0}
+        self.seen = set()
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def put_records(self, stream, entries):
+        self.calls["put_records"] += 1
+        if self.faults.get("throttle_puts") and self.calls["put_records"] % 3 == 1:
+            raise Throttled("Rate exceeded for stream")
+        results = (
+            self._backend.put_records(stream, entries)
+            if not self.faults.get("fail_entries")
+            else self._partial(stream, entries)
+        )
+        return results
+
+    def _partial(self, stream, entries):
+        # Every other entry fails the first time it is seen; the rest go through.
+        results, passing = [], []
+        for entry in entries:
+            first_time = entry not in self.seen
+            self.seen.add(entry)
+            if first_time and len(self.seen) % 2 == 0:
+                results.append(
+                    PutResult(
+                        error_code="ProvisionedThroughputExceededException",
+                        error_message="slow down",
+                    )
+                )
+            else:
+                results.append(None)
+                passing.append(entry)
+        accepted = iter(self._backend.put_records(stream, passing) if passing else [])
+        return [result or next(accepted) for result in results]
+
+    def get_records(self, iterator, limit=10_000):
+        self.calls["get_records"] += 1
+        count = self.calls["get_records"]
+        if self.faults.get("expire_iterators") and count % 4 == 2:
+            raise IteratorExpired("Iterator expired")
+        if self.faults.get("throttle_reads") and count % 3 == 2:
+            raise Throttled("Rate exceeded for shard")
+        if count == self.faults.get("reshard_at"):
+            self._backend.update_shard_count(SOURCE, 3)
+        return self._backend.get_records(iterator, min(limit, self.faults.get("read_limit", limit)))
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    loaded = spec.load(PIPELINES / "ecommerce.yaml")
+    backend = LocalBackend(tmp_path)
+    apply(loaded, backend, lambda line: None)
+    return loaded, backend, tmp_path
+
+
+def put_sessions(backend, count, seed):
+    sessions = list(itertools.islice(synthetic_sessions(seed), count))
+    for start in range(0, count, 500):
+        chunk = sessions[start : start + 500]
+        backend.put_records(SOURCE, [(json.dumps(s).encode(), s["session_id"]) for s in chunk])
+    return {s["session_id"] for s in sessions}
+
+
+def routed_ids(backend):
+    ids = []
+    for stream in SINKS:
+        for shard in backend.list_shards(stream):
+            iterator = backend.get_shard_iterator(stream, shard.shard_id, "TRIM_HORIZON")
+            batch = backend.get_records(iterator)
+            ids += [json.loads(record.data)["session_id"] for record in batch.records]
+    return ids
+
+
+def run(loaded, backend, state):
+    options = engine.RunOptions(until_idle=0.3)
+    runner = engine.Engine(loaded, backend, state, options, lambda line: None, sleep=lambda s: None)
+    return runner.run()
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"fail_entries": True},
+        {"throttle_puts": True},
+        {"expire_iterators": True, "read_limit": 50},
+        {"throttle_reads": True, "read_limit": 50},
+    ],
+    ids=["failed-entries", "throttled-puts", "expired-iterators", "throttled-reads"],
+)
+def test_faults_lose_nothing_and_write_each_record_once(scenario, faults):
+    loaded, backend, state = scenario
+    expected = put_sessions(backend, 400, seed=11)
+    faulty = Faulty(backend, **faults)
+
+    counts = run(loaded, faulty, state)
+
+    ids = routed_ids(backend)
+    assert sorted(ids) == sorted(expected)  # every record, and none twice
+    assert counts.records_in == 400
+
+
+def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario):
+    loaded, backend, state = scenario
+    before = put_sessions(backend, 300, seed=12)
+    faulty = Faulty(backend, read_limit=100, reshard_at=2)
+    original_get = faulty.get_records
+
+    def get_then_add_more(iterator, limit=10_000):
+        batch = original_get(iterator, limit)
+        if faulty.calls["get_records"] == 3:
+            after.update(put_sessions(backend, 200, seed=13))  # lands in the new shards
+        return batch
+
+    after: set = set()
+    faulty.get_records = get_then_add_more
+
+    run(loaded, faulty, state)
+
+    ids = routed_ids(backend)
+    assert sorted(ids) == sorted(before | after)
+    shards = backend.list_shards(SOURCE)
+    assert len([s for s in shards if s.is_open]) == 3
+    checkpoints = backend.get_checkpoints("de-c2w2lab1-etl", SOURCE)
+    assert checkpoints["shardId-000000000000"] == "SHARD_END"
