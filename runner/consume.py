@@ -17,8 +17,9 @@ SEQUENCE_TYPES = ("at_sequence_number", "after_sequence_number")
 def position(text: str) -> Position:
     """--from: trim_horizon, latest, at_timestamp:ISO, at/after_sequence_number:SEQ."""
     kind, _, argument = text.partition(":")
+    kind = kind.lower()  # TRIM_HORIZON, as Kinesis spells it, works too
     if kind in SEQUENCE_TYPES:
-        if not argument.isdigit():
+        if not (argument.isascii() and argument.isdigit()):
             raise ValueError(f"--from {kind}: needs a sequence number, e.g. {kind}:4953")
         return Position(kind.upper(), sequence=argument)
     if kind in ("trim_horizon", "latest") and not argument:

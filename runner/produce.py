@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from runner.backends.base import Backend, BackendError
+from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError
 from runner.expressions import Expression
 from runner.record import encode
 from runner.routing import RouteError, partition_key
@@ -75,9 +75,16 @@ def json_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, dict | BadLine]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            yield number, BadLine(f"line {number}: not JSON: {error}")
+            record = json.loads(line.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as error:
+            yield number, BadLine(f"line {number}: not UTF-8: {error.reason} at byte {error.start}")
+            continue
+        except json.JSONDecodeError as error:
+            yield number, BadLine(f"line {number}: not JSON: {error.msg} at column {error.colno}")
+            continue
+        except RecursionError:
+            reason = "not JSON this runner can read: nested too deeply"
+            yield number, BadLine(f"line {number}: {reason}")
             continue
         if not isinstance(record, dict):
             yield number, BadLine(f"line {number}: not a JSON object")
@@ -119,16 +126,25 @@ def produce(
             warn(str(record))
             continue
         try:
-            batch.append(
-                (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
-            )
+            entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
         except RouteError as error:
             result.bad_lines += 1
             warn(f"line {number}: {error}")
             continue
+        size = len(entry[0]) + len(entry[1].encode("utf-8"))
+        if size > MAX_RECORD_BYTES:
+            # Kinesis would refuse the whole batch for it; skip this line, send the others.
+            result.bad_lines += 1
+            warn(
+                f"line {number}: record is {size} bytes with its partition key, "
+                f"at most {MAX_RECORD_BYTES} allowed"
+            )
+            continue
+        batch.append(entry)
         if mean_gap > 0:
+            if result.sent:  # gaps between records; none after the last one
+                sleep(gaps.expovariate(1 / mean_gap))
             flush()
-            sleep(gaps.expovariate(1 / mean_gap))
         elif len(batch) >= BATCH:
             flush()
     if batch:
@@ -166,6 +182,10 @@ def main(
     )
     warn(
         f"put {result.sent} record{'' if result.sent == 1 else 's'} into {stream}"
-        + (f"; {result.bad_lines} lines not sent" if result.bad_lines else "")
+        + (
+            f"; {result.bad_lines} line{'' if result.bad_lines == 1 else 's'} not sent"
+            if result.bad_lines
+            else ""
+        )
     )
     return 1 if result.bad_lines else 0

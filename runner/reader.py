@@ -57,6 +57,7 @@ class _ShardState:
     last_sequence: str | None = None  # of the last record handed out
     next_call: float = 0.0
     throttle_wait: float = 0.0
+    taken_at: datetime.datetime | None = None  # when a LATEST position was first taken
     finished: bool = False
     at_end: bool = False  # the last answer was empty and nothing is behind
     millis_behind: int = 0
@@ -71,6 +72,9 @@ class StreamReader:
     only_shard: str | None = None
     limit: int = MAX_GET_RECORDS
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(
+        datetime.timezone.utc
+    )
 
     def __post_init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None  # for targets that read shards in parallel
@@ -169,6 +173,13 @@ class StreamReader:
         # A child of a shard read to its end starts at its beginning, whatever `start` is.
         if state.shard.parent_shard_id in self._followed:
             return self.backend.get_shard_iterator(self.stream, shard_id, "TRIM_HORIZON")
+        if state.taken_at is not None:
+            # Renewing LATEST as LATEST would skip what arrived while the old one was held.
+            return self.backend.get_shard_iterator(
+                self.stream, shard_id, "AT_TIMESTAMP", timestamp=state.taken_at
+            )
+        if self.start.iterator_type == "LATEST":
+            state.taken_at = self.wall_clock()
         return self.backend.get_shard_iterator(
             self.stream,
             shard_id,

@@ -12,11 +12,14 @@ from runner.backends.base import (
     MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
     Backend,
+    BackendError,
     Throttled,
 )
 
 Entry = tuple[bytes, str]  # (data, partition key)
 
+# PutRecords entry errors that a later attempt can fix; any other fails the run.
+RETRYABLE = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 5.0
 
@@ -72,6 +75,14 @@ class Sink:
                 failed = [
                     entry for entry, result in zip(pending, results, strict=True) if not result.ok
                 ]
+                refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
+                if refused:
+                    # Retrying cannot fix these (e.g. KMS access denied): fail the run
+                    # before any checkpoint moves, so nothing is lost.
+                    raise BackendError(
+                        f"stream {self.stream} refused {len(refused)} records: "
+                        f"{refused[0].error_code}: {refused[0].error_message}"
+                    )
             if not failed:
                 return
             self.retries += len(failed)

@@ -1,4 +1,5 @@
 import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,30 @@ route:
       to: usa
     - to: other
 """
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """A fresh local state folder, used by the CLI through PIPELINE_STATE_DIR."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(folder))
+    return folder
+
+
+def read_stream(backend, name):
+    """Every record of every shard of a stream, as parsed JSON, shard by shard."""
+    records = []
+    for shard in backend.list_shards(name):
+        iterator = backend.get_shard_iterator(name, shard.shard_id, "TRIM_HORIZON")
+        while iterator:
+            batch = backend.get_records(iterator)
+            records += [json.loads(record.data) for record in batch.records]
+            if not batch.records:
+                break
+            iterator = batch.next_iterator
+    return records
+
+
+def session_ids(backend, *streams):
+    """The session_id of every record in these streams, in stream and shard order."""
+    return [record["session_id"] for name in streams for record in read_stream(backend, name)]

@@ -5,7 +5,7 @@ import itertools
 import json
 
 import pytest
-from conftest import PIPELINES
+from conftest import PIPELINES, session_ids
 
 from runner import engine, spec
 from runner.backends.base import IteratorExpired, PutResult, Throttled
@@ -87,16 +87,6 @@ def put_sessions(backend, count, seed):
     return {s["session_id"] for s in sessions}
 
 
-def routed_ids(backend):
-    ids = []
-    for stream in SINKS:
-        for shard in backend.list_shards(stream):
-            iterator = backend.get_shard_iterator(stream, shard.shard_id, "TRIM_HORIZON")
-            batch = backend.get_records(iterator)
-            ids += [json.loads(record.data)["session_id"] for record in batch.records]
-    return ids
-
-
 def run(loaded, backend, state):
     options = engine.RunOptions(until_idle=0.3)
     runner = engine.Engine(loaded, backend, state, options, lambda line: None, sleep=lambda s: None)
@@ -120,7 +110,7 @@ def test_faults_lose_nothing_and_write_each_record_once(scenario, faults):
 
     counts = run(loaded, faulty, state)
 
-    ids = routed_ids(backend)
+    ids = session_ids(backend, *SINKS)
     assert sorted(ids) == sorted(expected)  # every record, and none twice
     assert counts.records_in == 400
 
@@ -142,7 +132,7 @@ def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario)
 
     run(loaded, faulty, state)
 
-    ids = routed_ids(backend)
+    ids = session_ids(backend, *SINKS)
     assert sorted(ids) == sorted(before | after)
     shards = backend.list_shards(SOURCE)
     assert len([s for s in shards if s.is_open]) == 3

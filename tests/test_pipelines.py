@@ -9,9 +9,8 @@ import sys
 import time
 from itertools import islice
 
-import pytest
 from click.testing import CliRunner
-from conftest import PIPELINES, REPO
+from conftest import PIPELINES, REPO, read_stream
 
 from runner import engine, spec
 from runner.backends.local import LocalBackend
@@ -26,14 +25,6 @@ OBJECT_KEY = re.compile(
     r"firehose/\d{4}/\d\d/\d\d/\d\d/de-c2w2lab1-firehose-(usa|international)-1-"
     r"\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9a-f-]{36}"
 )
-
-
-@pytest.fixture
-def state(tmp_path, monkeypatch):
-    """A fresh local state folder, used by the CLI through PIPELINE_STATE_DIR."""
-    folder = tmp_path / "state"
-    monkeypatch.setenv("PIPELINE_STATE_DIR", str(folder))
-    return folder
 
 
 def pipeline(*args, input=None):
@@ -56,20 +47,6 @@ def produce_sessions(count, seed=None):
         "0",
         *seeded,
     )
-
-
-def read_stream(backend, name):
-    """Every record of every shard of a stream, as parsed JSON."""
-    records = []
-    for shard in backend.list_shards(name):
-        iterator = backend.get_shard_iterator(name, shard.shard_id, "TRIM_HORIZON")
-        while iterator:
-            batch = backend.get_records(iterator)
-            records += [json.loads(record.data) for record in batch.records]
-            if not batch.records:
-                break
-            iterator = batch.next_iterator
-    return records
 
 
 def expected(session):

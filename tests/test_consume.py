@@ -1,0 +1,270 @@
+import datetime
+import io
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from runner.backends.local import LocalBackend
+from runner.cli import cli
+from runner.consume import consume, position
+from runner.reader import Position
+
+STREAM = "events"
+UTC = datetime.timezone.utc
+
+
+@pytest.fixture
+def backend(state):
+    backend = LocalBackend(state)
+    backend.create_stream(STREAM, 2)
+    yield backend
+    backend.close()
+
+
+def put(backend, *entries):
+    """Put (data, key) entries; returns (shard id, sequence) of each."""
+    results = backend.put_records(STREAM, [(data, key) for data, key in entries])
+    return [(r.shard_id, r.sequence) for r in results]
+
+
+def pipeline(*args):
+    return CliRunner().invoke(cli, ["consume", *args], prog_name="pipeline")
+
+
+def arrivals(backend):
+    """sequence -> arrival time, as the backend recorded it."""
+    times = {}
+    for shard in backend.list_shards(STREAM):
+        iterator = backend.get_shard_iterator(STREAM, shard.shard_id, "TRIM_HORIZON")
+        times.update({r.sequence: r.arrival for r in backend.get_records(iterator).records})
+    return times
+
+
+# --from
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("trim_horizon", Position("TRIM_HORIZON")),
+        ("latest", Position("LATEST")),
+        ("TRIM_HORIZON", Position("TRIM_HORIZON")),
+        ("at_sequence_number:4953", Position("AT_SEQUENCE_NUMBER", sequence="4953")),
+        ("after_sequence_number:17", Position("AFTER_SEQUENCE_NUMBER", sequence="17")),
+        (
+            "at_timestamp:2026-11-26T12:00:00Z",
+            Position("AT_TIMESTAMP", timestamp=datetime.datetime(2026, 11, 26, 12, tzinfo=UTC)),
+        ),
+        (
+            "at_timestamp:2026-11-26T14:30:00+02:00",
+            Position("AT_TIMESTAMP", timestamp=datetime.datetime(2026, 11, 26, 12, 30, tzinfo=UTC)),
+        ),
+        (
+            "at_timestamp:2026-11-26T12:00:00",
+            Position("AT_TIMESTAMP", timestamp=datetime.datetime(2026, 11, 26, 12, tzinfo=UTC)),
+        ),
+    ],
+)
+def test_every_from_form_is_understood(text, expected):
+    assert position(text) == expected
+
+
+EXPECTED_FORMS = (
+    "expected trim_horizon, latest, at_timestamp:ISO, at_sequence_number:SEQ or "
+    "after_sequence_number:SEQ"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", f"--from '': {EXPECTED_FORMS}"),
+        ("yesterday", f"--from 'yesterday': {EXPECTED_FORMS}"),
+        ("TRIM_HORIZON:x", f"--from 'TRIM_HORIZON:x': {EXPECTED_FORMS}"),
+        ("latest:5", f"--from 'latest:5': {EXPECTED_FORMS}"),
+        ("trim_horizon:0", f"--from 'trim_horizon:0': {EXPECTED_FORMS}"),
+        ("at_timestamp:", f"--from 'at_timestamp:': {EXPECTED_FORMS}"),
+        (
+            "at_timestamp:soon",
+            "'soon' is not an ISO-8601 timestamp such as 2026-01-31T12:00:00Z",
+        ),
+        (
+            "at_sequence_number",
+            "--from at_sequence_number: needs a sequence number, e.g. at_sequence_number:4953",
+        ),
+        (
+            "at_sequence_number:12a",
+            "--from at_sequence_number: needs a sequence number, e.g. at_sequence_number:4953",
+        ),
+        (
+            "after_sequence_number:-1",
+            "--from after_sequence_number: needs a sequence number, "
+            "e.g. after_sequence_number:4953",
+        ),
+        (
+            "after_sequence_number:²",
+            "--from after_sequence_number: needs a sequence number, "
+            "e.g. after_sequence_number:4953",
+        ),
+    ],
+)
+def test_a_bad_from_is_refused_with_what_was_expected(text, message):
+    with pytest.raises(ValueError) as raised:
+        position(text)
+    assert str(raised.value) == message
+
+
+def test_a_bad_from_exits_2_on_the_command_line(backend):
+    result = pipeline("--stream", STREAM, "--from", "yesterday", "--no-follow")
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Usage: pipeline consume [OPTIONS]\n"
+        "Try 'pipeline consume --help' for help.\n"
+        "\n"
+        f"Error: Invalid value for '--from': --from 'yesterday': {EXPECTED_FORMS}\n"
+    )
+
+
+def test_a_sequence_number_without_a_shard_exits_2(backend):
+    result = pipeline("--stream", STREAM, "--from", "at_sequence_number:1", "--no-follow")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.endswith(
+        "\nError: --from with a sequence number needs --shard: they are per shard\n"
+    )
+
+
+# Printing
+
+
+def test_no_follow_prints_every_shards_records_and_stops(backend):
+    written = put(
+        backend,
+        (b'{"session_id":"a"}\n', "a"),
+        (b'{"session_id":"b"}\n', "b"),
+        (b'{"session_id":"c"}\n', "c"),
+        (b"plain words", "d"),
+    )
+    assert {shard for shard, _ in written} == {"shardId-000000000000", "shardId-000000000001"}
+
+    result = pipeline("--stream", STREAM, "--no-follow")
+
+    assert result.exit_code == 0, result.output
+    lines = {
+        "a": '{"session_id":"a"}',
+        "b": '{"session_id":"b"}',
+        "c": '{"session_id":"c"}',
+        "d": "plain words",
+    }
+    expected = sorted(
+        (shard, int(sequence), f"{shard} {sequence} key={key}: {lines[key]}")
+        for (shard, sequence), key in zip(written, "abcd", strict=True)
+    )
+    assert result.stdout == "".join(line + "\n" for _, _, line in expected)
+    assert result.stderr == ""
+
+
+def test_jsonl_prints_one_object_per_record(backend):
+    written = put(backend, (b'{"session_id":"a","n":1}\n', "a"), (b"not json {", "b"))
+    arrived = arrivals(backend)
+
+    result = pipeline("--stream", STREAM, "--no-follow", "--jsonl")
+
+    assert result.exit_code == 0, result.output
+    printed = sorted(
+        (json.loads(line) for line in result.stdout.splitlines()),
+        key=lambda record: int(record["sequence"]),
+    )
+    assert printed == [
+        {
+            "shard": written[0][0],
+            "sequence": written[0][1],
+            "partition_key": "a",
+            "arrival": arrived[written[0][1]].isoformat(),
+            "data": {"session_id": "a", "n": 1},
+        },
+        {
+            "shard": written[1][0],
+            "sequence": written[1][1],
+            "partition_key": "b",
+            "arrival": arrived[written[1][1]].isoformat(),
+            "data": "not json {",
+        },
+    ]
+    assert list(printed[0]) == ["shard", "sequence", "partition_key", "arrival", "data"]
+
+
+def test_jsonl_keeps_text_that_is_not_utf8_readable(backend):
+    put(backend, (b"caf\xe9 \xff", "a"))
+
+    result = pipeline("--stream", STREAM, "--no-follow", "--jsonl")
+
+    assert json.loads(result.stdout)["data"] == "caf\ufffd \ufffd"
+
+
+def test_from_latest_without_follow_prints_nothing(backend):
+    put(backend, (b"old", "a"), (b"older", "b"))
+
+    result = pipeline("--stream", STREAM, "--from", "latest", "--no-follow")
+
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_one_shard_from_a_sequence_number(backend):
+    written = put(backend, *[(f"r{i}".encode(), "same-key") for i in range(4)])
+    shard = written[0][0]
+
+    result = pipeline(
+        "--stream",
+        STREAM,
+        "--no-follow",
+        "--shard",
+        shard,
+        "--from",
+        f"at_sequence_number:{written[2][1]}",
+    )
+
+    assert result.stdout == (
+        f"{shard} {written[2][1]} key=same-key: r2\n{shard} {written[3][1]} key=same-key: r3\n"
+    )
+
+
+def test_a_missing_stream_or_shard_exits_1(backend):
+    missing = pipeline("--stream", "nowhere", "--no-follow")
+    no_shard = pipeline("--stream", STREAM, "--shard", "shardId-000000000009", "--no-follow")
+
+    assert (missing.exit_code, missing.stderr) == (1, "error: stream 'nowhere' does not exist\n")
+    assert (no_shard.exit_code, no_shard.stderr) == (
+        1,
+        f"error: stream '{STREAM}' has no shard 'shardId-000000000009'\n",
+    )
+
+
+class Stop(Exception):
+    pass
+
+
+def test_following_prints_records_as_they_arrive(backend):
+    put(backend, (b"first", "a"))
+    out = io.StringIO()
+    naps = []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 1:
+            put(backend, (b"second", "a"))
+        if "second" in out.getvalue():
+            raise Stop
+        time.sleep(seconds)
+
+    with pytest.raises(Stop):
+        consume(backend, STREAM, Position(), out, sleep=sleep)
+
+    assert [line.rsplit(": ", 1)[1] for line in out.getvalue().splitlines()] == [
+        "first",
+        "second",
+    ]

@@ -1,0 +1,302 @@
+import json
+import statistics
+from itertools import islice
+
+import pytest
+from click.testing import CliRunner
+from conftest import PIPELINES
+
+from runner.backends.base import MAX_RECORD_BYTES
+from runner.backends.local import LocalBackend
+from runner.cli import cli
+from runner.expressions import compile as compile_expression
+from runner.produce import ABROAD, USA_CITIES, json_lines, produce, synthetic_sessions
+
+STREAM = "events"
+SAMPLE = (PIPELINES / "samples" / "session.json").read_text().strip()
+
+
+@pytest.fixture
+def backend(state):
+    backend = LocalBackend(state)
+    backend.create_stream(STREAM, 2)
+    yield backend
+    backend.close()
+
+
+def pipeline(*args, input=None):
+    return CliRunner().invoke(cli, ["produce", *map(str, args)], input=input, prog_name="pipeline")
+
+
+def stream_records(backend, stream=STREAM):
+    """(partition key, parsed data) of every record in the stream, in sequence order."""
+    records = []
+    for shard in backend.list_shards(stream):
+        iterator = backend.get_shard_iterator(stream, shard.shard_id, "TRIM_HORIZON")
+        records += backend.get_records(iterator).records
+    records.sort(key=lambda record: int(record.sequence))
+    return [(record.partition_key, json.loads(record.data)) for record in records]
+
+
+# The command
+
+
+def test_json_puts_one_record_keyed_by_session_id(backend):
+    result = pipeline("--stream", STREAM, "--json", SAMPLE)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"put 1 record into {STREAM}\n"
+    assert stream_records(backend) == [("a1", json.loads(SAMPLE))]
+
+
+def test_a_bad_line_is_reported_and_every_good_line_after_it_is_still_sent(backend, tmp_path):
+    lines = tmp_path / "sessions.jsonl"
+    lines.write_bytes(
+        b'{"session_id": "s1"}\n'
+        b'{"session_id": "s2"\n'
+        b"\n"
+        b'{"session_id": "s3"}\n'
+        b"[1, 2]\n"
+        b'{"session_id": "s4"}\n'
+        b'{"session_id": "\xff"}\n' + b"[" * 100_000 + b"\n"
+        b'{"session_id": "s5"}\n'
+    )
+
+    result = pipeline("--stream", STREAM, "--file", lines)
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "line 2: not JSON: Expecting ',' delimiter at column 20\n"
+        "line 5: not a JSON object\n"
+        "line 7: not UTF-8: invalid start byte at byte 16\n"
+        "line 8: not JSON this runner can read: nested too deeply\n"
+        f"put 4 records into {STREAM}; 4 lines not sent\n"
+    )
+    assert [key for key, _ in stream_records(backend)] == ["s1", "s3", "s4", "s5"]
+
+
+def test_one_bad_line_is_counted_in_the_singular(backend):
+    result = pipeline("--stream", STREAM, "--file", "-", input='{"session_id": "s1"}\n[]\n')
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"line 2: not a JSON object\nput 1 record into {STREAM}; 1 line not sent\n"
+    )
+
+
+def test_a_line_too_large_for_a_record_is_reported_and_the_rest_are_sent(backend):
+    huge = json.dumps({"session_id": "big", "blob": "x" * MAX_RECORD_BYTES})
+    text = f'{{"session_id": "s1"}}\n{huge}\n{{"session_id": "s2"}}\n'
+
+    result = pipeline("--stream", STREAM, "--file", "-", input=text)
+
+    assert result.exit_code == 1
+    size = len(huge.replace(" ", "")) + len("big")
+    assert result.stderr == (
+        f"line 2: record is {size} bytes with its partition key, "
+        f"at most {MAX_RECORD_BYTES} allowed\n"
+        f"put 2 records into {STREAM}; 1 line not sent\n"
+    )
+    assert [key for key, _ in stream_records(backend)] == ["s1", "s2"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "key"),
+    [
+        ("customer_number", "100"),
+        ("join('-', [country, city])", "USA-Washington"),
+        ("browse_history[0].product_code", "Product1"),
+    ],
+)
+def test_partition_key_is_a_jmespath_expression(backend, expression, key):
+    result = pipeline("--stream", STREAM, "--json", SAMPLE, "--partition-key", expression)
+
+    assert result.exit_code == 0, result.output
+    assert stream_records(backend) == [(key, json.loads(SAMPLE))]
+
+
+def test_a_record_the_partition_key_finds_nothing_in_is_not_sent(backend):
+    result = pipeline("--stream", STREAM, "--json", '{"id": 1}')
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "line 1: --partition-key session_id gave null, expected text or a number\n"
+        f"put 0 records into {STREAM}; 1 line not sent\n"
+    )
+    assert stream_records(backend) == []
+
+
+def test_a_bad_partition_key_expression_exits_2_naming_it(backend):
+    result = pipeline("--stream", STREAM, "--json", SAMPLE, "--partition-key", "session_id[")
+
+    assert result.exit_code == 2
+    assert result.stderr.endswith(
+        "Error: Invalid value for '--partition-key': 'session_id[': "
+        "invalid expression: Invalid jmespath expression at column 12\n"
+    )
+    assert stream_records(backend) == []
+
+
+def test_a_missing_stream_exits_1(state):
+    result = pipeline("--stream", "nowhere", "--json", SAMPLE)
+
+    assert result.exit_code == 1
+    assert result.stderr == "error: stream 'nowhere' not found on the local target\n"
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        [],
+        ["--json", SAMPLE, "--synthetic"],
+        ["--json", SAMPLE, "--file", "-"],
+        ["--file", "-", "--synthetic"],
+    ],
+)
+def test_exactly_one_record_source_must_be_given(backend, choice):
+    result = pipeline("--stream", STREAM, *choice, input="")
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Usage: pipeline produce [OPTIONS]\n"
+        "Try 'pipeline produce --help' for help.\n"
+        "\n"
+        "Error: give exactly one of --json, --file or --synthetic\n"
+    )
+    assert stream_records(backend) == []
+
+
+def test_synthetic_count_puts_that_many_sessions_of_the_seed(backend):
+    result = pipeline(
+        "--stream", STREAM, "--synthetic", "--count", 25, "--mean-gap", 0, "--seed", 9
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.endswith(f"put 25 records into {STREAM}\n")
+    sessions = list(islice(synthetic_sessions(9), 25))
+    assert stream_records(backend) == [(s["session_id"], s) for s in sessions]
+
+
+# Synthetic sessions
+
+
+def test_synthetic_sessions_are_the_same_for_the_same_seed():
+    assert list(islice(synthetic_sessions(7), 50)) == list(islice(synthetic_sessions(7), 50))
+    assert list(islice(synthetic_sessions(7), 50)) != list(islice(synthetic_sessions(8), 50))
+
+
+def test_synthetic_sessions_are_shaped_like_the_scenarios():
+    sessions = list(islice(synthetic_sessions(1), 1000))
+
+    for session in sessions:
+        assert list(session) == [
+            "session_id",
+            "customer_number",
+            "city",
+            "country",
+            "credit_limit",
+            "browse_history",
+        ]
+        assert len(session["session_id"]) == 12 and session["session_id"].isalnum()
+        assert isinstance(session["customer_number"], int)
+        assert isinstance(session["credit_limit"], int)
+        if session["country"] == "USA":
+            assert session["city"] in USA_CITIES
+        else:
+            assert (session["city"], session["country"]) in ABROAD
+        history = session["browse_history"]
+        assert 1 <= len(history) <= 5
+        assert len({item["product_code"] for item in history}) == len(history)
+        for item in history:
+            assert set(item) == {"product_code", "quantity", "in_shopping_cart"}
+            assert item["product_code"].startswith("Product")
+            assert isinstance(item["quantity"], int) and item["quantity"] >= 1
+            assert isinstance(item["in_shopping_cart"], bool)
+    assert len({s["session_id"] for s in sessions}) == 1000
+    usa = sum(s["country"] == "USA" for s in sessions)
+    assert 400 < usa < 600, "both routes of the scenario get sessions"
+
+
+# produce()
+
+
+class Recorder:
+    """A sink and a sleep that note, in one list, what was put and how long was slept."""
+
+    def __init__(self):
+        self.events = []
+
+    def put(self, entries):
+        self.events.append(("put", [key for _, key in entries]))
+
+    def sleep(self, seconds):
+        self.events.append(("sleep", seconds))
+
+
+def run_produce(records, **options):
+    recorder = Recorder()
+    warnings = []
+    result = produce(
+        recorder,
+        enumerate(records, 1),
+        compile_expression("session_id"),
+        warn=warnings.append,
+        sleep=recorder.sleep,
+        **options,
+    )
+    return result, recorder.events, warnings
+
+
+def test_with_a_mean_gap_each_record_goes_alone_with_poisson_gaps_between():
+    sessions = list(islice(synthetic_sessions(4), 2000))
+
+    result, events, _ = run_produce(sessions, mean_gap=10.0, seed=4)
+
+    puts = [keys for kind, keys in events if kind == "put"]
+    gaps = [seconds for kind, seconds in events if kind == "sleep"]
+    assert puts == [[s["session_id"]] for s in sessions]
+    assert [kind for kind, _ in events] == ["put"] + ["sleep", "put"] * 1999
+    assert result.sent == 2000
+    # Exponential gaps: the mean is the mean gap, and so is the standard deviation.
+    assert statistics.mean(gaps) == pytest.approx(10.0, rel=0.1)
+    assert statistics.stdev(gaps) == pytest.approx(10.0, rel=0.15)
+    assert min(gaps) > 0
+
+
+def test_the_gaps_are_the_same_for_the_same_seed():
+    sessions = list(islice(synthetic_sessions(4), 20))
+
+    assert run_produce(sessions, mean_gap=1.0, seed=4) == run_produce(
+        sessions, mean_gap=1.0, seed=4
+    )
+
+
+def test_without_a_gap_records_go_in_batches_of_500_and_nothing_sleeps():
+    sessions = list(islice(synthetic_sessions(2), 1201))
+
+    result, events, _ = run_produce(sessions)
+
+    assert [(kind, len(keys)) for kind, keys in events] == [
+        ("put", 500),
+        ("put", 500),
+        ("put", 201),
+    ]
+    assert result.sent == 1201 and result.bad_lines == 0
+
+
+def test_bad_lines_are_warned_about_and_skipped():
+    lines = [b'{"session_id": "a"}\n', b"{oops\n", b'{"session_id": "b"}\n', b'"text"\n']
+
+    recorder = Recorder()
+    warnings = []
+    result = produce(
+        recorder, json_lines(lines), compile_expression("session_id"), warn=warnings.append
+    )
+
+    assert recorder.events == [("put", ["a", "b"])]
+    assert warnings == [
+        "line 2: not JSON: Expecting property name enclosed in double quotes at column 2",
+        "line 4: not a JSON object",
+    ]
+    assert (result.sent, result.bad_lines) == (2, 2)

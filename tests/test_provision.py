@@ -1,0 +1,191 @@
+import pytest
+from click.testing import CliRunner
+from conftest import PIPELINES
+
+from runner.backends.local import LocalBackend
+from runner.cli import cli
+
+ECOMMERCE = PIPELINES / "ecommerce.yaml"
+SOURCE = "de-c2w2lab1-kinesis-data-stream"
+USA = "de-c2w2lab1-usa-data-stream"
+INTERNATIONAL = "de-c2w2lab1-international-data-stream"
+USA_BUCKET = "de-c2w2lab1-000000000000-usa"
+INT_BUCKET = "de-c2w2lab1-000000000000-int"
+USA_FIREHOSE = "de-c2w2lab1-firehose-usa"
+INT_FIREHOSE = "de-c2w2lab1-firehose-international"
+
+CREATIONS = f"""\
++ create stream {SOURCE} (1 shard)
++ create stream {USA} (2 shards)
++ create stream {INTERNATIONAL} (2 shards)
++ create bucket {USA_BUCKET} (new)
++ create bucket {INT_BUCKET} (new)
++ create firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})
++ create firehose {INT_FIREHOSE} ({INTERNATIONAL} -> {INT_BUCKET})
+"""
+
+UNCHANGED = {
+    SOURCE: f"  unchanged stream {SOURCE} (1 shard)\n",
+    USA: f"  unchanged stream {USA} (2 shards)\n",
+    INTERNATIONAL: f"  unchanged stream {INTERNATIONAL} (2 shards)\n",
+    USA_BUCKET: f"  unchanged bucket {USA_BUCKET} (exists)\n",
+    INT_BUCKET: f"  unchanged bucket {INT_BUCKET} (exists)\n",
+    USA_FIREHOSE: f"  unchanged firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})\n",
+    INT_FIREHOSE: f"  unchanged firehose {INT_FIREHOSE} ({INTERNATIONAL} -> {INT_BUCKET})\n",
+}
+
+PROMPT = (
+    "Destroy every resource of de-c2w2lab1-etl on the local target, "
+    "with the records and objects in them? [y/N]: "
+)
+
+
+@pytest.fixture
+def backend(state):
+    backend = LocalBackend(state)
+    yield backend
+    backend.close()
+
+
+def pipeline(*args, input=None, exit_code=0):
+    result = CliRunner().invoke(cli, [str(arg) for arg in args], input=input)
+    assert result.exit_code == exit_code, result.output
+    return result
+
+
+def edited(write_spec, old, new):
+    """The shipped ecommerce spec with its first `old` replaced by `new`, in tmp_path."""
+    text = ECOMMERCE.read_text()
+    assert old in text
+    return write_spec(text.replace(old, new, 1), "ecommerce.yaml")
+
+
+def test_plan_on_a_fresh_state_lists_every_creation_and_touches_nothing(state):
+    result = pipeline("plan", ECOMMERCE)
+
+    assert result.stdout == CREATIONS + "Plan: 7 to create, 0 to change, 0 unchanged.\n"
+    assert result.stderr == ""
+    assert pipeline("plan", ECOMMERCE).stdout == result.stdout
+
+
+def test_apply_creates_everything_once_then_changes_nothing(state, backend):
+    first = pipeline("apply", ECOMMERCE)
+    second = pipeline("apply", ECOMMERCE)
+
+    assert first.stdout == CREATIONS + "Applied: 7 created, 0 changed, 0 unchanged.\n"
+    assert second.stdout == "No changes: 7 resources up to date.\n"
+    assert [backend.describe_stream(s).open_shard_count for s in (SOURCE, USA, INTERNATIONAL)] == [
+        1,
+        2,
+        2,
+    ]
+    assert backend.bucket_exists(USA_BUCKET) and backend.bucket_exists(INT_BUCKET)
+    assert backend.describe_firehose(USA_FIREHOSE).stream == USA
+    assert pipeline("plan", ECOMMERCE).stdout == (
+        "".join(UNCHANGED.values()) + "No changes: 7 resources up to date.\n"
+    )
+
+
+def test_a_changed_shard_count_is_planned_and_applied_as_a_reshard(state, backend, write_spec):
+    pipeline("apply", ECOMMERCE)
+    line = f"~ change stream {USA} (shards 2 -> 4)\n"
+    spec = edited(
+        write_spec,
+        'usa:           {name: "${prefix}-usa-data-stream", shards: 2}',
+        'usa:           {name: "${prefix}-usa-data-stream", shards: 4}',
+    )
+
+    plan = pipeline("plan", spec)
+    applied = pipeline("apply", spec)
+
+    expected = "".join(line if name == USA else text for name, text in UNCHANGED.items())
+    assert plan.stdout == expected + "Plan: 0 to create, 1 to change, 6 unchanged.\n"
+    assert applied.stdout == line + "Applied: 0 created, 1 changed, 6 unchanged.\n"
+    assert backend.describe_stream(USA).open_shard_count == 4
+    assert [s.is_open for s in backend.list_shards(USA)] == [False, False, True, True, True, True]
+    assert pipeline("apply", spec).stdout == "No changes: 7 resources up to date.\n"
+
+
+def test_a_changed_firehose_buffer_names_the_fields_that_change(state, backend, write_spec):
+    pipeline("apply", ECOMMERCE)
+    spec = edited(
+        write_spec, "buffer: {size_mb: 1, interval_s: 60}", "buffer: {size_mb: 5, interval_s: 300}"
+    )
+    line = (
+        f"~ change firehose {USA_FIREHOSE} (buffer_size_mb 1 -> 5, buffer_interval_s 60 -> 300)\n"
+    )
+
+    plan = pipeline("plan", spec)
+    applied = pipeline("apply", spec)
+
+    expected = "".join(line if name == USA_FIREHOSE else text for name, text in UNCHANGED.items())
+    assert plan.stdout == expected + "Plan: 0 to create, 1 to change, 6 unchanged.\n"
+    assert applied.stdout == line + "Applied: 0 created, 1 changed, 6 unchanged.\n"
+    firehose = backend.describe_firehose(USA_FIREHOSE)
+    assert (firehose.buffer_size_mb, firehose.buffer_interval_s) == (5, 300)
+    assert backend.describe_firehose(INT_FIREHOSE).buffer_size_mb == 1
+
+
+def test_destroy_answered_no_keeps_everything_and_exits_1(state, backend):
+    pipeline("apply", ECOMMERCE)
+    backend.put_records(SOURCE, [(b'{"session_id": "a1"}', "a1")])
+    backend.put_object(USA_BUCKET, "firehose/kept.json", b"{}\n")
+
+    result = pipeline("destroy", ECOMMERCE, input="n\n", exit_code=1)
+
+    assert result.stdout == PROMPT + "n\n"
+    assert result.stderr == "Aborted!\n"
+    assert pipeline("apply", ECOMMERCE).stdout == "No changes: 7 resources up to date.\n"
+    assert backend.list_objects(USA_BUCKET) == ["firehose/kept.json"]
+    iterator = backend.get_shard_iterator(SOURCE, "shardId-000000000000", "TRIM_HORIZON")
+    assert [r.partition_key for r in backend.get_records(iterator).records] == ["a1"]
+
+
+def test_destroy_answered_yes_removes_everything(state, backend):
+    pipeline("apply", ECOMMERCE)
+
+    result = pipeline("destroy", ECOMMERCE, input="y\n")
+
+    assert result.stdout.startswith(PROMPT + "y\n- destroy firehose ")
+    assert result.stdout.endswith("Destroyed 7 resources.\n")
+    assert backend.describe_stream(SOURCE) is None
+
+
+def test_destroy_yes_removes_everything_and_a_second_destroy_has_nothing_to_do(state, backend):
+    pipeline("apply", ECOMMERCE)
+    backend.put_object(USA_BUCKET, "firehose/gone.json", b"{}\n")
+
+    first = pipeline("destroy", ECOMMERCE, "--yes")
+    second = pipeline("destroy", ECOMMERCE, "--yes")
+
+    assert first.stdout == (
+        f"- destroy firehose {USA_FIREHOSE}\n"
+        f"- destroy firehose {INT_FIREHOSE}\n"
+        f"- destroy stream {SOURCE}\n"
+        f"- destroy stream {USA}\n"
+        f"- destroy stream {INTERNATIONAL}\n"
+        f"- destroy bucket {USA_BUCKET} (and every object in it)\n"
+        f"- destroy bucket {INT_BUCKET} (and every object in it)\n"
+        "Destroyed 7 resources.\n"
+    )
+    assert second.stdout == "Nothing to destroy.\n"
+    assert all(backend.describe_stream(s) is None for s in (SOURCE, USA, INTERNATIONAL))
+    assert not backend.bucket_exists(USA_BUCKET) and not backend.bucket_exists(INT_BUCKET)
+    assert backend.describe_firehose(USA_FIREHOSE) is None
+    assert pipeline("plan", ECOMMERCE).stdout == (
+        CREATIONS + "Plan: 7 to create, 0 to change, 0 unchanged.\n"
+    )
+
+
+def test_apply_after_a_partial_destroy_recreates_only_what_is_missing(state, backend):
+    pipeline("apply", ECOMMERCE)
+    backend.delete_firehose(USA_FIREHOSE)
+    backend.delete_stream(USA)
+
+    result = pipeline("apply", ECOMMERCE)
+
+    assert result.stdout == (
+        f"+ create stream {USA} (2 shards)\n"
+        f"+ create firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})\n"
+        "Applied: 2 created, 0 changed, 5 unchanged.\n"
+    )

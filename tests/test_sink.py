@@ -1,0 +1,203 @@
+import pytest
+
+from runner.backends.base import (
+    MAX_BATCH_BYTES,
+    BackendError,
+    PutResult,
+    StreamNotFound,
+    Throttled,
+)
+from runner.sink import Sink, batches
+
+MIB = 1024 * 1024
+THROTTLED = "ProvisionedThroughputExceededException"
+
+
+class Kinesis:
+    """A stream's PutRecords as the sink sees it: each call is noted, and `answers` says, call by
+    call, which entries fail (a set of data values) or that the whole call raises."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+        self.accepted = []
+
+    def put_records(self, stream, entries):
+        self.calls.append([data for data, _ in entries])
+        answer = self.answers.pop(0) if self.answers else set()
+        if isinstance(answer, Exception):
+            raise answer
+        results = []
+        for data, _ in entries:
+            if data in answer:
+                results.append(PutResult(error_code=THROTTLED, error_message="Rate exceeded"))
+            else:
+                self.accepted.append(data)
+                results.append(PutResult("shardId-000000000000", str(len(self.accepted))))
+        return results
+
+
+def entries(*names):
+    return [(name.encode(), f"key-{name}") for name in names]
+
+
+def sink_on(kinesis, jitter=lambda: 1.0):
+    waits = []
+    return Sink(kinesis, "events", sleep=waits.append, jitter=jitter), waits
+
+
+# batches
+
+
+def test_batches_hold_at_most_500_records():
+    many = [(b"x", "k")] * 1001
+    assert [len(batch) for batch in batches(many)] == [500, 500, 1]
+
+
+def test_batches_hold_at_most_5_mib_of_data_and_partition_keys():
+    # Five entries of exactly 1 MiB with their key fill a batch; the sixth starts a new one.
+    full = [(b"x" * (MIB - 1), "k")] * 6
+    assert [len(batch) for batch in batches(full)] == [5, 1]
+    assert sum(len(d) + len(k) for d, k in next(batches(full))) == MAX_BATCH_BYTES
+
+
+def test_partition_keys_count_in_utf8_bytes():
+    # "é" is one character but two bytes: these five entries are one byte over 5 MiB.
+    over = [(b"x" * (MIB - 1), "k")] * 4 + [(b"x" * (MIB - 1), "é")]
+    assert [len(batch) for batch in batches(over)] == [4, 1]
+
+
+def test_batches_keep_every_entry_in_order():
+    sent = [(str(i).encode(), str(i)) for i in range(1234)]
+    assert [entry for batch in batches(sent) for entry in batch] == sent
+    assert list(batches([])) == []
+
+
+# Sink.put
+
+
+def test_only_the_failed_entries_are_sent_again_in_order():
+    kinesis = Kinesis({b"b", b"d", b"e"}, {b"e"})
+    sink, waits = sink_on(kinesis)
+
+    sink.put(entries("a", "b", "c", "d", "e"))
+
+    assert kinesis.calls == [[b"a", b"b", b"c", b"d", b"e"], [b"b", b"d", b"e"], [b"e"]]
+    assert sorted(kinesis.accepted) == [b"a", b"b", b"c", b"d", b"e"]
+    assert len(waits) == 2
+    assert sink.retries == 4
+
+
+def test_retried_entries_keep_their_partition_keys():
+    seen = []
+
+    class Keys(Kinesis):
+        def put_records(self, stream, entries):
+            seen.append(list(entries))
+            return super().put_records(stream, entries)
+
+    sink, _ = sink_on(Keys({b"b"}))
+    sink.put(entries("a", "b", "c"))
+
+    assert seen[1] == [(b"b", "key-b")]
+
+
+def test_a_throttled_call_is_retried_whole_and_nothing_is_dropped():
+    kinesis = Kinesis(Throttled("Rate exceeded for stream events"), Throttled("again"), {b"c"})
+    sink, waits = sink_on(kinesis)
+
+    sink.put(entries("a", "b", "c"))
+
+    assert kinesis.calls == [[b"a", b"b", b"c"]] * 3 + [[b"c"]]
+    assert sorted(kinesis.accepted) == [b"a", b"b", b"c"]
+    assert len(waits) == 3
+
+
+def test_each_batch_is_put_and_retried_on_its_own():
+    names = [str(i) for i in range(501)]
+    kinesis = Kinesis({b"7"}, set(), {b"500"})
+    sink, _ = sink_on(kinesis)
+
+    sink.put(entries(*names))
+
+    assert kinesis.calls == [
+        [name.encode() for name in names[:500]],
+        [b"7"],
+        [b"500"],
+        [b"500"],
+    ]
+    assert sorted(kinesis.accepted) == sorted(name.encode() for name in names)
+
+
+def test_backoff_doubles_from_50_ms_up_to_5_s():
+    kinesis = Kinesis(*[Throttled("Rate exceeded")] * 10)
+    sink, waits = sink_on(kinesis, jitter=lambda: 1.0)
+
+    sink.put(entries("a"))
+
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+    assert len(kinesis.calls) == 11
+
+
+def test_jitter_waits_between_half_and_all_of_the_backoff():
+    draws = iter([0.0, 0.5, 1.0, 0.25])
+    kinesis = Kinesis(*[{b"a"}] * 4)
+    sink, waits = sink_on(kinesis, jitter=lambda: next(draws))
+
+    sink.put(entries("a"))
+
+    assert waits == pytest.approx([0.025, 0.075, 0.2, 0.25])
+
+
+def test_the_backoff_starts_again_for_the_next_batch():
+    kinesis = Kinesis(*[{b"0"}] * 3, set(), {b"500"})
+    sink, waits = sink_on(kinesis)
+
+    sink.put(entries(*[str(i) for i in range(501)]))
+
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.05])
+
+
+def test_nothing_is_slept_when_every_entry_is_accepted():
+    kinesis = Kinesis()
+    sink, waits = sink_on(kinesis)
+
+    sink.put(entries("a", "b"))
+
+    assert waits == [] and sink.retries == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        StreamNotFound("stream 'events' does not exist"),
+        BackendError("put_records to stream 'events': 501 entries, at most 500 allowed"),
+    ],
+)
+def test_an_error_retrying_cannot_fix_propagates_at_once(error):
+    kinesis = Kinesis(error)
+    sink, waits = sink_on(kinesis)
+
+    with pytest.raises(type(error)) as raised:
+        sink.put(entries("a"))
+
+    assert raised.value is error
+    assert len(kinesis.calls) == 1 and waits == []
+
+
+def test_an_entry_error_retrying_cannot_fix_fails_the_put_instead_of_looping():
+    class Refusing(Kinesis):
+        def put_records(self, stream, entries):
+            self.calls.append([data for data, _ in entries])
+            return [
+                PutResult(error_code="KMSAccessDeniedException", error_message="no key access")
+            ] + [PutResult("shardId-000000000000", "1")] * (len(entries) - 1)
+
+    kinesis = Refusing()
+    sink, waits = sink_on(kinesis)
+    with pytest.raises(BackendError) as caught:
+        sink.put(entries("a", "b"))
+    assert str(caught.value) == (
+        "stream events refused 1 records: KMSAccessDeniedException: no key access"
+    )
+    assert kinesis.calls == [[b"a", b"b"]] and waits == []
