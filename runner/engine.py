@@ -116,7 +116,8 @@ class Engine:
                 if self._limit_reached():
                     break
                 if self.options.until_idle is not None and not moved:
-                    if now - last_activity >= self.options.until_idle:
+                    # Idle means caught up too: a throttled or lagging shard is not idle.
+                    if now - last_activity >= self.options.until_idle and self.reader.caught_up:
                         break
                 if not moved:
                     self.sleep(min(self.reader.wait_time(), MAX_SLEEP_S))

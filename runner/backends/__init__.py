@@ -23,5 +23,7 @@ def open_backend(
 
         return LocalBackend(state_dir, region=region)
     if target == "aws":
-        raise BackendError("the aws target is not built yet; use --target local (the default)")
+        from runner.backends.aws import AwsBackend
+
+        return AwsBackend(region, profile=profile, endpoint_url=endpoint_url)
     raise BackendError(f"unknown target '{target}' (targets: {', '.join(TARGETS)})")

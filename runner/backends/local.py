@@ -30,11 +30,7 @@ from pathlib import Path
 
 from runner.backends.base import (
     ITERATOR_TYPES,
-    MAX_BATCH_BYTES,
-    MAX_BATCH_RECORDS,
     MAX_GET_RECORDS,
-    MAX_PARTITION_KEY_CHARS,
-    MAX_RECORD_BYTES,
     SHARD_END,
     Backend,
     BackendError,
@@ -46,6 +42,8 @@ from runner.backends.base import (
     Shard,
     StreamDescription,
     StreamNotFound,
+    check_batch,
+    check_shard_count,
 )
 
 HASH_SPACE = 2**128
@@ -139,7 +137,7 @@ class LocalBackend(Backend):
         """Create an ACTIVE stream whose shards split the hash space evenly."""
         if not _STREAM_NAME.fullmatch(name):
             raise BackendError(f"invalid stream name '{name}': use 1 to 128 of a-z A-Z 0-9 _ . -")
-        _check_shard_count(name, shards)
+        check_shard_count(name, shards)
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchone():
                 raise BackendError(f"stream '{name}' already exists")
@@ -150,7 +148,7 @@ class LocalBackend(Backend):
 
     def update_shard_count(self, name: str, shards: int) -> None:
         """Close every open shard and open `shards` new ones; a no-op if the count is unchanged."""
-        _check_shard_count(name, shards)
+        check_shard_count(name, shards)
         with self._tx(write=True) as db:
             self._stream(db, name, active=True)
             old = [s for s in self._shards(db, name) if s.is_open]
@@ -261,7 +259,7 @@ class LocalBackend(Backend):
         request Kinesis would refuse whole.
         """
         entries = list(entries)
-        _check_batch(stream, entries)
+        check_batch(stream, entries)
         arrival_ms = self._now_ms()
         results: list[PutResult] = []
         with self._tx(write=True) as db:
@@ -501,34 +499,6 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
-
-
-def _check_shard_count(stream: str, shards: int) -> None:
-    if shards < 1:
-        raise BackendError(f"stream '{stream}' needs at least 1 shard, got {shards}")
-
-
-def _check_batch(stream: str, entries: list[tuple[bytes, str]]) -> None:
-    """Refuse a PutRecords request the way Kinesis refuses it: whole."""
-    where = f"put_records to stream '{stream}'"
-    if not 1 <= len(entries) <= MAX_BATCH_RECORDS:
-        raise BackendError(f"{where}: {len(entries)} entries, at most {MAX_BATCH_RECORDS} allowed")
-    total = 0
-    for i, (data, key) in enumerate(entries):
-        if not isinstance(data, (bytes, bytearray)):
-            raise BackendError(f"{where}: entry {i}: data must be bytes")
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_PARTITION_KEY_CHARS:
-            limit = MAX_PARTITION_KEY_CHARS
-            raise BackendError(f"{where}: entry {i}: partition key must be 1 to {limit} characters")
-        size = len(data) + len(key.encode())
-        if size > MAX_RECORD_BYTES:
-            raise BackendError(
-                f"{where}: entry {i} is {size} bytes with its partition key, "
-                f"at most {MAX_RECORD_BYTES} allowed"
-            )
-        total += size
-    if total > MAX_BATCH_BYTES:
-        raise BackendError(f"{where}: {total} bytes in one call, at most {MAX_BATCH_BYTES} allowed")
 
 
 def _is_later(sequence: str, than: str) -> bool:

@@ -1,0 +1,801 @@
+import dataclasses
+import datetime
+import hashlib
+import json
+import time
+import urllib.parse
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from runner.backends.aws import AwsBackend
+from runner.backends.base import (
+    SHARD_END,
+    BackendError,
+    FirehoseDescription,
+    IteratorExpired,
+    RoleDescription,
+    StreamDescription,
+    StreamNotFound,
+    Throttled,
+)
+
+ACCOUNT = "123456789012"  # moto's account
+CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@pytest.fixture
+def backend(aws_env):
+    with mock_aws():
+        backend = AwsBackend("us-east-1", poll_s=0)
+        yield backend
+        backend.close()
+
+
+def owner(backend, stream, key):
+    """The shard whose hash range holds the partition key, as Kinesis routes it."""
+    digest = int.from_bytes(hashlib.md5(key.encode()).digest(), "big")
+    shards = [s for s in backend.list_shards(stream) if s.is_open]
+    (shard,) = [s for s in shards if s.starting_hash_key <= digest <= s.ending_hash_key]
+    return shard.shard_id
+
+
+def read_all(backend, stream, shard_id, iterator_type="TRIM_HORIZON", **position):
+    iterator = backend.get_shard_iterator(stream, shard_id, iterator_type, **position)
+    return backend.get_records(iterator).records
+
+
+def count_calls(client, operation):
+    """A list that grows by the request parameters of every `operation` the client makes."""
+    calls = []
+    client.meta.events.register(
+        f"before-parameter-build.{client.meta.service_model.endpoint_prefix}.{operation}",
+        lambda params, **_: calls.append(dict(params)),
+    )
+    return calls
+
+
+def throttle_first(client, operation, times):
+    """Answer the first `times` sends of `operation` with a throttling error, before moto."""
+    sent = []
+
+    def answer(request, **_):
+        sent.append(request)
+        if len(sent) > times:
+            return None
+        body = b'{"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded"}'
+        return AWSResponse(request.url, 400, {}, _Raw(body))
+
+    client.meta.events.register_first(
+        f"before-send.{client.meta.service_model.endpoint_prefix}.{operation}", answer
+    )
+    return sent
+
+
+class _Raw:
+    def __init__(self, body):
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+# Streams
+
+
+def test_streams_round_trip(backend):
+    assert backend.name == "aws" and backend.delivers_firehoses
+    assert backend.account_id == ACCOUNT
+    assert backend.describe_stream("orders") is None
+
+    backend.create_stream("orders", 2)
+
+    assert backend.describe_stream("orders") == StreamDescription("orders", "ACTIVE", 2, 24)
+    shards = backend.list_shards("orders")
+    assert [s.shard_id for s in shards] == ["shardId-000000000000", "shardId-000000000001"]
+    assert shards[0].starting_hash_key == 0 and shards[-1].ending_hash_key == 2**128 - 1
+    assert shards[0].ending_hash_key + 1 == shards[1].starting_hash_key
+    assert all(s.is_open and s.parent_shard_id is None for s in shards)
+
+    entries = [(json.dumps({"n": n}).encode(), f"session-{n}") for n in range(20)]
+    results = backend.put_records("orders", entries)
+
+    assert all(r.ok and r.sequence for r in results)
+    assert [r.shard_id for r in results] == [owner(backend, "orders", k) for _, k in entries]
+    assert len({r.shard_id for r in results}) == 2
+    for shard in shards:
+        records = read_all(backend, "orders", shard.shard_id)
+        sent = [
+            (d, k)
+            for (d, k), r in zip(entries, results, strict=True)
+            if r.shard_id == shard.shard_id
+        ]
+        assert [(r.data, r.partition_key) for r in records] == sent
+        assert [r.sequence for r in records] == [
+            r.sequence for r in results if r.shard_id == shard.shard_id
+        ]
+        assert all(r.arrival.utcoffset() == datetime.timedelta(0) for r in records)
+
+
+def test_every_iterator_type(backend):
+    backend.create_stream("orders", 1)
+    (shard,) = backend.list_shards("orders")
+    first = backend.put_records("orders", [(b"a", "k"), (b"b", "k")])
+    time.sleep(0.05)
+    between = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(0.05)
+    backend.put_records("orders", [(b"c", "k")])
+    latest = backend.get_shard_iterator("orders", shard.shard_id, "LATEST")
+    backend.put_records("orders", [(b"d", "k")])
+
+    def data(records):
+        return [r.data for r in records]
+
+    assert data(read_all(backend, "orders", shard.shard_id)) == [b"a", b"b", b"c", b"d"]
+    assert data(backend.get_records(latest).records) == [b"d"]
+    at, after = "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"
+    second = first[1].sequence
+    assert data(read_all(backend, "orders", shard.shard_id, at, sequence=second)) == [
+        b"b",
+        b"c",
+        b"d",
+    ]
+    assert data(read_all(backend, "orders", shard.shard_id, after, sequence=second)) == [
+        b"c",
+        b"d",
+    ]
+    assert data(read_all(backend, "orders", shard.shard_id, "AT_TIMESTAMP", timestamp=between)) == [
+        b"c",
+        b"d",
+    ]
+
+
+def test_get_records_limit_and_lag(backend):
+    backend.create_stream("orders", 1)
+    (shard,) = backend.list_shards("orders")
+    backend.put_records("orders", [(b"a", "k"), (b"b", "k"), (b"c", "k")])
+    iterator = backend.get_shard_iterator("orders", shard.shard_id, "TRIM_HORIZON")
+
+    batch = backend.get_records(iterator, limit=2)
+    rest = backend.get_records(batch.next_iterator)
+
+    assert [r.data for r in batch.records] == [b"a", b"b"]
+    assert [r.data for r in rest.records] == [b"c"]
+    assert rest.millis_behind == 0
+
+
+def test_a_finished_closed_shard_has_no_next_iterator(backend):
+    # moto always answers with a NextShardIterator, even at the end of a closed shard, so the
+    # answer Kinesis gives there is stubbed.
+    client = backend._client("kinesis", data_plane=True)
+    with Stubber(client) as stub:
+        stub.add_response("get_records", {"Records": [], "MillisBehindLatest": 0})
+        batch = backend.get_records("iterator")
+    assert batch.records == [] and batch.next_iterator is None and batch.millis_behind == 0
+
+
+def test_invalid_reads_are_refused_before_calling_aws(backend):
+    with pytest.raises(BackendError) as error:
+        backend.get_shard_iterator("orders", "shardId-000000000000", "FROM_START")
+    assert str(error.value) == (
+        "unknown iterator type 'FROM_START' (expected TRIM_HORIZON, LATEST, "
+        "AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP)"
+    )
+    with pytest.raises(BackendError, match="AT_TIMESTAMP needs a timezone-aware timestamp"):
+        backend.get_shard_iterator(
+            "orders", "shardId-000000000000", "AT_TIMESTAMP", timestamp=datetime.datetime.now()
+        )
+    with pytest.raises(BackendError, match="AFTER_SEQUENCE_NUMBER on orders/shardId-000000000000"):
+        backend.get_shard_iterator("orders", "shardId-000000000000", "AFTER_SEQUENCE_NUMBER")
+    with pytest.raises(BackendError, match="get_records limit must be 1 to 10000, got 0"):
+        backend.get_records("iterator", limit=0)
+
+
+def test_list_shards_follows_next_token(backend):
+    # moto pages ListShards only when every page repeats StreamName, which Kinesis refuses
+    # alongside NextToken ("You cannot specify this parameter if you specify the NextToken
+    # parameter"), so Kinesis' answers are stubbed here.
+    def listed(n):
+        return {
+            "ShardId": f"shardId-00000000000{n}",
+            "HashKeyRange": {"StartingHashKey": str(n), "EndingHashKey": str(n)},
+            "SequenceNumberRange": {"StartingSequenceNumber": "1"},
+        }
+
+    with Stubber(backend._client("kinesis")) as stub:
+        first = {"StreamName": "orders", "MaxResults": 1000}
+        stub.add_response("list_shards", {"Shards": [listed(0)], "NextToken": "t1"}, first)
+        second = {"NextToken": "t1", "MaxResults": 1000}
+        stub.add_response("list_shards", {"Shards": [listed(1)], "NextToken": "t2"}, second)
+        last = {"NextToken": "t2", "MaxResults": 1000}
+        stub.add_response("list_shards", {"Shards": [listed(2)]}, last)
+
+        shards = backend.list_shards("orders")
+
+    assert [s.shard_id for s in shards] == [f"shardId-00000000000{n}" for n in range(3)]
+    assert [s.starting_hash_key for s in shards] == [0, 1, 2]
+
+
+def test_update_shard_count_closes_the_parents(backend):
+    backend.create_stream("orders", 2)
+    parents = backend.list_shards("orders")
+
+    backend.update_shard_count("orders", 4)
+
+    assert backend.describe_stream("orders").open_shard_count == 4
+    shards = backend.list_shards("orders")
+    by_id = {s.shard_id: s for s in shards}
+    assert all(not by_id[p.shard_id].is_open for p in parents)
+    assert by_id[parents[0].shard_id].ending_sequence is not None
+    children = [s for s in shards if s.is_open]
+    assert len(children) == 4
+    assert {c.parent_shard_id for c in children} == {p.shard_id for p in parents}
+    listed = [s.shard_id for s in shards]
+    assert all(listed.index(c.parent_shard_id) < listed.index(c.shard_id) for c in children)
+
+
+def test_update_shard_count_at_most_doubles_or_halves_per_call(backend):
+    backend.create_stream("orders", 1)
+    calls = count_calls(backend._client("kinesis"), "UpdateShardCount")
+
+    backend.update_shard_count("orders", 5)
+    backend.update_shard_count("orders", 1)
+    backend.update_shard_count("orders", 1)
+
+    assert [c["TargetShardCount"] for c in calls] == [2, 4, 5, 3, 2, 1]
+    assert {c["ScalingType"] for c in calls} == {"UNIFORM_SCALING"}
+    assert backend.describe_stream("orders").open_shard_count == 1
+
+
+def test_delete_stream(backend):
+    backend.create_stream("orders", 1)
+    calls = count_calls(backend._client("kinesis"), "DeleteStream")
+
+    backend.delete_stream("orders")
+
+    assert backend.describe_stream("orders") is None
+    assert calls == [{"StreamName": "orders", "EnforceConsumerDeletion": True}]
+
+
+def test_put_records_refuses_what_kinesis_refuses_whole(backend):
+    where = "put_records to stream 'orders'"
+    refused = {
+        f"{where}: 0 entries, at most 500 allowed": [],
+        f"{where}: 501 entries, at most 500 allowed": [(b"x", "k")] * 501,
+        f"{where}: entry 0: partition key must be 1 to 256 characters": [(b"x", "")],
+        f"{where}: entry 1: partition key must be 1 to 256 characters": [
+            (b"x", "k"),
+            (b"x", "k" * 257),
+        ],
+        f"{where}: entry 0: data must be bytes": [("text", "k")],
+        f"{where}: entry 0 is 1048577 bytes with its partition key, at most 1048576 allowed": [
+            (b"x" * (1024 * 1024), "k")
+        ],
+        f"{where}: 5243005 bytes in one call, at most 5242880 allowed": [(b"x" * 1048575, "k")] * 5
+        + [(b"x" * 124, "k")],
+    }
+    for message, entries in refused.items():
+        with pytest.raises(BackendError) as error:
+            backend.put_records("orders", entries)
+        assert str(error.value) == message
+
+
+# Buckets
+
+
+def test_bucket_in_us_east_1_is_private_and_encrypted(backend):
+    assert backend.bucket_exists("shop-usa") is False
+
+    backend.create_bucket("shop-usa")
+
+    assert backend.bucket_exists("shop-usa") is True
+    s3 = boto3.client("s3", region_name="us-east-1")
+    assert s3.get_bucket_location(Bucket="shop-usa")["LocationConstraint"] is None
+    assert_private_and_encrypted(s3, "shop-usa")
+
+
+def test_bucket_in_eu_west_1(aws_env):
+    with mock_aws():
+        backend = AwsBackend("eu-west-1", poll_s=0)
+        backend.create_bucket("shop-eu")
+
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        assert s3.get_bucket_location(Bucket="shop-eu")["LocationConstraint"] == "eu-west-1"
+        assert_private_and_encrypted(s3, "shop-eu")
+        assert backend.bucket_exists("shop-eu") is True
+
+
+def assert_private_and_encrypted(s3, bucket):
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert block == {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True,
+        "RestrictPublicBuckets": True,
+    }
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+
+
+def test_objects_round_trip(backend):
+    backend.create_bucket("shop-usa")
+    for key in ("firehose/2026/b", "errors/x", "firehose/2026/a"):
+        backend.put_object("shop-usa", key, key.encode())
+
+    assert backend.list_objects("shop-usa") == ["errors/x", "firehose/2026/a", "firehose/2026/b"]
+    assert backend.list_objects("shop-usa", "firehose/") == ["firehose/2026/a", "firehose/2026/b"]
+    assert backend.get_object("shop-usa", "errors/x") == b"errors/x"
+    with pytest.raises(BackendError) as error:
+        backend.get_object("shop-usa", "nope")
+    assert str(error.value) == (
+        "object 'nope' in bucket 'shop-usa' does not exist "
+        "(NoSuchKey: The specified key does not exist.)"
+    )
+
+
+def test_delete_bucket_removes_objects_versions_and_delete_markers(backend):
+    backend.create_bucket("shop-usa")
+    backend.create_bucket("shop-int")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.put_bucket_versioning(Bucket="shop-int", VersioningConfiguration={"Status": "Enabled"})
+    for bucket in ("shop-usa", "shop-int"):
+        for n in range(3):
+            backend.put_object(bucket, f"firehose/{n}", b"old")
+            backend.put_object(bucket, f"firehose/{n}", b"new")
+    s3.delete_object(Bucket="shop-int", Key="firehose/0")
+
+    backend.delete_bucket("shop-usa")
+    backend.delete_bucket("shop-int")
+
+    assert backend.bucket_exists("shop-usa") is False
+    assert backend.bucket_exists("shop-int") is False
+
+
+def test_a_bucket_name_taken_by_another_account(backend):
+    client = backend._client("s3")
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "head_bucket",
+            service_error_code="403",
+            service_message="Forbidden",
+            http_status_code=403,
+        )
+        with pytest.raises(BackendError) as error:
+            backend.bucket_exists("data")
+    assert str(error.value) == (
+        "bucket 'data' exists but this account may not use it (HeadBucket: 403 Forbidden): "
+        "the name is probably taken by another AWS account, and bucket names are global; "
+        "choose another"
+    )
+
+
+# Firehose, roles and log groups
+
+TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "firehose.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def policy(*actions):
+    statement = {"Effect": "Allow", "Action": list(actions), "Resource": "*"}
+    return {"Version": "2012-10-17", "Statement": [statement]}
+
+
+USA = FirehoseDescription(
+    name="shop-firehose-usa",
+    stream="shop-usa",
+    bucket="shop-usa-bucket",
+    prefix="firehose/",
+    error_prefix="errors/",
+    buffer_size_mb=1,
+    buffer_interval_s=60,
+    compression="UNCOMPRESSED",
+    role="shop-firehose-role",
+    log_group="shop-firehose-usa-log-group",
+    log_stream="shop-usa-firehose-log-stream",
+)
+
+
+@pytest.fixture
+def delivery(backend):
+    """What a firehose needs: its stream, bucket, role and log stream."""
+    backend.create_stream(USA.stream, 2)
+    backend.create_bucket(USA.bucket)
+    backend.put_role(RoleDescription(USA.role, TRUST, {"delivery": policy("s3:PutObject")}))
+    backend.create_log_stream(USA.log_group, USA.log_stream)
+    return backend
+
+
+def test_firehose_round_trip(delivery):
+    backend = delivery
+    assert backend.describe_firehose(USA.name) is None
+    calls = count_calls(backend._client("firehose"), "CreateDeliveryStream")
+
+    backend.create_firehose(USA)
+
+    assert backend.describe_firehose(USA.name) == USA
+    (call,) = calls
+    assert call["DeliveryStreamType"] == "KinesisStreamAsSource"
+    assert call["KinesisStreamSourceConfiguration"] == {
+        "KinesisStreamARN": f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/shop-usa",
+        "RoleARN": f"arn:aws:iam::{ACCOUNT}:role/shop-firehose-role",
+    }
+    assert call["ExtendedS3DestinationConfiguration"] == {
+        "RoleARN": f"arn:aws:iam::{ACCOUNT}:role/shop-firehose-role",
+        "BucketARN": "arn:aws:s3:::shop-usa-bucket",
+        "Prefix": "firehose/",
+        "ErrorOutputPrefix": "errors/",
+        "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+        "CompressionFormat": "UNCOMPRESSED",
+        "CloudWatchLoggingOptions": {
+            "Enabled": True,
+            "LogGroupName": "shop-firehose-usa-log-group",
+            "LogStreamName": "shop-usa-firehose-log-stream",
+        },
+    }
+
+    faster = dataclasses.replace(USA, buffer_size_mb=5, buffer_interval_s=300)
+    backend.update_firehose(faster)
+    assert backend.describe_firehose(USA.name) == faster
+
+    backend.delete_firehose(USA.name)
+    assert backend.describe_firehose(USA.name) is None
+
+
+def test_firehose_without_logging(delivery):
+    quiet = dataclasses.replace(USA, log_group=None, log_stream=None, prefix="", compression="GZIP")
+
+    calls = count_calls(delivery._client("firehose"), "CreateDeliveryStream")
+
+    delivery.create_firehose(quiet)
+
+    assert delivery.describe_firehose(USA.name) == quiet
+    destination = calls[0]["ExtendedS3DestinationConfiguration"]
+    assert destination["CloudWatchLoggingOptions"] == {"Enabled": False}
+
+
+def test_firehose_source_cannot_change(delivery):
+    delivery.create_firehose(USA)
+    with pytest.raises(BackendError) as error:
+        delivery.update_firehose(dataclasses.replace(USA, stream="shop-int"))
+    assert str(error.value) == (
+        "firehose 'shop-firehose-usa' reads stream 'shop-usa', not 'shop-int': a delivery "
+        "stream's source cannot change; destroy it and apply again"
+    )
+
+
+def test_firehose_creation_waits_for_a_new_role(delivery, monkeypatch):
+    client = delivery._client("firehose")
+    create = client.create_delivery_stream
+    attempts = []
+
+    def not_yet(**params):
+        attempts.append(params)
+        if len(attempts) < 3:
+            role = f"arn:aws:iam::{ACCOUNT}:role/shop-firehose-role"
+            message = f"Firehose is unable to assume role {role}. Please check the role provided."
+            error = {"Error": {"Code": "InvalidArgumentException", "Message": message}}
+            raise ClientError(error, "CreateDeliveryStream")
+        return create(**params)
+
+    monkeypatch.setattr(client, "create_delivery_stream", not_yet)
+
+    delivery.create_firehose(USA)
+
+    assert len(attempts) == 3
+    assert delivery.describe_firehose(USA.name) == USA
+
+
+def test_firehose_other_invalid_arguments_are_not_retried(delivery, monkeypatch):
+    client = delivery._client("firehose")
+    attempts = []
+
+    def invalid(**params):
+        attempts.append(params)
+        error = {"Error": {"Code": "InvalidArgumentException", "Message": "Bad prefix"}}
+        raise ClientError(error, "CreateDeliveryStream")
+
+    monkeypatch.setattr(client, "create_delivery_stream", invalid)
+
+    with pytest.raises(BackendError) as error:
+        delivery.create_firehose(USA)
+    assert str(error.value) == (
+        "firehose 'shop-firehose-usa': CreateDeliveryStream failed "
+        "(InvalidArgumentException: Bad prefix)"
+    )
+    assert len(attempts) == 1
+
+
+def test_roles_round_trip(backend):
+    assert backend.describe_role("shop-role") is None
+    first = RoleDescription(
+        "shop-role", TRUST, {"read": policy("kinesis:GetRecords"), "old": policy("s3:GetObject")}
+    )
+
+    backend.put_role(first)
+    assert backend.describe_role("shop-role") == first
+
+    trust = json.loads(json.dumps(TRUST))
+    trust["Statement"][0]["Condition"] = {"StringEquals": {"sts:ExternalId": ACCOUNT}}
+    second = RoleDescription("shop-role", trust, {"read": policy("kinesis:*")})
+    backend.put_role(second)
+    assert backend.describe_role("shop-role") == second
+
+    backend.delete_role("shop-role")
+    assert backend.describe_role("shop-role") is None
+
+
+def test_role_policies_given_as_url_encoded_text(backend, monkeypatch):
+    backend.put_role(RoleDescription("shop-role", TRUST, {"read": policy("kinesis:*")}))
+    iam = backend._client("iam")
+    get_role, get_role_policy = iam.get_role, iam.get_role_policy
+
+    def encoded(answer, key, field):
+        answer[key][field] = urllib.parse.quote(json.dumps(answer[key][field]))
+        return answer
+
+    monkeypatch.setattr(
+        iam, "get_role", lambda **p: encoded(get_role(**p), "Role", "AssumeRolePolicyDocument")
+    )
+    monkeypatch.setattr(
+        iam,
+        "get_role_policy",
+        lambda **p: {
+            "PolicyDocument": urllib.parse.quote(json.dumps(get_role_policy(**p)["PolicyDocument"]))
+        },
+    )
+
+    assert backend.describe_role("shop-role") == RoleDescription(
+        "shop-role", TRUST, {"read": policy("kinesis:*")}
+    )
+
+
+def test_log_groups(backend):
+    assert backend.describe_log_group("shop") is None
+    backend.create_log_stream("shop-other", "s")
+
+    backend.create_log_stream("shop", "usa")
+    backend.create_log_stream("shop", "usa")
+    backend.create_log_stream("shop", "international")
+
+    assert backend.describe_log_group("shop") == ["international", "usa"]
+    backend.delete_log_group("shop")
+    assert backend.describe_log_group("shop") is None
+    assert backend.describe_log_group("shop-other") == ["s"]
+
+
+# Checkpoints
+
+
+def test_checkpoints_never_move_backwards(backend):
+    assert backend.checkpoint_store_exists("shop") is False
+    backend.create_checkpoint_store("shop")
+    assert backend.checkpoint_store_exists("shop") is True
+    shard = "shardId-000000000000"
+
+    backend.set_checkpoint("shop", "orders", shard, "5")
+    backend.set_checkpoint("shop", "orders", shard, "3")
+    assert backend.get_checkpoints("shop", "orders") == {shard: "5"}
+
+    backend.set_checkpoint("shop", "orders", shard, "10")  # later, though "10" < "5" as text
+    assert backend.get_checkpoints("shop", "orders") == {shard: "10"}
+
+    backend.set_checkpoint("shop", "orders", shard, SHARD_END)
+    backend.set_checkpoint("shop", "orders", shard, "9" * 64)
+    assert backend.get_checkpoints("shop", "orders") == {shard: SHARD_END}
+
+    backend.delete_checkpoint_store("shop")
+    assert backend.checkpoint_store_exists("shop") is False
+
+
+def test_checkpoints_are_stored_zero_padded_per_stream(backend):
+    backend.create_checkpoint_store("shop")
+    sequence = "49590338271490256608559692538361571095921575989136588898"
+    backend.set_checkpoint("shop", "orders", "shardId-000000000001", sequence)
+    backend.set_checkpoint("shop", "orders", "shardId-000000000002", "0")
+    backend.set_checkpoint("shop", "returns", "shardId-000000000001", "7")
+
+    table = boto3.client("dynamodb", region_name="us-east-1")
+    item = table.get_item(
+        TableName="shop-checkpoints",
+        Key={"stream": {"S": "orders"}, "shard_id": {"S": "shardId-000000000001"}},
+    )["Item"]
+    assert item["sequence"] == {"S": "0" * 8 + sequence}
+    assert backend.get_checkpoints("shop", "orders") == {
+        "shardId-000000000001": sequence,
+        "shardId-000000000002": "0",
+    }
+    assert backend.get_checkpoints("shop", "returns") == {"shardId-000000000001": "7"}
+    assert backend.get_checkpoints("shop", "other") == {}
+
+
+def test_checkpoints_page_through_the_query(backend, monkeypatch):
+    backend.create_checkpoint_store("shop")
+    for n in range(5):
+        backend.set_checkpoint("shop", "orders", f"shardId-{n:012d}", str(n + 1))
+    client = backend._client("dynamodb")
+    query = client.query
+    calls = []
+
+    def small_pages(**params):
+        calls.append(params)
+        return query(Limit=2, **params)
+
+    monkeypatch.setattr(client, "query", small_pages)
+
+    checkpoints = backend.get_checkpoints("shop", "orders")
+
+    assert checkpoints == {f"shardId-{n:012d}": str(n + 1) for n in range(5)}
+    assert len(calls) == 3 and "ExclusiveStartKey" in calls[-1]
+    assert all(call["ConsistentRead"] for call in calls)
+
+
+def test_checkpoints_without_their_table(backend):
+    message = (
+        "checkpoint table 'shop-checkpoints' does not exist in us-east-1: "
+        "run `pipeline apply` to create it"
+    )
+    with pytest.raises(BackendError) as error:
+        backend.get_checkpoints("shop", "orders")
+    assert str(error.value) == message
+    with pytest.raises(BackendError) as error:
+        backend.set_checkpoint("shop", "orders", "shardId-000000000000", "1")
+    assert str(error.value) == message
+    with pytest.raises(BackendError, match="'12a' is not a sequence number"):
+        backend.set_checkpoint("shop", "orders", "shardId-000000000000", "12a")
+
+
+# Errors
+
+
+def test_a_missing_stream(backend):
+    with pytest.raises(StreamNotFound) as error:
+        backend.list_shards("nope")
+    assert str(error.value) == (
+        "stream 'nope' does not exist "
+        f"(ResourceNotFoundException: Stream nope under account {ACCOUNT} not found.)"
+    )
+    with pytest.raises(StreamNotFound, match="stream 'nope' does not exist"):
+        backend.put_records("nope", [(b"x", "k")])
+    with pytest.raises(StreamNotFound, match="stream 'nope' does not exist"):
+        backend.update_shard_count("nope", 2)
+    with pytest.raises(StreamNotFound, match="stream 'nope' does not exist"):
+        backend.delete_stream("nope")
+
+
+def test_missing_credentials(aws_env, monkeypatch):
+    for variable in (*CREDENTIALS, "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(variable)
+    with mock_aws(config={"core": {"mock_credentials": False}}):
+        backend = AwsBackend("us-east-1", poll_s=0)
+        with pytest.raises(BackendError) as error:
+            backend.describe_stream("orders")
+    assert str(error.value) == (
+        "no AWS credentials found: pass --profile NAME, set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment, or run `aws configure`"
+    )
+
+
+def test_partial_credentials_are_named_not_shown(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYVALUE")
+    for variable in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(variable)
+    with mock_aws(config={"core": {"mock_credentials": False}}):
+        backend = AwsBackend("us-east-1", poll_s=0)
+        with pytest.raises(BackendError) as error:
+            backend.account_id  # noqa: B018 - the property calls STS
+    assert str(error.value).startswith(
+        "incomplete AWS credentials from env (missing AWS_SECRET_ACCESS_KEY): pass --profile"
+    )
+    assert "AKIAEXAMPLEKEYVALUE" not in str(error.value)
+
+
+def test_an_unknown_profile(aws_env):
+    with pytest.raises(BackendError) as error:
+        AwsBackend("us-east-1", profile="nobody")
+    assert str(error.value) == (
+        "AWS profile 'nobody' not found in the AWS config files: "
+        "check --profile or AWS_PROFILE, or run `aws configure --profile NAME`"
+    )
+
+
+def test_an_unknown_region(aws_env):
+    with pytest.raises(BackendError) as error:
+        AwsBackend("moon-1")
+    assert str(error.value) == (
+        "the AWS session: Unknown region: 'moon-1'. No partition found for provided region_name."
+    )
+
+
+def test_an_unreachable_endpoint(backend, monkeypatch):
+    def refused(**_):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:4566/")
+
+    monkeypatch.setattr(backend._client("kinesis"), "describe_stream_summary", refused)
+    with pytest.raises(BackendError) as error:
+        backend.describe_stream("orders")
+    assert str(error.value) == (
+        "stream 'orders': cannot connect to the endpoint http://127.0.0.1:4566/: "
+        "check the network, the region and --endpoint-url"
+    )
+
+
+def test_an_expired_iterator(backend):
+    with Stubber(backend._client("kinesis", data_plane=True)) as stub:
+        stub.add_client_error(
+            "get_records",
+            service_error_code="ExpiredIteratorException",
+            service_message="Iterator expired. The iterator was created at time X.",
+        )
+        with pytest.raises(IteratorExpired) as error:
+            backend.get_records("old")
+    assert str(error.value) == (
+        "shard iterator: GetRecords failed "
+        "(ExpiredIteratorException: Iterator expired. The iterator was created at time X.)"
+    )
+
+
+def test_a_throttled_put(backend):
+    with Stubber(backend._client("kinesis", data_plane=True)) as stub:
+        stub.add_client_error(
+            "put_records",
+            service_error_code="ProvisionedThroughputExceededException",
+            service_message="Rate exceeded for stream orders.",
+        )
+        with pytest.raises(Throttled) as error:
+            backend.put_records("orders", [(b"x", "k")])
+    assert str(error.value) == (
+        "stream 'orders': PutRecords throttled "
+        "(ProvisionedThroughputExceededException: Rate exceeded for stream orders.)"
+    )
+
+
+def test_failed_entries_of_a_put_are_reported_one_by_one(backend):
+    answer = {
+        "FailedRecordCount": 1,
+        "Records": [
+            {"SequenceNumber": "1", "ShardId": "shardId-000000000000"},
+            {
+                "ErrorCode": "ProvisionedThroughputExceededException",
+                "ErrorMessage": "Rate exceeded for shard shardId-000000000001.",
+            },
+        ],
+    }
+    with Stubber(backend._client("kinesis", data_plane=True)) as stub:
+        stub.add_response("put_records", answer)
+        results = backend.put_records("orders", [(b"x", "a"), (b"y", "b")])
+    assert [r.ok for r in results] == [True, False]
+    assert results[0].shard_id == "shardId-000000000000" and results[0].sequence == "1"
+    assert results[1].error_code == "ProvisionedThroughputExceededException"
+    assert results[1].error_message == "Rate exceeded for shard shardId-000000000001."
+
+
+def test_data_plane_throttling_is_not_retried_by_botocore(backend):
+    backend.create_stream("orders", 1)
+    (shard,) = backend.list_shards("orders")
+    iterator = backend.get_shard_iterator("orders", shard.shard_id, "TRIM_HORIZON")
+    sent = throttle_first(backend._client("kinesis", data_plane=True), "GetRecords", times=1)
+
+    with pytest.raises(Throttled):
+        backend.get_records(iterator)
+    assert len(sent) == 1
+    assert backend.get_records(iterator).records == []
+
+
+def test_control_plane_throttling_is_retried_by_botocore(backend):
+    backend.create_stream("orders", 1)
+    sent = throttle_first(backend._client("kinesis"), "DescribeStreamSummary", times=1)
+
+    assert backend.describe_stream("orders").status == "ACTIVE"
+    assert len(sent) == 2

@@ -1,0 +1,176 @@
+"""End to end on the aws target: the shipped scenario against a moto server on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+from itertools import islice
+
+import boto3
+import pytest
+from conftest import PIPELINES, REPO
+from moto.server import ThreadedMotoServer
+
+from runner.produce import synthetic_sessions
+
+ACCOUNT = "123456789012"  # moto's account
+SOURCE = "de-c2w2lab1-kinesis-data-stream"
+USA = "de-c2w2lab1-usa-data-stream"
+INTERNATIONAL = "de-c2w2lab1-international-data-stream"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(endpoint, tmp_path, monkeypatch):
+    """Fake credentials only, the moto server as the endpoint, no AWS config files."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
+        "PIPELINE_TARGET": "aws",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+    def client(service):
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
+
+    def pipeline(*args, check=True):
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", *args, "--endpoint-url", endpoint],
+            cwd=REPO,
+            env=os.environ.copy(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check:
+            assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    yield client, pipeline
+    pipeline("destroy", str(PIPELINES / "ecommerce.yaml"), "--yes", check=False)
+
+
+def read_stream(kinesis, name):
+    records = []
+    for shard in kinesis.list_shards(StreamName=name)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        answer = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+        records += [json.loads(record["Data"]) for record in answer["Records"]]
+    return records
+
+
+def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path):
+    client, pipeline = aws
+    spec = str(PIPELINES / "ecommerce.yaml")
+
+    applied = pipeline("apply", spec)
+    assert applied.stdout.splitlines()[-1] == "Applied: 11 created, 0 changed, 0 unchanged."
+
+    kinesis = client("kinesis")
+    shards = {
+        name: kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+            "OpenShardCount"
+        ]
+        for name in (SOURCE, USA, INTERNATIONAL)
+    }
+    assert shards == {SOURCE: 1, USA: 2, INTERNATIONAL: 2}
+    s3 = client("s3")
+    for bucket in (f"de-c2w2lab1-{ACCOUNT}-usa", f"de-c2w2lab1-{ACCOUNT}-int"):
+        blocked = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        assert all(blocked.values())
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+        assert rules["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    iam = client("iam")
+    role = iam.get_role(RoleName="de-c2w2lab1-firehose-role")["Role"]
+    trust = role["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Principal"] == {"Service": "firehose.amazonaws.com"}
+    (policy_name,) = iam.list_role_policies(RoleName="de-c2w2lab1-firehose-role")["PolicyNames"]
+    policy = iam.get_role_policy(RoleName="de-c2w2lab1-firehose-role", PolicyName=policy_name)
+    resources = {r for s in policy["PolicyDocument"]["Statement"] for r in s["Resource"]}
+    assert f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/{USA}" in resources
+    assert f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/{SOURCE}" not in resources
+    logs = client("logs")
+    firehose = client("firehose")
+    for which, stream in (("usa", USA), ("international", INTERNATIONAL)):
+        group = f"de-c2w2lab1-firehose-{which}-log-group"
+        log_streams = logs.describe_log_streams(logGroupName=group)["logStreams"]
+        assert [s["logStreamName"] for s in log_streams] == [
+            f"de-c2w2lab1-{which}-firehose-log-stream"
+        ]
+        described = firehose.describe_delivery_stream(
+            DeliveryStreamName=f"de-c2w2lab1-firehose-{which}"
+        )["DeliveryStreamDescription"]
+        assert described["DeliveryStreamType"] == "KinesisStreamAsSource"
+        source = described["Source"]["KinesisStreamSourceDescription"]
+        assert source["KinesisStreamARN"].endswith(f":stream/{stream}")
+        destination = described["Destinations"][0]["ExtendedS3DestinationDescription"]
+        assert (destination["Prefix"], destination["ErrorOutputPrefix"]) == ("firehose/", "errors/")
+        assert destination["BufferingHints"] == {"SizeInMBs": 1, "IntervalInSeconds": 60}
+        assert destination["CompressionFormat"] == "UNCOMPRESSED"
+        assert destination["CloudWatchLoggingOptions"]["LogGroupName"] == group
+    tables = client("dynamodb").list_tables()["TableNames"]
+    assert "de-c2w2lab1-etl-checkpoints" in tables
+
+    again = pipeline("apply", spec)
+    assert again.stdout == "No changes: 11 resources up to date.\n"
+
+    edited = tmp_path / "ecommerce.yaml"
+    edited.write_text(
+        (PIPELINES / "ecommerce.yaml")
+        .read_text()
+        .replace(
+            'usa:           {name: "${prefix}-usa-data-stream", shards: 2}',
+            'usa:           {name: "${prefix}-usa-data-stream", shards: 3}',
+        )
+    )
+    planned = pipeline("plan", str(edited))
+    changes = [line for line in planned.stdout.splitlines() if line.startswith("~")]
+    assert changes == [f"~ change stream {USA} (shards 2 -> 3)"]
+
+    sessions = list(islice(synthetic_sessions(21), 200))
+    pipeline(
+        "produce",
+        "--stream",
+        SOURCE,
+        "--synthetic",
+        "--count",
+        "200",
+        "--mean-gap",
+        "0",
+        "--seed",
+        "21",
+    )
+    ran = pipeline("run", spec, "--until-idle", "2")
+    assert "done: in 200 |" in ran.stderr
+
+    routed = {
+        name: {r["session_id"]: r for r in read_stream(kinesis, name)}
+        for name in (USA, INTERNATIONAL)
+    }
+    assert sum(len(records) for records in routed.values()) == 200
+    for session in sessions:
+        sink = routed[USA if session["country"] == "USA" else INTERNATIONAL]
+        record = sink[session["session_id"]]
+        history = session["browse_history"]
+        assert record["overall_product_quantity"] == sum(i["quantity"] for i in history)
+        assert record["overall_in_shopping_cart"] == sum(
+            i["quantity"] for i in history if i["in_shopping_cart"]
+        )
+        assert record["total_different_products"] == len(history)
+        assert {k: v for k, v in record.items() if k in session} == session
