@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint format validate demo clean
+.PHONY: install test lint format validate demo bench clean
 
 install: $(INSTALLED)
 
@@ -39,6 +39,10 @@ demo: install
 	@cd $(DEMO_STATE) && find buckets -type f | sort | xargs wc -l
 	@echo; echo "Explore it:  export PIPELINE_STATE_DIR=$(DEMO_STATE)"
 	@echo "             $(BIN)/pipeline consume --stream de-c2w2lab1-usa-data-stream --no-follow"
+
+# Figures, not tests: the pipeline against a hand-written loop (BENCH_RECORDS=200000 by default).
+bench: install
+	$(BIN)/python bench/bench.py
 
 validate: install
 	$(BIN)/pipeline validate pipelines/*.yaml

@@ -43,10 +43,7 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
             sys.stderr.close()  # `pipeline consume ... | head` is fine
             sys.exit(EXIT_OK)
         except KeyboardInterrupt:
-            click.echo(
-                "stopped before writes finished; the next run re-reads from the last checkpoint",
-                err=True,
-            )
+            click.echo("interrupted", err=True)
             sys.exit(130)
         finally:
             target = kwargs.get("target")

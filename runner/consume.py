@@ -10,6 +10,7 @@ from typing import IO
 from runner.backends.base import Backend, Record
 from runner.engine import start_position
 from runner.reader import Position, StreamReader
+from runner.record import BadRecord, parse_json
 
 SEQUENCE_TYPES = ("at_sequence_number", "after_sequence_number")
 
@@ -39,8 +40,8 @@ def readable(shard_id: str, record: Record) -> str:
 
 def as_json(shard_id: str, record: Record) -> str:
     try:
-        data = json.loads(record.data)
-    except ValueError:
+        data = parse_json(record.data)
+    except BadRecord:
         data = record.data.decode("utf-8", errors="replace")
     return json.dumps(
         {
@@ -70,14 +71,17 @@ def consume(
     reader = StreamReader(backend, stream, start=start, only_shard=shard)
     show = as_json if jsonl else readable
     printed = 0
-    while True:
-        batches = reader.poll()
-        for batch in batches:
-            for record in batch.records:
-                out.write(show(batch.shard_id, record) + "\n")
-            printed += len(batch.records)
-        out.flush()
-        if not follow and (reader.caught_up or reader.done):
-            return printed
-        if not any(batch.records for batch in batches):
-            sleep(reader.wait_time())
+    try:
+        while True:
+            batches = reader.poll()
+            for batch in batches:
+                for record in batch.records:
+                    out.write(show(batch.shard_id, record) + "\n")
+                printed += len(batch.records)
+            out.flush()
+            if not follow and (reader.caught_up or reader.done):
+                return printed
+            if not any(batch.records for batch in batches):
+                sleep(reader.wait_time())
+    except KeyboardInterrupt:
+        return printed  # Ctrl-C is how a following consumer is meant to stop

@@ -45,10 +45,19 @@ class DeadLetter:
         self.sink = Sink(backend, spec.streams[spec.dead_letter].name) if spec.dead_letter else None
         self._pending: list[tuple[bytes, str]] = []
         self.count = 0
+        self.in_file = 0  # entries written to the file, stream or not
 
-    @property
-    def where(self) -> str:
-        return f"stream {self.sink.stream}" if self.sink else str(self.path)
+    def summary(self) -> str:
+        """Where the dead-lettered records are, e.g. '3 records in stream rejects'."""
+        in_stream = self.count - self.in_file
+        places = [(in_stream, f"stream {self.sink.stream}")] if in_stream else []
+        if self.in_file:
+            too_big = " (too large for a stream record)" if self.sink else ""
+            places.append((self.in_file, f"{self.path}{too_big}"))
+        records = f"{self.count} record{'' if self.count == 1 else 's'}"
+        if len(places) == 1:
+            return f"{records} in {places[0][1]}"
+        return f"{records}: " + ", ".join(f"{count} in {where}" for count, where in places)
 
     def add(self, reason: str, stream: str, shard_id: str, record: Record) -> None:
         data = json.dumps(entry(reason, self.pipeline, stream, shard_id, record)).encode() + b"\n"
@@ -71,4 +80,5 @@ class DeadLetter:
                 file.writelines(data for data, _ in to_file)
                 file.flush()
                 os.fsync(file.fileno())
+            self.in_file += len(to_file)
         self.count += len(pending)

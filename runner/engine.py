@@ -42,12 +42,14 @@ class Counts:
     filtered: int = 0
     dropped: int = 0
     lag_ms: int = 0
+    busy_s: float = 0.0  # from the start to the last record handled
 
     def line(self) -> str:
         routes = ", ".join(f"{key} {count}" for key, count in sorted(self.out.items())) or "none"
+        rate = f" | in {self.busy_s:.2f} s" if self.busy_s else ""
         return (
             f"in {self.records_in} | out {routes} | dead-lettered {self.dead_lettered} | "
-            f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms"
+            f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms{rate}"
         )
 
 
@@ -102,9 +104,12 @@ class Engine:
     def run(self) -> Counts:
         """Run until stopped, idle for --until-idle or --max-records handled."""
         with _StopOnSignals(self.stop):
-            last_activity = next_status = self.clock()
+            started = last_activity = next_status = self.clock()
             while not self._stopping.is_set():
-                moved = self._handle(self.reader.poll())
+                handled = self._handle(self.reader.poll())
+                if handled:
+                    self.counts.busy_s = self.clock() - started
+                moved = handled
                 moved += sum(delivery.step() for delivery in self.deliveries)
                 now = self.clock()
                 if moved:
@@ -253,7 +258,14 @@ def run(
         f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
         f"(Ctrl-C stops cleanly)"
     )
-    counts = engine.run()
+    try:
+        counts = engine.run()
+    except KeyboardInterrupt:  # a second Ctrl-C
+        report(
+            f"[{spec.pipeline}] stopped at once: what was read since the last checkpoint "
+            "is read again by the next run"
+        )
+        return 130
     report(f"[{spec.pipeline}] done: {counts.line()}")
     for delivery in engine.deliveries:
         objects = len(delivery.objects)
@@ -262,8 +274,5 @@ def run(
             f"in {objects} object{'' if objects == 1 else 's'} to bucket {delivery.bucket}"
         )
     if engine.dead_letter.count:
-        report(
-            f"[{spec.pipeline}] dead letter: {engine.dead_letter.count} records "
-            f"in {engine.dead_letter.where}"
-        )
+        report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.summary()}")
     return 0

@@ -3,7 +3,7 @@ functions `pipeline` adds to JMESPath's own.
 
 | function | gives |
 | --- | --- |
-| `now()` | the time of processing, ISO-8601 text in UTC, e.g. `2026-11-26T13:33:50.123456+00:00` |
+| `now()` | the time of processing in UTC to the millisecond: `2026-11-26T13:33:50.123+00:00` |
 | `epoch()` | the time of processing, whole seconds since 1970-01-01 UTC |
 | `epoch_ms()` | the same in milliseconds |
 | `uuid()` | a random UUID (version 4) as text |
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import time
 import uuid as uuid_module
 from typing import Any
 
@@ -28,19 +29,28 @@ class ExpressionError(ValueError):
     """An expression that cannot compile: bad syntax, an unknown function, a wrong arity."""
 
 
-def _utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+# now(), epoch() and epoch_ms() read this (seconds since 1970) at each call; tests replace it.
+clock = time.time
+
+_last_now: tuple[int, str] = (-1, "")
 
 
-# now(), epoch() and epoch_ms() read this at each call; tests replace it to fix the time.
-clock = _utc_now
+def _now() -> str:
+    # Records handled within the same millisecond share one timestamp, formatted once.
+    global _last_now
+    millis = int(clock() * 1000)
+    if millis != _last_now[0]:
+        moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
+        _last_now = (millis, moment.isoformat(timespec="milliseconds"))
+    return _last_now[1]
+
 
 ADDED = {
     function.name: function
     for function in (
-        Function("now", lambda: clock().isoformat()),
-        Function("epoch", lambda: int(clock().timestamp())),
-        Function("epoch_ms", lambda: int(clock().timestamp() * 1000)),
+        Function("now", _now),
+        Function("epoch", lambda: int(clock())),
+        Function("epoch_ms", lambda: int(clock() * 1000)),
         Function("uuid", lambda: str(uuid_module.uuid4())),
         Function("upper", str.upper, ("string",)),
         Function("lower", str.lower, ("string",)),

@@ -8,7 +8,6 @@ is sent on its own when its time comes.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import string
 import time
@@ -18,7 +17,7 @@ from typing import IO
 
 from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError
 from runner.expressions import Expression
-from runner.record import encode
+from runner.record import BadRecord, encode, parse_record
 from runner.routing import RouteError, partition_key
 from runner.sink import Sink
 
@@ -75,27 +74,16 @@ def json_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, dict | BadLine]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8").rstrip("\r\n"))
-        except UnicodeDecodeError as error:
-            yield number, BadLine(f"line {number}: not UTF-8: {error.reason} at byte {error.start}")
-            continue
-        except json.JSONDecodeError as error:
-            yield number, BadLine(f"line {number}: not JSON: {error.msg} at column {error.colno}")
-            continue
-        except RecursionError:
-            reason = "not JSON this runner can read: nested too deeply"
-            yield number, BadLine(f"line {number}: {reason}")
-            continue
-        if not isinstance(record, dict):
-            yield number, BadLine(f"line {number}: not a JSON object")
-            continue
-        yield number, record
+            yield number, parse_record(line.rstrip(b"\r\n"))
+        except BadRecord as error:
+            yield number, BadLine(f"line {number}: {error}")
 
 
 @dataclass
 class Produced:
     sent: int = 0
     bad_lines: int = 0
+    interrupted: bool = False  # stopped by Ctrl-C
 
 
 def produce(
@@ -109,7 +97,8 @@ def produce(
     progress: Callable[[int], None] = lambda sent: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Produced:
-    """Put every record, keyed by `key`; report bad lines through `warn` and go on."""
+    """Put every record, keyed by `key`; report bad lines through `warn` and go on.
+    Ctrl-C stops it cleanly: what was put is counted, the result says it was interrupted."""
     result = Produced()
     gaps = random.Random(None if seed is None else seed + 1)
     batch: list[tuple[bytes, str]] = []
@@ -120,36 +109,43 @@ def produce(
         progress(len(batch))
         batch.clear()
 
-    for number, record in records:
-        if isinstance(record, BadLine):
-            result.bad_lines += 1
-            warn(str(record))
-            continue
-        try:
-            entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
-        except RouteError as error:
-            result.bad_lines += 1
-            warn(f"line {number}: {error}")
-            continue
-        size = len(entry[0]) + len(entry[1].encode("utf-8"))
-        if size > MAX_RECORD_BYTES:
-            # Kinesis would refuse the whole batch for it; skip this line, send the others.
-            result.bad_lines += 1
-            warn(
-                f"line {number}: record is {size} bytes with its partition key, "
-                f"at most {MAX_RECORD_BYTES} allowed"
-            )
-            continue
-        batch.append(entry)
-        if mean_gap > 0:
-            if result.sent:  # gaps between records; none after the last one
-                sleep(gaps.expovariate(1 / mean_gap))
+    try:
+        for number, record in records:
+            entry = _entry(number, record, key)
+            if isinstance(entry, str):
+                result.bad_lines += 1
+                warn(entry)
+                continue
+            batch.append(entry)
+            if mean_gap > 0:
+                if result.sent:  # gaps between records; none after the last one
+                    sleep(gaps.expovariate(1 / mean_gap))
+                flush()
+            elif len(batch) >= BATCH:
+                flush()
+        if batch:
             flush()
-        elif len(batch) >= BATCH:
-            flush()
-    if batch:
-        flush()
+    except KeyboardInterrupt:
+        result.interrupted = True
     return result
+
+
+def _entry(number: int, record: dict | BadLine, key: Expression) -> tuple[bytes, str] | str:
+    """The (data, partition key) to put for a line, or why it cannot be put."""
+    if isinstance(record, BadLine):
+        return str(record)
+    try:
+        entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
+    except RouteError as error:
+        return f"line {number}: {error}"
+    size = len(entry[0]) + len(entry[1].encode("utf-8"))
+    if size > MAX_RECORD_BYTES:
+        # Kinesis would refuse the whole batch for it; skip this line, send the others.
+        return (
+            f"line {number}: record is {size} bytes with its partition key, "
+            f"at most {MAX_RECORD_BYTES} allowed"
+        )
+    return entry
 
 
 def main(
@@ -177,15 +173,23 @@ def main(
     gap = mean_gap if mean_gap is not None else (SCENARIO_MEAN_GAP_S if synthetic else 0.0)
     if backend.describe_stream(stream) is None:
         raise BackendError(f"stream '{stream}' not found on the {backend.name} target")
+    if count is None and gap > 0:
+        # An endless trickle shows each record as it goes, as the scenario's producer does.
+        numbers = itertools.count(1)
+        progress = lambda sent: warn(f"put record {next(numbers)} into {stream}")  # noqa: E731
     result = produce(
         Sink(backend, stream), records, key, mean_gap=gap, seed=seed, warn=warn, progress=progress
     )
     warn(
-        f"put {result.sent} record{'' if result.sent == 1 else 's'} into {stream}"
+        ("stopped: " if result.interrupted else "")
+        + f"put {result.sent} record{'' if result.sent == 1 else 's'} into {stream}"
         + (
             f"; {result.bad_lines} line{'' if result.bad_lines == 1 else 's'} not sent"
             if result.bad_lines
             else ""
         )
     )
+    if result.interrupted:
+        # Ctrl-C is how an endless producer is meant to stop; anything else was cut short.
+        return 0 if synthetic and count is None else 130
     return 1 if result.bad_lines else 0

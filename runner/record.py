@@ -6,7 +6,6 @@ The engine and `preview` both use `Journey.process`, so what preview shows is wh
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from runner.backends.base import MAX_RECORD_BYTES
 from runner.expressions import json_type
@@ -17,13 +16,25 @@ from runner.transform import Filtered, TransformError
 ROUTED, FILTERED, DEAD_LETTER, DROPPED = "routed", "filtered", "dead_letter", "dropped"
 
 
-@dataclass(frozen=True)
 class Outcome:
-    kind: str  # ROUTED, FILTERED, DEAD_LETTER or DROPPED
-    sinks: tuple[str, ...] = ()  # stream keys, when routed
-    partition_key: str = ""
-    payload: bytes = b""  # what is written to each sink
-    reason: str = ""  # why, when dead-lettered or dropped
+    """What happens to one record. A plain class: one is made per record, and a frozen
+    dataclass costs several times as much to make."""
+
+    __slots__ = ("kind", "sinks", "partition_key", "payload", "reason")
+
+    def __init__(
+        self,
+        kind: str,  # ROUTED, FILTERED, DEAD_LETTER or DROPPED
+        sinks: list[str] | tuple[str, ...] = (),  # stream keys, when routed
+        partition_key: str = "",
+        payload: bytes = b"",  # what is written to each sink
+        reason: str = "",  # why, when dead-lettered or dropped
+    ) -> None:
+        self.kind = kind
+        self.sinks = sinks
+        self.partition_key = partition_key
+        self.payload = payload
+        self.reason = reason
 
 
 class Journey:
@@ -38,17 +49,9 @@ class Journey:
     def process(self, data: bytes) -> Outcome:
         """Decide what happens to one record; never raises for anything in `data`."""
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return Outcome(DEAD_LETTER, reason=f"not UTF-8: {error.reason} at byte {error.start}")
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            return Outcome(DEAD_LETTER, reason=f"not JSON: {error.msg} at column {error.colno}")
-        except RecursionError:
-            return Outcome(DEAD_LETTER, reason="not JSON this runner can read: nested too deeply")
-        if not isinstance(record, dict):
-            return Outcome(DEAD_LETTER, reason=f"not a JSON object: got {json_type(record)}")
+            record = parse_record(data)
+        except BadRecord as error:
+            return Outcome(DEAD_LETTER, reason=str(error))
         try:
             for step in self.steps:
                 step.apply(record)
@@ -68,7 +71,39 @@ class Journey:
                 reason=f"too large for the sink: {size} bytes with its partition key, "
                 f"over Kinesis' {MAX_RECORD_BYTES}",
             )
-        return Outcome(ROUTED, tuple(sinks), key, payload)
+        return Outcome(ROUTED, sinks, key, payload)
+
+
+class BadRecord(ValueError):
+    """Bytes that are not a JSON object; the text is the reason."""
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def parse_json(data: bytes) -> object:
+    """Strict JSON from UTF-8 bytes: NaN and Infinity, which Python would accept, are refused."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadRecord(f"not UTF-8: {error.reason} at byte {error.start}") from None
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except json.JSONDecodeError as error:
+        raise BadRecord(f"not JSON: {error.msg} at column {error.colno}") from None
+    except ValueError as error:
+        raise BadRecord(f"not JSON: {error}") from None
+    except RecursionError:
+        raise BadRecord("not JSON this runner can read: nested too deeply") from None
+
+
+def parse_record(data: bytes) -> dict:
+    """A record: a JSON object, or BadRecord saying why not."""
+    record = parse_json(data)
+    if not isinstance(record, dict):
+        raise BadRecord(f"not a JSON object: got {json_type(record)}")
+    return record
 
 
 def encode(record: dict) -> bytes:

@@ -28,15 +28,26 @@ class SetStep:
     path: str  # e.g. transform[0].set, for reasons
     assignments: tuple[tuple[str, Expression], ...]
 
+    def __post_init__(self) -> None:
+        # Bound once: this runs for every record.
+        object.__setattr__(self, "_names", tuple(name for name, _ in self.assignments))
+        object.__setattr__(self, "_searches", tuple(e.search for _, e in self.assignments))
+
     def apply(self, record: dict) -> None:
-        values = []
+        try:
+            values = [search(record) for search in self._searches]
+        except SearchError:
+            raise TransformError(self._failure(record)) from None
+        record.update(zip(self._names, values))
+
+    def _failure(self, record: dict) -> str:
+        """Which assignment failed, and why."""
         for name, expression in self.assignments:
             try:
-                values.append(expression.search(record))
+                expression.search(record)
             except SearchError as error:
-                raise TransformError(f"{self.path}.{name}: {error}") from None
-        for (name, _), value in zip(self.assignments, values, strict=True):
-            record[name] = value
+                return f"{self.path}.{name}: {error}"
+        return f"{self.path}: an expression failed"
 
 
 @dataclass(frozen=True)

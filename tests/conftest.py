@@ -13,8 +13,8 @@ FIXED_NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.timezone.u
 
 @pytest.fixture
 def fixed_clock(monkeypatch):
-    """now(), epoch() and epoch_ms() give 2026-11-26T12:00:00+00:00."""
-    monkeypatch.setattr(expressions, "clock", lambda: FIXED_NOW)
+    """now(), epoch() and epoch_ms() give 2026-11-26T12:00:00.000+00:00."""
+    monkeypatch.setattr(expressions, "clock", FIXED_NOW.timestamp)
     return FIXED_NOW
 
 

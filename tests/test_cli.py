@@ -48,7 +48,7 @@ def test_preview_shows_the_scenario_records_route_and_attributes(fixed_clock):
     result = invoke("preview", str(PIPELINES / "ecommerce.yaml"), "-", input=SAMPLE + "\n")
     assert result.exit_code == 0, result.output
     added = (
-        ',"processing_timestamp":"2026-11-26T12:00:00+00:00","overall_product_quantity":3,'
+        ',"processing_timestamp":"2026-11-26T12:00:00.000+00:00","overall_product_quantity":3,'
         '"overall_in_shopping_cart":2,"total_different_products":2}'
     )
     compact = json.dumps(json.loads(SAMPLE), separators=(",", ":"))

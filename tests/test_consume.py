@@ -268,3 +268,14 @@ def test_following_prints_records_as_they_arrive(backend):
         "first",
         "second",
     ]
+
+
+def test_jsonl_prints_data_too_deep_or_not_json_as_text(backend):
+    deep = b"[" * 5000 + b"]" * 5000
+    backend.put_records(STREAM, [(deep, "k1"), (b'{"x": NaN}', "k2")])
+
+    result = CliRunner().invoke(cli, ["consume", "--stream", STREAM, "--no-follow", "--jsonl"])
+
+    assert result.exit_code == 0, result.output
+    printed = sorted(json.loads(line)["data"] for line in result.stdout.splitlines())
+    assert printed == sorted([deep.decode(), '{"x": NaN}'])

@@ -8,7 +8,7 @@ from runner.expressions import ExpressionError, SearchError
 
 def test_added_functions_give_time_ids_and_case(fixed_clock):
     record = {"city": "Washington"}
-    assert expressions.compile("now()").search(record) == "2026-11-26T12:00:00+00:00"
+    assert expressions.compile("now()").search(record) == "2026-11-26T12:00:00.000+00:00"
     assert expressions.compile("epoch()").search(record) == 1795694400
     assert expressions.compile("epoch_ms()").search(record) == 1795694400000
     assert expressions.compile("upper(city)").search(record) == "WASHINGTON"

@@ -119,6 +119,7 @@ def test_bad_records_go_to_the_dead_letter_while_good_ones_flow_on(state):
             (b"{not json", "c"),
             (b"[1, 2]", "d"),
             (b'{"country": 5, "session_id": "x"}', "e"),
+            (b'{"session_id": "n", "x": NaN}', "g"),
             (json.dumps({**good, "session_id": "last"}).encode(), "f"),
         ],
     )
@@ -134,11 +135,13 @@ def test_bad_records_go_to_the_dead_letter_while_good_ones_flow_on(state):
         ("not JSON", "c", SOURCE),
         ("not a JSON object", "d", SOURCE),
         ("transform[0].set.overall_product_quantity", "e", SOURCE),
+        ("not JSON", "g", SOURCE),
     ]
+    assert entries[4]["reason"] == "not JSON: NaN is not a JSON value"
     assert entries[0]["data"] is None and entries[0]["data_base64"] == "//4gbm90IHV0Zi04"
     assert entries[1]["data"] == "{not json"
     assert all(e["shard"] == "shardId-000000000000" and e["sequence"].isdigit() for e in entries)
-    assert lines[-1] == f"[de-c2w2lab1-etl] dead letter: 4 records in {dead_letter}"
+    assert lines[-1] == f"[de-c2w2lab1-etl] dead letter: 5 records in {dead_letter}"
 
 
 def test_a_run_continues_after_its_checkpoint(state):

@@ -68,7 +68,7 @@ def test_a_bad_line_is_reported_and_every_good_line_after_it_is_still_sent(backe
     assert result.exit_code == 1
     assert result.stderr == (
         "line 2: not JSON: Expecting ',' delimiter at column 20\n"
-        "line 5: not a JSON object\n"
+        "line 5: not a JSON object: got an array\n"
         "line 7: not UTF-8: invalid start byte at byte 16\n"
         "line 8: not JSON this runner can read: nested too deeply\n"
         f"put 4 records into {STREAM}; 4 lines not sent\n"
@@ -81,7 +81,7 @@ def test_one_bad_line_is_counted_in_the_singular(backend):
 
     assert result.exit_code == 1
     assert result.stderr == (
-        f"line 2: not a JSON object\nput 1 record into {STREAM}; 1 line not sent\n"
+        f"line 2: not a JSON object: got an array\nput 1 record into {STREAM}; 1 line not sent\n"
     )
 
 
@@ -297,6 +297,6 @@ def test_bad_lines_are_warned_about_and_skipped():
     assert recorder.events == [("put", ["a", "b"])]
     assert warnings == [
         "line 2: not JSON: Expecting property name enclosed in double quotes at column 2",
-        "line 4: not a JSON object",
+        "line 4: not a JSON object: got text",
     ]
     assert (result.sent, result.bad_lines) == (2, 2)

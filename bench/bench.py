@@ -1,0 +1,171 @@
+"""`make bench`: the scenario's pipeline, run from its YAML, against the best loop a Python
+programmer would write by hand for the same job, on this machine. Prints figures; asserts
+nothing.
+
+1. records/s of `pipeline run --until-idle` on the local backend over N produced records
+   (produced first; the run's own clock, from start to the last record handled, excludes the
+   idle wait at the end);
+2. records/s of a hand-written loop over the same records in one process: read a batch,
+   decode, add the four attributes, route, encode, write in PutRecords batches;
+3. the transform-and-route cost per record alone, through `runner` and by hand;
+4. peak memory (max RSS) of the run at N and at 5 N records;
+5. the ratios.
+
+BENCH_RECORDS sets N (default 200,000).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runner import spec as spec_module
+from runner.backends.local import LocalBackend
+from runner.produce import synthetic_sessions
+from runner.provision import apply
+from runner.record import Journey
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "pipelines" / "ecommerce.yaml"
+SOURCE = "de-c2w2lab1-kinesis-data-stream"
+USA, INTERNATIONAL = "de-c2w2lab1-usa-data-stream", "de-c2w2lab1-international-data-stream"
+SEED = 42
+
+
+def produce(state: Path, count: int) -> LocalBackend:
+    """A fresh local state with the scenario applied and `count` sessions in its source."""
+    backend = LocalBackend(state)
+    apply(spec_module.load(SPEC), backend, lambda line: None)
+    sessions = itertools.islice(synthetic_sessions(SEED), count)
+    while batch := [
+        (json.dumps(s).encode(), s["session_id"]) for s in itertools.islice(sessions, 500)
+    ]:
+        backend.put_records(SOURCE, batch)
+    return backend
+
+
+def run_pipeline(state: Path) -> tuple[float, int, str]:
+    """Run `pipeline run --until-idle` in its own process: (seconds it reports, max RSS KiB)."""
+    command = [sys.executable, "-m", "runner", "run", str(SPEC), "--until-idle", "1"]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "PIPELINE_STATE_DIR": str(state)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    stderr = process.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"pipeline run failed:\n{stderr}")
+    done = next(line for line in stderr.splitlines() if "] done:" in line)
+    seconds = float(re.search(r"in ([0-9.]+) s", done.split("|")[-1]).group(1))
+    return seconds, usage.ru_maxrss, done
+
+
+def hand_process(data: bytes, now: str) -> tuple[str, bytes, str]:
+    """The scenario's transform and route, written by hand for these records."""
+    record = json.loads(data)
+    history = record["browse_history"]
+    record["processing_timestamp"] = now
+    record["overall_product_quantity"] = sum(item["quantity"] for item in history)
+    record["overall_in_shopping_cart"] = sum(
+        item["quantity"] for item in history if item["in_shopping_cart"]
+    )
+    record["total_different_products"] = len(history)
+    sink = USA if record["country"] == "USA" else INTERNATIONAL
+    payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return sink, payload, record["session_id"]
+
+
+def hand_loop(backend: LocalBackend) -> tuple[int, float]:
+    """Read every record of the source, process it by hand, write it: (records, seconds)."""
+    started = time.perf_counter()
+    handled = 0
+    for shard in backend.list_shards(SOURCE):
+        iterator = backend.get_shard_iterator(SOURCE, shard.shard_id, "TRIM_HORIZON")
+        while iterator:
+            batch = backend.get_records(iterator)
+            if not batch.records:
+                break
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            out: dict[str, list] = {USA: [], INTERNATIONAL: []}
+            for record in batch.records:
+                sink, payload, key = hand_process(record.data, now)
+                out[sink].append((payload, key))
+            for sink, entries in out.items():
+                for start in range(0, len(entries), 500):
+                    backend.put_records(sink, entries[start : start + 500])
+            handled += len(batch.records)
+            iterator = batch.next_iterator
+    return handled, time.perf_counter() - started
+
+
+def per_record(records: list[bytes]) -> tuple[float, float]:
+    """Nanoseconds per record of transform and route: through runner, by hand (best of 5)."""
+    journey = Journey(spec_module.load(SPEC))
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+    def best(work) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times) / len(records) * 1e9
+
+    process = journey.process
+    runner_ns = best(lambda: [process(data) for data in records])
+    hand_ns = best(lambda: [hand_process(data, now) for data in records])
+    return runner_ns, hand_ns
+
+
+def main() -> None:
+    count = int(os.environ.get("BENCH_RECORDS", "200000"))
+    big = 5 * count
+    print(f"pipeline bench: the scenario's spec on the local backend, {os.cpu_count()} cores")
+    sample = [json.dumps(s).encode() for s in itertools.islice(synthetic_sessions(SEED), 20_000)]
+    runner_ns, hand_ns = per_record(sample)
+    with tempfile.TemporaryDirectory() as folder:
+        state = Path(folder) / "run"
+        produce(state, count)
+        run_s, run_rss, done = run_pipeline(state)
+        hand_backend = produce(Path(folder) / "hand", count)
+        hand_count, hand_s = hand_loop(hand_backend)
+        assert hand_count == count, hand_count
+    with tempfile.TemporaryDirectory() as folder:
+        state = Path(folder) / "big"
+        produce(state, big)
+        big_s, big_rss, _ = run_pipeline(state)
+    run_rate, hand_rate = count / run_s, count / hand_s
+    rows = [
+        (f"pipeline run, {count:,} records", f"{run_rate:,.0f} records/s", f"{run_s:.2f} s"),
+        (f"hand-written loop, {count:,} records", f"{hand_rate:,.0f} records/s", f"{hand_s:.2f} s"),
+        ("transform + route per record, runner", f"{runner_ns:,.0f} ns", ""),
+        ("transform + route per record, by hand", f"{hand_ns:,.0f} ns", ""),
+        (f"peak memory of the run, {count:,} records", f"{run_rss / 1024:.1f} MiB", ""),
+        (
+            f"peak memory of the run, {big:,} records",
+            f"{big_rss / 1024:.1f} MiB",
+            f"{big / big_s:,.0f} records/s",
+        ),
+        ("run / hand-written records/s", f"{run_rate / hand_rate:.2f}", "goal >= 0.50"),
+        ("runner / hand per-record cost", f"{runner_ns / hand_ns:.2f}", "goal <= 1.50"),
+        (f"memory at {big:,} / at {count:,}", f"{big_rss / run_rss:.2f}", "goal <= 1.20"),
+    ]
+    width = max(len(row[0]) for row in rows)
+    for name, figure, note in rows:
+        print(f"  {name:<{width}}  {figure:>18}  {note}")
+    print(f"  ({done.strip()})")
+
+
+if __name__ == "__main__":
+    main()
