@@ -256,14 +256,16 @@ def _type_word(value: Any) -> str:
     return repr(value)
 
 
-def validate_shape(reader: Reader, document: Any) -> None:
+def validate_shape(reader: Reader, document: Any) -> set[SpecPath]:
+    """Report every schema error; returns the paths of the nodes found wrong."""
     validator = jsonschema.Draft202012Validator(schema())
-    for error in sorted(
-        validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
-    ):
+    wrong: set[SpecPath] = set()
+    for error in validator.iter_errors(document):
         path = tuple(error.absolute_path)
         for message, problem_path, at_key in _describe(error, path):
             reader.problem(problem_path, message, at_key=at_key)
+            wrong.add(problem_path)
+    return wrong
 
 
 def _describe(

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -76,7 +77,7 @@ class Spec:
     streams: Mapping[str, Stream]
     buckets: Mapping[str, Bucket]
     firehoses: Mapping[str, Firehose]
-    source: Source
+    source: Source | None  # None only while a spec is being built
     transform: tuple[Step, ...]
     route: Route | None  # None: the spec only declares resources
     dead_letter: str | None  # a key of streams, or None for the state folder's file
@@ -108,14 +109,16 @@ def load(
     reader = Reader(path)
     document = reader.read()
     document = Interpolator(reader, document, region, account_id, environ).run()
-    validate_shape(reader, document)
-    reader.raise_if_any()
-    spec = _Builder(reader, document, region).build()
-    reader.raise_if_any()
-    return spec
+    wrong = validate_shape(reader, document)
+    return _Builder(reader, document, region, wrong).build()
 
 
 _BUCKET_FORBIDDEN = (
+    (lambda name: not 3 <= len(name) <= 63, "3 to 63 characters"),
+    (
+        lambda name: not (name[:1].isalnum() and name[-1:].isalnum()),
+        "starting and ending with a letter or digit",
+    ),
     (lambda name: ".." in name, "no two dots in a row"),
     (lambda name: re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name), "not shaped like an IP address"),
     (
@@ -130,55 +133,94 @@ _BUCKET_FORBIDDEN = (
 
 
 class _Builder:
-    """Semantic checks and expression compilation over a document of the right shape."""
+    """Semantic checks and expression compilation.
 
-    def __init__(self, reader: Reader, document: dict, region: str | None) -> None:
+    Also run over a document with schema errors, so that one pass reports every problem:
+    a part whose shape is wrong is skipped (its schema error says why), the rest is checked.
+    """
+
+    def __init__(self, reader: Reader, document: Any, region: str | None, wrong: set) -> None:
         self.reader = reader
-        self.document = document
-        self.region = region or document.get("region", "us-east-1")
+        self.document = document if isinstance(document, dict) else {}
+        self.region = region or self.document.get("region", "us-east-1")
+        self.wrong = wrong
+        resources_ = self.document.get("resources")
+        self.resources = resources_ if isinstance(resources_, dict) else {}
+
+    @contextlib.contextmanager
+    def tolerant(self) -> Iterator[None]:
+        """Skip a part the schema already found wrong; anything else is a bug, so it raises."""
+        try:
+            yield
+        except (KeyError, TypeError, AttributeError, ValueError):
+            if not self.wrong:
+                raise
+
+    def is_wrong(self, path: SpecPath) -> bool:
+        """Whether the schema found a problem at or below `path`."""
+        return any(wrong[: len(path)] == path for wrong in self.wrong)
+
+    def declared(self, kind: str) -> dict:
+        value = self.resources.get(kind, {})
+        return value if isinstance(value, dict) else {}
+
+    def each(self, kind: str, make: Callable[[str, dict], Any]) -> dict:
+        """make(key, raw) for every resource of a kind that can be made."""
+        made = {}
+        for key, raw in self.declared(kind).items():
+            with self.tolerant():
+                made[key] = make(key, raw)
+        return made
 
     def build(self) -> Spec:
         doc = self.document
-        resources_ = doc["resources"]
-        streams = {
-            key: Stream(key, value["name"], value["shards"])
-            for key, value in resources_["streams"].items()
-        }
-        buckets = {
-            key: Bucket(key, value["name"]) for key, value in resources_.get("buckets", {}).items()
-        }
-        self.unique_names("streams", streams)
-        self.unique_names("buckets", buckets)
+        streams = self.each("streams", lambda key, raw: Stream(key, raw["name"], raw["shards"]))
+        buckets = self.each("buckets", lambda key, raw: Bucket(key, raw["name"]))
+        firehoses = self.each("firehoses", self.firehose)
+        for kind, made in (("streams", streams), ("buckets", buckets), ("firehoses", firehoses)):
+            self.unique_names(kind, made)
+        for key, stream in streams.items():
+            self.name_length(("resources", "streams", key, "name"), stream.name, 128)
+        for key, firehose in firehoses.items():
+            path = ("resources", "firehoses", key)
+            self.name_length(path + ("name",), firehose.name, 64)
+            self.name_length(path + ("role",), firehose.role, 64)
         for key, bucket in buckets.items():
-            for broken, rule in _BUCKET_FORBIDDEN:
-                if broken(bucket.name):
-                    self.reader.problem(
-                        ("resources", "buckets", key, "name"),
-                        f"'{bucket.name}' is not a valid S3 bucket name: {rule}",
-                    )
-        firehoses = {
-            key: self.firehose(key, value, streams, buckets)
-            for key, value in resources_.get("firehoses", {}).items()
-        }
-        self.unique_names("firehoses", firehoses)
+            self.bucket_name(("resources", "buckets", key, "name"), bucket.name)
+        if isinstance(doc.get("pipeline"), str):
+            self.name_length(("pipeline",), doc["pipeline"], 64)
 
-        source = Source(doc["source"]["stream"], doc["source"].get("start", "trim_horizon"))
-        self.reference(("source", "stream"), source.stream, streams, "stream")
-        if source.start.startswith("at_timestamp:"):
-            try:
-                parse_timestamp(source.start.partition(":")[2])
-            except ValueError as error:
-                self.reader.problem(("source", "start"), str(error))
+        source = None
+        with self.tolerant():
+            raw = doc["source"]
+            source = Source(raw["stream"], raw.get("start", "trim_horizon"))
+            self.reference(("source", "stream"), source.stream, "streams")
+            if source.start.startswith("at_timestamp:"):
+                try:
+                    parse_timestamp(source.start.partition(":")[2])
+                except ValueError as error:
+                    self.reader.problem(("source", "start"), str(error))
 
-        dead_letter = doc.get("dead_letter", {}).get("stream")
-        if dead_letter is not None:
-            self.reference(("dead_letter", "stream"), dead_letter, streams, "stream")
-            self.not_source(
-                ("dead_letter", "stream"), dead_letter, source, streams, "the dead letter"
-            )
+        dead_letter = None
+        with self.tolerant():
+            dead_letter = doc.get("dead_letter", {}).get("stream")
+            if dead_letter is not None:
+                path = ("dead_letter", "stream")
+                if self.reference(path, dead_letter, "streams"):
+                    self.not_source(path, dead_letter, source, streams, "the dead letter")
 
-        steps = tuple(self.step(index, step) for index, step in enumerate(doc.get("transform", [])))
-        route = self.route(doc["route"], streams, source) if "route" in doc else None
+        steps = []
+        with self.tolerant():
+            for index, raw in enumerate(doc.get("transform", [])):
+                with self.tolerant():
+                    step = self.step(index, raw)
+                    if step is not None:
+                        steps.append(step)
+        route = None
+        if "route" in doc:
+            with self.tolerant():
+                route = self.route(doc["route"], streams, source)
+        self.reader.raise_if_any()
         return Spec(
             path=self.reader.path,
             pipeline=doc["pipeline"],
@@ -187,7 +229,7 @@ class _Builder:
             buckets=MappingProxyType(buckets),
             firehoses=MappingProxyType(firehoses),
             source=source,
-            transform=tuple(step for step in steps if step is not None),
+            transform=tuple(steps),
             route=route,
             dead_letter=dead_letter,
         )
@@ -203,26 +245,39 @@ class _Builder:
                 )
             seen.setdefault(resource.name, key)
 
-    def reference(self, path: SpecPath, key: str, declared: Mapping[str, Any], kind: str) -> bool:
-        if key in declared:
-            return True
+    def name_length(self, path: SpecPath, name: str, limit: int) -> None:
+        if len(name) > limit:
+            self.reader.problem(path, f"'{name}' is {len(name)} characters, at most {limit}")
+
+    def bucket_name(self, path: SpecPath, name: str) -> None:
+        for broken, rule in _BUCKET_FORBIDDEN:
+            if broken(name):
+                self.reader.problem(path, f"'{name}' is not a valid S3 bucket name: {rule}")
+
+    def reference(self, path: SpecPath, key: Any, kind: str) -> bool:
+        """Whether `key` names a declared resource of `kind`; if not, say what exists."""
+        declared = self.declared(kind)
+        if not isinstance(key, str) or key in declared:
+            return isinstance(key, str)
+        what = kind.removesuffix("s")
         known = ", ".join(declared) or "none declared"
-        self.reader.problem(path, f"unknown {kind} '{key}' ({kind}s: {known})")
+        self.reader.problem(path, f"unknown {what} '{key}' ({kind}: {known})")
         return False
 
-    def not_source(self, path: SpecPath, key: str, source: Source, streams, what: str) -> None:
-        if key in streams and source.stream in streams:
-            if streams[key].name == streams[source.stream].name:
-                self.reader.problem(
-                    path,
-                    f"{what} cannot be the source stream '{source.stream}': "
-                    "records would loop back into it",
-                )
+    def not_source(self, path: SpecPath, key: str, source, streams, what: str) -> None:
+        if source is None or key not in streams or source.stream not in streams:
+            return
+        if streams[key].name == streams[source.stream].name:
+            self.reader.problem(
+                path,
+                f"{what} cannot be the source stream '{source.stream}': "
+                "records would loop back into it",
+            )
 
-    def firehose(self, key, value, streams, buckets) -> Firehose:
+    def firehose(self, key: str, value: dict) -> Firehose:
         path = ("resources", "firehoses", key)
-        self.reference(path + ("from",), value["from"], streams, "stream")
-        self.reference(path + ("to",), value["to"], buckets, "bucket")
+        self.reference(path + ("from",), value.get("from"), "streams")
+        self.reference(path + ("to",), value.get("to"), "buckets")
         buffer = value.get("buffer", {})
         logging = value.get("logging") or {}
         return Firehose(
@@ -235,12 +290,14 @@ class _Builder:
             buffer_size_mb=buffer.get("size_mb", 5),
             buffer_interval_s=buffer.get("interval_s", 300),
             compression=value.get("compression", "UNCOMPRESSED"),
-            role=value.get("role", f"{self.document['pipeline']}-firehose-role"),
+            role=value.get("role", f"{self.document.get('pipeline')}-firehose-role"),
             log_group=logging.get("group"),
             log_stream=logging.get("stream"),
         )
 
-    def expression(self, path: SpecPath, text: str) -> expressions.Expression | None:
+    def expression(self, path: SpecPath, text: Any) -> expressions.Expression | None:
+        if not isinstance(text, str):
+            return None
         try:
             return expressions.compile(text)
         except expressions.ExpressionError as error:
@@ -248,41 +305,39 @@ class _Builder:
             return None
 
     def step(self, index: int, raw: dict) -> Step | None:
+        """The step, or None when an expression of it did not compile (already reported)."""
         ((kind, body),) = raw.items()
         path = ("transform", index, kind)
         where = format_path(path)
-        if kind == "set":
-            compiled = [
-                (name, self.expression(path + (name,), text)) for name, text in body.items()
-            ]
-            if any(expression is None for _, expression in compiled):
-                return None
-            return SetStep(where, tuple(compiled))
         if kind == "remove":
             return RemoveStep(where, tuple(body))
         if kind == "rename":
             return RenameStep(where, tuple(body.items()))
-        condition = self.expression(path, body)
-        return FilterStep(where, condition) if condition else None
+        if kind == "filter":
+            condition = self.expression(path, body)
+            return FilterStep(where, condition) if condition else None
+        assignments = [(name, self.expression(path + (name,), text)) for name, text in body.items()]
+        if any(expression is None for _, expression in assignments):
+            return None
+        return SetStep(where, tuple(assignments))
 
-    def route(self, raw: dict, streams, source: Source) -> Route:
+    def route(self, raw: dict, streams: dict, source: Source | None) -> Route:
         cases = []
         for index, case in enumerate(raw["cases"]):
             path = ("route", "cases", index)
-            if self.reference(path + ("to",), case["to"], streams, "stream"):
-                self.not_source(path + ("to",), case["to"], source, streams, "a route")
-            when = None
-            if "when" in case:
-                when = self.expression(path + ("when",), case["when"])
-            elif index != len(raw["cases"]) - 1:
-                self.reader.problem(
-                    path,
-                    "a case without 'when' takes every record, so it must be the last case",
-                )
-            cases.append(Case(case["to"], when, case.get("continue", False)))
-        partition_key = self.expression(("route", "partition_key"), raw["partition_key"])
+            with self.tolerant():
+                if self.reference(path + ("to",), case.get("to"), "streams"):
+                    self.not_source(path + ("to",), case["to"], source, streams, "a route")
+                if "when" not in case and index != len(raw["cases"]) - 1:
+                    if not self.is_wrong(path):  # e.g. a mistyped `when`
+                        self.reader.problem(
+                            path,
+                            "a case without 'when' takes every record, so it must be the last case",
+                        )
+                when = self.expression(path + ("when",), case.get("when"))
+                cases.append(Case(case["to"], when, case.get("continue", False)))
         return Route(
-            partition_key=partition_key,
+            partition_key=self.expression(("route", "partition_key"), raw.get("partition_key")),
             cases=tuple(cases),
             unmatched=raw.get("unmatched", "dead_letter"),
             newline=raw.get("newline", True),

@@ -120,7 +120,8 @@ def test_wrong_types_and_missing_keys_are_each_reported(write_spec):
     )
     assert problems(path) == [
         f"{path}:1:11: pipeline: expected text, got 5",
-        f"{path}:4:32: resources.streams.source.shards: expected a whole number, got text 'two'",
+        f"{path}:4:32: resources.streams.source.shards: expected a number of shards from 1 to "
+        "10000, or a ${var} holding one, got text 'two'",
         f"{path}:5:10: resources.streams.out: expected a mapping, got a list",
         f"{path}:7:8: route: missing required key 'partition_key'",
     ]
@@ -178,9 +179,6 @@ def test_names_must_be_unique_and_valid(write_spec):
     assert problems(path) == [
         f"{path}:4:20: resources.streams.source.name: expected a Kinesis stream name: "
         "1-128 characters of a-z, A-Z, 0-9, _ . -, got text 'bad name'",
-    ]
-    path = write_spec(MINIMAL.replace("usa-out", "other-out") + "dead_letter: {stream: source}\n")
-    assert problems(path) == [
         f"{path}:6:19: resources.streams.other.name: name 'other-out' is already used by "
         "resources.streams.usa",
         f"{path}:15:23: dead_letter.stream: the dead letter cannot be the source stream "
@@ -201,6 +199,8 @@ def test_bucket_names_follow_s3_rules_and_firehose_buffers_are_in_range(write_sp
         )
     )
     assert problems(path) == [
+        f"{path}:8:15: resources.buckets.a.name: 'my..bucket' is not a valid S3 bucket name: "
+        "no two dots in a row",
         f"{path}:9:15: resources.buckets.b.name: expected an S3 bucket name: 3-63 characters "
         "of a-z, 0-9, . and -, starting and ending with a letter or digit, got text 'My_Bucket'",
         f"{path}:11:54: resources.firehoses.f.buffer.size_mb: expected at most 128, got 129",
@@ -243,3 +243,44 @@ def test_the_schema_ships_with_the_package_and_describes_every_property():
 
     walk(schema, "$")
     assert schema["additionalProperties"] is False
+
+
+def test_every_mistake_is_reported_in_one_pass_even_with_schema_errors(write_spec):
+    scenario = (PIPELINES / "ecommerce.yaml").read_text()
+    path = write_spec(
+        scenario.replace("    - when: country", "    - wehn: country")
+        .replace("sum(browse_history[].quantity)", "summ(browse_history[].quantity)")
+        .replace("      to: usa\n    - to", "      to: usaa\n    - to")
+        .replace("    - to: international", "    - to: source")
+    )
+    assert problems(path) == [
+        f"{path}:51:33: transform[0].set.overall_product_quantity: "
+        "'summ(browse_history[].quantity)': unknown function 'summ()' at column 1; "
+        "did you mean sum()?",
+        f"{path}:58:7: route.cases[0].wehn: unknown key 'wehn' "
+        "(did you mean 'when'? expected one of: continue, to, when)",
+        f"{path}:59:11: route.cases[0].to: unknown stream 'usaa' "
+        "(streams: source, usa, international)",
+        f"{path}:60:11: route.cases[1].to: a route cannot be the source stream 'source': "
+        "records would loop back into it",
+    ]
+
+
+def test_the_schema_accepts_references_where_values_go_as_editors_see_them():
+    import jsonschema
+    import yaml
+
+    raw = yaml.safe_load((PIPELINES / "ecommerce.yaml").read_text())
+    raw["resources"]["streams"]["usa"]["shards"] = "${usa_shards}"
+    assert list(jsonschema.Draft202012Validator(spec.schema()).iter_errors(raw)) == []
+
+
+def test_names_too_long_once_resolved_are_refused(write_spec):
+    path = write_spec(
+        MINIMAL.replace("name: in,", "name: '${long}',").replace(
+            "pipeline: shop", "pipeline: shop\nvars: {long: " + "a" * 129 + "}"
+        )
+    )
+    assert problems(path) == [
+        f"{path}:5:20: resources.streams.source.name: '{'a' * 129}' is 129 characters, at most 128"
+    ]
