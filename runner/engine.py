@@ -253,7 +253,12 @@ def run(
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
     check_resources(spec, backend)
-    engine = Engine(spec, backend, state_dir, options, report)
+    with backend.running(spec.pipeline):
+        return _run(Engine(spec, backend, state_dir, options, report), report)
+
+
+def _run(engine: Engine, report: Callable[[str], None]) -> int:
+    spec, backend = engine.spec, engine.backend
     report(
         f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
         f"(Ctrl-C stops cleanly)"

@@ -799,3 +799,16 @@ def test_control_plane_throttling_is_retried_by_botocore(backend):
 
     assert backend.describe_stream("orders").status == "ACTIVE"
     assert len(sent) == 2
+
+
+def test_a_pipeline_runs_once_at_a_time_across_machines(backend):
+    backend.create_checkpoint_store("shop")
+    other = AwsBackend("us-east-1", poll_s=0)
+    with backend.running("shop"):
+        with pytest.raises(BackendError) as caught:
+            with other.running("shop"):
+                pass
+    assert str(caught.value).startswith("pipeline shop is already running (")
+    assert str(caught.value).endswith("); two runs at once would write every record twice")
+    with other.running("shop"):  # free once the first run ends
+        pass

@@ -1,5 +1,6 @@
 import datetime
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -529,3 +530,19 @@ def test_two_writers_and_a_reader_share_the_state_folder(tmp_path):
     ]
     assert sorted(data) == sorted(f"{w}:{i}".encode() for w in (1, 2) for i in range(2000))
     backend.close()
+
+
+def test_a_pipeline_runs_once_at_a_time_on_a_state_folder(tmp_path):
+    first, second = LocalBackend(tmp_path), LocalBackend(tmp_path)
+    with first.running("shop"):
+        with pytest.raises(BackendError) as caught:
+            with second.running("shop"):
+                pass
+        with second.running("other"):  # another pipeline is free to run
+            pass
+    assert str(caught.value) == (
+        f"pipeline shop is already running on {tmp_path} (pid {os.getpid()}); "
+        "two runs at once would write every record twice"
+    )
+    with second.running("shop"):  # free again once the first run ends
+        pass

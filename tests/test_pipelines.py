@@ -253,3 +253,21 @@ def test_sigterm_stops_cleanly_with_a_summary(state):
         for key in backend.list_objects(bucket)
     )
     assert delivered == 10
+
+
+def test_a_second_run_of_the_same_pipeline_is_refused_while_one_runs(state):
+    pipeline("apply", ECOMMERCE)
+    produce_sessions(10)
+    first = start_run(state)
+    backend = LocalBackend(state)
+    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+
+    second = CliRunner().invoke(cli, ["run", ECOMMERCE, "--until-idle", "1"])
+
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    assert second.exit_code == 1
+    assert second.stderr == (
+        f"error: pipeline de-c2w2lab1-etl is already running on {state} (pid {first.pid}); "
+        "two runs at once would write every record twice\n"
+    )

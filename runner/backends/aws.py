@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
+import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -334,6 +337,66 @@ class AwsBackend(Backend):
                 # An equal or later checkpoint is already there; keep it.
                 if _code(error) != "ConditionalCheckFailedException":
                     raise
+
+    # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
+    # run on another machine sees it; a run that dies lets it lapse after LEASE_S.
+
+    @contextlib.contextmanager
+    def running(self, pipeline: str) -> Iterator[None]:
+        # Unique per run, even for two runs in one process.
+        owner = f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
+        self._take_lease(pipeline, owner)
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(LEASE_S / 3):
+                self._take_lease(pipeline, owner)
+
+        renewer = threading.Thread(target=renew, name="run-lease", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            with self._checkpoint_table(pipeline) as table, contextlib.suppress(ClientError):
+                self._client("dynamodb").delete_item(
+                    TableName=table,
+                    Key=_LEASE_KEY,
+                    ConditionExpression="#owner = :owner",
+                    ExpressionAttributeNames={"#owner": "owner"},
+                    ExpressionAttributeValues={":owner": {"S": owner}},
+                )
+
+    def _take_lease(self, pipeline: str, owner: str) -> None:
+        now = int(time.time())
+        with self._checkpoint_table(pipeline) as table:
+            try:
+                self._client("dynamodb").put_item(
+                    TableName=table,
+                    Item={
+                        **_LEASE_KEY,
+                        "owner": {"S": owner},
+                        "expires": {"N": str(now + LEASE_S)},
+                    },
+                    ConditionExpression="attribute_not_exists(#owner) OR #owner = :owner "
+                    "OR #expires < :now",
+                    ExpressionAttributeNames={"#owner": "owner", "#expires": "expires"},
+                    ExpressionAttributeValues={":owner": {"S": owner}, ":now": {"N": str(now)}},
+                )
+            except ClientError as error:
+                if _code(error) != "ConditionalCheckFailedException":
+                    raise
+                held = (
+                    self._client("dynamodb")
+                    .get_item(TableName=table, Key=_LEASE_KEY, ConsistentRead=True)
+                    .get("Item", {})
+                )
+                holder = held.get("owner", {}).get("S", "another process")
+                raise BackendError(
+                    f"pipeline {pipeline} is already running ({holder}); "
+                    "two runs at once would write every record twice"
+                ) from None
 
     # Buckets
 
@@ -778,6 +841,11 @@ def _shard(listed: dict) -> Shard:
         parent_shard_id=listed.get("ParentShardId"),
         adjacent_parent_shard_id=listed.get("AdjacentParentShardId"),
     )
+
+
+# The run lock's item; no stream is named like this, so no checkpoint can collide with it.
+_LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+LEASE_S = 60
 
 
 def _table(pipeline: str) -> str:

@@ -8,8 +8,9 @@ onto boto3.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 # The Kinesis limits the engine and producers batch against.
@@ -281,6 +282,12 @@ class Backend(abc.ABC):
 
     def delete_checkpoint_store(self, pipeline: str) -> None:
         """Remove the pipeline's checkpoints and their store."""
+
+    @contextlib.contextmanager
+    def running(self, pipeline: str) -> Iterator[None]:
+        """Hold the pipeline's run lock: a second run of it at once would write everything
+        twice. Raises BackendError when another run holds it. The default locks nothing."""
+        yield
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""

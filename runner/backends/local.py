@@ -15,6 +15,7 @@ import base64
 import bisect
 import contextlib
 import dataclasses
+import fcntl
 import datetime
 import hashlib
 import json
@@ -390,6 +391,30 @@ class LocalBackend(Backend):
         with self._tx(write=True) as db:
             if db.execute("DELETE FROM firehoses WHERE name = ?", (name,)).rowcount == 0:
                 raise BackendError(f"firehose '{name}' does not exist")
+
+    # Run locks: a file per pipeline, locked while a run holds it; the OS frees it if it dies.
+
+    @contextlib.contextmanager
+    def running(self, pipeline: str) -> Iterator[None]:
+        path = self.state_dir / "locks" / f"{pipeline}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise BackendError(
+                    f"pipeline {pipeline} is already running on {self.state_dir} ({holder}); "
+                    "two runs at once would write every record twice"
+                ) from None
+            lock.truncate(0)
+            lock.write(f"pid {os.getpid()}")
+            lock.flush()
+            try:
+                yield
+            finally:
+                lock.truncate(0)
 
     # Internals
 
