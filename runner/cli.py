@@ -78,7 +78,7 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
             envvar="PIPELINE_STATE_DIR",
             help="The local target's state folder (env PIPELINE_STATE_DIR).",
         ),
-        click.option("--region", help="AWS region; default: the spec's region."),
+        click.option("--region", help="AWS region (default: the spec's region, else us-east-1)."),
         click.option("--profile", help="AWS profile from your AWS config."),
         click.option(
             "--endpoint-url",

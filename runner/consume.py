@@ -21,14 +21,14 @@ def position(text: str) -> Position:
     kind = kind.lower()  # TRIM_HORIZON, as Kinesis spells it, works too
     if kind in SEQUENCE_TYPES:
         if not (argument.isascii() and argument.isdigit()):
-            raise ValueError(f"--from {kind}: needs a sequence number, e.g. {kind}:4953")
+            raise ValueError(f"{kind} needs a sequence number, e.g. {kind}:4953")
         return Position(kind.upper(), sequence=argument)
     if kind in ("trim_horizon", "latest") and not argument:
         return Position(kind.upper())
     if kind == "at_timestamp" and argument:
         return start_position(text)
     raise ValueError(
-        f"--from {text!r}: expected trim_horizon, latest, at_timestamp:ISO, "
+        f"{text!r}: expected trim_horizon, latest, at_timestamp:ISO, "
         "at_sequence_number:SEQ or after_sequence_number:SEQ"
     )
 

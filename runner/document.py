@@ -301,6 +301,9 @@ def _describe(
         yield f"expected {bound} {error.validator_value}, got {instance}", path, False
     elif kind in ("minItems", "minProperties", "minLength") and not title:
         yield "must not be empty", path, False
+    elif kind == "maxProperties" and title:
+        keys = ", ".join(map(str, instance))
+        yield f"expected {title}, got {len(instance)} keys: {keys}", path, False
     elif title:
         yield f"expected {title}, got {_type_word(instance)}", path, False
     else:

@@ -275,7 +275,8 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
     for delivery in engine.deliveries:
         objects = len(delivery.objects)
         report(
-            f"[{spec.pipeline}] firehose {delivery.firehose.name}: {delivery.records} records "
+            f"[{spec.pipeline}] firehose {delivery.firehose.name}: {delivery.records} "
+            f"record{'' if delivery.records == 1 else 's'} "
             f"in {objects} object{'' if objects == 1 else 's'} to bucket {delivery.bucket}"
         )
     if engine.dead_letter.count:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import re
 import time
 import uuid as uuid_module
 from typing import Any
@@ -67,7 +68,13 @@ def compile(text: str) -> Expression:  # noqa: A001 - the name JMESPath users ex
         raise ExpressionError(f"{error}{_suggestion(error.reason)}") from None
 
 
+_BARE_NUMBER = re.compile(r"unexpected '-?[0-9][0-9.eE+-]*'")
+
+
 def _suggestion(reason: str) -> str:
+    if _BARE_NUMBER.fullmatch(reason):
+        number = reason.split("'")[1]
+        return f"; JMESPath writes numbers in backticks: `{number}`"
     if not reason.startswith("unknown function '"):
         return ""
     name = reason.removeprefix("unknown function '").removesuffix("()'")

@@ -68,15 +68,17 @@ def synthetic_sessions(seed: int | None) -> Iterator[dict]:
         }
 
 
-def json_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, dict | BadLine]]:
-    """(line number, record) for every non-blank line, or a BadLine in the record's place."""
+def json_lines(
+    lines: Iterable[bytes], label: Callable[[int], str] = lambda number: f"line {number}"
+) -> Iterator[tuple[str, dict | BadLine]]:
+    """(label, record) for every non-blank line, or a BadLine in the record's place."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield number, parse_record(line.rstrip(b"\r\n"))
+            yield label(number), parse_record(line.rstrip(b"\r\n"))
         except BadRecord as error:
-            yield number, BadLine(f"line {number}: {error}")
+            yield label(number), BadLine(f"{label(number)}: {error}")
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Produced:
 
 def produce(
     sink: Sink,
-    records: Iterable[tuple[int, dict | BadLine]],
+    records: Iterable[tuple[str, dict | BadLine]],  # (label for messages, record)
     key: Expression,
     *,
     mean_gap: float = 0.0,
@@ -110,8 +112,8 @@ def produce(
         batch.clear()
 
     try:
-        for number, record in records:
-            entry = _entry(number, record, key)
+        for label, record in records:
+            entry = _entry(label, record, key)
             if isinstance(entry, str):
                 result.bad_lines += 1
                 warn(entry)
@@ -130,19 +132,19 @@ def produce(
     return result
 
 
-def _entry(number: int, record: dict | BadLine, key: Expression) -> tuple[bytes, str] | str:
+def _entry(label: str, record: dict | BadLine, key: Expression) -> tuple[bytes, str] | str:
     """The (data, partition key) to put for a line, or why it cannot be put."""
     if isinstance(record, BadLine):
         return str(record)
     try:
         entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
     except RouteError as error:
-        return f"line {number}: {error}"
+        return f"{label}: {error}"
     size = len(entry[0]) + len(entry[1].encode("utf-8"))
     if size > MAX_RECORD_BYTES:
         # Kinesis would refuse the whole batch for it; skip this line, send the others.
         return (
-            f"line {number}: record is {size} bytes with its partition key, "
+            f"{label}: record is {size} bytes with its partition key, "
             f"at most {MAX_RECORD_BYTES} allowed"
         )
     return entry
@@ -164,12 +166,15 @@ def main(
 ) -> int:
     """`pipeline produce`: put the chosen records; 1 when a line could not be sent."""
     if json_text is not None:
-        records: Iterable[tuple[int, dict | BadLine]] = json_lines([json_text.encode("utf-8")])
+        records: Iterable[tuple[str, dict | BadLine]] = json_lines(
+            [json_text.encode("utf-8")], label=lambda number: "--json"
+        )
     elif file is not None:
         records = json_lines(file)
     else:
         sessions = synthetic_sessions(seed)
-        records = enumerate(sessions if count is None else itertools.islice(sessions, count), 1)
+        chosen = sessions if count is None else itertools.islice(sessions, count)
+        records = ((f"session {number}", session) for number, session in enumerate(chosen, 1))
     gap = mean_gap if mean_gap is not None else (SCENARIO_MEAN_GAP_S if synthetic else 0.0)
     if backend.describe_stream(stream) is None:
         raise BackendError(f"stream '{stream}' not found on the {backend.name} target")

@@ -196,7 +196,10 @@ class StreamReader:
         if self.only_shard is not None:
             shards = [s for s in shards if s.shard_id == self.only_shard]
             if not shards:
-                raise BackendError(f"stream '{self.stream}' has no shard '{self.only_shard}'")
+                known = ", ".join(s.shard_id for s in self.backend.list_shards(self.stream))
+                raise BackendError(
+                    f"stream '{self.stream}' has no shard '{self.only_shard}' (shards: {known})"
+                )
         by_id = {s.shard_id: s for s in shards}
         for shard in shards:
             if shard.shard_id in self._shards:

@@ -80,33 +80,31 @@ EXPECTED_FORMS = (
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", f"--from '': {EXPECTED_FORMS}"),
-        ("yesterday", f"--from 'yesterday': {EXPECTED_FORMS}"),
-        ("TRIM_HORIZON:x", f"--from 'TRIM_HORIZON:x': {EXPECTED_FORMS}"),
-        ("latest:5", f"--from 'latest:5': {EXPECTED_FORMS}"),
-        ("trim_horizon:0", f"--from 'trim_horizon:0': {EXPECTED_FORMS}"),
-        ("at_timestamp:", f"--from 'at_timestamp:': {EXPECTED_FORMS}"),
+        ("", f"'': {EXPECTED_FORMS}"),
+        ("yesterday", f"'yesterday': {EXPECTED_FORMS}"),
+        ("TRIM_HORIZON:x", f"'TRIM_HORIZON:x': {EXPECTED_FORMS}"),
+        ("latest:5", f"'latest:5': {EXPECTED_FORMS}"),
+        ("trim_horizon:0", f"'trim_horizon:0': {EXPECTED_FORMS}"),
+        ("at_timestamp:", f"'at_timestamp:': {EXPECTED_FORMS}"),
         (
             "at_timestamp:soon",
             "'soon' is not an ISO-8601 timestamp such as 2026-01-31T12:00:00Z",
         ),
         (
             "at_sequence_number",
-            "--from at_sequence_number: needs a sequence number, e.g. at_sequence_number:4953",
+            "at_sequence_number needs a sequence number, e.g. at_sequence_number:4953",
         ),
         (
             "at_sequence_number:12a",
-            "--from at_sequence_number: needs a sequence number, e.g. at_sequence_number:4953",
+            "at_sequence_number needs a sequence number, e.g. at_sequence_number:4953",
         ),
         (
             "after_sequence_number:-1",
-            "--from after_sequence_number: needs a sequence number, "
-            "e.g. after_sequence_number:4953",
+            "after_sequence_number needs a sequence number, e.g. after_sequence_number:4953",
         ),
         (
             "after_sequence_number:²",
-            "--from after_sequence_number: needs a sequence number, "
-            "e.g. after_sequence_number:4953",
+            "after_sequence_number needs a sequence number, e.g. after_sequence_number:4953",
         ),
     ],
 )
@@ -124,7 +122,7 @@ def test_a_bad_from_exits_2_on_the_command_line(backend):
         "Usage: pipeline consume [OPTIONS]\n"
         "Try 'pipeline consume --help' for help.\n"
         "\n"
-        f"Error: Invalid value for '--from': --from 'yesterday': {EXPECTED_FORMS}\n"
+        f"Error: Invalid value for '--from': 'yesterday': {EXPECTED_FORMS}\n"
     )
 
 
@@ -240,7 +238,8 @@ def test_a_missing_stream_or_shard_exits_1(backend):
     assert (missing.exit_code, missing.stderr) == (1, "error: stream 'nowhere' does not exist\n")
     assert (no_shard.exit_code, no_shard.stderr) == (
         1,
-        f"error: stream '{STREAM}' has no shard 'shardId-000000000009'\n",
+        f"error: stream '{STREAM}' has no shard 'shardId-000000000009' "
+        "(shards: shardId-000000000000, shardId-000000000001)\n",
     )
 
 

@@ -2,12 +2,12 @@ import base64
 import datetime
 import json
 
+from conftest import MINIMAL, read_stream
+
 from runner import spec
 from runner.backends.base import Record
 from runner.backends.local import LocalBackend
 from runner.dead_letter import DeadLetter
-
-from conftest import MINIMAL, read_stream
 
 ARRIVAL = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
 

@@ -21,6 +21,10 @@ def test_added_functions_give_time_ids_and_case(fixed_clock):
     "text, message",
     [
         ("country ==", "unexpected end of expression at column 11"),
+        (
+            "credit_limit > 500",
+            "unexpected '500' at column 16; JMESPath writes numbers in backticks: `500`",
+        ),
         ("`foo`", "literal is not valid JSON at column 1"),
         (
             "nope(a)",

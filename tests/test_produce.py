@@ -121,7 +121,7 @@ def test_a_record_the_partition_key_finds_nothing_in_is_not_sent(backend):
 
     assert result.exit_code == 1
     assert result.stderr == (
-        "line 1: --partition-key session_id gave null, expected text or a number\n"
+        "--json: --partition-key session_id gave null, expected text or a number\n"
         f"put 0 records into {STREAM}; 1 line not sent\n"
     )
     assert stream_records(backend) == []

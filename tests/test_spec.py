@@ -284,3 +284,11 @@ def test_names_too_long_once_resolved_are_refused(write_spec):
     assert problems(path) == [
         f"{path}:5:20: resources.streams.source.name: '{'a' * 129}' is 129 characters, at most 128"
     ]
+
+
+def test_a_step_with_two_keys_says_which(write_spec):
+    path = write_spec(MINIMAL + "transform:\n  - {remove: [a], rename: {b: c}}\n")
+    assert problems(path) == [
+        f"{path}:16:5: transform[0]: expected a step: a mapping with exactly one of set, "
+        "remove, rename, filter, got 2 keys: remove, rename"
+    ]

@@ -15,8 +15,8 @@ import base64
 import bisect
 import contextlib
 import dataclasses
-import fcntl
 import datetime
+import fcntl
 import hashlib
 import json
 import os
