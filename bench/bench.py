@@ -67,7 +67,7 @@ def run_pipeline(state: Path) -> tuple[float, int, str]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"pipeline run failed:\n{stderr}")
     done = next(line for line in stderr.splitlines() if "] done:" in line)
-    seconds = float(re.search(r"in ([0-9.]+) s", done.split("|")[-1]).group(1))
+    seconds = float(re.search(r"took ([0-9.]+) s", done).group(1))
     return seconds, usage.ru_maxrss, done
 
 

@@ -46,7 +46,7 @@ class Counts:
 
     def line(self) -> str:
         routes = ", ".join(f"{key} {count}" for key, count in sorted(self.out.items())) or "none"
-        rate = f" | in {self.busy_s:.2f} s" if self.busy_s else ""
+        rate = f" | took {self.busy_s:.2f} s" if self.busy_s else ""
         return (
             f"in {self.records_in} | out {routes} | dead-lettered {self.dead_lettered} | "
             f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms{rate}"

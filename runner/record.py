@@ -82,6 +82,11 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON value")
 
 
+# Made once: json.loads and json.dumps with options build a new coder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def parse_json(data: bytes) -> object:
     """Strict JSON from UTF-8 bytes: NaN and Infinity, which Python would accept, are refused."""
     try:
@@ -89,7 +94,7 @@ def parse_json(data: bytes) -> object:
     except UnicodeDecodeError as error:
         raise BadRecord(f"not UTF-8: {error.reason} at byte {error.start}") from None
     try:
-        return json.loads(text, parse_constant=_not_json)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise BadRecord(f"not JSON: {error.msg} at column {error.colno}") from None
     except ValueError as error:
@@ -108,4 +113,4 @@ def parse_record(data: bytes) -> dict:
 
 def encode(record: dict) -> bytes:
     """A record as sinks receive it: compact JSON in UTF-8."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(record).encode("utf-8")
