@@ -143,6 +143,26 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     changes = [line for line in planned.stdout.splitlines() if line.startswith("~")]
     assert changes == [f"~ change stream {USA} (shards 2 -> 3)"]
 
+    drifted = tmp_path / "drifted.yaml"
+    drifted.write_text(
+        (PIPELINES / "ecommerce.yaml")
+        .read_text()
+        .replace(
+            "      prefix: firehose/\n      error_prefix: errors/\n      buffer: {size_mb: 1, "
+            'interval_s: 60}\n      compression: UNCOMPRESSED\n      role: "${prefix}-firehose-'
+            'role"\n      logging:\n        group: "${prefix}-firehose-usa-log-group"',
+            "      prefix: sessions/\n      error_prefix: errors/\n      buffer: {size_mb: 1, "
+            'interval_s: 120}\n      compression: UNCOMPRESSED\n      role: "${prefix}-firehose-'
+            'role"\n      logging:\n        group: "${prefix}-firehose-usa-log-group"',
+        )
+    )
+    planned = pipeline("plan", str(drifted))
+    changes = [line for line in planned.stdout.splitlines() if line.startswith("~")]
+    assert changes == [
+        "~ change firehose de-c2w2lab1-firehose-usa "
+        "(prefix 'firehose/' -> 'sessions/', buffer_interval_s 60 -> 120)"
+    ]
+
     sessions = list(islice(synthetic_sessions(21), 200))
     pipeline(
         "produce",
@@ -174,3 +194,8 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
         )
         assert record["total_different_products"] == len(history)
         assert {k: v for k, v in record.items() if k in session} == session
+
+    consumed = pipeline("consume", "--stream", USA, "--no-follow", "--jsonl")
+    printed = [json.loads(line) for line in consumed.stdout.splitlines()]
+    assert {p["data"]["session_id"] for p in printed} == set(routed[USA])
+    assert {p["shard"] for p in printed} <= {"shardId-000000000000", "shardId-000000000001"}
