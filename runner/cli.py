@@ -224,6 +224,12 @@ class ExpressionType(click.ParamType):
 @click.option(
     "--file", "file", type=click.File("rb"), help="Put every line of this JSONL file (- for stdin)."
 )
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Put each line of --json or --file as it is, unparsed (keyed by its line), "
+    "e.g. to see where bad records go.",
+)
 @click.option("--synthetic", is_flag=True, help="Put scenario-shaped browsing sessions.")
 @click.option(
     "--count", type=click.IntRange(min=1), help="How many synthetic sessions (default: endless)."
@@ -249,6 +255,7 @@ def produce(
     stream: str,
     json_text: str | None,
     file: Any,
+    raw: bool,
     synthetic: bool,
     count: int | None,
     mean_gap: float | None,
@@ -261,6 +268,8 @@ def produce(
         raise click.UsageError("give exactly one of --json, --file or --synthetic")
     if count is not None and not synthetic:
         raise click.UsageError("--count goes with --synthetic")
+    if raw and synthetic:
+        raise click.UsageError("--raw goes with --json or --file")
     with click.progressbar(
         length=count or 0, label="producing", file=sys.stderr, hidden=count is None
     ) as bar:
@@ -276,6 +285,7 @@ def produce(
             key=partition_key,
             warn=say,
             progress=bar.update,
+            raw=raw,
         )
 
 

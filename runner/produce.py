@@ -90,7 +90,7 @@ class Produced:
 
 def produce(
     sink: Sink,
-    records: Iterable[tuple[str, dict | BadLine]],  # (label for messages, record)
+    records: Iterable[tuple[str, dict | bytes | BadLine]],  # (label for messages, record)
     key: Expression,
     *,
     mean_gap: float = 0.0,
@@ -132,14 +132,25 @@ def produce(
     return result
 
 
-def _entry(label: str, record: dict | BadLine, key: Expression) -> tuple[bytes, str] | str:
-    """The (data, partition key) to put for a line, or why it cannot be put."""
+def raw_lines(lines: Iterable[bytes], label: Callable[[int], str]) -> Iterator[tuple[str, bytes]]:
+    """(label, bytes) for every non-blank line, unparsed: whatever it holds is put as is."""
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            yield label(number), line.rstrip(b"\r\n")
+
+
+def _entry(label: str, record: dict | bytes | BadLine, key: Expression) -> tuple[bytes, str] | str:
+    """The (data, partition key) to put for a line, or why it cannot be put. Raw bytes are
+    keyed by their label ('line 3'), since there may be no JSON to take a key from."""
     if isinstance(record, BadLine):
         return str(record)
-    try:
-        entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
-    except RouteError as error:
-        return f"{label}: {error}"
+    if isinstance(record, bytes):
+        entry = (record, label)
+    else:
+        try:
+            entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
+        except RouteError as error:
+            return f"{label}: {error}"
     size = len(entry[0]) + len(entry[1].encode("utf-8"))
     if size > MAX_RECORD_BYTES:
         # Kinesis would refuse the whole batch for it; skip this line, send the others.
@@ -163,14 +174,16 @@ def main(
     key: Expression,
     warn: Callable[[str], None],
     progress: Callable[[int], None] = lambda sent: None,
+    raw: bool = False,
 ) -> int:
     """`pipeline produce`: put the chosen records; 1 when a line could not be sent."""
+    lines_of = raw_lines if raw else json_lines
     if json_text is not None:
-        records: Iterable[tuple[str, dict | BadLine]] = json_lines(
+        records: Iterable[tuple[str, dict | bytes | BadLine]] = lines_of(
             [json_text.encode("utf-8")], label=lambda number: "--json"
         )
     elif file is not None:
-        records = json_lines(file)
+        records = lines_of(file, label=lambda number: f"line {number}")
     else:
         sessions = synthetic_sessions(seed)
         chosen = sessions if count is None else itertools.islice(sessions, count)

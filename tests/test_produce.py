@@ -300,3 +300,23 @@ def test_bad_lines_are_warned_about_and_skipped():
         "line 4: not a JSON object: got text",
     ]
     assert (result.sent, result.bad_lines) == (2, 2)
+
+
+def test_raw_puts_lines_unparsed_keyed_by_line_so_bad_records_can_be_tried(backend):
+    lines = b'{not json\n\n{"session_id": "s1"}\n'
+    result = pipeline("--stream", STREAM, "--file", "-", "--raw", input=lines)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"put 2 records into {STREAM}\n"
+    shard = backend.list_shards(STREAM)
+    put = []
+    for each in shard:
+        iterator = backend.get_shard_iterator(STREAM, each.shard_id, "TRIM_HORIZON")
+        put += [(r.partition_key, r.data) for r in backend.get_records(iterator).records]
+    assert sorted(put) == [("line 1", b"{not json"), ("line 3", b'{"session_id": "s1"}')]
+
+
+def test_raw_does_not_go_with_synthetic(backend):
+    result = pipeline("--stream", STREAM, "--synthetic", "--raw", "--count", "1")
+    assert result.exit_code == 2
+    assert "--raw goes with --json or --file" in result.stderr
