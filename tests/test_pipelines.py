@@ -217,7 +217,7 @@ def wait_for(condition, timeout=30.0):
 
 def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state):
     pipeline("apply", ECOMMERCE)
-    total = 30_000
+    total = 40_000  # four GetRecords batches: the kill lands after the first
     produce_sessions(total, seed=5)
     backend = LocalBackend(state)
     run = start_run(state)
