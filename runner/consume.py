@@ -43,16 +43,19 @@ def as_json(shard_id: str, record: Record) -> str:
         data = parse_json(record.data)
     except BadRecord:
         data = record.data.decode("utf-8", errors="replace")
-    return json.dumps(
-        {
-            "shard": shard_id,
-            "sequence": record.sequence,
-            "partition_key": record.partition_key,
-            "arrival": record.arrival.isoformat(),
-            "data": data,
-        },
-        ensure_ascii=False,
-    )
+    entry = {
+        "shard": shard_id,
+        "sequence": record.sequence,
+        "partition_key": record.partition_key,
+        "arrival": record.arrival.isoformat(),
+        "data": data,
+    }
+    text = json.dumps(entry, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as truncated JavaScript strings carry
+        text = json.dumps(entry)
+    return text
 
 
 def consume(

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from runner.backends.base import SHARD_END, Backend
+from runner.backends.base import SHARD_END, Backend, BackendError
 from runner.reader import StreamReader
 from runner.spec import Firehose, Spec
 
@@ -36,7 +36,7 @@ class Delivery:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if firehose.compression not in COMPRESSIONS:
-            raise ValueError(
+            raise BackendError(
                 f"resources.firehoses.{firehose.key}.compression: the {backend.name} target "
                 f"delivers only {' or '.join(COMPRESSIONS)}, not {firehose.compression}"
             )
@@ -72,13 +72,12 @@ class Delivery:
                     self._first_arrival = record.arrival
                 self._buffer.append(record.data)
                 self._size += len(record.data)
+                self._pending[batch.shard_id] = record.sequence
                 taken += 1
-            if batch.records:
-                self._pending[batch.shard_id] = batch.records[-1].sequence
+                if self._size >= self.max_bytes:  # an object holds about the buffer size
+                    self.flush()
             if batch.finished:
                 self._pending[batch.shard_id] = SHARD_END
-            if self._size >= self.max_bytes:
-                self.flush()
         if self._buffer and self.clock() - self._first_at >= self.firehose.buffer_interval_s:
             self.flush()
         elif not self._buffer:

@@ -182,13 +182,23 @@ class Engine:
                 counts.out[sink] += 1
 
     def _finish_deliveries(self, *, drain: bool) -> None:
-        """Flush every delivery; first read what the run wrote, unless asked to stop."""
+        """Flush every delivery; first let it read what this run wrote to its stream (not
+        what others keep writing there), unless asked to stop."""
         for delivery in self.deliveries:
-            delivery.reader.expect_more()
-            while drain and not delivery.reader.caught_up:
+            written = self._written_to(delivery.stream)
+            while drain and not self._stopping.is_set() and not delivery.reader.has_read(written):
                 if not delivery.step():
                     self.sleep(min(delivery.reader.wait_time(), MAX_SLEEP_S))
             delivery.flush()
+
+    def _written_to(self, stream: str) -> dict[str, int]:
+        """Shard id -> highest sequence number this run put into `stream`."""
+        written: dict[str, int] = {}
+        for sink in self.sinks.values():
+            if sink.stream == stream:
+                for shard_id, sequence in sink.written.items():
+                    written[shard_id] = max(sequence, written.get(shard_id, -1))
+        return written
 
 
 def check_resources(spec: Spec, backend: Backend) -> None:
@@ -253,8 +263,14 @@ def run(
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
     check_resources(spec, backend)
-    with backend.running(spec.pipeline):
-        return _run(Engine(spec, backend, state_dir, options, report), report)
+    engine = Engine(spec, backend, state_dir, options, report)
+
+    def lost() -> None:
+        report(f"[{spec.pipeline}] another run took the run lock: stopping")
+        engine.stop()
+
+    with backend.running(spec.pipeline, on_lost=lost):
+        return _run(engine, report)
 
 
 def _run(engine: Engine, report: Callable[[str], None]) -> int:

@@ -118,6 +118,19 @@ class StreamReader:
         """True when every shard's last answer was empty with nothing behind, or it finished."""
         return all(s.finished or s.at_end for s in self._shards.values())
 
+    def has_read(self, written: dict[str, int]) -> bool:
+        """Whether every record up to these sequence numbers (shard id -> sequence) was
+        handed out, or its shard read to its end."""
+        for shard_id, sequence in written.items():
+            state = self._shards.get(shard_id)
+            if state is None:
+                if shard_id in self._followed:
+                    continue
+                return False
+            if not state.finished and int(state.last_sequence or -1) < sequence:
+                return False
+        return True
+
     def expect_more(self) -> None:
         """Forget that shards were at their end: records were written since they were asked."""
         for state in self._shards.values():
@@ -135,8 +148,10 @@ class StreamReader:
             answer = self.backend.get_records(state.iterator, self.limit)
         except IteratorExpired:
             state.iterator = None  # renewed from the last record handed out, next call
+            state.at_end = False  # not known to be caught up until it is asked again
             return None
         except Throttled:
+            state.at_end = False
             state.throttle_wait = min(
                 MAX_THROTTLE_WAIT_S, max(MIN_CALL_INTERVAL_S, state.throttle_wait * 2)
             )

@@ -63,8 +63,11 @@ class Journey:
         if not sinks:
             reason = "no route case took the record"
             return Outcome(DROPPED if self.drop_unmatched else DEAD_LETTER, reason=reason)
-        payload = encode(record) + self.ending
-        size = len(payload) + len(key.encode("utf-8"))
+        try:
+            payload = encode(record) + self.ending
+            size = len(payload) + len(key.encode("utf-8"))
+        except ValueError as error:  # e.g. a lone surrogate, an infinite number
+            return Outcome(DEAD_LETTER, reason=f"cannot be written as JSON: {error}")
         if size > MAX_RECORD_BYTES:
             return Outcome(
                 DEAD_LETTER,
@@ -84,7 +87,7 @@ def _not_json(constant: str) -> None:
 
 # Made once: json.loads and json.dumps with options build a new coder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def parse_json(data: bytes) -> object:
@@ -112,5 +115,6 @@ def parse_record(data: bytes) -> dict:
 
 
 def encode(record: dict) -> bytes:
-    """A record as sinks receive it: compact JSON in UTF-8."""
+    """A record as sinks receive it: compact JSON in UTF-8. Raises ValueError for what JSON
+    cannot hold (an infinite number) or UTF-8 cannot encode (a lone surrogate)."""
     return _ENCODER.encode(record).encode("utf-8")

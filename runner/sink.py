@@ -55,6 +55,7 @@ class Sink:
         self.sleep = sleep
         self.jitter = jitter
         self.retries = 0  # entries or calls retried, for the run's report
+        self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
 
     def put(self, entries: Sequence[Entry]) -> None:
         """Return once every entry is in the stream; raises BackendError for what retrying
@@ -72,6 +73,11 @@ class Sink:
             if results is None:
                 failed = pending
             else:
+                for result in results:
+                    if result.ok:
+                        sequence = int(result.sequence)
+                        if sequence > self.written.get(result.shard_id, -1):
+                            self.written[result.shard_id] = sequence
                 failed = [
                     entry for entry, result in zip(pending, results, strict=True) if not result.ok
                 ]
@@ -92,5 +98,5 @@ class Sink:
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: a random wait up to an exponentially growing cap.
-        cap = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * (2**attempt))
+        cap = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * (2 ** min(attempt, 20)))
         return cap * (0.5 + self.jitter() / 2)

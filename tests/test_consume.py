@@ -278,3 +278,12 @@ def test_jsonl_prints_data_too_deep_or_not_json_as_text(backend):
     assert result.exit_code == 0, result.output
     printed = sorted(json.loads(line)["data"] for line in result.stdout.splitlines())
     assert printed == sorted([deep.decode(), '{"x": NaN}'])
+
+
+def test_jsonl_prints_a_lone_surrogate_escaped_instead_of_failing(backend):
+    backend.put_records(STREAM, [(b'{"name": "\\ud83d"}', "k1")])
+
+    result = CliRunner().invoke(cli, ["consume", "--stream", STREAM, "--no-follow", "--jsonl"])
+
+    assert result.exit_code == 0, result.output
+    assert '"data": {"name": "\\ud83d"}' in result.stdout

@@ -82,6 +82,10 @@ class _Missing(BackendError):
     """The resource a call named does not exist."""
 
 
+class LeaseLost(BackendError):
+    """Another run holds the pipeline's run lock."""
+
+
 class AwsBackend(Backend):
     """Streams, buckets, delivery streams, roles, log groups and checkpoints on AWS."""
 
@@ -342,7 +346,7 @@ class AwsBackend(Backend):
     # run on another machine sees it; a run that dies lets it lapse after LEASE_S.
 
     @contextlib.contextmanager
-    def running(self, pipeline: str) -> Iterator[None]:
+    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         # Unique per run, even for two runs in one process.
         owner = f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
         self._take_lease(pipeline, owner)
@@ -350,7 +354,13 @@ class AwsBackend(Backend):
 
         def renew() -> None:
             while not done.wait(LEASE_S / 3):
-                self._take_lease(pipeline, owner)
+                try:
+                    self._take_lease(pipeline, owner)
+                except LeaseLost:
+                    on_lost()  # another run took it: stop before writing twice
+                    return
+                except Exception:  # noqa: BLE001 - a blip; the lease outlives two more tries
+                    continue
 
         renewer = threading.Thread(target=renew, name="run-lease", daemon=True)
         renewer.start()
@@ -393,7 +403,7 @@ class AwsBackend(Backend):
                     .get("Item", {})
                 )
                 holder = held.get("owner", {}).get("S", "another process")
-                raise BackendError(
+                raise LeaseLost(
                     f"pipeline {pipeline} is already running ({holder}); "
                     "two runs at once would write every record twice"
                 ) from None

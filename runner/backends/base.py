@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 # The Kinesis limits the engine and producers batch against.
@@ -284,9 +284,10 @@ class Backend(abc.ABC):
         """Remove the pipeline's checkpoints and their store."""
 
     @contextlib.contextmanager
-    def running(self, pipeline: str) -> Iterator[None]:
+    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         """Hold the pipeline's run lock: a second run of it at once would write everything
-        twice. Raises BackendError when another run holds it. The default locks nothing."""
+        twice. Raises BackendError when another run holds it; calls `on_lost` if the lock is
+        taken away while held (a lease that lapsed). The default locks nothing."""
         yield
 
     def close(self) -> None:

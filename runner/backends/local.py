@@ -395,7 +395,7 @@ class LocalBackend(Backend):
     # Run locks: a file per pipeline, locked while a run holds it; the OS frees it if it dies.
 
     @contextlib.contextmanager
-    def running(self, pipeline: str) -> Iterator[None]:
+    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         path = self.state_dir / "locks" / f"{pipeline}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as lock:

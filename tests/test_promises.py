@@ -1,0 +1,337 @@
+"""The run loop's promises at their edges: each test states one promise a user relies on
+(records that cannot be written, drains that must end, throttled shards, object sizes, long
+throttling, the AWS run lease)."""
+
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+from conftest import read_stream
+from moto import mock_aws
+
+from runner import engine, spec
+from runner.backends import aws
+from runner.backends.base import SHARD_END, BackendError, PutResult, Throttled
+from runner.backends.local import LocalBackend
+from runner.cli import cli
+from runner.provision import apply
+from runner.record import parse_json
+from runner.sink import Sink
+
+HEADER = """\
+pipeline: review
+resources:
+  streams:
+    source: {name: in, shards: 1}
+    out: {name: out, shards: 1}
+  buckets:
+    out: {name: review-out}
+    raw: {name: review-raw}
+  firehoses:
+    out: {name: review-out-firehose, from: out, to: out, buffer: {size_mb: 1, interval_s: 60}}
+"""
+ROUTE = """\
+source: {stream: source}
+transform:
+  - set:
+      total: sum(items || `[]`)
+route:
+  partition_key: session_id
+  cases:
+    - to: out
+"""
+RAW_ARCHIVE = (
+    "    raw: {name: review-raw-firehose, from: source, to: raw, "
+    "buffer: {size_mb: 1, interval_s: 60}}\n"
+)
+
+
+class Clock:
+    """The engine's clock; its sleep moves it on, so a run takes no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.01)
+
+
+class Wrapped:
+    """The local backend, with a hook before each GetRecords call."""
+
+    def __init__(self, backend, before_get=None):
+        self._backend = backend
+        self.before_get = before_get or (lambda call: None)
+        self.get_calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def get_records(self, iterator, limit=10_000):
+        self.get_calls += 1
+        self.before_get(self.get_calls)
+        return self._backend.get_records(iterator, limit)
+
+
+def setup(tmp_path, *, firehoses=""):
+    path = tmp_path / "review.yaml"
+    path.write_text(HEADER + firehoses + ROUTE)
+    loaded = spec.load(path)
+    state = tmp_path / "state"
+    backend = LocalBackend(state)
+    apply(loaded, backend, lambda line: None)
+    return loaded, backend, state
+
+
+def make_engine(loaded, backend, state, clock=None, **options):
+    clock = clock or Clock()
+    options.setdefault("until_idle", 1.0)
+    return engine.Engine(
+        loaded,
+        backend,
+        state,
+        engine.RunOptions(**options),
+        lambda line: None,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def sessions(*ids, **extra):
+    return [(json.dumps({"session_id": i, **extra}).encode(), i) for i in ids]
+
+
+def routed_ids(backend):
+    return sorted(record["session_id"] for record in read_stream(backend, "out"))
+
+
+def delivered(backend, bucket):
+    return [backend.get_object(bucket, key) for key in backend.list_objects(bucket)]
+
+
+# Bad input: a record the sinks cannot take goes to the dead letter, and the loop goes on.
+
+
+def test_a_record_that_cannot_be_encoded_is_dead_lettered_and_the_loop_goes_on(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    # A JavaScript producer truncating "😀" between its two halves sends exactly this.
+    backend.put_records(
+        "in",
+        [
+            *sessions("a"),
+            (b'{"session_id": "b", "city": "Washington \\ud83d"}', "b"),
+            (b'{"session_id": "\\udc00"}', "c"),
+            # A sum() of two 4,300-digit numbers has more digits than str() will write.
+            *sessions("e", items=[int("9" * 4300), int("9" * 4300)]),
+            *sessions("d"),
+        ],
+    )
+
+    counts = make_engine(loaded, backend, state).run()
+
+    assert counts.records_in == 5
+    assert sum(counts.out.values()) + counts.dead_lettered == 5
+    assert {"a", "d"} <= set(routed_ids(backend))
+
+
+def test_what_reaches_a_sink_is_always_json(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records(
+        "in",
+        [
+            *sessions("plain", amount=1),
+            (b'{"session_id": "huge", "amount": 1e400}', "huge"),
+            *sessions("overflow", items=[1e308, 1e308]),
+        ],
+    )
+
+    counts = make_engine(loaded, backend, state).run()
+
+    assert counts.records_in == 3
+    for record in read_stream(backend, "out"):
+        parse_json(json.dumps(record, allow_nan=True).encode())  # strict: refuses Infinity
+    for body in delivered(backend, "review-out"):
+        for line in body.splitlines():
+            parse_json(line)
+
+
+# Stopping: --max-records, --until-idle and a stop signal end the run.
+
+
+def busy_producer(backend, stop_at=None, engine_box=None, give_up=150):
+    """Puts one more source record before every GetRecords call, like a producer that never
+    pauses; asks the engine to stop (as SIGTERM does) at call `stop_at`."""
+
+    def before(call):
+        backend.put_records("in", sessions(f"p{call}"))
+        if stop_at is not None and call == stop_at:
+            engine_box[0].stop()
+        if call >= give_up:
+            raise RuntimeError(f"still reading after {call} GetRecords calls")
+
+    return Wrapped(backend, before)
+
+
+def test_a_stop_during_the_final_delivery_drain_ends_the_run(tmp_path):
+    loaded, backend, state = setup(tmp_path, firehoses=RAW_ARCHIVE)
+    box = [None]
+    busy = busy_producer(backend, stop_at=10, engine_box=box)
+    box[0] = make_engine(loaded, busy, state, max_records=1)
+
+    counts = box[0].run()  # --max-records 1 ends the loop, then SIGTERM during the drain
+
+    assert counts.records_in == 1
+
+
+def test_a_max_records_run_ends_while_a_producer_keeps_writing(tmp_path):
+    loaded, backend, state = setup(tmp_path, firehoses=RAW_ARCHIVE)
+    busy = busy_producer(backend)
+    run = make_engine(loaded, busy, state, max_records=1)
+
+    counts = run.run()
+
+    assert counts.records_in == 1
+
+
+def test_until_idle_does_not_stop_while_a_shard_is_throttled(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+
+    def before(call):
+        if call == 2:
+            backend.put_records("in", sessions("a", "b", "c"))
+        if 2 <= call <= 4:
+            raise Throttled("Rate exceeded for shard shardId-000000000000")
+
+    throttled = Wrapped(backend, before)
+
+    counts = make_engine(loaded, throttled, state, until_idle=1.0).run()
+
+    assert counts.records_in == 3
+
+
+# The local Firehose delivery.
+
+
+def test_a_delivered_object_holds_about_the_buffer_size(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    big = "x" * 300_000
+    for start in range(0, 20, 10):
+        backend.put_records("in", sessions(*[f"s{n}" for n in range(start, start + 10)], pad=big))
+
+    make_engine(loaded, backend, state).run()
+
+    bodies = delivered(backend, "review-out")
+    assert sum(len(body.splitlines()) for body in bodies) == 20
+    record_size = max(len(line) for body in bodies for line in body.splitlines(keepends=True))
+    assert max(len(body) for body in bodies) <= 1024 * 1024 + record_size
+
+
+def test_an_unsupported_compression_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    path = tmp_path / "review.yaml"
+    firehose = "buffer: {size_mb: 1, interval_s: 60}"
+    path.write_text((HEADER + ROUTE).replace(firehose, firehose + ", compression: ZIP"))
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    assert CliRunner().invoke(cli, ["apply", str(path)]).exit_code == 0
+
+    result = CliRunner().invoke(cli, ["run", str(path), "--until-idle", "0"])
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_objects_are_written_before_delivery_checkpoints_move(tmp_path):
+    """A delivery whose object write fails moves no checkpoint: the next run delivers all."""
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a", "b", "c"))
+
+    class FailingWrites(Wrapped):
+        def put_object(self, bucket, key, body):
+            raise BackendError(f"cannot write object '{key}' to bucket '{bucket}': disk full")
+
+    with pytest.raises(BackendError, match="disk full"):
+        make_engine(loaded, FailingWrites(backend), state).run()
+    assert backend.get_checkpoints("firehose:review-out-firehose", "out") == {}
+    assert routed_ids(backend) == ["a", "b", "c"]  # the source side was checkpointed
+
+    make_engine(loaded, backend, state).run()
+
+    (body,) = delivered(backend, "review-out")
+    assert sorted(json.loads(line)["session_id"] for line in body.splitlines()) == ["a", "b", "c"]
+
+
+def test_max_records_ending_inside_a_closed_shard_finishes_it_on_the_next_run(tmp_path):
+    """A batch cut by --max-records on a closed shard checkpoints where it stopped, not
+    SHARD_END; the next run reads the parent's rest before its children."""
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("p1", "p2", "p3", "p4", "p5"))
+    backend.update_shard_count("in", 2)
+    backend.put_records("in", sessions("c1", "c2", "c3"))
+
+    make_engine(loaded, backend, state, max_records=3).run()
+    checkpoints = backend.get_checkpoints("review", "in")
+    assert checkpoints["shardId-000000000000"] not in (SHARD_END, None)
+    assert routed_ids(backend) == ["p1", "p2", "p3"]
+
+    make_engine(loaded, backend, state).run()
+
+    assert routed_ids(backend) == sorted(["p1", "p2", "p3", "p4", "p5", "c1", "c2", "c3"])
+    assert [r["session_id"] for r in read_stream(backend, "out")][:5] == [
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+        "p5",
+    ]
+    assert backend.get_checkpoints("review", "in")["shardId-000000000000"] == SHARD_END
+
+
+# Writing: throttling slows the run down, never fails it.
+
+
+def test_a_long_throttled_put_keeps_waiting_instead_of_failing():
+    class Throttling:
+        calls = 0
+
+        def put_records(self, stream, entries):
+            self.calls += 1
+            if self.calls <= 1100:
+                raise Throttled(f"Rate exceeded for stream {stream}")
+            return [PutResult("shardId-000000000000", str(n)) for n, _ in enumerate(entries)]
+
+    waits = []
+    sink = Sink(Throttling(), "out", sleep=waits.append, jitter=lambda: 1.0)
+
+    sink.put([(b"{}", "k")])
+
+    assert max(waits) == 5.0
+
+
+# The run lock on AWS.
+
+
+def test_the_aws_run_lease_is_renewed_after_a_failed_renewal(aws_env, monkeypatch):
+    monkeypatch.setattr(aws, "LEASE_S", 0.3)  # renew every 0.1 s
+    with mock_aws():
+        backend = aws.AwsBackend("us-east-1", poll_s=0)
+        backend.create_checkpoint_store("shop")
+        take = backend._take_lease
+        calls = []
+        renewed = threading.Event()
+
+        def flaky(pipeline, owner):
+            calls.append(owner)
+            if len(calls) == 2:  # the first renewal
+                raise BackendError("checkpoint table 'shop-checkpoints': PutItem throttled")
+            take(pipeline, owner)
+            if len(calls) >= 3:
+                renewed.set()
+
+        backend._take_lease = flaky
+        with backend.running("shop"):
+            assert renewed.wait(timeout=3), "the lease was never renewed again"
+        backend.close()
