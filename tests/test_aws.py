@@ -812,3 +812,18 @@ def test_a_pipeline_runs_once_at_a_time_across_machines(backend):
     assert str(caught.value).endswith("); two runs at once would write every record twice")
     with other.running("shop"):  # free once the first run ends
         pass
+
+
+def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
+    with Stubber(backend._client("kinesis", data_plane=True)) as stub:
+        stub.add_client_error(
+            "get_records",
+            service_error_code="InternalFailure",
+            service_message="Internal service failure.",
+            http_status_code=500,
+        )
+        with pytest.raises(Throttled) as error:
+            backend.get_records("some-iterator")
+    assert str(error.value) == (
+        "shard iterator: GetRecords throttled (InternalFailure: Internal service failure.)"
+    )

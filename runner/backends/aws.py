@@ -28,10 +28,12 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
+    ReadTimeoutError,
 )
 
 from runner.backends.base import (
@@ -65,12 +67,18 @@ ROLE_PROPAGATION_S = 60
 SEQUENCE_DIGITS = 64
 
 _NOT_FOUND = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NoSuchKey", "404"}
+# Answers that mean "slow down and try again": limits, and the service's own passing faults,
+# which the loop waits out like throttling instead of failing a run that may last for days.
 _THROTTLING = {
     "ProvisionedThroughputExceededException",
     "LimitExceededException",
     "ThrottlingException",
     "KMSThrottlingException",
     "RequestLimitExceeded",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
 }
 _NO_CREDENTIALS = (
     "pass --profile NAME, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
@@ -810,6 +818,8 @@ def _errors(resource: str, missing: type[BackendError] = _Missing) -> Iterator[N
             f"AWS profile '{error.kwargs.get('profile')}' not found in the AWS config files: "
             f"check --profile or AWS_PROFILE, or run `aws configure --profile NAME`"
         ) from error
+    except (ConnectionClosedError, ReadTimeoutError) as error:
+        raise Throttled(f"{resource}: the connection failed, trying again ({error})") from error
     except EndpointConnectionError as error:
         raise BackendError(
             f"{resource}: cannot connect to the endpoint {error.kwargs.get('endpoint_url')}: "

@@ -45,7 +45,8 @@ class IteratorExpired(BackendError):
 
 
 class Throttled(BackendError):
-    """The shard or account is over its limits; slow down and try again."""
+    """The shard or account is over its limits, or the service had a passing fault: slow
+    down and try again."""
 
 
 def check_shard_count(stream: str, shards: int) -> None:
