@@ -1,0 +1,26 @@
+"""The two errors of the compiler, and the wording their messages share."""
+
+from __future__ import annotations
+
+
+class CompileError(ValueError):
+    """An expression that cannot be compiled: bad syntax, unknown function, wrong arity."""
+
+    def __init__(self, reason: str, column: int) -> None:
+        super().__init__(f"{reason} at column {column}")
+        self.reason = reason
+        self.column = column
+
+
+class SearchError(ValueError):
+    """A search that hit a value of the wrong type, e.g. `sum()` of strings."""
+
+
+def _words(items: list[str], conjunction: str) -> str:
+    if len(items) == 1:
+        return items[0]
+    return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+
+def _unexpected(error: Exception) -> SearchError:
+    return SearchError(f"{type(error).__name__}: {error}")
