@@ -109,8 +109,7 @@ class Engine:
                 handled = self._handle(self.reader.poll())
                 if handled:
                     self.counts.busy_s = self.clock() - started
-                moved = handled
-                moved += sum(delivery.step() for delivery in self.deliveries)
+                moved = handled + sum(delivery.step() for delivery in self.deliveries)
                 now = self.clock()
                 if moved:
                     last_activity = now
