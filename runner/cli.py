@@ -54,6 +54,14 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
     return run
 
 
+def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            f"'{value}' is not a URL; write it with its scheme, e.g. http://{value}"
+        )
+    return value
+
+
 def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--target and what it needs, gathered into one Target passed as `target`."""
 
@@ -78,11 +86,15 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
             envvar="PIPELINE_STATE_DIR",
             help="The local target's state folder (env PIPELINE_STATE_DIR).",
         ),
-        click.option("--region", help="AWS region (default: the spec's region, else us-east-1)."),
+        click.option(
+            "--region",
+            help="AWS region (default: the spec's region, else your AWS configuration's).",
+        ),
         click.option("--profile", help="AWS profile from your AWS config."),
         click.option(
             "--endpoint-url",
             envvar="AWS_ENDPOINT_URL",
+            callback=_endpoint,
             help="AWS endpoint, e.g. LocalStack or a moto server (env AWS_ENDPOINT_URL).",
         ),
     ]
@@ -167,13 +179,19 @@ def apply(spec: str, target: Target) -> int:
 def destroy(spec: str, yes: bool, target: Target) -> int:
     """Delete the spec's streams, buckets (with their objects) and firehoses."""
     loaded = target.load(spec)
-    if not yes:
-        click.confirm(
-            f"Destroy every resource of {loaded.pipeline} on the {target.name} target, "
-            "with the records and objects in them?",
-            abort=True,
-        )
-    removed = provision.destroy(loaded, target.backend(loaded.region), click.echo)
+    removed = provision.destroy(
+        loaded,
+        target.backend(loaded.region),
+        click.echo,
+        confirm=lambda: (
+            yes
+            or click.confirm(
+                f"Destroy these resources of {loaded.pipeline} on the {target.name} target, "
+                "with the records and objects in them?",
+                abort=True,
+            )
+        ),
+    )
     click.echo(f"Destroyed {removed} resources." if removed else "Nothing to destroy.")
     return EXIT_OK
 
@@ -270,8 +288,10 @@ def produce(
         raise click.UsageError("--count goes with --synthetic")
     if raw and synthetic:
         raise click.UsageError("--raw goes with --json or --file")
+    # A bar only where someone watches: click prints its label alone to a pipe or a file.
+    watched = count is not None and sys.stderr.isatty()
     with click.progressbar(
-        length=count or 0, label="producing", file=sys.stderr, hidden=count is None
+        length=count or 0, label="producing", file=sys.stderr, hidden=not watched
     ) as bar:
         return produce_module.main(
             target.backend(),

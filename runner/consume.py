@@ -71,6 +71,7 @@ def consume(
 ) -> int:
     """Print every record from `start` on; without `follow`, stop once every shard is read.
     Returns how many records were printed."""
+    backend.require_stream(stream)
     reader = StreamReader(backend, stream, start=start, only_shard=shard)
     show = as_json if jsonl else readable
     printed = 0

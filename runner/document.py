@@ -218,7 +218,7 @@ class Interpolator:
             return self.region
         if name == "account_id":
             if self._account_value is None:
-                self._account_value = self._account_id()
+                self._account_value = self._account_id(self.region)
             return self._account_value
         if name in self.vars:
             return self.vars[name]

@@ -7,6 +7,7 @@ what was read is written and checkpointed, deliveries are flushed, and the run e
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -15,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.backends.base import SHARD_END, Backend, BackendError, Record
+from runner.backends.base import SHARD_END, Backend, BackendError, Record, Throttled
 from runner.dead_letter import DeadLetter
 from runner.delivery import Delivery
 from runner.reader import Position, ShardBatch, StreamReader
 from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.sink import Sink
+from runner.sink import Sink, backoff_cap
 from runner.spec import Spec, SpecError, parse_timestamp
 
 STATUS_EVERY_S = 5.0
@@ -42,7 +43,7 @@ class Counts:
     filtered: int = 0
     dropped: int = 0
     lag_ms: int = 0
-    busy_s: float = 0.0  # from the start to the last record handled
+    busy_s: float = 0.0  # from the first record read to the last handled
 
     def line(self) -> str:
         routes = ", ".join(f"{key} {count}" for key, count in sorted(self.out.items())) or "none"
@@ -104,11 +105,14 @@ class Engine:
     def run(self) -> Counts:
         """Run until stopped, idle for --until-idle or --max-records handled."""
         with _StopOnSignals(self.stop):
-            started = last_activity = next_status = self.clock()
+            first_read = None
+            last_activity = next_status = self.clock()
             while not self._stopping.is_set():
+                polled = self.clock()
                 handled = self._handle(self.reader.poll())
                 if handled:
-                    self.counts.busy_s = self.clock() - started
+                    first_read = polled if first_read is None else first_read
+                    self.counts.busy_s = self.clock() - first_read
                 moved = handled + sum(delivery.step() for delivery in self.deliveries)
                 now = self.clock()
                 if moved:
@@ -154,8 +158,17 @@ class Engine:
                 self.sinks[key].put(entries)
         self.dead_letter.write()
         for shard_id, sequence in checkpoints:
-            self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+            self._checkpoint(shard_id, sequence)
         return handled
+
+    def _checkpoint(self, shard_id: str, sequence: str) -> None:
+        """Write a checkpoint, waiting out throttling or a passing fault of the store."""
+        for attempt in itertools.count():
+            try:
+                self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+                return
+            except Throttled:
+                self.sleep(backoff_cap(attempt))
 
     def _within_limit(self, records: list[Record]) -> list[Record]:
         limit = self.options.max_records

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError
+from runner.backends.base import MAX_RECORD_BYTES, Backend
 from runner.expressions import Expression
 from runner.record import BadRecord, encode, parse_record
 from runner.routing import RouteError, partition_key
@@ -189,8 +189,7 @@ def main(
         chosen = sessions if count is None else itertools.islice(sessions, count)
         records = ((f"session {number}", session) for number, session in enumerate(chosen, 1))
     gap = mean_gap if mean_gap is not None else (SCENARIO_MEAN_GAP_S if synthetic else 0.0)
-    if backend.describe_stream(stream) is None:
-        raise BackendError(f"stream '{stream}' not found on the {backend.name} target")
+    backend.require_stream(stream)
     if count is None and gap > 0:
         # An endless trickle shows each record as it goes, as the scenario's producer does.
         numbers = itertools.count(1)

@@ -37,7 +37,9 @@ def plan(spec: Spec, backend: Backend) -> list[Change]:
     In the order apply must follow: what a firehose needs comes before it."""
     kinds = [_streams, _buckets]
     if backend.delivers_firehoses:
-        kinds += [_checkpoint_store, _roles, _log_groups]
+        kinds += [_roles, _log_groups]
+        if spec.route is not None:  # a spec without a route never runs, so never checkpoints
+            kinds.insert(2, _checkpoint_store)
     kinds.append(_firehoses)
     return [change for kind in kinds for change in kind(spec, backend)]
 
@@ -64,15 +66,26 @@ def summary(changes: list[Change], *, done: bool) -> str:
     return f"Plan: {created} to create, {changed} to change, {unchanged} unchanged."
 
 
-def destroy(spec: Spec, backend: Backend, report: Callable[[str], None]) -> int:
-    """Delete the spec's resources that exist, each before what it depends on."""
-    removed = 0
-    for kind, name, exists, delete in _owned(spec, backend):
-        if exists():
-            delete()
-            report(f"- destroy {kind} {name}")
-            removed += 1
-    return removed
+def destroy(
+    spec: Spec,
+    backend: Backend,
+    report: Callable[[str], None],
+    confirm: Callable[[], bool] = lambda: True,
+) -> int:
+    """List the spec's resources that exist, ask `confirm`, then delete them, each before
+    what it depends on; returns how many were deleted."""
+    existing = [
+        (kind, name, delete) for kind, name, exists, delete in _owned(spec, backend) if exists()
+    ]
+    if not existing:
+        return 0
+    for kind, name, _ in existing:
+        report(f"- destroy {kind} {name}")
+    if not confirm():
+        return 0
+    for _, _, delete in existing:
+        delete()
+    return len(existing)
 
 
 def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, Callable]]:
@@ -113,7 +126,7 @@ def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, C
             lambda b=b: backend.bucket_exists(b.name),
             lambda b=b: backend.delete_bucket(b.name),
         )
-    if backend.delivers_firehoses:
+    if backend.delivers_firehoses and spec.route is not None:
         yield (
             "checkpoint table",
             f"{spec.pipeline}-checkpoints",

@@ -89,7 +89,10 @@ class StreamReader:
         """One GetRecords call on every shard that may be asked now; [] when none may."""
         now = self.clock()
         if now >= self._next_refresh:
-            self._refresh()
+            try:
+                self._refresh()
+            except Throttled:
+                self._next_refresh = now + EMPTY_INTERVAL_S  # the shards we know go on
         ready = [s for s in self._shards.values() if not s.finished and s.next_call <= now]
         if len(ready) > 1 and self.backend.read_workers > 1:
             if self._pool is None:

@@ -97,6 +97,10 @@ class Sink:
             pending = failed
 
     def _backoff(self, attempt: int) -> float:
-        # Full jitter: a random wait up to an exponentially growing cap.
-        cap = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * (2 ** min(attempt, 20)))
-        return cap * (0.5 + self.jitter() / 2)
+        # Jitter: a random wait between half and all of an exponentially growing cap.
+        return backoff_cap(attempt) * (0.5 + self.jitter() / 2)
+
+
+def backoff_cap(attempt: int) -> float:
+    """The longest wait before retry number `attempt` (from 0): doubling, capped."""
+    return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * (2 ** min(attempt, 20)))

@@ -101,10 +101,11 @@ def load(
     path: str | os.PathLike,
     *,
     region: str | None = None,
-    account_id: Callable[[], str] = lambda: LOCAL_ACCOUNT_ID,
+    account_id: Callable[[str], str] = lambda region: LOCAL_ACCOUNT_ID,
     environ: Mapping[str, str] = os.environ,
 ) -> Spec:
-    """Read the spec at `path` for a target; `account_id` is asked only when the spec uses it."""
+    """Read the spec at `path` for a target. `account_id(region)` is asked only when the spec
+    uses ${account_id}, with the region the spec resolves to (`region`, else its own)."""
     path = Path(path)
     reader = Reader(path)
     document = reader.read()

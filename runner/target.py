@@ -38,7 +38,7 @@ class Target:
         if self.name == "local":
             return spec_module.load(path, region=self.region)  # touches no state
         return spec_module.load(
-            path, region=self.region, account_id=lambda: self.backend().account_id
+            path, region=self.region, account_id=lambda region: self.backend(region).account_id
         )
 
     def close(self) -> None:

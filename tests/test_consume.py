@@ -235,7 +235,11 @@ def test_a_missing_stream_or_shard_exits_1(backend):
     missing = pipeline("--stream", "nowhere", "--no-follow")
     no_shard = pipeline("--stream", STREAM, "--shard", "shardId-000000000009", "--no-follow")
 
-    assert (missing.exit_code, missing.stderr) == (1, "error: stream 'nowhere' does not exist\n")
+    assert (missing.exit_code, missing.stderr) == (
+        1,
+        "error: stream 'nowhere' not found on the local target (--stream takes the stream's own "
+        "name, not its key in a spec; `pipeline apply SPEC` creates it)\n",
+    )
     assert (no_shard.exit_code, no_shard.stderr) == (
         1,
         f"error: stream '{STREAM}' has no shard 'shardId-000000000009' "

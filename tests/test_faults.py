@@ -26,7 +26,7 @@ class Faulty:
     def __init__(self, backend, **faults):
         self._backend = backend
         self.faults = faults
-        self.calls = {"put_records": 0, "get_records": 0}
+        self.calls = {"put_records": 0, "get_records": 0, "set_checkpoint": 0}
         self.seen = set()
 
     def __getattr__(self, name):
@@ -62,6 +62,17 @@ class Faulty:
         accepted = iter(self._backend.put_records(stream, passing) if passing else [])
         return [result or next(accepted) for result in results]
 
+    def set_checkpoint(self, pipeline, stream, shard_id, sequence):
+        # Only the run's own checkpoints: local Firehose delivery writes SQLite, which does
+        # not throttle, and on AWS Firehose delivers by itself.
+        throttled = bool(self.faults.get("throttle_checkpoints")) and not pipeline.startswith(
+            "firehose:"
+        )
+        self.calls["set_checkpoint"] += throttled
+        if throttled and self.calls["set_checkpoint"] % 2 == 1:
+            raise Throttled("checkpoint table: PutItem throttled")
+        self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
+
     def get_records(self, iterator, limit=10_000):
         self.calls["get_records"] += 1
         count = self.calls["get_records"]
@@ -85,7 +96,9 @@ def scenario(request, tmp_path):
         request.addfinalizer(mock_aws.stop)
         mock_aws.start()
         backend = AwsBackend("us-east-1", poll_s=0)
-        loaded = spec.load(PIPELINES / "ecommerce.yaml", account_id=lambda: backend.account_id)
+        loaded = spec.load(
+            PIPELINES / "ecommerce.yaml", account_id=lambda region: backend.account_id
+        )
     apply(loaded, backend, lambda line: None)
     return loaded, backend, tmp_path
 
@@ -111,8 +124,15 @@ def run(loaded, backend, state):
         {"throttle_puts": True},
         {"expire_iterators": True, "read_limit": 50},
         {"throttle_reads": True, "read_limit": 50},
+        {"throttle_checkpoints": True, "read_limit": 50},
     ],
-    ids=["failed-entries", "throttled-puts", "expired-iterators", "throttled-reads"],
+    ids=[
+        "failed-entries",
+        "throttled-puts",
+        "expired-iterators",
+        "throttled-reads",
+        "throttled-checkpoints",
+    ],
 )
 def test_faults_lose_nothing_and_write_each_record_once(scenario, faults):
     loaded, backend, state = scenario

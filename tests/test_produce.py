@@ -142,7 +142,10 @@ def test_a_missing_stream_exits_1(state):
     result = pipeline("--stream", "nowhere", "--json", SAMPLE)
 
     assert result.exit_code == 1
-    assert result.stderr == "error: stream 'nowhere' not found on the local target\n"
+    assert result.stderr == (
+        "error: stream 'nowhere' not found on the local target (--stream takes the stream's own "
+        "name, not its key in a spec; `pipeline apply SPEC` creates it)\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,17 @@ UNCHANGED = {
     INT_FIREHOSE: f"  unchanged firehose {INT_FIREHOSE} ({INTERNATIONAL} -> {INT_BUCKET})\n",
 }
 
+LISTED = (
+    f"- destroy firehose {USA_FIREHOSE}\n"
+    f"- destroy firehose {INT_FIREHOSE}\n"
+    f"- destroy stream {SOURCE}\n"
+    f"- destroy stream {USA}\n"
+    f"- destroy stream {INTERNATIONAL}\n"
+    f"- destroy bucket {USA_BUCKET} (and every object in it)\n"
+    f"- destroy bucket {INT_BUCKET} (and every object in it)\n"
+)
 PROMPT = (
-    "Destroy every resource of de-c2w2lab1-etl on the local target, "
+    "Destroy these resources of de-c2w2lab1-etl on the local target, "
     "with the records and objects in them? [y/N]: "
 )
 
@@ -133,7 +142,7 @@ def test_destroy_answered_no_keeps_everything_and_exits_1(state, backend):
 
     result = pipeline("destroy", ECOMMERCE, input="n\n", exit_code=1)
 
-    assert result.stdout == PROMPT + "n\n"
+    assert result.stdout == LISTED + PROMPT + "n\n"
     assert result.stderr == "Aborted!\n"
     assert pipeline("apply", ECOMMERCE).stdout == "No changes: 7 resources up to date.\n"
     assert backend.list_objects(USA_BUCKET) == ["firehose/kept.json"]
@@ -146,8 +155,7 @@ def test_destroy_answered_yes_removes_everything(state, backend):
 
     result = pipeline("destroy", ECOMMERCE, input="y\n")
 
-    assert result.stdout.startswith(PROMPT + "y\n- destroy firehose ")
-    assert result.stdout.endswith("Destroyed 7 resources.\n")
+    assert result.stdout == LISTED + PROMPT + "y\nDestroyed 7 resources.\n"
     assert backend.describe_stream(SOURCE) is None
 
 
@@ -158,16 +166,7 @@ def test_destroy_yes_removes_everything_and_a_second_destroy_has_nothing_to_do(s
     first = pipeline("destroy", ECOMMERCE, "--yes")
     second = pipeline("destroy", ECOMMERCE, "--yes")
 
-    assert first.stdout == (
-        f"- destroy firehose {USA_FIREHOSE}\n"
-        f"- destroy firehose {INT_FIREHOSE}\n"
-        f"- destroy stream {SOURCE}\n"
-        f"- destroy stream {USA}\n"
-        f"- destroy stream {INTERNATIONAL}\n"
-        f"- destroy bucket {USA_BUCKET} (and every object in it)\n"
-        f"- destroy bucket {INT_BUCKET} (and every object in it)\n"
-        "Destroyed 7 resources.\n"
-    )
+    assert first.stdout == LISTED + "Destroyed 7 resources.\n"
     assert second.stdout == "Nothing to destroy.\n"
     assert all(backend.describe_stream(s) is None for s in (SOURCE, USA, INTERNATIONAL))
     assert not backend.bucket_exists(USA_BUCKET) and not backend.bucket_exists(INT_BUCKET)

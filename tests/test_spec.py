@@ -12,7 +12,7 @@ def problems(path, **kwargs):
 
 
 def test_the_scenario_spec_declares_every_name_and_setting_of_the_scenario():
-    loaded = spec.load(PIPELINES / "ecommerce.yaml", account_id=lambda: "123456789012")
+    loaded = spec.load(PIPELINES / "ecommerce.yaml", account_id=lambda region: "123456789012")
 
     assert loaded.pipeline == "de-c2w2lab1-etl"
     assert loaded.region == "us-east-1"
@@ -138,16 +138,29 @@ def test_vars_env_region_and_account_id_are_interpolated(write_spec):
         .replace("name: in,", "name: '${p}-${region}-${account_id}',")
         .replace("shards: 2", "shards: '${n}'")
     )
-    loaded = spec.load(path, environ={"TEAM": "blue"}, account_id=lambda: "111122223333")
+    loaded = spec.load(path, environ={"TEAM": "blue"}, account_id=lambda region: "111122223333")
     assert loaded.streams["source"].name == "blue-x-us-east-1-111122223333"
     assert loaded.streams["usa"].shards == 3
 
 
 def test_account_id_is_only_looked_up_when_the_spec_uses_it(write_spec):
-    def account_id():
+    def account_id(region):
         raise AssertionError("account id looked up")
 
     assert spec.load(write_spec(MINIMAL), account_id=account_id).pipeline == "shop"
+
+
+def test_account_id_is_asked_in_the_region_the_spec_resolves_to(write_spec):
+    asked = []
+    spec_text = MINIMAL.replace("name: in,", "name: 'in-${account_id}',")
+    spec.load(
+        write_spec(spec_text.replace("pipeline: shop", "pipeline: shop\nregion: eu-west-1")),
+        account_id=lambda region: asked.append(region) or "1",
+    )
+    spec.load(
+        write_spec(spec_text), region="ap-south-1", account_id=lambda r: asked.append(r) or "1"
+    )
+    assert asked == ["eu-west-1", "ap-south-1"]
 
 
 def test_unresolved_references_are_spec_errors(write_spec):

@@ -208,6 +208,14 @@ class Backend(abc.ABC):
         many bytes, a record over 1 MiB) and Throttled when the whole call is throttled.
         """
 
+    def require_stream(self, name: str) -> None:
+        """Raise StreamNotFound, saying what to do, unless the stream exists."""
+        if self.describe_stream(name) is None:
+            raise StreamNotFound(
+                f"stream '{name}' not found on the {self.name} target (--stream takes the "
+                "stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)"
+            )
+
     # Checkpoints: the last sequence number of a shard that is durably handled.
     @abc.abstractmethod
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
