@@ -1,7 +1,7 @@
 """The interface the engine, provisioning and produce/consume use, whatever the target.
 
 A backend speaks Kinesis' vocabulary (streams, shards, iterators, sequence numbers) so that the
-engine is written once. `local.py` keeps these semantics in one SQLite file; `aws.py` maps them
+engine is written once. `local.py` keeps these semantics in one SQLite file; `aws/` maps them
 onto boto3.
 """
 

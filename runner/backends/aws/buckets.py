@@ -1,0 +1,98 @@
+"""S3 buckets on AWS, where Firehose delivers and where objects are read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from runner.backends.aws.errors import Missing, backend_errors, error_code
+from runner.backends.aws.session import AwsSession
+from runner.backends.base import BackendError
+
+
+class BucketsMixin(AwsSession):
+    """Private, encrypted buckets and the objects in them."""
+
+    def bucket_exists(self, name: str) -> bool:
+        """Whether the bucket exists in this account; a name taken elsewhere is an error."""
+        try:
+            with backend_errors(f"bucket '{name}'"):
+                try:
+                    self._client("s3").head_bucket(Bucket=name)
+                except ClientError as error:
+                    if error_code(error) == "403":
+                        raise BackendError(
+                            f"bucket '{name}' exists but this account may not use it "
+                            "(HeadBucket: 403 Forbidden): the name is probably taken by "
+                            "another AWS account, and bucket names are global; choose another"
+                        ) from error
+                    raise
+        except Missing:
+            return False
+        return True
+
+    def create_bucket(self, name: str) -> None:
+        """Create a private bucket in the region, encrypted with S3-managed keys (SSE-S3)."""
+        params: dict[str, Any] = {"Bucket": name}
+        # us-east-1 is S3's default location and refuses to be named as a constraint.
+        if self.region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        s3 = self._client("s3")
+        with backend_errors(f"bucket '{name}'"):
+            s3.create_bucket(**params)
+            s3.put_public_access_block(
+                Bucket=name,
+                PublicAccessBlockConfiguration={
+                    "BlockPublicAcls": True,
+                    "IgnorePublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "RestrictPublicBuckets": True,
+                },
+            )
+            s3.put_bucket_encryption(
+                Bucket=name,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+            )
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete every object (every version, every delete marker), then the bucket."""
+        s3 = self._client("s3")
+        with backend_errors(f"bucket '{name}'"):
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+                doomed = [
+                    {"Key": v["Key"], "VersionId": v["VersionId"]}
+                    for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                ]
+                if not doomed:
+                    continue
+                answer = s3.delete_objects(Bucket=name, Delete={"Objects": doomed, "Quiet": True})
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise BackendError(
+                        f"bucket '{name}': cannot delete object '{first['Key']}' "
+                        f"({first['Code']}: {first['Message']}) and "
+                        f"{len(answer['Errors']) - 1} more"
+                    )
+            s3.delete_bucket(Bucket=name)
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        """Write the object; S3 makes it visible whole or not at all."""
+        with backend_errors(f"bucket '{bucket}'"):
+            self._client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """Keys under `prefix`, sorted."""
+        keys: list[str] = []
+        with backend_errors(f"bucket '{bucket}'"):
+            pages = self._client("s3").get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(o["Key"] for o in page.get("Contents", []))
+        return sorted(keys)
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        """The object's bytes."""
+        with backend_errors(f"object '{key}' in bucket '{bucket}'"):
+            return self._client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()

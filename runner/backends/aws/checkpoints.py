@@ -1,0 +1,206 @@
+"""Checkpoints and the run lease on AWS, in one DynamoDB table per pipeline.
+
+Checkpoints are keyed by stream and shard, their sequence numbers zero-padded to 64 digits so
+that a conditional write can keep them from moving backwards by comparing text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+# The package, not its names: LEASE_S is read from it at each use, so a test may shorten it.
+from runner.backends import aws
+from runner.backends.aws.errors import Missing, backend_errors, error_code
+from runner.backends.aws.session import AwsSession
+from runner.backends.base import SHARD_END, BackendError
+
+SEQUENCE_DIGITS = 64
+
+# The run lock's item; no stream is named like this, so no checkpoint can collide with it.
+_LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+
+
+class LeaseLost(BackendError):
+    """Another run holds the pipeline's run lock."""
+
+
+class CheckpointsMixin(AwsSession):
+    """The pipeline's checkpoint table: its checkpoints, and the run lease kept beside them."""
+
+    def checkpoint_store_exists(self, pipeline: str) -> bool:
+        """Whether the pipeline's checkpoint table exists."""
+        return self._table_status(_table(pipeline)) is not None
+
+    def create_checkpoint_store(self, pipeline: str) -> None:
+        """Create the pipeline's on-demand checkpoint table; return once it is ACTIVE."""
+        table = _table(pipeline)
+        with backend_errors(f"checkpoint table '{table}'"):
+            self._client("dynamodb").create_table(
+                TableName=table,
+                AttributeDefinitions=[
+                    {"AttributeName": "stream", "AttributeType": "S"},
+                    {"AttributeName": "shard_id", "AttributeType": "S"},
+                ],
+                KeySchema=[
+                    {"AttributeName": "stream", "KeyType": "HASH"},
+                    {"AttributeName": "shard_id", "KeyType": "RANGE"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        self._wait(f"checkpoint table '{table}'", lambda: self._table_status(table), "ACTIVE")
+
+    def delete_checkpoint_store(self, pipeline: str) -> None:
+        """Delete the pipeline's checkpoint table, if it exists; return once it is gone."""
+        table = _table(pipeline)
+        try:
+            with backend_errors(f"checkpoint table '{table}'"):
+                self._client("dynamodb").delete_table(TableName=table)
+        except Missing:
+            return
+        self._wait(f"checkpoint table '{table}'", lambda: self._table_status(table), None)
+
+    def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
+        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        checkpoints: dict[str, str] = {}
+        params: dict[str, Any] = {
+            "KeyConditionExpression": "#stream = :stream",
+            "ExpressionAttributeNames": {"#stream": "stream"},
+            "ExpressionAttributeValues": {":stream": {"S": stream}},
+            # A restarted run must see the checkpoint the previous one wrote last.
+            "ConsistentRead": True,
+        }
+        with self._checkpoint_table(pipeline) as table:
+            while True:
+                page = self._client("dynamodb").query(TableName=table, **params)
+                for item in page["Items"]:
+                    stored = item["sequence"]["S"]
+                    sequence = stored if stored == SHARD_END else stored.lstrip("0") or "0"
+                    checkpoints[item["shard_id"]["S"]] = sequence
+                if "LastEvaluatedKey" not in page:
+                    return checkpoints
+                params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
+        if sequence == SHARD_END:
+            stored = sequence
+        elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
+            stored = sequence.zfill(SEQUENCE_DIGITS)
+        else:
+            raise BackendError(
+                f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
+            )
+        with self._checkpoint_table(pipeline) as table:
+            try:
+                self._client("dynamodb").update_item(
+                    TableName=table,
+                    Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
+                    UpdateExpression="SET #s = :new",
+                    ConditionExpression="attribute_not_exists(#s) OR #s < :new",
+                    ExpressionAttributeNames={"#s": "sequence"},
+                    ExpressionAttributeValues={":new": {"S": stored}},
+                )
+            except ClientError as error:
+                # An equal or later checkpoint is already there; keep it.
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+
+    # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
+    # run on another machine sees it; a run that dies lets it lapse after LEASE_S.
+
+    @contextlib.contextmanager
+    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
+        # Unique per run, even for two runs in one process.
+        owner = f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
+        self._take_lease(pipeline, owner)
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(aws.LEASE_S / 3):
+                try:
+                    self._take_lease(pipeline, owner)
+                except LeaseLost:
+                    on_lost()  # another run took it: stop before writing twice
+                    return
+                except Exception:  # noqa: BLE001 - a blip; the lease outlives two more tries
+                    continue
+
+        renewer = threading.Thread(target=renew, name="run-lease", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            with self._checkpoint_table(pipeline) as table, contextlib.suppress(ClientError):
+                self._client("dynamodb").delete_item(
+                    TableName=table,
+                    Key=_LEASE_KEY,
+                    ConditionExpression="#owner = :owner",
+                    ExpressionAttributeNames={"#owner": "owner"},
+                    ExpressionAttributeValues={":owner": {"S": owner}},
+                )
+
+    def _take_lease(self, pipeline: str, owner: str) -> None:
+        now = int(time.time())
+        with self._checkpoint_table(pipeline) as table:
+            try:
+                self._client("dynamodb").put_item(
+                    TableName=table,
+                    Item={
+                        **_LEASE_KEY,
+                        "owner": {"S": owner},
+                        "expires": {"N": str(now + aws.LEASE_S)},
+                    },
+                    ConditionExpression="attribute_not_exists(#owner) OR #owner = :owner "
+                    "OR #expires < :now",
+                    ExpressionAttributeNames={"#owner": "owner", "#expires": "expires"},
+                    ExpressionAttributeValues={":owner": {"S": owner}, ":now": {"N": str(now)}},
+                )
+            except ClientError as error:
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+                held = (
+                    self._client("dynamodb")
+                    .get_item(TableName=table, Key=_LEASE_KEY, ConsistentRead=True)
+                    .get("Item", {})
+                )
+                holder = held.get("owner", {}).get("S", "another process")
+                raise LeaseLost(
+                    f"pipeline {pipeline} is already running ({holder}); "
+                    "two runs at once would write every record twice"
+                ) from None
+
+    def _table_status(self, table: str) -> str | None:
+        try:
+            with backend_errors(f"checkpoint table '{table}'"):
+                return self._client("dynamodb").describe_table(TableName=table)["Table"][
+                    "TableStatus"
+                ]
+        except Missing:
+            return None
+
+    @contextlib.contextmanager
+    def _checkpoint_table(self, pipeline: str) -> Iterator[str]:
+        table = _table(pipeline)
+        try:
+            with backend_errors(f"checkpoint table '{table}'"):
+                yield table
+        except Missing as error:
+            raise BackendError(
+                f"checkpoint table '{table}' does not exist in {self.region}: "
+                f"run `pipeline apply` to create it"
+            ) from error
+
+
+def _table(pipeline: str) -> str:
+    return f"{pipeline}-checkpoints"

@@ -1,0 +1,99 @@
+"""What botocore raises, as the one-line BackendErrors the engine and the user act on.
+
+Each names the resource, and AWS's error code and message; throttling and passing faults
+become Throttled, so that the engine backs off instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
+
+from runner.backends.base import BackendError, IteratorExpired, Throttled
+
+_NOT_FOUND = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NoSuchKey", "404"}
+# Answers that mean "slow down and try again": limits, and the service's own passing faults,
+# which the loop waits out like throttling instead of failing a run that may last for days.
+_THROTTLING = {
+    "ProvisionedThroughputExceededException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "KMSThrottlingException",
+    "RequestLimitExceeded",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+}
+_NO_CREDENTIALS = (
+    "pass --profile NAME, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
+    "in the environment, or run `aws configure`"
+)
+
+
+class Missing(BackendError):
+    """The resource a call named does not exist."""
+
+
+@contextlib.contextmanager
+def backend_errors(resource: str, missing: type[BackendError] = Missing) -> Iterator[None]:
+    """Turn what botocore raises into a one-line BackendError naming `resource`."""
+    try:
+        yield
+    except ClientError as error:
+        raise _client_error(resource, error, missing) from error
+    except NoCredentialsError as error:
+        raise BackendError(f"no AWS credentials found: {_NO_CREDENTIALS}") from error
+    except PartialCredentialsError as error:
+        raise BackendError(
+            f"incomplete AWS credentials from {error.kwargs.get('provider', 'the environment')} "
+            f"(missing {error.kwargs.get('cred_var', 'a value')}): {_NO_CREDENTIALS}"
+        ) from error
+    except ProfileNotFound as error:
+        raise BackendError(
+            f"AWS profile '{error.kwargs.get('profile')}' not found in the AWS config files: "
+            f"check --profile or AWS_PROFILE, or run `aws configure --profile NAME`"
+        ) from error
+    except (ConnectionClosedError, ReadTimeoutError) as error:
+        raise Throttled(f"{resource}: the connection failed, trying again ({error})") from error
+    except EndpointConnectionError as error:
+        raise BackendError(
+            f"{resource}: cannot connect to the endpoint {error.kwargs.get('endpoint_url')}: "
+            "check the network, the region and --endpoint-url"
+        ) from error
+    except BotoCoreError as error:
+        raise BackendError(f"{resource}: {one_line(str(error))}") from error
+
+
+def _client_error(resource: str, error: ClientError, missing: type[BackendError]) -> BackendError:
+    code = error_code(error)
+    message = one_line(error.response.get("Error", {}).get("Message") or "")
+    detail = f"{code}: {message}" if message else code
+    if code in _NOT_FOUND:
+        return missing(f"{resource} does not exist ({detail})")
+    if code in _THROTTLING:
+        return Throttled(f"{resource}: {error.operation_name} throttled ({detail})")
+    if code == "ExpiredIteratorException":
+        return IteratorExpired(f"{resource}: {error.operation_name} failed ({detail})")
+    return BackendError(f"{resource}: {error.operation_name} failed ({detail})")
+
+
+def error_code(error: ClientError) -> str:
+    """AWS's code for the error, such as `ResourceNotFoundException` or `404`."""
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def one_line(text: str) -> str:
+    """The text with every run of whitespace, newlines too, made one space."""
+    return " ".join(text.split())

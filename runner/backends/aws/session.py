@@ -1,0 +1,94 @@
+"""The boto3 session every AWS service mixin shares: its clients, ARNs and waits.
+
+Credentials come from boto3's standard chain. Data-plane Kinesis calls are made once, without
+botocore's retries, so that throttling reaches the engine, which backs off per shard;
+control-plane calls keep the standard retries.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from runner.backends.aws.errors import backend_errors
+from runner.backends.base import Backend, BackendError
+
+# Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
+# (botocore's `max_attempts` counts retries after the first call, `total_max_attempts` all calls.)
+_DATA_PLANE = Config(retries={"total_max_attempts": 1})
+_CONTROL_PLANE = Config(retries={"mode": "standard"})
+
+WAIT_TIMEOUT_S = 900
+
+
+class AwsSession(Backend):
+    """One region's boto3 session and the clients made from it, shared by every service."""
+
+    def __init__(
+        self,
+        region: str,
+        profile: str | None = None,
+        endpoint_url: str | None = None,
+        poll_s: float = 2.0,
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.poll_s = poll_s
+        with backend_errors("the AWS session"):
+            self._session = boto3.Session(profile_name=profile, region_name=region)
+            self._partition = self._session.get_partition_for_region(region)
+        self._clients: dict[tuple[str, bool], Any] = {}
+        # boto3 clients are thread-safe once made, but making them from one session is not.
+        self._lock = threading.Lock()
+        self._account_id: str | None = None
+
+    @property
+    def account_id(self) -> str:
+        """The account of the caller's credentials, asked of STS once."""
+        if self._account_id is None:
+            with backend_errors("the AWS account"):
+                self._account_id = self._client("sts").get_caller_identity()["Account"]
+        return self._account_id
+
+    def close(self) -> None:
+        """Close every client's connections."""
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def _client(self, service: str, data_plane: bool = False) -> Any:
+        with self._lock:
+            client = self._clients.get((service, data_plane))
+            if client is None:
+                config = _DATA_PLANE if data_plane else _CONTROL_PLANE
+                if service == "s3" and self.endpoint_url:
+                    # LocalStack and moto servers answer on one host, not bucket subdomains.
+                    config = config.merge(Config(s3={"addressing_style": "path"}))
+                client = self._session.client(
+                    service, config=config, endpoint_url=self.endpoint_url
+                )
+                self._clients[(service, data_plane)] = client
+            return client
+
+    def _arn(self, service: str, resource: str) -> str:
+        return f"arn:{self._partition}:{service}:{self.region}:{self.account_id}:{resource}"
+
+    def _wait(self, what: str, status: Callable[[], str | None], until: str | None) -> None:
+        """Poll `status` every poll_s until it is `until` (None: until the resource is gone)."""
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while (current := status()) != until:
+            if current is None:
+                raise BackendError(f"{what} vanished while waiting for it to be {until}")
+            if time.monotonic() > deadline:
+                wanted = until or "gone"
+                raise BackendError(
+                    f"{what} is still {current} after {WAIT_TIMEOUT_S} s, "
+                    f"waiting for it to be {wanted}"
+                )
+            time.sleep(self.poll_s)

@@ -1,0 +1,194 @@
+"""Kinesis streams on AWS: their shards, iterators and records."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from runner.backends.aws.errors import backend_errors
+from runner.backends.aws.session import AwsSession
+from runner.backends.base import (
+    ITERATOR_TYPES,
+    MAX_GET_RECORDS,
+    BackendError,
+    PutResult,
+    Record,
+    RecordBatch,
+    Shard,
+    StreamDescription,
+    StreamNotFound,
+    check_batch,
+    check_shard_count,
+)
+
+SHARDS_PER_PAGE = 1000
+
+
+class StreamsMixin(AwsSession):
+    """Kinesis streams: creating, resharding and deleting them, reading and writing records."""
+
+    def describe_stream(self, name: str) -> StreamDescription | None:
+        """The stream's status, open shard count and retention, or None if it does not exist."""
+        try:
+            with backend_errors(f"stream '{name}'", missing=StreamNotFound):
+                answer = self._client("kinesis").describe_stream_summary(StreamName=name)
+        except StreamNotFound:
+            return None
+        summary = answer["StreamDescriptionSummary"]
+        return StreamDescription(
+            name=name,
+            status=summary["StreamStatus"],
+            open_shard_count=summary["OpenShardCount"],
+            retention_hours=summary["RetentionPeriodHours"],
+        )
+
+    def create_stream(self, name: str, shards: int) -> None:
+        """Create a provisioned stream and return once it is ACTIVE."""
+        check_shard_count(name, shards)
+        with backend_errors(f"stream '{name}'"):
+            self._client("kinesis").create_stream(StreamName=name, ShardCount=shards)
+        self._active_stream(name)
+
+    def update_shard_count(self, name: str, shards: int) -> None:
+        """Reshard with uniform scaling, at most doubling or halving per call as Kinesis allows."""
+        check_shard_count(name, shards)
+        current = self._active_stream(name).open_shard_count
+        while current != shards:
+            if shards > current:
+                step = min(shards, current * 2)
+            else:
+                step = max(shards, (current + 1) // 2)
+            with backend_errors(f"stream '{name}'", missing=StreamNotFound):
+                self._client("kinesis").update_shard_count(
+                    StreamName=name, TargetShardCount=step, ScalingType="UNIFORM_SCALING"
+                )
+            current = self._active_stream(name).open_shard_count
+
+    def delete_stream(self, name: str) -> None:
+        """Delete the stream and its consumers; return once it is gone."""
+        with backend_errors(f"stream '{name}'", missing=StreamNotFound):
+            self._client("kinesis").delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+        self._wait(f"stream '{name}'", lambda: self._stream_status(name), None)
+
+    def list_shards(self, stream: str) -> list[Shard]:
+        """Every retained shard, in the order Kinesis lists them: parents before children."""
+        shards: list[Shard] = []
+        params: dict[str, Any] = {"StreamName": stream}
+        with backend_errors(f"stream '{stream}'", missing=StreamNotFound):
+            while True:
+                page = self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params)
+                shards.extend(_shard(s) for s in page["Shards"])
+                if not page.get("NextToken"):
+                    return shards
+                # Kinesis refuses StreamName alongside NextToken.
+                params = {"NextToken": page["NextToken"]}
+
+    # Records
+
+    def get_shard_iterator(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> str:
+        """An iterator positioned as `iterator_type` says; AWS keeps it valid for 5 minutes."""
+        params: dict[str, Any] = {
+            "StreamName": stream,
+            "ShardId": shard_id,
+            "ShardIteratorType": iterator_type,
+        }
+        if iterator_type not in ITERATOR_TYPES:
+            expected = ", ".join(ITERATOR_TYPES)
+            raise BackendError(f"unknown iterator type '{iterator_type}' (expected {expected})")
+        if iterator_type in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
+            if not sequence:
+                raise BackendError(
+                    f"{iterator_type} on {stream}/{shard_id} needs a sequence number"
+                )
+            params["StartingSequenceNumber"] = sequence
+        elif iterator_type == "AT_TIMESTAMP":
+            if timestamp is None or timestamp.tzinfo is None:
+                raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
+            params["Timestamp"] = timestamp
+        with backend_errors(f"shard '{shard_id}' of stream '{stream}'", missing=StreamNotFound):
+            return self._client("kinesis", data_plane=True).get_shard_iterator(**params)[
+                "ShardIterator"
+            ]
+
+    def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
+        """Up to `limit` records; raises IteratorExpired, Throttled or StreamNotFound."""
+        if not 1 <= limit <= MAX_GET_RECORDS:
+            raise BackendError(f"get_records limit must be 1 to {MAX_GET_RECORDS}, got {limit}")
+        with backend_errors("shard iterator", missing=StreamNotFound):
+            answer = self._client("kinesis", data_plane=True).get_records(
+                ShardIterator=iterator, Limit=limit
+            )
+        records = [
+            Record(
+                sequence=r["SequenceNumber"],
+                partition_key=r["PartitionKey"],
+                data=r["Data"],
+                arrival=r["ApproximateArrivalTimestamp"].astimezone(datetime.timezone.utc),
+            )
+            for r in answer["Records"]
+        ]
+        return RecordBatch(
+            records, answer.get("NextShardIterator"), answer.get("MillisBehindLatest", 0)
+        )
+
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        """Put (data, partition_key) entries in one PutRecords call; one result per entry.
+
+        Raises BackendError for a request Kinesis would refuse whole, Throttled when the whole
+        call is throttled and StreamNotFound.
+        """
+        entries = list(entries)
+        check_batch(stream, entries)
+        with backend_errors(f"stream '{stream}'", missing=StreamNotFound):
+            answer = self._client("kinesis", data_plane=True).put_records(
+                StreamName=stream,
+                Records=[{"Data": bytes(data), "PartitionKey": key} for data, key in entries],
+            )
+        return [
+            PutResult(
+                shard_id=r.get("ShardId"),
+                sequence=r.get("SequenceNumber"),
+                error_code=r.get("ErrorCode"),
+                error_message=r.get("ErrorMessage"),
+            )
+            for r in answer["Records"]
+        ]
+
+    def _active_stream(self, name: str) -> StreamDescription:
+        """Poll until the stream is ACTIVE and return it; raises StreamNotFound."""
+        found: StreamDescription | None = None
+
+        def status() -> str:
+            nonlocal found
+            found = self.describe_stream(name)
+            if found is None:
+                raise StreamNotFound(f"stream '{name}' does not exist")
+            return found.status
+
+        self._wait(f"stream '{name}'", status, "ACTIVE")
+        return found
+
+    def _stream_status(self, name: str) -> str | None:
+        found = self.describe_stream(name)
+        return None if found is None else found.status
+
+
+def _shard(listed: dict) -> Shard:
+    hashes, sequences = listed["HashKeyRange"], listed["SequenceNumberRange"]
+    return Shard(
+        shard_id=listed["ShardId"],
+        starting_hash_key=int(hashes["StartingHashKey"]),
+        ending_hash_key=int(hashes["EndingHashKey"]),
+        starting_sequence=sequences["StartingSequenceNumber"],
+        ending_sequence=sequences.get("EndingSequenceNumber"),
+        parent_shard_id=listed.get("ParentShardId"),
+        adjacent_parent_shard_id=listed.get("AdjacentParentShardId"),
+    )
