@@ -9,8 +9,6 @@ from runner import spec as spec_module
 from runner.backends import open_backend
 from runner.backends.base import Backend
 
-DEFAULT_REGION = "us-east-1"
-
 
 @dataclass
 class Target:
@@ -22,12 +20,13 @@ class Target:
     _backend: Backend | None = field(default=None, repr=False)
 
     def backend(self, region: str | None = None) -> Backend:
-        """The target's backend, opened once, in `--region`, else `region`, else us-east-1."""
+        """The target's backend, opened once, in `--region`, else `region` (a spec's), else
+        the AWS configuration's region."""
         if self._backend is None:
             self._backend = open_backend(
                 self.name,
                 state_dir=self.state_dir,
-                region=self.region or region or DEFAULT_REGION,
+                region=self.region or region,
                 profile=self.profile,
                 endpoint_url=self.endpoint_url,
             )

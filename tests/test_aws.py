@@ -727,7 +727,7 @@ def test_an_unreachable_endpoint(backend, monkeypatch):
         backend.describe_stream("orders")
     assert str(error.value) == (
         "stream 'orders': cannot connect to the endpoint http://127.0.0.1:4566/: "
-        "check the network, the region and --endpoint-url"
+        "check the network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
     )
 
 
@@ -826,4 +826,39 @@ def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
             backend.get_records("some-iterator")
     assert str(error.value) == (
         "shard iterator: GetRecords throttled (InternalFailure: Internal service failure.)"
+    )
+
+
+def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    with mock_aws():
+        assert AwsBackend(None, poll_s=0).region == "eu-west-1"
+        monkeypatch.delenv("AWS_DEFAULT_REGION")
+        assert AwsBackend(None, poll_s=0).region == "us-east-1"
+
+
+def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run():
+    from botocore.exceptions import EndpointConnectionError
+    from botocore.parsers import ResponseParserError
+
+    from runner.backends.aws.errors import backend_errors
+
+    lost = EndpointConnectionError(endpoint_url="http://127.0.0.1:5999/")
+    with pytest.raises(BackendError) as first:
+        with backend_errors("stream 'orders'"):
+            raise lost
+    assert type(first.value) is BackendError
+    assert str(first.value) == (
+        "stream 'orders': cannot connect to the endpoint http://127.0.0.1:5999/: check the "
+        "network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+    )
+    with pytest.raises(Throttled):
+        with backend_errors("stream 'orders'", during_run=True):
+            raise lost
+    with pytest.raises(BackendError) as garbled:
+        with backend_errors("stream 'orders'"):
+            raise ResponseParserError("Unable to parse response (not XML)")
+    assert str(garbled.value) == (
+        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url "
+        "(or AWS_ENDPOINT_URL)"
     )

@@ -13,7 +13,7 @@ def open_backend(
     target: str,
     *,
     state_dir: Path,
-    region: str,
+    region: str | None,
     profile: str | None = None,
     endpoint_url: str | None = None,
 ) -> Backend:
@@ -21,7 +21,7 @@ def open_backend(
     if target == "local":
         from runner.backends.local import LocalBackend
 
-        return LocalBackend(state_dir, region=region)
+        return LocalBackend(state_dir, region=region or "us-east-1")
     if target == "aws":
         from runner.backends.aws import AwsBackend
 

@@ -99,7 +99,7 @@ class CheckpointsMixin(AwsSession):
             raise BackendError(
                 f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
             )
-        with self._checkpoint_table(pipeline) as table:
+        with self._checkpoint_table(pipeline, during_run=True) as table:
             try:
                 self._client("dynamodb").update_item(
                     TableName=table,
@@ -175,9 +175,11 @@ class CheckpointsMixin(AwsSession):
                     .get("Item", {})
                 )
                 holder = held.get("owner", {}).get("S", "another process")
+                expires = int(held.get("expires", {}).get("N", now))
+                until = time.strftime("%H:%M:%S UTC", time.gmtime(expires))
                 raise LeaseLost(
-                    f"pipeline {pipeline} is already running ({holder}); "
-                    "two runs at once would write every record twice"
+                    f"pipeline {pipeline} is already running ({holder}; its lease lasts until "
+                    f"{until} unless renewed); two runs at once would write every record twice"
                 ) from None
 
     def _table_status(self, table: str) -> str | None:
@@ -190,10 +192,10 @@ class CheckpointsMixin(AwsSession):
             return None
 
     @contextlib.contextmanager
-    def _checkpoint_table(self, pipeline: str) -> Iterator[str]:
+    def _checkpoint_table(self, pipeline: str, during_run: bool = False) -> Iterator[str]:
         table = _table(pipeline)
         try:
-            with backend_errors(f"checkpoint table '{table}'"):
+            with backend_errors(f"checkpoint table '{table}'", during_run=during_run):
                 yield table
         except Missing as error:
             raise BackendError(

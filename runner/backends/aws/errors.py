@@ -19,6 +19,7 @@ from botocore.exceptions import (
     ProfileNotFound,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 from runner.backends.base import BackendError, IteratorExpired, Throttled
 
@@ -47,8 +48,14 @@ class Missing(BackendError):
 
 
 @contextlib.contextmanager
-def backend_errors(resource: str, missing: type[BackendError] = Missing) -> Iterator[None]:
-    """Turn what botocore raises into a one-line BackendError naming `resource`."""
+def backend_errors(
+    resource: str, missing: type[BackendError] = Missing, *, during_run: bool = False
+) -> Iterator[None]:
+    """Turn what botocore raises into a one-line BackendError naming `resource`.
+
+    `during_run` marks the calls a run repeats for as long as it goes (reading, writing,
+    checkpointing): there a lost connection is waited out like throttling, while the calls
+    made first (describing the resources) still fail at once on a wrong endpoint."""
     try:
         yield
     except ClientError as error:
@@ -68,9 +75,17 @@ def backend_errors(resource: str, missing: type[BackendError] = Missing) -> Iter
     except (ConnectionClosedError, ReadTimeoutError) as error:
         raise Throttled(f"{resource}: the connection failed, trying again ({error})") from error
     except EndpointConnectionError as error:
+        endpoint = error.kwargs.get("endpoint_url")
+        if during_run:
+            raise Throttled(f"{resource}: cannot reach {endpoint}, trying again") from error
         raise BackendError(
-            f"{resource}: cannot connect to the endpoint {error.kwargs.get('endpoint_url')}: "
-            "check the network, the region and --endpoint-url"
+            f"{resource}: cannot connect to the endpoint {endpoint}: "
+            "check the network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+        ) from error
+    except ResponseParserError as error:
+        raise BackendError(
+            f"{resource}: the endpoint did not answer like AWS: check --endpoint-url "
+            "(or AWS_ENDPOINT_URL)"
         ) from error
     except BotoCoreError as error:
         raise BackendError(f"{resource}: {one_line(str(error))}") from error

@@ -24,6 +24,7 @@ _DATA_PLANE = Config(retries={"total_max_attempts": 1})
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900
+DEFAULT_REGION = "us-east-1"
 
 
 class AwsSession(Backend):
@@ -31,17 +32,18 @@ class AwsSession(Backend):
 
     def __init__(
         self,
-        region: str,
+        region: str | None,
         profile: str | None = None,
         endpoint_url: str | None = None,
         poll_s: float = 2.0,
     ) -> None:
-        self.region = region
         self.endpoint_url = endpoint_url
         self.poll_s = poll_s
         with backend_errors("the AWS session"):
             self._session = boto3.Session(profile_name=profile, region_name=region)
-            self._partition = self._session.get_partition_for_region(region)
+            # No region given: the AWS configuration's (AWS_REGION, the profile), else us-east-1.
+            self.region = region or self._session.region_name or DEFAULT_REGION
+            self._partition = self._session.get_partition_for_region(self.region)
         self._clients: dict[tuple[str, bool], Any] = {}
         # boto3 clients are thread-safe once made, but making them from one session is not.
         self._lock = threading.Lock()
@@ -51,7 +53,7 @@ class AwsSession(Backend):
     def account_id(self) -> str:
         """The account of the caller's credentials, asked of STS once."""
         if self._account_id is None:
-            with backend_errors("the AWS account"):
+            with backend_errors("STS (asked for the account id)"):
                 self._account_id = self._client("sts").get_caller_identity()["Account"]
         return self._account_id
 

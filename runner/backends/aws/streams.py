@@ -75,7 +75,7 @@ class StreamsMixin(AwsSession):
         """Every retained shard, in the order Kinesis lists them: parents before children."""
         shards: list[Shard] = []
         params: dict[str, Any] = {"StreamName": stream}
-        with backend_errors(f"stream '{stream}'", missing=StreamNotFound):
+        with backend_errors(f"stream '{stream}'", missing=StreamNotFound, during_run=True):
             while True:
                 page = self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params)
                 shards.extend(_shard(s) for s in page["Shards"])
@@ -113,7 +113,9 @@ class StreamsMixin(AwsSession):
             if timestamp is None or timestamp.tzinfo is None:
                 raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
             params["Timestamp"] = timestamp
-        with backend_errors(f"shard '{shard_id}' of stream '{stream}'", missing=StreamNotFound):
+        with backend_errors(
+            f"shard '{shard_id}' of stream '{stream}'", missing=StreamNotFound, during_run=True
+        ):
             return self._client("kinesis", data_plane=True).get_shard_iterator(**params)[
                 "ShardIterator"
             ]
@@ -122,7 +124,7 @@ class StreamsMixin(AwsSession):
         """Up to `limit` records; raises IteratorExpired, Throttled or StreamNotFound."""
         if not 1 <= limit <= MAX_GET_RECORDS:
             raise BackendError(f"get_records limit must be 1 to {MAX_GET_RECORDS}, got {limit}")
-        with backend_errors("shard iterator", missing=StreamNotFound):
+        with backend_errors("shard iterator", missing=StreamNotFound, during_run=True):
             answer = self._client("kinesis", data_plane=True).get_records(
                 ShardIterator=iterator, Limit=limit
             )
@@ -147,7 +149,7 @@ class StreamsMixin(AwsSession):
         """
         entries = list(entries)
         check_batch(stream, entries)
-        with backend_errors(f"stream '{stream}'", missing=StreamNotFound):
+        with backend_errors(f"stream '{stream}'", missing=StreamNotFound, during_run=True):
             answer = self._client("kinesis", data_plane=True).put_records(
                 StreamName=stream,
                 Records=[{"Data": bytes(data), "PartitionKey": key} for data, key in entries],
