@@ -142,7 +142,10 @@ def validate(specs: tuple[str, ...], target: Target) -> int:
 @reports_errors
 def preview(spec: str, records: Any, jsonl: bool, target: Target) -> int:
     """Show each record's route and transformed record (RECORDS: a JSONL file, - for stdin)."""
-    return preview_records(target.load(spec), records, sys.stdout, jsonl=jsonl)
+    loaded = target.load(spec)
+    if records.isatty():
+        say("reading JSON records, one per line, from the terminal; end with Ctrl-D")
+    return preview_records(loaded, records, sys.stdout, jsonl=jsonl)
 
 
 @cli.command()
