@@ -96,6 +96,10 @@ def parse_json(data: bytes) -> object:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BadRecord(f"not UTF-8: {error.reason} at byte {error.start}") from None
+    # The decoder's own limit depends on how deep the caller's stack is, so preview and run
+    # could disagree near it; a fixed limit, checked only where it could be reached, cannot.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise BadRecord(f"not JSON this runner reads: nested deeper than {MAX_DEPTH} levels")
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as error:
@@ -104,6 +108,31 @@ def parse_json(data: bytes) -> object:
         raise BadRecord(f"not JSON: {error}") from None
     except RecursionError:
         raise BadRecord("not JSON this runner can read: nested too deeply") from None
+
+
+MAX_DEPTH = 512
+
+
+def _depth(text: str) -> int:
+    """How deep arrays and objects nest in JSON text, brackets inside strings not counted."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def parse_record(data: bytes) -> dict:

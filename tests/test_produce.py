@@ -70,7 +70,7 @@ def test_a_bad_line_is_reported_and_every_good_line_after_it_is_still_sent(backe
         "line 2: not JSON: Expecting ',' delimiter at column 20\n"
         "line 5: not a JSON object: got an array\n"
         "line 7: not UTF-8: invalid start byte at byte 16\n"
-        "line 8: not JSON this runner can read: nested too deeply\n"
+        "line 8: not JSON this runner reads: nested deeper than 512 levels\n"
         f"put 4 records into {STREAM}; 4 lines not sent\n"
     )
     assert [key for key, _ in stream_records(backend)] == ["s1", "s3", "s4", "s5"]
