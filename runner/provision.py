@@ -90,35 +90,46 @@ def destroy(
 
 def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, Callable]]:
     """(kind, name, exists, delete) for every resource of the spec, dependants first."""
-    for f in spec.firehoses.values():
-        yield (
+    firehoses = spec.firehoses.values()
+    described = [
+        (
             "firehose",
-            f.name,
-            lambda f=f: backend.describe_firehose(f.name) is not None,
-            lambda f=f: backend.delete_firehose(f.name),
+            [f.name for f in firehoses],
+            backend.describe_firehose,
+            backend.delete_firehose,
         )
+    ]
     if backend.delivers_firehoses:
-        for group in sorted({f.log_group for f in spec.firehoses.values() if f.log_group}):
-            yield (
+        described += [
+            (
                 "log group",
-                group,
-                lambda g=group: backend.describe_log_group(g) is not None,
-                lambda g=group: backend.delete_log_group(g),
-            )
-        for role in sorted({f.role for f in spec.firehoses.values()}):
-            yield (
+                sorted({f.log_group for f in firehoses if f.log_group}),
+                backend.describe_log_group,
+                backend.delete_log_group,
+            ),
+            (
                 "role",
-                role,
-                lambda r=role: backend.describe_role(r) is not None,
-                lambda r=role: backend.delete_role(r),
-            )
-    for s in spec.streams.values():
-        yield (
+                sorted({f.role for f in firehoses}),
+                backend.describe_role,
+                backend.delete_role,
+            ),
+        ]
+    described.append(
+        (
             "stream",
-            s.name,
-            lambda s=s: backend.describe_stream(s.name) is not None,
-            lambda s=s: backend.delete_stream(s.name),
+            [s.name for s in spec.streams.values()],
+            backend.describe_stream,
+            backend.delete_stream,
         )
+    )
+    for kind, names, describe, delete in described:
+        for name in names:
+            yield (
+                kind,
+                name,
+                lambda describe=describe, name=name: describe(name) is not None,
+                lambda delete=delete, name=name: delete(name),
+            )
     for b in spec.buckets.values():
         yield (
             "bucket",
