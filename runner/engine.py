@@ -2,7 +2,7 @@
 
 At-least-once: a shard's checkpoint moves only after every record before it is in a sink or in
 the dead letter, so a crash re-reads at most the batch in flight. SIGINT/SIGTERM stop reading;
-what was read is written and checkpointed, deliveries are flushed, and the run exits 0.
+what was read is written and checkpointed, every record routed is delivered, and the run exits 0.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class Engine:
                         break
                 if not moved:
                     self.sleep(min(self.reader.wait_time(), MAX_SLEEP_S))
-            self._finish_deliveries(drain=not self._stopping.is_set())
+            self._finish_deliveries()
         self.counts.lag_ms = self.reader.lag_ms
         return self.counts
 
@@ -193,12 +193,13 @@ class Engine:
                 outgoing[sink].append(entry)
                 counts.out[sink] += 1
 
-    def _finish_deliveries(self, *, drain: bool) -> None:
-        """Flush every delivery; first let it read what this run wrote to its stream (not
-        what others keep writing there), unless asked to stop."""
+    def _finish_deliveries(self) -> None:
+        """Flush every delivery once it has read what this run wrote to its stream (not what
+        others keep writing there), so a run stopped by a signal has delivered all it routed.
+        Only a second signal (KeyboardInterrupt) cuts this short."""
         for delivery in self.deliveries:
             written = self._written_to(delivery.stream)
-            while drain and not self._stopping.is_set() and not delivery.reader.has_read(written):
+            while not delivery.reader.has_read(written):
                 if not delivery.step():
                     self.sleep(min(delivery.reader.wait_time(), MAX_SLEEP_S))
             delivery.flush()

@@ -236,6 +236,14 @@ def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state):
     assert routed == {s["session_id"] for s in islice(synthetic_sessions(5), total)}
 
 
+def bucket_records(backend, name):
+    """How many records the objects of the scenario's bucket `name` (usa, int) hold."""
+    bucket = f"de-c2w2lab1-000000000000-{name}"
+    return sum(
+        len(backend.get_object(bucket, key).splitlines()) for key in backend.list_objects(bucket)
+    )
+
+
 def test_sigterm_stops_cleanly_with_a_summary(state):
     pipeline("apply", ECOMMERCE)
     produce_sessions(10)
@@ -247,12 +255,22 @@ def test_sigterm_stops_cleanly_with_a_summary(state):
     stderr = run.stderr.read()
     assert "[de-c2w2lab1-etl] done: in 10 |" in stderr
     assert "Traceback" not in stderr
-    delivered = sum(
-        len(backend.get_object(bucket, key).splitlines())
-        for bucket in ("de-c2w2lab1-000000000000-usa", "de-c2w2lab1-000000000000-int")
-        for key in backend.list_objects(bucket)
-    )
-    assert delivered == 10
+    assert bucket_records(backend, "usa") + bucket_records(backend, "int") == 10
+
+
+def test_ctrl_c_mid_burst_delivers_every_record_the_run_routed(state):
+    pipeline("apply", ECOMMERCE)
+    produce_sessions(30_000, seed=9)  # three source reads: Ctrl-C lands while they flow
+    run = start_run(state)
+    backend = LocalBackend(state)
+    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 0
+    summary = re.search(r"done: in \d+ \| out international (\d+), usa (\d+) \|", run.stderr.read())
+
+    routed = {"int": int(summary.group(1)), "usa": int(summary.group(2))}
+    assert {name: bucket_records(backend, name) for name in routed} == routed
+    assert 0 < sum(routed.values()) < 30_000, "the Ctrl-C should land mid-burst"
 
 
 def test_a_second_run_of_the_same_pipeline_is_refused_while_one_runs(state):

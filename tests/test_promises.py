@@ -3,6 +3,8 @@
 throttling, the AWS run lease)."""
 
 import json
+import os
+import signal
 import threading
 
 import pytest
@@ -185,6 +187,41 @@ def test_a_stop_during_the_final_delivery_drain_ends_the_run(tmp_path):
     counts = box[0].run()  # --max-records 1 ends the loop, then SIGTERM during the drain
 
     assert counts.records_in == 1
+
+
+def test_a_stopped_run_delivers_every_record_it_routed(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    # More than one delivery read (2,500 records): the stop lands before it has read them all.
+    for start in range(0, 3000, 500):
+        backend.put_records("in", sessions(*[f"s{n}" for n in range(start, start + 500)]))
+    box = [None]
+    busy = busy_producer(backend, stop_at=1, engine_box=box)
+    box[0] = make_engine(loaded, busy, state, until_idle=None)
+
+    counts = box[0].run()  # SIGTERM during the first source read
+
+    lines = [
+        json.loads(line) for body in delivered(backend, "review-out") for line in body.splitlines()
+    ]
+    assert counts.out == {"out": 3001}
+    assert sorted(record["session_id"] for record in lines) == routed_ids(backend)
+
+
+def test_a_second_stop_signal_during_the_final_delivery_stops_at_once(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    for start in range(0, 3000, 500):
+        backend.put_records("in", sessions(*[f"s{n}" for n in range(start, start + 500)]))
+
+    def ctrl_c(call):
+        if call in (1, 3):  # the first source read, then the delivery's second read
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = make_engine(loaded, Wrapped(backend, ctrl_c), state, until_idle=None)
+
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
+    assert run.counts.out == {"out": 3000}
+    assert delivered(backend, "review-out") == []
 
 
 def test_a_max_records_run_ends_while_a_producer_keeps_writing(tmp_path):
