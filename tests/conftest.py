@@ -75,6 +75,15 @@ def session_ids(backend, *streams):
     return [record["session_id"] for name in streams for record in read_stream(backend, name)]
 
 
+def removed_state(state):
+    """The error of a command whose local state folder was removed under it."""
+    return (
+        f"local state {state / 'pipeline.db'} was removed or replaced while this command ran; "
+        "what it wrote since is lost: start the command again "
+        "(after `pipeline apply SPEC` if the state is new)"
+    )
+
+
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 

@@ -1,10 +1,12 @@
 import datetime
 import multiprocessing
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from conftest import removed_state
 
 from runner.backends.base import (
     SHARD_END,
@@ -546,3 +548,26 @@ def test_a_pipeline_runs_once_at_a_time_on_a_state_folder(tmp_path):
     )
     with second.running("shop"):  # free again once the first run ends
         pass
+
+
+# The state folder removed under a running command
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["removed", "replaced"])
+def test_a_put_into_a_removed_or_replaced_state_fails_and_stores_nothing(tmp_path, replaced):
+    state = tmp_path / "state"
+    backend = LocalBackend(state)
+    backend.create_stream("events", 1)
+    shutil.rmtree(state)  # `rm -rf .pipeline` while the command runs
+    if replaced:
+        other = LocalBackend(state)  # and another command starts over
+        other.create_stream("events", 1)
+
+    with pytest.raises(BackendError) as caught:
+        put(backend, "events", "a")
+
+    assert str(caught.value) == removed_state(state)
+    if replaced:
+        assert read_all(other, "events", "shardId-000000000000") == []
+    with pytest.raises(BackendError):  # reads stop too: no one else sees that file
+        backend.get_checkpoints("shop", "events")

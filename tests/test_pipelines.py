@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 from itertools import islice
 
 from click.testing import CliRunner
-from conftest import PIPELINES, REPO, read_stream
+from conftest import PIPELINES, REPO, read_stream, removed_state
 
 from runner import engine, spec
 from runner.backends.local import LocalBackend
@@ -271,6 +272,21 @@ def test_ctrl_c_mid_burst_delivers_every_record_the_run_routed(state):
     routed = {"int": int(summary.group(1)), "usa": int(summary.group(2))}
     assert {name: bucket_records(backend, name) for name in routed} == routed
     assert 0 < sum(routed.values()) < 30_000, "the Ctrl-C should land mid-burst"
+
+
+def test_a_run_stops_with_one_line_when_its_state_folder_is_removed(state):
+    pipeline("apply", ECOMMERCE)
+    produce_sessions(10)
+    run = start_run(state)
+    wait_for(lambda: LocalBackend(state).get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    shutil.rmtree(state)  # `rm -rf .pipeline` while it runs
+    try:
+        code = run.wait(timeout=30)
+    finally:
+        run.kill()  # no run left behind if it goes on
+
+    assert code == 1
+    assert run.stderr.read().splitlines()[-1] == f"error: {removed_state(state)}"
 
 
 def test_a_second_run_of_the_same_pipeline_is_refused_while_one_runs(state):

@@ -1,16 +1,17 @@
 import json
+import shutil
 import statistics
 from itertools import islice
 
 import pytest
 from click.testing import CliRunner
-from conftest import PIPELINES
+from conftest import PIPELINES, removed_state
 
-from runner.backends.base import MAX_RECORD_BYTES
+from runner.backends.base import MAX_RECORD_BYTES, BackendError
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.expressions import compile as compile_expression
-from runner.produce import ABROAD, USA_CITIES, json_lines, produce, synthetic_sessions
+from runner.produce import ABROAD, USA_CITIES, json_lines, main, produce, synthetic_sessions
 
 STREAM = "events"
 SAMPLE = (PIPELINES / "samples" / "session.json").read_text().strip()
@@ -146,6 +147,32 @@ def test_a_missing_stream_exits_1(state):
         "error: stream 'nowhere' not found on the local target (--stream takes the stream's own "
         "name, not its key in a spec; `pipeline apply SPEC` creates it)\n"
     )
+
+
+def test_a_state_folder_removed_while_producing_fails_and_reports_nothing_as_put(backend, state):
+    def lines():
+        for number in range(1000):
+            if number == 500:  # the first batch is in: now `rm -rf .pipeline`
+                shutil.rmtree(state)
+            yield json.dumps({"session_id": f"s{number}"}).encode()
+
+    warnings = []
+    with pytest.raises(BackendError) as caught:
+        main(
+            backend,
+            STREAM,
+            json_text=None,
+            file=lines(),
+            synthetic=False,
+            count=None,
+            mean_gap=None,
+            seed=None,
+            key=compile_expression("session_id"),
+            warn=warnings.append,
+        )
+
+    assert str(caught.value) == removed_state(state)
+    assert warnings == []
 
 
 @pytest.mark.parametrize(

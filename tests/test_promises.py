@@ -4,12 +4,13 @@ throttling, the AWS run lease)."""
 
 import json
 import os
+import shutil
 import signal
 import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import read_stream
+from conftest import read_stream, removed_state
 from moto import mock_aws
 
 from runner import engine, spec
@@ -248,6 +249,23 @@ def test_until_idle_does_not_stop_while_a_shard_is_throttled(tmp_path):
     counts = make_engine(loaded, throttled, state, until_idle=1.0).run()
 
     assert counts.records_in == 3
+
+
+# The local state folder removed under a run.
+
+
+def test_a_run_whose_state_folder_is_removed_stops_with_the_error(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a", "b"))
+
+    def rm_rf(call):
+        if call == 3:  # after the first round: the source and the delivery read once
+            shutil.rmtree(state)
+
+    with pytest.raises(BackendError) as caught:
+        make_engine(loaded, Wrapped(backend, rm_rf), state).run()
+
+    assert str(caught.value) == removed_state(state)
 
 
 # The local Firehose delivery.

@@ -110,6 +110,8 @@ class LocalBackend(Backend):
             # Survives a crashed process; only a power loss can drop the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            # SQLite goes on writing to a file removed under it: remember which file it is.
+            self._db_file = _identity(os.stat(self._db_path))
         except (OSError, sqlite3.Error) as e:
             raise BackendError(f"cannot open local state in {self.state_dir}: {e}") from e
 
@@ -433,6 +435,22 @@ class LocalBackend(Backend):
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 raise BackendError(f"local state {self._db_path}: {e}") from e
+            # After COMMIT, so a removal at any moment before it is seen; checked on reads too,
+            # so that a run or a consumer stops instead of reading a file no one else sees.
+            self._check_file()
+
+    def _check_file(self) -> None:
+        """Raise if the database file was removed or replaced since it was opened."""
+        try:
+            current = _identity(os.stat(self._db_path))
+        except OSError:  # removed, or the folder replaced by something else
+            current = None
+        if current != self._db_file:
+            raise BackendError(
+                f"local state {self._db_path} was removed or replaced while this command ran; "
+                "what it wrote since is lost: start the command again "
+                "(after `pipeline apply SPEC` if the state is new)"
+            )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -524,6 +542,10 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 def _is_later(sequence: str, than: str) -> bool:
