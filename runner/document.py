@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import os
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -17,6 +18,11 @@ import jsonschema
 import yaml
 
 SCHEMA_FILE = "pipeline.schema.json"
+MAX_SPEC_BYTES = 1024 * 1024
+# Bounds that no real spec nears and that refuse a "YAML bomb" before it is expanded: aliases
+# repeat what their anchor holds, so ten lines can stand for billions of values.
+MAX_ALIASED_VALUES = 100_000
+MAX_DEPTH = 64
 
 SpecPath = tuple  # a path in the spec: keys and list indexes
 
@@ -74,20 +80,27 @@ class Reader:
 
     def read(self) -> Any:
         try:
-            raw = self.path.read_bytes()
+            with self.path.open("rb") as file:
+                raw = file.read(MAX_SPEC_BYTES + 1)  # a spec may be a pipe or /dev/zero
+                size = os.fstat(file.fileno()).st_size
         except FileNotFoundError:
             raise SpecError([f"{self.path}: no such file"]) from None
         except IsADirectoryError:
             raise SpecError([f"{self.path}: is a directory, not a spec file"]) from None
         except OSError as error:
             raise SpecError([f"{self.path}: cannot read: {error.strerror}"]) from None
+        if len(raw) > MAX_SPEC_BYTES:
+            told = f"{size} bytes" if size > MAX_SPEC_BYTES else "over 1 MiB"
+            raise self.fail(
+                1, 1, f"the spec is {told}; a spec may be at most 1 MiB ({MAX_SPEC_BYTES} bytes)"
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             raise SpecError(
                 [f"{self.path}: not a text file (not UTF-8 at byte {error.start})"]
             ) from None
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             if node is None:
@@ -96,7 +109,9 @@ class Reader:
                     1,
                     "the spec is empty; expected a mapping with pipeline, resources and source",
                 )
-            return self._value(loader, node, (), set())
+            return self._value(loader, node, ())
+        except _Refused as error:
+            raise self.fail(error.mark.line + 1, error.mark.column + 1, error.message) from None
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -107,13 +122,9 @@ class Reader:
         finally:
             loader.dispose()
 
-    def _value(self, loader: yaml.SafeLoader, node: yaml.Node, path: SpecPath, active: set) -> Any:
+    def _value(self, loader: yaml.SafeLoader, node: yaml.Node, path: SpecPath) -> Any:
         self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if id(node) in active:
-            self.problem(path, "an alias refers to itself")
-            return None
         if isinstance(node, yaml.MappingNode):
-            active.add(id(node))
             loader.flatten_mapping(node)
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -129,17 +140,12 @@ class Reader:
                     )
                     continue
                 self.key_marks[child] = mark
-                result[key] = self._value(loader, value_node, child, active)
-            active.discard(id(node))
+                result[key] = self._value(loader, value_node, child)
             return result
         if isinstance(node, yaml.SequenceNode):
-            active.add(id(node))
-            items = [
-                self._value(loader, item, path + (index,), active)
-                for index, item in enumerate(node.value)
+            return [
+                self._value(loader, item, path + (index,)) for index, item in enumerate(node.value)
             ]
-            active.discard(id(node))
-            return items
         value = loader.construct_object(node, deep=True)
         if isinstance(value, (datetime.date, datetime.datetime)):
             return value.isoformat()  # a YAML timestamp the user meant as text
@@ -147,6 +153,57 @@ class Reader:
             self.problem(path, "binary values are not supported")
             return None
         return value
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, mark: yaml.Mark, message: str) -> None:
+        super().__init__(message)
+        self.mark = mark
+        self.message = message
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses, while composing and before anything is expanded, aliases
+    repeating more than MAX_ALIASED_VALUES values in all, an alias inside its own anchor,
+    and nesting deeper than MAX_DEPTH."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.sizes: dict[int, int] = {}  # id of a composed node -> values it stands for
+        self.aliased = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self.sizes.get(id(node))
+            if size is None:  # its anchor is still being composed
+                raise _Refused(
+                    event.start_mark,
+                    f"alias *{event.anchor} refers to itself: it stands inside "
+                    f"&{event.anchor} (line {node.start_mark.line + 1})",
+                )
+            self.aliased += size
+            if self.aliased > MAX_ALIASED_VALUES:
+                raise _Refused(
+                    event.start_mark,
+                    f"alias *{event.anchor}: aliases would repeat more than "
+                    f"{MAX_ALIASED_VALUES} values in all; a spec needs far fewer (a YAML bomb?)",
+                )
+            return node
+        nested = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        if nested and self.depth >= MAX_DEPTH:
+            raise _Refused(event.start_mark, f"the spec nests deeper than {MAX_DEPTH} levels")
+        self.depth += nested
+        node = super().compose_node(parent, index)
+        self.depth -= nested
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in children)
+        return node
 
 
 _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")

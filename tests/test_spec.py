@@ -108,6 +108,53 @@ def test_missing_files_directories_and_binary_junk_are_named(tmp_path):
     assert problems(junk) == [f"{junk}: not a text file (not UTF-8 at byte 12)"]
 
 
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{name}: &{name} [{','.join([f'*{before}'] * 9)}]\n"
+    for before, name in zip("abcdefgh", "bcdefghi")
+)
+
+
+def test_aliases_repeating_too_many_values_are_refused_before_expanding(write_spec):
+    path = write_spec(BILLION_LAUGHS)  # 10**8 values from nine lines
+    assert problems(path) == [
+        f"{path}:6:8: alias *e: aliases would repeat more than 100000 values in all; "
+        "a spec needs far fewer (a YAML bomb?)"
+    ]
+
+
+def test_aliases_within_the_bound_are_expanded(write_spec):
+    path = write_spec(
+        MINIMAL.replace("{name: in, shards: 1}", "{name: in, shards: &one 1}").replace(
+            "{name: other-out, shards: 1}", "{name: other-out, shards: *one}"
+        )
+    )
+    assert spec.load(path).streams["other"].shards == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: &a [1, *a]\n", "1:11: alias *a refers to itself: it stands inside &a (line 1)"),
+        ("a: " + "[" * 1000, "1:67: the spec nests deeper than 64 levels"),
+    ],
+)
+def test_endless_and_too_deep_specs_are_refused(write_spec, text, message):
+    path = write_spec(text)
+    assert problems(path) == [f"{path}:{message}"]
+
+
+def test_a_spec_over_1_mib_is_refused_with_its_size(write_spec):
+    comment = "#" * 99 + "\n"
+    path = write_spec(MINIMAL + comment * ((1024 * 1024 - len(MINIMAL)) // 100))
+    assert spec.load(path).pipeline == "shop"  # 1 MiB at most is read
+
+    path = write_spec(MINIMAL + comment * 20_000)
+    assert problems(path) == [
+        f"{path}:1:1: the spec is {len(MINIMAL) + 2_000_000} bytes; "
+        "a spec may be at most 1 MiB (1048576 bytes)"
+    ]
+
+
 def test_wrong_types_and_missing_keys_are_each_reported(write_spec):
     path = write_spec(
         "pipeline: 5\n"
