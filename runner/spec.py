@@ -29,7 +29,7 @@ from runner.document import (
 from runner.routing import Case, Route
 from runner.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
 
-__all__ = ["Spec", "SpecError", "load", "schema"]
+__all__ = ["Spec", "SpecError", "check_prefix", "load", "schema"]
 
 LOCAL_ACCOUNT_ID = "000000000000"
 
@@ -131,6 +131,28 @@ _BUCKET_FORBIDDEN = (
         "not ending with -s3alias, --ol-s3, .mrap, --x-s3 or --table-s3",
     ),
 )
+
+
+# Firehose expands these in prefixes on AWS; what they hold (even a '/') is not a key segment.
+_FIREHOSE_EXPRESSION = re.compile(r"!\{[^}]*\}")
+
+
+def check_prefix(text: str) -> str | None:
+    """Why `text` cannot begin the keys of objects written to a bucket, or None if it can.
+
+    Keys are the prefix and then YYYY/MM/DD/HH/... (or other text): what follows the prefix's
+    last '/' joins that text, so only the segments before it must be non-empty, not '.' and
+    not '..', which neither a bucket folder nor most S3 tools can hold."""
+    *segments, _ = _FIREHOSE_EXPRESSION.sub("x", text).split("/")
+    if segments[:1] == [""]:
+        why = "it starts with '/'"
+    elif "" in segments:
+        why = "it has an empty segment ('//')"
+    elif dots := [segment for segment in segments if segment in (".", "..")]:
+        why = f"it has a '{dots[0]}' segment"
+    else:
+        return None
+    return f"'{text}' cannot begin an object key: {why}"
 
 
 class _Builder:
@@ -279,6 +301,10 @@ class _Builder:
         path = ("resources", "firehoses", key)
         self.reference(path + ("from",), value.get("from"), "streams")
         self.reference(path + ("to",), value.get("to"), "buckets")
+        for field in ("prefix", "error_prefix"):
+            text = value.get(field)
+            if isinstance(text, str) and (problem := check_prefix(text)):
+                self.reader.problem(path + (field,), problem)
         buffer = value.get("buffer", {})
         logging = value.get("logging") or {}
         return Firehose(

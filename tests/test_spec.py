@@ -2,7 +2,7 @@ import pytest
 from conftest import MINIMAL, PIPELINES
 
 from runner import spec
-from runner.spec import SpecError
+from runner.spec import SpecError, check_prefix
 
 
 def problems(path, **kwargs):
@@ -278,6 +278,54 @@ def test_bucket_names_follow_s3_rules_and_firehose_buffers_are_in_range(write_sp
         f"{path}:8:15: resources.buckets.a.name: 'my..bucket' is not a valid S3 bucket name: "
         "no two dots in a row",
         f"{path}:10:33: resources.firehoses.f.to: unknown bucket 'b' (buckets: a)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "prefix, why",
+    [
+        ("/firehose/", "it starts with '/'"),
+        ("firehose//usa/", "it has an empty segment ('//')"),
+        ("../firehose/", "it has a '..' segment"),
+        ("firehose/./", "it has a '.' segment"),
+        ("data/!{timestamp:yyyy}//", "it has an empty segment ('//')"),
+    ],
+)
+def test_a_prefix_that_cannot_begin_an_object_key_is_named(prefix, why):
+    assert check_prefix(prefix) == f"'{prefix}' cannot begin an object key: {why}"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "firehose/",
+        "firehose",
+        "a/b/..",
+        "data/!{timestamp:yyyy/MM/dd}/",
+        "!{firehose:random-string}/",
+    ],
+)
+def test_prefixes_that_begin_object_keys_pass(prefix):
+    assert check_prefix(prefix) is None
+
+
+def test_firehose_prefixes_are_checked_at_validate_time(write_spec):
+    path = write_spec(
+        MINIMAL.replace(
+            "source:\n  stream",
+            "  buckets:\n"
+            "    usa: {name: usa-bucket}\n"
+            "  firehoses:\n"
+            "    usa: {name: f, from: usa, to: usa, prefix: ../x/, error_prefix: /errors/}\n"
+            "source:\n  stream",
+        )
+    )
+    assert problems(path) == [
+        f"{path}:10:48: resources.firehoses.usa.prefix: '../x/' cannot begin an object key: "
+        "it has a '..' segment",
+        f"{path}:10:69: resources.firehoses.usa.error_prefix: '/errors/' cannot begin an object "
+        "key: it starts with '/'",
     ]
 
 
