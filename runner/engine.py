@@ -81,7 +81,9 @@ class Engine:
         self.sleep = sleep
         self.journey = Journey(spec)
         self.source = spec.streams[spec.source.stream].name
-        self.sinks = {key: Sink(backend, spec.streams[key].name) for key in _routed(spec)}
+        self.sinks = {
+            key: Sink(backend, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
+        }
         self.dead_letter = DeadLetter(spec, backend, state_dir)
         self.deliveries = (
             []

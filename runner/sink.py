@@ -1,5 +1,9 @@
 """Writing records to a stream: PutRecords batches within Kinesis' limits, retrying only the
 entries that failed, with exponential backoff and jitter. Throttling is waited out, never dropped.
+
+Per partition key, records land in the order they were given. PutRecords does not keep order
+inside a call (an entry that fails is retried after later ones have landed), so a batch is sent
+in waves holding at most one entry per key, each wave accepted whole before the next is sent.
 """
 
 from __future__ import annotations
@@ -39,6 +43,22 @@ def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
         yield batch
 
 
+def waves(batch: list[Entry]) -> list[list[Entry]]:
+    """Split one batch into calls holding at most one entry per partition key: wave n holds
+    the n-th entry of each key, in batch order. Distinct keys (the usual case) are one wave."""
+    if len({key for _, key in batch}) == len(batch):
+        return [batch]
+    found: list[list[Entry]] = []
+    seen: dict[str, int] = {}  # partition key -> its entries so far
+    for entry in batch:
+        wave = seen.get(entry[1], 0)
+        seen[entry[1]] = wave + 1
+        if wave == len(found):
+            found.append([])
+        found[wave].append(entry)
+    return found
+
+
 class Sink:
     """Puts records into one stream until every one of them is accepted."""
 
@@ -61,9 +81,11 @@ class Sink:
         """Return once every entry is in the stream; raises BackendError for what retrying
         cannot fix (a missing stream, a refused request)."""
         for batch in batches(entries):
-            self._put_batch(batch)
+            for wave in waves(batch):
+                self._put_wave(wave)
 
-    def _put_batch(self, pending: list[Entry]) -> None:
+    def _put_wave(self, pending: list[Entry]) -> None:
+        """Put entries of distinct partition keys, retrying the failed ones until all are in."""
         attempt = 0
         while pending:
             try:

@@ -5,7 +5,7 @@ import itertools
 import json
 
 import pytest
-from conftest import PIPELINES, session_ids
+from conftest import PIPELINES, read_stream, session_ids
 from moto import mock_aws as mock_aws_factory
 
 from runner import engine, spec
@@ -18,6 +18,7 @@ from runner.provision import apply
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
 mock_aws = mock_aws_factory()
 SINKS = ("de-c2w2lab1-usa-data-stream", "de-c2w2lab1-international-data-stream")
+ENTRY_ERRORS = ("ProvisionedThroughputExceededException", "InternalFailure")
 
 
 class Faulty:
@@ -44,18 +45,15 @@ class Faulty:
         return results
 
     def _partial(self, stream, entries):
-        # Every other entry fails the first time it is seen; the rest go through.
+        # Every other entry fails the first time it is seen, throttled or by an internal
+        # failure of Kinesis in turn; the rest go through.
         results, passing = [], []
         for entry in entries:
             first_time = entry not in self.seen
             self.seen.add(entry)
             if first_time and len(self.seen) % 2 == 0:
-                results.append(
-                    PutResult(
-                        error_code="ProvisionedThroughputExceededException",
-                        error_message="slow down",
-                    )
-                )
+                code = ENTRY_ERRORS[len(self.seen) // 2 % 2]
+                results.append(PutResult(error_code=code, error_message="slow down"))
             else:
                 results.append(None)
                 passing.append(entry)
@@ -105,10 +103,14 @@ def scenario(request, tmp_path):
 
 def put_sessions(backend, count, seed):
     sessions = list(itertools.islice(synthetic_sessions(seed), count))
-    for start in range(0, count, 500):
+    put_in_source(backend, sessions)
+    return {s["session_id"] for s in sessions}
+
+
+def put_in_source(backend, sessions):
+    for start in range(0, len(sessions), 500):
         chunk = sessions[start : start + 500]
         backend.put_records(SOURCE, [(json.dumps(s).encode(), s["session_id"]) for s in chunk])
-    return {s["session_id"] for s in sessions}
 
 
 def run(loaded, backend, state):
@@ -144,6 +146,36 @@ def test_faults_lose_nothing_and_write_each_record_once(scenario, faults):
     ids = session_ids(backend, *SINKS)
     assert sorted(ids) == sorted(expected)  # every record, and none twice
     assert counts.records_in == 400
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"fail_entries": True},
+        {"throttle_puts": True},
+        {"fail_entries": True, "throttle_puts": True},
+    ],
+    ids=["failed-entries", "throttled-puts", "both"],
+)
+def test_each_keys_records_reach_its_sink_once_and_in_source_order(scenario, faults):
+    # 900 sessions under 9 partition keys: each sink gets some 50 records of every key at once.
+    loaded, backend, state = scenario
+    sessions = list(itertools.islice(synthetic_sessions(14), 900))
+    for number, session in enumerate(sessions):
+        session.update(session_id=f"key-{number % 9}", number=number)
+    put_in_source(backend, sessions)
+
+    run(loaded, Faulty(backend, **faults), state)
+
+    expected = {sink: {} for sink in SINKS}
+    for session in sessions:
+        sink = SINKS[0] if session["country"] == "USA" else SINKS[1]
+        expected[sink].setdefault(session["session_id"], []).append(session["number"])
+    landed = {sink: {} for sink in SINKS}
+    for sink in SINKS:
+        for record in read_stream(backend, sink):
+            landed[sink].setdefault(record["session_id"], []).append(record["number"])
+    assert landed == expected
 
 
 def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario):

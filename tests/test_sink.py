@@ -7,7 +7,7 @@ from runner.backends.base import (
     StreamNotFound,
     Throttled,
 )
-from runner.sink import Sink, batches
+from runner.sink import Sink, batches, waves
 
 MIB = 1024 * 1024
 THROTTLED = "ProvisionedThroughputExceededException"
@@ -71,6 +71,23 @@ def test_batches_keep_every_entry_in_order():
     sent = [(str(i).encode(), str(i)) for i in range(1234)]
     assert [entry for batch in batches(sent) for entry in batch] == sent
     assert list(batches([])) == []
+
+
+# waves
+
+
+def test_a_wave_holds_one_entry_per_key_and_each_keys_entries_in_order():
+    batch = [(b"a1", "a"), (b"b1", "b"), (b"a2", "a"), (b"c1", "c"), (b"a3", "a"), (b"b2", "b")]
+    assert waves(batch) == [
+        [(b"a1", "a"), (b"b1", "b"), (b"c1", "c")],
+        [(b"a2", "a"), (b"b2", "b")],
+        [(b"a3", "a")],
+    ]
+
+
+def test_distinct_keys_are_one_wave_the_batch_itself():
+    batch = entries(*[str(i) for i in range(500)])
+    assert waves(batch) == [batch] and waves(batch)[0] is batch
 
 
 # Sink.put
@@ -201,3 +218,67 @@ def test_an_entry_error_retrying_cannot_fix_fails_the_put_instead_of_looping():
         "stream events refused 1 records: KMSAccessDeniedException: no key access"
     )
     assert kinesis.calls == [[b"a", b"b"]] and waits == []
+
+
+# Sink.put: per partition key, records land in the order they were given
+
+
+def test_a_later_entry_of_a_key_waits_until_the_earlier_one_is_accepted():
+    kinesis = Kinesis({b"a1"})
+    sink, waits = sink_on(kinesis)
+
+    sink.put([(b"a1", "a"), (b"b1", "b"), (b"a2", "a"), (b"a3", "a"), (b"b2", "b")])
+
+    assert kinesis.calls == [[b"a1", b"b1"], [b"a1"], [b"a2", b"b2"], [b"a3"]]
+    assert kinesis.accepted == [b"b1", b"a1", b"a2", b"b2", b"a3"]
+    assert len(waits) == 1 and sink.retries == 1
+
+
+class Flaky:
+    """PutRecords on a two-shard stream where every third call is throttled whole and, of the
+    rest, every other entry fails the first time it is sent (throttled, or an internal failure)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.sent = set()
+        self.landed = []  # (shard id, sequence number, partition key, data)
+
+    def put_records(self, stream, entries):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise Throttled("Rate exceeded for stream events")
+        results = []
+        for data, key in entries:
+            first_time = data not in self.sent
+            self.sent.add(data)
+            if first_time and len(self.sent) % 2 == 0:
+                code = ("ProvisionedThroughputExceededException", "InternalFailure")[self.calls % 2]
+                results.append(PutResult(error_code=code, error_message="try again"))
+            else:
+                shard, sequence = f"shardId-00000000000{ord(key) % 2}", len(self.landed) + 1
+                self.landed.append((shard, sequence, key, data))
+                results.append(PutResult(shard, str(sequence)))
+        return results
+
+
+def test_each_keys_records_land_once_and_in_order_whatever_fails():
+    # Many records per key, over three batches of at most 500.
+    sent = [(f"{key}{i}".encode(), key) for i in range(200) for key in "abcdefg"]
+    sent += [(f"{key}{i}".encode(), key) for i in range(200, 300) for key in "ab"]
+    kinesis = Flaky()
+    sink, _ = sink_on(kinesis)
+
+    sink.put(sent)
+
+    def by_key(pairs):
+        keys = {}
+        for key, data in pairs:
+            keys.setdefault(key, []).append(data)
+        return keys
+
+    landed = by_key((key, data) for _, _, key, data in kinesis.landed)
+    assert landed == by_key((key, data) for data, key in sent)
+    highest = {}
+    for shard, sequence, _, _ in kinesis.landed:
+        highest[shard] = sequence
+    assert sink.written == highest
