@@ -42,7 +42,8 @@ class DeadLetter:
     def __init__(self, spec: Spec, backend: Backend, state_dir: Path) -> None:
         self.pipeline = spec.pipeline
         self.path = state_dir / "dead-letter" / f"{spec.pipeline}.jsonl"
-        self.sink = Sink(backend, spec.streams[spec.dead_letter].name) if spec.dead_letter else None
+        stream = spec.dead_letter.stream if spec.dead_letter else None
+        self.sink = Sink(backend, spec.streams[stream].name) if stream else None
         self._pending: list[tuple[bytes, str]] = []
         self.count = 0
         self.in_file = 0  # entries written to the file, stream or not
