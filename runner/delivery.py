@@ -24,6 +24,13 @@ READ_LIMIT = 2500
 COMPRESSIONS = {"UNCOMPRESSED": ("", lambda body: body), "GZIP": (".gz", gzip.compress)}
 
 
+def object_key(prefix: str, name: str, moment: datetime.datetime) -> str:
+    """A new object's key as Firehose makes it: prefix + YYYY/MM/DD/HH/ +
+    name-1-YYYY-MM-DD-HH-MM-SS-uuid, in UTC."""
+    moment = moment.astimezone(datetime.timezone.utc)
+    return f"{prefix}{moment:%Y/%m/%d/%H}/{name}-1-{moment:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
+
+
 class Delivery:
     """One Firehose delivery stream, delivered by the run."""
 
@@ -88,7 +95,8 @@ class Delivery:
         """Write the buffer as one object, then checkpoint what it holds."""
         if self._buffer:
             extension, compress = COMPRESSIONS[self.firehose.compression]
-            key = self._key(self._first_arrival) + extension
+            arrival = self._first_arrival or datetime.datetime.now(datetime.timezone.utc)
+            key = object_key(self.firehose.prefix, self.firehose.name, arrival) + extension
             self.backend.put_object(self.bucket, key, compress(b"".join(self._buffer)))
             self.objects.append(key)
             self.records += len(self._buffer)
@@ -99,15 +107,6 @@ class Delivery:
         for shard_id, sequence in self._pending.items():
             self.backend.set_checkpoint(self.checkpoint_name, self.stream, shard_id, sequence)
         self._pending.clear()
-
-    def _key(self, arrival: datetime.datetime | None) -> str:
-        moment = (arrival or datetime.datetime.now(datetime.timezone.utc)).astimezone(
-            datetime.timezone.utc
-        )
-        return (
-            f"{self.firehose.prefix}{moment:%Y/%m/%d/%H}/"
-            f"{self.firehose.name}-1-{moment:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}"
-        )
 
     @property
     def idle(self) -> bool:

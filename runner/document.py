@@ -361,6 +361,12 @@ def _describe(
     elif kind == "maxProperties" and title:
         keys = ", ".join(map(str, instance))
         yield f"expected {title}, got {len(instance)} keys: {keys}", path, False
+    elif kind == "oneOf" and title:
+        # Of a mapping with unknown keys, or no mapping at all, the error naming the unknown
+        # key or the type at the same node says what is wrong.
+        if isinstance(instance, dict) and set(instance) <= set(subschema.get("properties", {})):
+            keys = f"{len(instance)} key{'' if len(instance) == 1 else 's'}: " + ", ".join(instance)
+            yield f"expected {title}, got {keys if instance else 'an empty mapping'}", path, False
     elif title:
         yield f"expected {title}, got {_type_word(instance)}", path, False
     else:

@@ -223,12 +223,14 @@ def check_resources(spec: Spec, backend: Backend) -> None:
         for stream in spec.streams.values()
         if backend.describe_stream(stream.name) is None
     ]
-    if not backend.delivers_firehoses:
-        missing += [
-            f"bucket {spec.buckets[firehose.bucket].name}"
-            for firehose in spec.firehoses.values()
-            if not backend.bucket_exists(spec.buckets[firehose.bucket].name)
-        ]
+    buckets = [] if backend.delivers_firehoses else [f.bucket for f in spec.firehoses.values()]
+    if spec.dead_letter and spec.dead_letter.bucket:
+        buckets.append(spec.dead_letter.bucket)
+    missing += [
+        f"bucket {spec.buckets[key].name}"
+        for key in dict.fromkeys(buckets)
+        if not backend.bucket_exists(spec.buckets[key].name)
+    ]
     if not backend.checkpoint_store_exists(spec.pipeline):
         missing.append(f"checkpoint table {spec.pipeline}-checkpoints")
     if missing:
@@ -294,6 +296,7 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
         f"(Ctrl-C stops cleanly)"
     )
+    report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.where()}")
     try:
         counts = engine.run()
     except KeyboardInterrupt:  # a second Ctrl-C

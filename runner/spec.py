@@ -64,6 +64,15 @@ class Firehose:
 
 
 @dataclass(frozen=True)
+class DeadLetterDestination:
+    """Where bad records go: a declared stream or a declared bucket (exactly one)."""
+
+    stream: str | None = None  # a key of streams
+    bucket: str | None = None  # a key of buckets
+    prefix: str = ""  # with a bucket: the start of its objects' keys
+
+
+@dataclass(frozen=True)
 class Source:
     stream: str  # a key of streams
     start: str  # trim_horizon, latest or at_timestamp:ISO
@@ -80,7 +89,7 @@ class Spec:
     source: Source | None  # None only while a spec is being built
     transform: tuple[Step, ...]
     route: Route | None  # None: the spec only declares resources
-    dead_letter: str | None  # a key of streams, or None for the state folder's file
+    dead_letter: DeadLetterDestination | None  # None: a file in the state folder
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""
@@ -225,12 +234,9 @@ class _Builder:
                     self.reader.problem(("source", "start"), str(error))
 
         dead_letter = None
-        with self.tolerant():
-            dead_letter = doc.get("dead_letter", {}).get("stream")
-            if dead_letter is not None:
-                path = ("dead_letter", "stream")
-                if self.reference(path, dead_letter, "streams"):
-                    self.not_source(path, dead_letter, source, streams, "the dead letter")
+        if "dead_letter" in doc:
+            with self.tolerant():
+                dead_letter = self.dead_letter(doc["dead_letter"], streams, source)
 
         steps = []
         with self.tolerant():
@@ -296,6 +302,19 @@ class _Builder:
                 f"{what} cannot be the source stream '{source.stream}': "
                 "records would loop back into it",
             )
+
+    def dead_letter(self, raw: dict, streams: dict, source: Source | None) -> DeadLetterDestination:
+        if "stream" in raw:
+            path = ("dead_letter", "stream")
+            if self.reference(path, raw["stream"], "streams"):
+                self.not_source(path, raw["stream"], source, streams, "the dead letter")
+            return DeadLetterDestination(stream=raw["stream"])
+        self.reference(("dead_letter", "bucket"), raw["bucket"], "buckets")
+        prefix = raw.get("prefix", "dead-letter/")
+        problem = check_prefix(prefix) if isinstance(prefix, str) else None
+        if problem:
+            self.reader.problem(("dead_letter", "prefix"), problem)
+        return DeadLetterDestination(bucket=raw["bucket"], prefix=prefix)
 
     def firehose(self, key: str, value: dict) -> Firehose:
         path = ("resources", "firehoses", key)
@@ -369,6 +388,21 @@ class _Builder:
             unmatched=raw.get("unmatched", "dead_letter"),
             newline=raw.get("newline", True),
         )
+
+
+def check_prefix(prefix: str) -> str | None:
+    """Why `prefix` cannot begin S3 object keys (that are also paths in a local bucket
+    folder), or None when it can. An empty prefix is none at all."""
+    segments = prefix.split("/")
+    if prefix.startswith("/"):
+        why = "it starts with '/'"
+    elif any(segment in (".", "..") for segment in segments):
+        why = "it has a '.' or '..' segment"
+    elif "" in segments[:-1]:  # the last one is what the key goes on with
+        why = "it has an empty segment ('//')"
+    else:
+        return None
+    return f"'{prefix}' is not a valid S3 key prefix: {why}"
 
 
 def parse_timestamp(text: str) -> datetime.datetime:

@@ -400,3 +400,75 @@ def test_a_step_with_two_keys_says_which(write_spec):
         f"{path}:16:5: transform[0]: expected a step: a mapping with exactly one of set, "
         "remove, rename, filter, got 2 keys: remove, rename"
     ]
+
+
+WITH_BUCKETS = MINIMAL.replace(
+    "source:\n  stream",
+    "  buckets:\n    rejects: {name: shop-rejects}\n    raw: {name: shop-raw}\nsource:\n  stream",
+)
+
+
+def test_a_dead_letter_is_a_declared_stream_or_a_declared_bucket_with_a_prefix(write_spec):
+    loaded = spec.load(write_spec(WITH_BUCKETS + "dead_letter: {bucket: rejects}\n"))
+    assert loaded.dead_letter == spec.DeadLetterDestination(bucket="rejects", prefix="dead-letter/")
+    loaded = spec.load(write_spec(WITH_BUCKETS + "dead_letter: {bucket: raw, prefix: bad/x-}\n"))
+    assert loaded.dead_letter == spec.DeadLetterDestination(bucket="raw", prefix="bad/x-")
+    loaded = spec.load(write_spec(WITH_BUCKETS + "dead_letter: {stream: other}\n"))
+    assert loaded.dead_letter == spec.DeadLetterDestination(stream="other")
+    assert spec.load(write_spec(WITH_BUCKETS)).dead_letter is None
+
+
+@pytest.mark.parametrize(
+    "dead_letter, message",
+    [
+        (
+            "{bucket: rejcts}",
+            "18:23: dead_letter.bucket: unknown bucket 'rejcts' (buckets: rejects, raw)",
+        ),
+        (
+            "{stream: other, bucket: rejects}",
+            "18:14: dead_letter: expected a dead letter: {stream: KEY}, or {bucket: KEY} with "
+            "an optional prefix, got 2 keys: stream, bucket",
+        ),
+        (
+            "{stream: other, prefix: bad/}",
+            "18:14: dead_letter: expected a dead letter: {stream: KEY}, or {bucket: KEY} with "
+            "an optional prefix, got 2 keys: stream, prefix",
+        ),
+        (
+            "{}",
+            "18:14: dead_letter: expected a dead letter: {stream: KEY}, or {bucket: KEY} with "
+            "an optional prefix, got an empty mapping",
+        ),
+        (
+            "{buckets: rejects}",
+            "18:15: dead_letter.buckets: unknown key 'buckets' (did you mean 'bucket'? "
+            "expected one of: bucket, prefix, stream)",
+        ),
+        ("rejects", "18:14: dead_letter: expected a mapping, got text 'rejects'"),
+        (
+            "{bucket: rejects, prefix: /dead/}",
+            "18:40: dead_letter.prefix: '/dead/' is not a valid S3 key prefix: it starts with '/'",
+        ),
+        (
+            "{bucket: rejects, prefix: dead/../letter/}",
+            "18:40: dead_letter.prefix: 'dead/../letter/' is not a valid S3 key prefix: "
+            "it has a '.' or '..' segment",
+        ),
+        (
+            "{bucket: rejects, prefix: dead//letter/}",
+            "18:40: dead_letter.prefix: 'dead//letter/' is not a valid S3 key prefix: "
+            "it has an empty segment ('//')",
+        ),
+    ],
+)
+def test_a_dead_letter_names_one_declared_place_and_a_prefix_keys_can_start_with(
+    write_spec, dead_letter, message
+):
+    path = write_spec(WITH_BUCKETS + f"dead_letter: {dead_letter}\n")
+    assert problems(path) == [f"{path}:{message}"]
+
+
+@pytest.mark.parametrize("prefix", ["", "dead-letter/", "a/b-", "a..b/", "x/.hidden-"])
+def test_check_prefix_accepts_what_s3_and_a_bucket_folder_can_both_hold(prefix):
+    assert spec.check_prefix(prefix) is None
