@@ -34,6 +34,10 @@ def schema() -> dict:
     return json.loads(resources.files("runner").joinpath(SCHEMA_FILE).read_text("utf-8"))
 
 
+def _in_order(located: list[tuple[int, int, str]]) -> list[str]:
+    return list(dict.fromkeys(text for _, _, text in sorted(located)))
+
+
 class Reader:
     """Parses YAML into plain values, remembering where each value and key stands."""
 
@@ -42,6 +46,7 @@ class Reader:
         self.marks: dict[SpecPath, tuple[int, int]] = {}
         self.key_marks: dict[SpecPath, tuple[int, int]] = {}
         self.problems: list[tuple[int, int, str]] = []
+        self.warnings: list[tuple[int, int, str]] = []
 
     def problem(
         self,
@@ -52,22 +57,34 @@ class Reader:
         mark: tuple[int, int] | None = None,
     ) -> None:
         """Note a problem at the node of `path` (or its key, or `mark`)."""
+        self.problems.append(self._located(path, message, at_key, mark))
+
+    def warning(self, path: SpecPath, message: str, *, mark: tuple[int, int] | None = None) -> None:
+        """Note a likely mistake that does not stop the spec from working."""
+        self.warnings.append(self._located(path, f"warning: {message}", False, mark))
+
+    def _located(
+        self, path: SpecPath, message: str, at_key: bool, mark: tuple[int, int] | None
+    ) -> tuple[int, int, str]:
         if mark is None:
             mark = (self.key_marks if at_key else self.marks).get(path) or self._nearest(path)
         where = format_path(path)
         line, col = mark
-        self.problems.append(
-            (line, col, f"{self.path}:{line}:{col}: {where + ': ' if where else ''}{message}")
-        )
+        return (line, col, f"{self.path}:{line}:{col}: {where + ': ' if where else ''}{message}")
 
     def _nearest(self, path: SpecPath) -> tuple[int, int]:
         while path and path not in self.marks:
             path = path[:-1]
         return self.marks.get(path, (1, 1))
 
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise SpecError(list(dict.fromkeys(text for _, _, text in sorted(self.problems))))
+    def raise_if_any(self, *, strict: bool = False) -> None:
+        """Raise every problem, with the warnings among them, in the order of the file;
+        `strict` counts warnings as problems."""
+        if self.problems or (strict and self.warnings):
+            raise SpecError(_in_order(self.problems + self.warnings))
+
+    def warning_lines(self) -> tuple[str, ...]:
+        return tuple(_in_order(self.warnings))
 
     def fail(self, line: int, col: int, message: str) -> SpecError:
         return SpecError([f"{self.path}:{line}:{col}: {message}"])

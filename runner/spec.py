@@ -81,6 +81,7 @@ class Spec:
     transform: tuple[Step, ...]
     route: Route | None  # None: the spec only declares resources
     dead_letter: str | None  # a key of streams, or None for the state folder's file
+    warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""
@@ -103,15 +104,17 @@ def load(
     region: str | None = None,
     account_id: Callable[[str], str] = lambda region: LOCAL_ACCOUNT_ID,
     environ: Mapping[str, str] = os.environ,
+    strict: bool = False,
 ) -> Spec:
     """Read the spec at `path` for a target. `account_id(region)` is asked only when the spec
-    uses ${account_id}, with the region the spec resolves to (`region`, else its own)."""
+    uses ${account_id}, with the region the spec resolves to (`region`, else its own).
+    Likely mistakes are the Spec's `warnings`, or with `strict` problems of the SpecError."""
     path = Path(path)
     reader = Reader(path)
     document = reader.read()
     document = Interpolator(reader, document, region, account_id, environ).run()
     wrong = validate_shape(reader, document)
-    return _Builder(reader, document, region, wrong).build()
+    return _Builder(reader, document, region, wrong).build(strict)
 
 
 _BUCKET_FORBIDDEN = (
@@ -173,7 +176,7 @@ class _Builder:
                 made[key] = make(key, raw)
         return made
 
-    def build(self) -> Spec:
+    def build(self, strict: bool) -> Spec:
         doc = self.document
         streams = self.each("streams", lambda key, raw: Stream(key, raw["name"], raw["shards"]))
         buckets = self.each("buckets", lambda key, raw: Bucket(key, raw["name"]))
@@ -221,7 +224,7 @@ class _Builder:
         if "route" in doc:
             with self.tolerant():
                 route = self.route(doc["route"], streams, source)
-        self.reader.raise_if_any()
+        self.reader.raise_if_any(strict=strict)
         return Spec(
             path=self.reader.path,
             pipeline=doc["pipeline"],
@@ -233,6 +236,7 @@ class _Builder:
             transform=tuple(steps),
             route=route,
             dead_letter=dead_letter,
+            warnings=self.reader.warning_lines(),
         )
 
     def unique_names(self, kind: str, declared: Mapping[str, Any]) -> None:
@@ -300,10 +304,13 @@ class _Builder:
         if not isinstance(text, str):
             return None
         try:
-            return expressions.compile(text)
+            compiled = expressions.compile(text)
         except expressions.ExpressionError as error:
             self.reader.problem(path, f"'{text}': {error}")
             return None
+        for mistake in expressions.likely_mistakes(compiled):
+            self.reader.warning(path, f"'{text}': {mistake}")
+        return compiled
 
     def step(self, index: int, raw: dict) -> Step | None:
         """The step, or None when an expression of it did not compile (already reported)."""

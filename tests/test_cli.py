@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES
 
@@ -41,6 +42,49 @@ def test_validate_lists_the_problems_of_every_spec_and_exits_2(write_spec):
         f"{bad}:13:11: route.cases[0].to: unknown stream 'nowhere' "
         "(streams: source, usa, other)\n"
         f"{missing}: no such file\n"
+    )
+
+
+def quoted_usa(write_spec):
+    """MINIMAL with `country == "USA"`, and the warning it gets."""
+    path = write_spec(MINIMAL.replace("country == 'USA'", 'country == "USA"'))
+    return path, (
+        f'{path}:12:13: route.cases[0].when: warning: \'country == "USA"\': "USA" at column 12 '
+        "is a field, not text; write 'USA' for the text\n"
+    )
+
+
+def test_validate_prints_warnings_and_exits_0_or_with_strict_refuses_the_spec(write_spec):
+    path, warning = quoted_usa(write_spec)
+    result = invoke("validate", str(path))
+    assert (result.exit_code, result.stderr) == (0, warning)
+    assert result.stdout == (
+        f"{path}: ok: pipeline shop, 3 streams, 0 buckets, 0 firehoses, 0 transform steps, "
+        "2 route cases\n"
+    )
+    result = invoke("validate", "--strict", str(path))
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
+
+
+@pytest.mark.parametrize("command", ["preview", "plan", "apply", "destroy", "run"])
+def test_every_command_that_loads_a_spec_warns_and_with_strict_refuses_it(
+    write_spec, state, command
+):
+    path, warning = quoted_usa(write_spec)
+    result = invoke(command, "--strict", str(path), input="")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
+    assert not state.exists()
+
+
+def test_a_command_prints_the_warnings_once_and_goes_on(write_spec, state):
+    path, warning = quoted_usa(write_spec)
+    result = invoke("plan", str(path))
+    assert (result.exit_code, result.stderr) == (0, warning)
+    assert result.stdout == (
+        "+ create stream in (1 shard)\n"
+        "+ create stream usa-out (2 shards)\n"
+        "+ create stream other-out (1 shard)\n"
+        "Plan: 3 to create, 0 to change, 0 unchanged.\n"
     )
 
 

@@ -305,3 +305,81 @@ def test_a_step_with_two_keys_says_which(write_spec):
         f"{path}:16:5: transform[0]: expected a step: a mapping with exactly one of set, "
         "remove, rename, filter, got 2 keys: remove, rename"
     ]
+
+
+def test_the_shipped_specs_have_no_warnings():
+    for name in ("ecommerce.yaml", "cli-router.yaml"):
+        assert spec.load(PIPELINES / name).warnings == ()
+
+
+def usa_warning(path):
+    """The warning of MINIMAL's case written `country == "USA"`."""
+    return (
+        f'{path}:12:13: route.cases[0].when: warning: \'country == "USA"\': "USA" at column 12 '
+        "is a field, not text; write 'USA' for the text"
+    )
+
+
+def test_a_double_quoted_identifier_compared_as_text_is_warned_of_with_the_fix(write_spec):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", 'country == "USA"')
+        + "transform:\n"
+        + '  - filter: \'"United States" != country && kind == "book"\'\n'
+        + "  - set:\n"
+        + '      n: length(items[?kind == "it\'s"])\n'
+    )
+    assert spec.load(path).warnings == (
+        usa_warning(path),
+        f"{path}:16:13: transform[0].filter: warning: "
+        '\'"United States" != country && kind == "book"\': "United States" at column 1 is a '
+        "field, not text; write 'United States' for the text",
+        f"{path}:16:13: transform[0].filter: warning: "
+        '\'"United States" != country && kind == "book"\': "book" at column 39 is a '
+        "field, not text; write 'book' for the text",
+        f"{path}:18:10: transform[1].set.n: warning: 'length(items[?kind == \"it's\"])': "
+        "\"it's\" at column 23 is a field, not text; write 'it\\'s' for the text",
+    )
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "\"first-name\" == 'Ann'",  # a field that needs quotes, against text
+        '"first-name" == "last-name"',  # two such fields
+        '"foo-bar".x == country',  # a quoted part of a path
+        'country == "foo-bar".x',
+        '"a" < country',  # not == or !=
+        '!"a" == country',  # the operand is !"a"
+        "country == 'USA'",
+    ],
+)
+def test_quoted_identifiers_that_are_fields_are_not_warned_of(write_spec, when):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", when.replace("'", "''"))
+        .replace("- when: ", "- when: '")
+        .replace("\n      to: usa", "'\n      to: usa")
+    )
+    assert spec.load(path).warnings == ()
+
+
+def test_strict_refuses_a_spec_for_its_warnings_in_file_order(write_spec):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", 'country == "USA"').replace(
+            "  partition_key: session_id", "  partition_key: '\"a\" == b'"
+        )
+    )
+    assert problems(path, strict=True) == [
+        f'{path}:10:18: route.partition_key: warning: \'"a" == b\': "a" at column 1 is a field, '
+        "not text; write 'a' for the text",
+        usa_warning(path),
+    ]
+
+
+def test_warnings_come_with_the_problems_of_a_spec_refused_anyway(write_spec):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", 'country == "USA"').replace("to: other", "to: nope")
+    )
+    assert problems(path) == [
+        usa_warning(path),
+        f"{path}:14:11: route.cases[1].to: unknown stream 'nope' (streams: source, usa, other)",
+    ]
