@@ -265,6 +265,14 @@ class _Builder:
         if not isinstance(key, str) or key in declared:
             return isinstance(key, str)
         what = kind.removesuffix("s")
+        named = [
+            k for k, raw in declared.items() if isinstance(raw, dict) and raw.get("name") == key
+        ]
+        if named:  # the resource's own name where the spec wants its key
+            self.reader.problem(
+                path, f"'{key}' is the name of {what} '{named[0]}'; write {path[-1]}: {named[0]}"
+            )
+            return False
         known = ", ".join(declared) or "none declared"
         self.reader.problem(path, f"unknown {what} '{key}' ({kind}: {known})")
         return False

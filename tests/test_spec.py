@@ -383,3 +383,21 @@ def test_warnings_come_with_the_problems_of_a_spec_refused_anyway(write_spec):
         usa_warning(path),
         f"{path}:14:11: route.cases[1].to: unknown stream 'nope' (streams: source, usa, other)",
     ]
+
+
+def test_a_streams_own_name_where_its_key_goes_says_which_key_to_write(write_spec):
+    path = write_spec(
+        MINIMAL.replace("to: usa", "to: usa-out")
+        .replace("stream: source", "stream: in")
+        .replace(
+            "    other: {name: other-out, shards: 1}",
+            "    other: {name: other-out, shards: 1}\n    rejects: {name: bad, shards: 1}",
+        )
+        + "dead_letter: {stream: bad}\n"
+    )
+    assert problems(path) == [
+        f"{path}:9:11: source.stream: 'in' is the name of stream 'source'; write stream: source",
+        f"{path}:14:11: route.cases[0].to: 'usa-out' is the name of stream 'usa'; write to: usa",
+        f"{path}:16:23: dead_letter.stream: 'bad' is the name of stream 'rejects'; "
+        "write stream: rejects",
+    ]
