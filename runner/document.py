@@ -104,6 +104,7 @@ class Reader:
             raise SpecError(
                 [f"{self.path}: not a text file (not UTF-8 at byte {error.start})"]
             ) from None
+        self._check_modeline(text)
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -123,6 +124,22 @@ class Reader:
             raise SpecError([f"{self.path}: invalid YAML: {error}"]) from None
         finally:
             loader.dispose()
+
+    def _check_modeline(self, text: str) -> None:
+        """Warn of a `# yaml-language-server: $schema=PATH` whose file is not there: editors
+        would then check nothing, silently. URLs are left to the editor."""
+        for number, line in enumerate(text.splitlines(), 1):
+            found = _MODELINE.match(line)
+            if found is None or _URL.match(found["schema"]):
+                continue
+            if not (self.path.parent / found["schema"]).is_file():
+                self.warning(
+                    (),
+                    f"the yaml-language-server modeline's $schema '{found['schema']}' does not "
+                    "exist (the path is relative to the spec's folder), so editors cannot check "
+                    "the spec",
+                    mark=(number, found.start("schema") + 1),
+                )
 
     def _value(self, loader: yaml.SafeLoader, node: yaml.Node, path: SpecPath, active: set) -> Any:
         self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
@@ -165,6 +182,9 @@ class Reader:
             return None
         return value
 
+
+_MODELINE = re.compile(r"\s*#\s*yaml-language-server\s*:.*\$schema=(?P<schema>\S+)")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -267,6 +267,9 @@ def test_every_mistake_is_reported_in_one_pass_even_with_schema_errors(write_spe
         .replace("    - to: international", "    - to: source")
     )
     assert problems(path) == [
+        f"{path}:1:33: warning: the yaml-language-server modeline's $schema "
+        "'../schemas/pipeline.schema.json' does not exist (the path is relative to the spec's "
+        "folder), so editors cannot check the spec",
         f"{path}:51:33: transform[0].set.overall_product_quantity: "
         "'summ(browse_history[].quantity)': unknown function 'summ()' at column 1; "
         "did you mean sum()?",
@@ -401,3 +404,20 @@ def test_a_streams_own_name_where_its_key_goes_says_which_key_to_write(write_spe
         f"{path}:16:23: dead_letter.stream: 'bad' is the name of stream 'rejects'; "
         "write stream: rejects",
     ]
+
+
+def test_a_modeline_schema_that_is_not_there_is_warned_of_at_its_line(write_spec, tmp_path):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "pipeline.schema.json").write_text("{}")
+    found = write_spec("# yaml-language-server: $schema=schemas/pipeline.schema.json\n" + MINIMAL)
+    assert spec.load(found).warnings == ()
+    url = write_spec("# yaml-language-server: $schema=https://example.com/s.json\n" + MINIMAL)
+    assert spec.load(url).warnings == ()
+    path = write_spec(
+        "# A spec\n#  yaml-language-server: $schema=../schemas/pipeline.schema.json\n" + MINIMAL
+    )
+    assert spec.load(path).warnings == (
+        f"{path}:2:34: warning: the yaml-language-server modeline's $schema "
+        "'../schemas/pipeline.schema.json' does not exist (the path is relative to the spec's "
+        "folder), so editors cannot check the spec",
+    )
