@@ -88,6 +88,27 @@ def test_a_command_prints_the_warnings_once_and_goes_on(write_spec, state):
     )
 
 
+def test_run_says_whether_it_resumes_from_checkpoints_or_starts_at_source_start(write_spec, state):
+    path = write_spec(MINIMAL)
+    invoke("apply", str(path))
+    invoke("produce", "--stream", "in", "--json", '{"session_id": "a", "country": "USA"}')
+
+    def start_line(spec_path):
+        result = invoke("run", str(spec_path), "--until-idle", "0")
+        assert result.exit_code == 0, result.stderr
+        return result.stderr.splitlines()[1]
+
+    assert start_line(path) == "[shop] no checkpoints for pipeline shop: starting at trim_horizon"
+    assert start_line(path) == "[shop] resuming from checkpoints of 1 shard"
+    renamed = write_spec(
+        MINIMAL.replace("pipeline: shop", "pipeline: shop-2").replace(
+            "  stream: source", "  stream: source\n  start: latest"
+        ),
+        "renamed.yaml",
+    )
+    assert start_line(renamed) == "[shop-2] no checkpoints for pipeline shop-2: starting at latest"
+
+
 def test_preview_shows_the_scenario_records_route_and_attributes(fixed_clock):
     result = invoke("preview", str(PIPELINES / "ecommerce.yaml"), "-", input=SAMPLE + "\n")
     assert result.exit_code == 0, result.output
