@@ -109,6 +109,9 @@ def say(line: str) -> None:
 
 
 spec_argument = click.argument("spec", type=click.Path(path_type=str))
+strict_option = click.option(
+    "--strict", is_flag=True, help="Refuse a spec with warnings, as if they were errors (exit 2)."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,14 +122,15 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(path_type=str))
+@strict_option
 @target_options
 @reports_errors
-def validate(specs: tuple[str, ...], target: Target) -> int:
-    """Check specs (schema, references, expressions); touches nothing."""
+def validate(specs: tuple[str, ...], strict: bool, target: Target) -> int:
+    """Check specs (schema, references, expressions), warn of likely mistakes; touches nothing."""
     problems: list[str] = []
     for path in specs:
         try:
-            click.echo(target.load(path).summary())
+            click.echo(target.load(path, strict=strict, warn=say).summary())
         except SpecError as error:
             problems.extend(error.problems)
     if problems:
@@ -138,11 +142,12 @@ def validate(specs: tuple[str, ...], target: Target) -> int:
 @spec_argument
 @click.argument("records", type=click.File("rb"), default="-")
 @click.option("--jsonl", is_flag=True, help="One JSON object per record, for scripts.")
+@strict_option
 @target_options
 @reports_errors
-def preview(spec: str, records: Any, jsonl: bool, target: Target) -> int:
+def preview(spec: str, records: Any, jsonl: bool, strict: bool, target: Target) -> int:
     """Show each record's route and transformed record (RECORDS: a JSONL file, - for stdin)."""
-    loaded = target.load(spec)
+    loaded = target.load(spec, strict=strict, warn=say)
     if records.isatty():
         say("reading JSON records, one per line, from the terminal; end with Ctrl-D")
     return preview_records(loaded, records, sys.stdout, jsonl=jsonl)
@@ -150,11 +155,12 @@ def preview(spec: str, records: Any, jsonl: bool, target: Target) -> int:
 
 @cli.command()
 @spec_argument
+@strict_option
 @target_options
 @reports_errors
-def plan(spec: str, target: Target) -> int:
+def plan(spec: str, strict: bool, target: Target) -> int:
     """Show what apply would change, resource by resource."""
-    loaded = target.load(spec)
+    loaded = target.load(spec, strict=strict, warn=say)
     changes = provision.plan(loaded, target.backend(loaded.region))
     for change in changes:
         click.echo(change.line())
@@ -164,11 +170,12 @@ def plan(spec: str, target: Target) -> int:
 
 @cli.command()
 @spec_argument
+@strict_option
 @target_options
 @reports_errors
-def apply(spec: str, target: Target) -> int:
+def apply(spec: str, strict: bool, target: Target) -> int:
     """Create what is missing and fix what differs; never deletes."""
-    loaded = target.load(spec)
+    loaded = target.load(spec, strict=strict, warn=say)
     changes = provision.apply(loaded, target.backend(loaded.region), click.echo)
     click.echo(provision.summary(changes, done=True))
     return EXIT_OK
@@ -177,11 +184,12 @@ def apply(spec: str, target: Target) -> int:
 @cli.command()
 @spec_argument
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@strict_option
 @target_options
 @reports_errors
-def destroy(spec: str, yes: bool, target: Target) -> int:
+def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     """Delete the spec's streams, buckets (with their objects) and firehoses."""
-    loaded = target.load(spec)
+    loaded = target.load(spec, strict=strict, warn=say)
     removed = provision.destroy(
         loaded,
         target.backend(loaded.region),
@@ -210,11 +218,14 @@ def destroy(spec: str, yes: bool, target: Target) -> int:
 @click.option(
     "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N source records."
 )
+@strict_option
 @target_options
 @reports_errors
-def run(spec: str, until_idle: float | None, max_records: int | None, target: Target) -> int:
+def run(
+    spec: str, until_idle: float | None, max_records: int | None, strict: bool, target: Target
+) -> int:
     """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
-    loaded = target.load(spec)
+    loaded = target.load(spec, strict=strict, warn=say)
     options = engine.RunOptions(until_idle=until_idle, max_records=max_records)
     return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
 

@@ -40,6 +40,10 @@ def schema() -> dict:
     return json.loads(resources.files("runner").joinpath(SCHEMA_FILE).read_text("utf-8"))
 
 
+def _in_order(located: list[tuple[int, int, str]]) -> list[str]:
+    return list(dict.fromkeys(text for _, _, text in sorted(located)))
+
+
 class Reader:
     """Parses YAML into plain values, remembering where each value and key stands."""
 
@@ -48,6 +52,7 @@ class Reader:
         self.marks: dict[SpecPath, tuple[int, int]] = {}
         self.key_marks: dict[SpecPath, tuple[int, int]] = {}
         self.problems: list[tuple[int, int, str]] = []
+        self.warnings: list[tuple[int, int, str]] = []
 
     def problem(
         self,
@@ -58,22 +63,34 @@ class Reader:
         mark: tuple[int, int] | None = None,
     ) -> None:
         """Note a problem at the node of `path` (or its key, or `mark`)."""
+        self.problems.append(self._located(path, message, at_key, mark))
+
+    def warning(self, path: SpecPath, message: str, *, mark: tuple[int, int] | None = None) -> None:
+        """Note a likely mistake that does not stop the spec from working."""
+        self.warnings.append(self._located(path, f"warning: {message}", False, mark))
+
+    def _located(
+        self, path: SpecPath, message: str, at_key: bool, mark: tuple[int, int] | None
+    ) -> tuple[int, int, str]:
         if mark is None:
             mark = (self.key_marks if at_key else self.marks).get(path) or self._nearest(path)
         where = format_path(path)
         line, col = mark
-        self.problems.append(
-            (line, col, f"{self.path}:{line}:{col}: {where + ': ' if where else ''}{message}")
-        )
+        return (line, col, f"{self.path}:{line}:{col}: {where + ': ' if where else ''}{message}")
 
     def _nearest(self, path: SpecPath) -> tuple[int, int]:
         while path and path not in self.marks:
             path = path[:-1]
         return self.marks.get(path, (1, 1))
 
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise SpecError(list(dict.fromkeys(text for _, _, text in sorted(self.problems))))
+    def raise_if_any(self, *, strict: bool = False) -> None:
+        """Raise every problem, with the warnings among them, in the order of the file;
+        `strict` counts warnings as problems."""
+        if self.problems or (strict and self.warnings):
+            raise SpecError(_in_order(self.problems + self.warnings))
+
+    def warning_lines(self) -> tuple[str, ...]:
+        return tuple(_in_order(self.warnings))
 
     def fail(self, line: int, col: int, message: str) -> SpecError:
         return SpecError([f"{self.path}:{line}:{col}: {message}"])
@@ -100,6 +117,7 @@ class Reader:
             raise SpecError(
                 [f"{self.path}: not a text file (not UTF-8 at byte {error.start})"]
             ) from None
+        self._check_modeline(text)
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
@@ -121,6 +139,22 @@ class Reader:
             raise SpecError([f"{self.path}: invalid YAML: {error}"]) from None
         finally:
             loader.dispose()
+
+    def _check_modeline(self, text: str) -> None:
+        """Warn of a `# yaml-language-server: $schema=PATH` whose file is not there: editors
+        would then check nothing, silently. URLs are left to the editor."""
+        for number, line in enumerate(text.splitlines(), 1):
+            found = _MODELINE.match(line)
+            if found is None or _URL.match(found["schema"]):
+                continue
+            if not (self.path.parent / found["schema"]).is_file():
+                self.warning(
+                    (),
+                    f"the yaml-language-server modeline's $schema '{found['schema']}' does not "
+                    "exist (the path is relative to the spec's folder), so editors cannot check "
+                    "the spec",
+                    mark=(number, found.start("schema") + 1),
+                )
 
     def _value(self, loader: yaml.SafeLoader, node: yaml.Node, path: SpecPath) -> Any:
         self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
@@ -205,6 +239,9 @@ class _Loader(yaml.SafeLoader):
         self.sizes[id(node)] = 1 + sum(self.sizes[id(child)] for child in children)
         return node
 
+
+_MODELINE = re.compile(r"\s*#\s*yaml-language-server\s*:.*\$schema=(?P<schema>\S+)")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

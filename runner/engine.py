@@ -296,6 +296,18 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
         f"(Ctrl-C stops cleanly)"
     )
+    # Said at once, so that a renamed `pipeline:` (new checkpoints) does not pass unnoticed.
+    resumed = len(engine.reader.checkpoints)
+    if resumed:
+        report(
+            f"[{spec.pipeline}] resuming from checkpoints of {resumed} "
+            f"shard{'' if resumed == 1 else 's'}"
+        )
+    else:
+        report(
+            f"[{spec.pipeline}] no checkpoints for pipeline {spec.pipeline}: "
+            f"starting at {spec.source.start}"
+        )
     report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.where()}")
     try:
         counts = engine.run()

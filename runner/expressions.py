@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import json
 import re
 import time
 import uuid as uuid_module
@@ -23,7 +24,15 @@ from runner import compiler
 from runner.compiler import Compiled as Expression
 from runner.compiler import Function, SearchError
 
-__all__ = ["Expression", "ExpressionError", "SearchError", "compile", "is_true", "json_type"]
+__all__ = [
+    "Expression",
+    "ExpressionError",
+    "SearchError",
+    "compile",
+    "is_true",
+    "json_type",
+    "likely_mistakes",
+]
 
 
 class ExpressionError(ValueError):
@@ -66,6 +75,21 @@ def compile(text: str) -> Expression:  # noqa: A001 - the name JMESPath users ex
         return compiler.compile(text, ADDED)
     except compiler.CompileError as error:
         raise ExpressionError(f"{error}{_suggestion(error.reason)}") from None
+
+
+def likely_mistakes(expression: Expression) -> list[str]:
+    """What in a valid expression is most likely not what its author meant: a quoted
+    identifier ("USA", a field) compared with == or != where text ('USA') was meant."""
+    return [
+        f"{json.dumps(name)} at column {column} is a field, not text; "
+        f"write {_raw_string(name)} for the text"
+        for name, column in compiler.quoted_operands(expression.text)
+    ]
+
+
+def _raw_string(text: str) -> str:
+    escaped = text.replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 _BARE_NUMBER = re.compile(r"unexpected '-?[0-9][0-9.eE+-]*'")

@@ -90,6 +90,7 @@ class Spec:
     transform: tuple[Step, ...]
     route: Route | None  # None: the spec only declares resources
     dead_letter: DeadLetterDestination | None  # None: a file in the state folder
+    warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""
@@ -112,15 +113,17 @@ def load(
     region: str | None = None,
     account_id: Callable[[str], str] = lambda region: LOCAL_ACCOUNT_ID,
     environ: Mapping[str, str] = os.environ,
+    strict: bool = False,
 ) -> Spec:
     """Read the spec at `path` for a target. `account_id(region)` is asked only when the spec
-    uses ${account_id}, with the region the spec resolves to (`region`, else its own)."""
+    uses ${account_id}, with the region the spec resolves to (`region`, else its own).
+    Likely mistakes are the Spec's `warnings`, or with `strict` problems of the SpecError."""
     path = Path(path)
     reader = Reader(path)
     document = reader.read()
     document = Interpolator(reader, document, region, account_id, environ).run()
     wrong = validate_shape(reader, document)
-    return _Builder(reader, document, region, wrong).build()
+    return _Builder(reader, document, region, wrong).build(strict)
 
 
 _BUCKET_FORBIDDEN = (
@@ -204,7 +207,7 @@ class _Builder:
                 made[key] = make(key, raw)
         return made
 
-    def build(self) -> Spec:
+    def build(self, strict: bool) -> Spec:
         doc = self.document
         streams = self.each("streams", lambda key, raw: Stream(key, raw["name"], raw["shards"]))
         buckets = self.each("buckets", lambda key, raw: Bucket(key, raw["name"]))
@@ -249,7 +252,7 @@ class _Builder:
         if "route" in doc:
             with self.tolerant():
                 route = self.route(doc["route"], streams, source)
-        self.reader.raise_if_any()
+        self.reader.raise_if_any(strict=strict)
         return Spec(
             path=self.reader.path,
             pipeline=doc["pipeline"],
@@ -261,6 +264,7 @@ class _Builder:
             transform=tuple(steps),
             route=route,
             dead_letter=dead_letter,
+            warnings=self.reader.warning_lines(),
         )
 
     def unique_names(self, kind: str, declared: Mapping[str, Any]) -> None:
@@ -289,6 +293,14 @@ class _Builder:
         if not isinstance(key, str) or key in declared:
             return isinstance(key, str)
         what = kind.removesuffix("s")
+        named = [
+            k for k, raw in declared.items() if isinstance(raw, dict) and raw.get("name") == key
+        ]
+        if named:  # the resource's own name where the spec wants its key
+            self.reader.problem(
+                path, f"'{key}' is the name of {what} '{named[0]}'; write {path[-1]}: {named[0]}"
+            )
+            return False
         known = ", ".join(declared) or "none declared"
         self.reader.problem(path, f"unknown {what} '{key}' ({kind}: {known})")
         return False
@@ -345,10 +357,13 @@ class _Builder:
         if not isinstance(text, str):
             return None
         try:
-            return expressions.compile(text)
+            compiled = expressions.compile(text)
         except expressions.ExpressionError as error:
             self.reader.problem(path, f"'{text}': {error}")
             return None
+        for mistake in expressions.likely_mistakes(compiled):
+            self.reader.warning(path, f"'{text}': {mistake}")
+        return compiled
 
     def step(self, index: int, raw: dict) -> Step | None:
         """The step, or None when an expression of it did not compile (already reported)."""
@@ -388,21 +403,6 @@ class _Builder:
             unmatched=raw.get("unmatched", "dead_letter"),
             newline=raw.get("newline", True),
         )
-
-
-def check_prefix(prefix: str) -> str | None:
-    """Why `prefix` cannot begin S3 object keys (that are also paths in a local bucket
-    folder), or None when it can. An empty prefix is none at all."""
-    segments = prefix.split("/")
-    if prefix.startswith("/"):
-        why = "it starts with '/'"
-    elif any(segment in (".", "..") for segment in segments):
-        why = "it has a '.' or '..' segment"
-    elif "" in segments[:-1]:  # the last one is what the key goes on with
-        why = "it has an empty segment ('//')"
-    else:
-        return None
-    return f"'{prefix}' is not a valid S3 key prefix: {why}"
 
 
 def parse_timestamp(text: str) -> datetime.datetime:

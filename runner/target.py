@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,18 @@ class Target:
             )
         return self._backend
 
-    def load(self, path: str) -> spec_module.Spec:
-        """Load a spec for this target; ${account_id} asks the target only when used."""
-        if self.name == "local":
-            return spec_module.load(path, region=self.region)  # touches no state
-        return spec_module.load(
-            path, region=self.region, account_id=lambda region: self.backend(region).account_id
-        )
+    def load(self, path: str, *, strict: bool, warn: Callable[[str], None]) -> spec_module.Spec:
+        """Load a spec for this target and `warn` each of its warnings, or with `strict` refuse
+        it for them; ${account_id} asks the target only when used."""
+        # The local target's account id is a constant: loading touches no state.
+        ask = {} if self.name == "local" else {"account_id": self._account_id}
+        loaded = spec_module.load(path, region=self.region, strict=strict, **ask)
+        for line in loaded.warnings:
+            warn(line)
+        return loaded
+
+    def _account_id(self, region: str) -> str:
+        return self.backend(region).account_id
 
     def close(self) -> None:
         if self._backend is not None:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES
 
@@ -42,6 +43,70 @@ def test_validate_lists_the_problems_of_every_spec_and_exits_2(write_spec):
         "(streams: source, usa, other)\n"
         f"{missing}: no such file\n"
     )
+
+
+def quoted_usa(write_spec):
+    """MINIMAL with `country == "USA"`, and the warning it gets."""
+    path = write_spec(MINIMAL.replace("country == 'USA'", 'country == "USA"'))
+    return path, (
+        f'{path}:12:13: route.cases[0].when: warning: \'country == "USA"\': "USA" at column 12 '
+        "is a field, not text; write 'USA' for the text\n"
+    )
+
+
+def test_validate_prints_warnings_and_exits_0_or_with_strict_refuses_the_spec(write_spec):
+    path, warning = quoted_usa(write_spec)
+    result = invoke("validate", str(path))
+    assert (result.exit_code, result.stderr) == (0, warning)
+    assert result.stdout == (
+        f"{path}: ok: pipeline shop, 3 streams, 0 buckets, 0 firehoses, 0 transform steps, "
+        "2 route cases\n"
+    )
+    result = invoke("validate", "--strict", str(path))
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
+
+
+@pytest.mark.parametrize("command", ["preview", "plan", "apply", "destroy", "run"])
+def test_every_command_that_loads_a_spec_warns_and_with_strict_refuses_it(
+    write_spec, state, command
+):
+    path, warning = quoted_usa(write_spec)
+    result = invoke(command, "--strict", str(path), input="")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
+    assert not state.exists()
+
+
+def test_a_command_prints_the_warnings_once_and_goes_on(write_spec, state):
+    path, warning = quoted_usa(write_spec)
+    result = invoke("plan", str(path))
+    assert (result.exit_code, result.stderr) == (0, warning)
+    assert result.stdout == (
+        "+ create stream in (1 shard)\n"
+        "+ create stream usa-out (2 shards)\n"
+        "+ create stream other-out (1 shard)\n"
+        "Plan: 3 to create, 0 to change, 0 unchanged.\n"
+    )
+
+
+def test_run_says_whether_it_resumes_from_checkpoints_or_starts_at_source_start(write_spec, state):
+    path = write_spec(MINIMAL)
+    invoke("apply", str(path))
+    invoke("produce", "--stream", "in", "--json", '{"session_id": "a", "country": "USA"}')
+
+    def start_line(spec_path):
+        result = invoke("run", str(spec_path), "--until-idle", "0")
+        assert result.exit_code == 0, result.stderr
+        return result.stderr.splitlines()[1]
+
+    assert start_line(path) == "[shop] no checkpoints for pipeline shop: starting at trim_horizon"
+    assert start_line(path) == "[shop] resuming from checkpoints of 1 shard"
+    renamed = write_spec(
+        MINIMAL.replace("pipeline: shop", "pipeline: shop-2").replace(
+            "  stream: source", "  stream: source\n  start: latest"
+        ),
+        "renamed.yaml",
+    )
+    assert start_line(renamed) == "[shop-2] no checkpoints for pipeline shop-2: starting at latest"
 
 
 def test_preview_shows_the_scenario_records_route_and_attributes(fixed_clock):

@@ -135,8 +135,9 @@ def test_the_run_says_at_start_where_the_dead_letter_goes(write_spec, tmp_path):
         apply(loaded, backend, lambda line: None)
         lines = []
         engine.run(loaded, backend, state, engine.RunOptions(until_idle=0), lines.append)
-        assert lines[:2] == [
+        assert lines[:3] == [
             "[shop] reading in on the local target (Ctrl-C stops cleanly)",
+            "[shop] no checkpoints for pipeline shop: starting at trim_horizon",
             f"[shop] dead letter: {where}",
         ]
 
@@ -158,7 +159,7 @@ def test_a_local_run_puts_bad_records_in_an_object_of_the_bucket_folder(write_sp
     assert what_and_why(entries) == BAD_ENTRIES
     assert [e["partition_key"] for e in entries] == ["line 1", "line 2"]
     output = result.output.splitlines()
-    assert output[1] == "[shop] dead letter: bucket shop-rejects under dead-letter/"
+    assert output[2] == "[shop] dead letter: bucket shop-rejects under dead-letter/"
     assert output[-1] == (
         "[shop] dead letter: 2 records in 1 object in bucket shop-rejects under dead-letter/"
     )
@@ -179,7 +180,7 @@ def test_an_aws_run_puts_bad_records_in_an_object_of_the_bucket(write_spec, tmp_
     ((key, entries),) = written.items()
     assert re.fullmatch(KEY.pattern.replace("dead-letter/", "dl/"), key)
     assert what_and_why(entries) == BAD_ENTRIES
-    assert lines[1] == "[shop] dead letter: bucket shop-rejects under dl/"
+    assert lines[2] == "[shop] dead letter: bucket shop-rejects under dl/"
     assert lines[-1] == "[shop] dead letter: 2 records in 1 object in bucket shop-rejects under dl/"
     assert not (tmp_path / "dead-letter").exists()
 

@@ -148,11 +148,16 @@ def test_bad_records_go_to_the_dead_letter_while_good_ones_flow_on(state):
 def test_a_run_continues_after_its_checkpoint(state):
     pipeline("apply", ECOMMERCE)
     produce_sessions(50)
-    run_until_idle(state, max_records=20)
+    first = run_until_idle(state, max_records=20)
     backend = LocalBackend(state)
     assert len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)) == 20
-    run_until_idle(state)
+    second = run_until_idle(state)
     assert len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)) == 50
+    assert first[:2] == [
+        f"[de-c2w2lab1-etl] reading {SOURCE} on the local target (Ctrl-C stops cleanly)",
+        "[de-c2w2lab1-etl] no checkpoints for pipeline de-c2w2lab1-etl: starting at trim_horizon",
+    ]
+    assert second[1] == "[de-c2w2lab1-etl] resuming from checkpoints of 1 shard"
 
 
 def test_consume_prints_what_the_run_wrote(state):

@@ -362,6 +362,9 @@ def test_every_mistake_is_reported_in_one_pass_even_with_schema_errors(write_spe
         .replace("    - to: international", "    - to: source")
     )
     assert problems(path) == [
+        f"{path}:1:33: warning: the yaml-language-server modeline's $schema "
+        "'../schemas/pipeline.schema.json' does not exist (the path is relative to the spec's "
+        "folder), so editors cannot check the spec",
         f"{path}:51:33: transform[0].set.overall_product_quantity: "
         "'summ(browse_history[].quantity)': unknown function 'summ()' at column 1; "
         "did you mean sum()?",
@@ -448,16 +451,16 @@ def test_a_dead_letter_is_a_declared_stream_or_a_declared_bucket_with_a_prefix(w
         ("rejects", "18:14: dead_letter: expected a mapping, got text 'rejects'"),
         (
             "{bucket: rejects, prefix: /dead/}",
-            "18:40: dead_letter.prefix: '/dead/' is not a valid S3 key prefix: it starts with '/'",
+            "18:40: dead_letter.prefix: '/dead/' cannot begin an object key: it starts with '/'",
         ),
         (
             "{bucket: rejects, prefix: dead/../letter/}",
-            "18:40: dead_letter.prefix: 'dead/../letter/' is not a valid S3 key prefix: "
-            "it has a '.' or '..' segment",
+            "18:40: dead_letter.prefix: 'dead/../letter/' cannot begin an object key: "
+            "it has a '..' segment",
         ),
         (
             "{bucket: rejects, prefix: dead//letter/}",
-            "18:40: dead_letter.prefix: 'dead//letter/' is not a valid S3 key prefix: "
+            "18:40: dead_letter.prefix: 'dead//letter/' cannot begin an object key: "
             "it has an empty segment ('//')",
         ),
     ],
@@ -472,3 +475,116 @@ def test_a_dead_letter_names_one_declared_place_and_a_prefix_keys_can_start_with
 @pytest.mark.parametrize("prefix", ["", "dead-letter/", "a/b-", "a..b/", "x/.hidden-"])
 def test_check_prefix_accepts_what_s3_and_a_bucket_folder_can_both_hold(prefix):
     assert spec.check_prefix(prefix) is None
+
+
+def test_the_shipped_specs_have_no_warnings():
+    for name in ("ecommerce.yaml", "cli-router.yaml"):
+        assert spec.load(PIPELINES / name).warnings == ()
+
+
+def usa_warning(path):
+    """The warning of MINIMAL's case written `country == "USA"`."""
+    return (
+        f'{path}:12:13: route.cases[0].when: warning: \'country == "USA"\': "USA" at column 12 '
+        "is a field, not text; write 'USA' for the text"
+    )
+
+
+def test_a_double_quoted_identifier_compared_as_text_is_warned_of_with_the_fix(write_spec):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", 'country == "USA"')
+        + "transform:\n"
+        + '  - filter: \'"United States" != country && kind == "book"\'\n'
+        + "  - set:\n"
+        + '      n: length(items[?kind == "it\'s"])\n'
+    )
+    assert spec.load(path).warnings == (
+        usa_warning(path),
+        f"{path}:16:13: transform[0].filter: warning: "
+        '\'"United States" != country && kind == "book"\': "United States" at column 1 is a '
+        "field, not text; write 'United States' for the text",
+        f"{path}:16:13: transform[0].filter: warning: "
+        '\'"United States" != country && kind == "book"\': "book" at column 39 is a '
+        "field, not text; write 'book' for the text",
+        f"{path}:18:10: transform[1].set.n: warning: 'length(items[?kind == \"it's\"])': "
+        "\"it's\" at column 23 is a field, not text; write 'it\\'s' for the text",
+    )
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "\"first-name\" == 'Ann'",  # a field that needs quotes, against text
+        '"first-name" == "last-name"',  # two such fields
+        '"foo-bar".x == country',  # a quoted part of a path
+        'country == "foo-bar".x',
+        '"a" < country',  # not == or !=
+        '!"a" == country',  # the operand is !"a"
+        "country == 'USA'",
+    ],
+)
+def test_quoted_identifiers_that_are_fields_are_not_warned_of(write_spec, when):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", when.replace("'", "''"))
+        .replace("- when: ", "- when: '")
+        .replace("\n      to: usa", "'\n      to: usa")
+    )
+    assert spec.load(path).warnings == ()
+
+
+def test_strict_refuses_a_spec_for_its_warnings_in_file_order(write_spec):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", 'country == "USA"').replace(
+            "  partition_key: session_id", "  partition_key: '\"a\" == b'"
+        )
+    )
+    assert problems(path, strict=True) == [
+        f'{path}:10:18: route.partition_key: warning: \'"a" == b\': "a" at column 1 is a field, '
+        "not text; write 'a' for the text",
+        usa_warning(path),
+    ]
+
+
+def test_warnings_come_with_the_problems_of_a_spec_refused_anyway(write_spec):
+    path = write_spec(
+        MINIMAL.replace("country == 'USA'", 'country == "USA"').replace("to: other", "to: nope")
+    )
+    assert problems(path) == [
+        usa_warning(path),
+        f"{path}:14:11: route.cases[1].to: unknown stream 'nope' (streams: source, usa, other)",
+    ]
+
+
+def test_a_streams_own_name_where_its_key_goes_says_which_key_to_write(write_spec):
+    path = write_spec(
+        MINIMAL.replace("to: usa", "to: usa-out")
+        .replace("stream: source", "stream: in")
+        .replace(
+            "    other: {name: other-out, shards: 1}",
+            "    other: {name: other-out, shards: 1}\n    rejects: {name: bad, shards: 1}",
+        )
+        + "dead_letter: {stream: bad}\n"
+    )
+    assert problems(path) == [
+        f"{path}:9:11: source.stream: 'in' is the name of stream 'source'; write stream: source",
+        f"{path}:14:11: route.cases[0].to: 'usa-out' is the name of stream 'usa'; write to: usa",
+        f"{path}:16:23: dead_letter.stream: 'bad' is the name of stream 'rejects'; "
+        "write stream: rejects",
+    ]
+
+
+def test_a_modeline_schema_that_is_not_there_is_warned_of_at_its_line(write_spec, tmp_path):
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "pipeline.schema.json").write_text("{}")
+    found = write_spec("# yaml-language-server: $schema=schemas/pipeline.schema.json\n" + MINIMAL)
+    assert spec.load(found).warnings == ()
+    url = write_spec("# yaml-language-server: $schema=https://example.com/s.json\n" + MINIMAL)
+    assert spec.load(url).warnings == ()
+    path = write_spec(
+        "# A spec\n#  yaml-language-server: $schema=../schemas/pipeline.schema.json\n" + MINIMAL
+    )
+    assert spec.load(path).warnings == (
+        f"{path}:2:34: warning: the yaml-language-server modeline's $schema "
+        "'../schemas/pipeline.schema.json' does not exist (the path is relative to the spec's "
+        "folder), so editors cannot check the spec",
+    )

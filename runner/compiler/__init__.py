@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.compiler.checks import parse
+from runner.compiler.checks import parse, quoted_operands
 from runner.compiler.codegen import _Generator
 from runner.compiler.errors import CompileError, SearchError
 from runner.compiler.folding import _fold
@@ -27,6 +27,7 @@ __all__ = [
     "Function",
     "SearchError",
     "compile",
+    "quoted_operands",
 ]
 
 

@@ -30,6 +30,34 @@ def parse(text: str, functions: Mapping[str, Function]) -> dict:
     return tree
 
 
+class _QuotingParser(Parser):
+    """jmespath's parser, marking each field written as a quoted identifier ("USA") with its
+    column: the tree alone does not tell `"USA"` from `USA`."""
+
+    _CACHE: dict = {}  # its own: its trees carry the marks
+
+    def _token_nud_quoted_identifier(self, token: dict) -> dict:
+        field = super()._token_nud_quoted_identifier(token)
+        return {**field, "quoted_at": token["start"] + 1}
+
+
+def quoted_operands(text: str) -> list[tuple[str, int]]:
+    """The name and column of each quoted identifier that is a whole operand of `==` or `!=`
+    whose other operand is neither a literal nor quoted too: in `country == "USA"` it is a
+    field, though almost always meant as text. `text` must be a valid expression."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        tree = _QuotingParser().parse(text).parsed
+    found = []
+    for node, _ in _walk(tree):
+        if node["type"] == "comparator" and node["value"] in ("eq", "ne"):
+            left, right = node["children"]
+            for one, other in ((left, right), (right, left)):
+                if "quoted_at" in one and "quoted_at" not in other and other["type"] != "literal":
+                    found.append((one["value"], one["quoted_at"]))
+    return sorted(found, key=lambda operand: operand[1])
+
+
 # How the lexer's unclosed delimiters read in messages.
 _DELIMITED = {"'": "raw string", "`": "literal", '"': "quoted identifier"}
 
