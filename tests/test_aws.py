@@ -829,12 +829,23 @@ def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
     )
 
 
-def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch):
+def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch, tmp_path):
+    def regions():
+        """The backend's region, and the one its clients are made in."""
+        backend = AwsBackend(None, poll_s=0)
+        return backend.region, backend._client("kinesis").meta.region_name
+
+    (tmp_path / "config").write_text("[default]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    with mock_aws():
-        assert AwsBackend(None, poll_s=0).region == "eu-west-1"
-        monkeypatch.delenv("AWS_DEFAULT_REGION")
-        assert AwsBackend(None, poll_s=0).region == "us-east-1"
+    assert regions() == ("eu-west-2", "eu-west-2")
+    monkeypatch.delenv("AWS_REGION")
+    assert regions() == ("eu-west-1", "eu-west-1")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert regions() == ("ap-south-1", "ap-south-1")
+    (tmp_path / "config").unlink()
+    assert regions() == ("us-east-1", "us-east-1")
+    assert AwsBackend("ca-central-1", poll_s=0)._client("s3").meta.region_name == "ca-central-1"
 
 
 def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run():

@@ -1,5 +1,6 @@
 """End to end on the aws target: the shipped scenario against a moto server on 127.0.0.1."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -26,6 +27,70 @@ def endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+# A moto server in a process of its own: two of them keep apart what they hold, which two
+# ThreadedMotoServers in this process would not (moto's state is global to a process).
+MOTO_SERVER = """\
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("http://%s:%d" % server.get_host_and_port(), flush=True)
+sys.stdin.read()  # until the test closes this process's stdin
+server.stop()
+"""
+
+
+@contextlib.contextmanager
+def moto_process():
+    """The endpoint of a moto server running in a subprocess until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", MOTO_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # its request log
+        text=True,
+    )
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def separate_endpoint():
+    with moto_process() as endpoint:
+        yield endpoint
+
+
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def server_client(endpoint, service, region="us-east-1"):
+    """A boto3 client of the test's own on a moto server, whatever this machine configures."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def in_clean_env(home, *args, **variables):
+    """`pipeline ARGS` as a new user's shell runs it: an empty HOME (so no AWS config), PATH,
+    and only `variables` besides."""
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], **variables}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -199,3 +264,41 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     printed = [json.loads(line) for line in consumed.stdout.splitlines()]
     assert {p["data"]["session_id"] for p in printed} == set(routed[USA])
     assert {p["shard"] for p in printed} <= {"shardId-000000000000", "shardId-000000000001"}
+
+
+@pytest.mark.parametrize(
+    "variables, region",
+    [({}, "us-east-1"), ({"AWS_REGION": "eu-west-2"}, "eu-west-2")],
+    ids=["no-region-configured", "AWS_REGION"],
+)
+def test_produce_and_consume_act_in_the_region_worked_out_without_a_spec(
+    separate_endpoint, tmp_path, variables, region
+):
+    stream = f"trips-{region}"
+    for where in ("us-east-1", "eu-west-2"):
+        server_client(separate_endpoint, "kinesis", where).create_stream(
+            StreamName=stream, ShardCount=1
+        )
+    env = {
+        "PIPELINE_TARGET": "aws",
+        "AWS_ENDPOINT_URL": separate_endpoint,
+        **FAKE_CREDENTIALS,
+        **variables,
+    }
+
+    record = '{"session_id": "a1"}'
+    produced = in_clean_env(tmp_path, "produce", "--stream", stream, "--json", record, **env)
+    consumed = in_clean_env(tmp_path, "consume", "--stream", stream, "--no-follow", **env)
+
+    assert (produced.returncode, produced.stdout) == (0, "")
+    assert produced.stderr == f"put 1 record into {stream}\n"
+    kinesis = server_client(separate_endpoint, "kinesis", region)
+    (shard,) = kinesis.list_shards(StreamName=stream)["Shards"]
+    iterator = kinesis.get_shard_iterator(
+        StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    (record,) = kinesis.get_records(ShardIterator=iterator)["Records"]
+    assert (consumed.returncode, consumed.stderr) == (0, "")
+    assert consumed.stdout == (
+        f'{shard["ShardId"]} {record["SequenceNumber"]} key=a1: {{"session_id":"a1"}}\n'
+    )

@@ -7,6 +7,7 @@ control-plane calls keep the standard retries.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,9 +41,11 @@ class AwsSession(Backend):
         self.endpoint_url = endpoint_url
         self.poll_s = poll_s
         with backend_errors("the AWS session"):
-            self._session = boto3.Session(profile_name=profile, region_name=region)
-            # No region given: the AWS configuration's (AWS_REGION, the profile), else us-east-1.
-            self.region = region or self._session.region_name or DEFAULT_REGION
+            self._session = boto3.Session(profile_name=profile)
+            # No region given: AWS_REGION (which boto3 does not read), then boto3's own choice
+            # (AWS_DEFAULT_REGION, the profile's), else us-east-1. Every client is made in it.
+            configured = os.environ.get("AWS_REGION") or self._session.region_name
+            self.region = region or configured or DEFAULT_REGION
             self._partition = self._session.get_partition_for_region(self.region)
         self._clients: dict[tuple[str, bool], Any] = {}
         # boto3 clients are thread-safe once made, but making them from one session is not.
@@ -73,7 +76,7 @@ class AwsSession(Backend):
                     # LocalStack and moto servers answer on one host, not bucket subdomains.
                     config = config.merge(Config(s3={"addressing_style": "path"}))
                 client = self._session.client(
-                    service, config=config, endpoint_url=self.endpoint_url
+                    service, region_name=self.region, config=config, endpoint_url=self.endpoint_url
                 )
                 self._clients[(service, data_plane)] = client
             return client
