@@ -727,7 +727,60 @@ def test_an_unreachable_endpoint(backend, monkeypatch):
         backend.describe_stream("orders")
     assert str(error.value) == (
         "stream 'orders': cannot connect to the endpoint http://127.0.0.1:4566/: "
-        "check the network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+        "check the network, the region and --endpoint-url, AWS_ENDPOINT_URL_<SERVICE> and "
+        "AWS_ENDPOINT_URL"
+    )
+
+
+@pytest.mark.parametrize(
+    "endpoint_url, variables, url",
+    [
+        (None, {}, "https://shop-bucket.s3.amazonaws.com/"),
+        ("http://localhost:4566", {}, "http://localhost:4566/shop-bucket"),
+        (None, {"AWS_ENDPOINT_URL": "http://localhost:4566"}, "http://localhost:4566/shop-bucket"),
+        (None, {"AWS_ENDPOINT_URL_S3": "http://s3.local:9000"}, "http://s3.local:9000/shop-bucket"),
+        (
+            None,
+            {"AWS_ENDPOINT_URL_KINESIS": "http://localhost:4566"},
+            "https://shop-bucket.s3.amazonaws.com/",
+        ),
+    ],
+    ids=["aws", "--endpoint-url", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "another-service"],
+)
+def test_buckets_are_addressed_by_path_on_any_endpoint_but_aws_own(
+    aws_env, monkeypatch, endpoint_url, variables, url
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    backend = AwsBackend("us-east-1", endpoint_url=endpoint_url, poll_s=0)
+    sent = []
+
+    def answer(request, **_):
+        sent.append(request.url)
+        return AWSResponse(request.url, 200, {}, _Raw(b""))
+
+    backend._client("s3").meta.events.register_first("before-send.s3.HeadBucket", answer)
+    assert backend.bucket_exists("shop-bucket")
+    assert sent == [url]
+
+
+def test_endpoint_url_is_for_every_service_whatever_the_variables(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://localhost:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:2")
+    backend = AwsBackend("us-east-1", endpoint_url="http://localhost:4566", poll_s=0)
+    services = ("kinesis", "firehose", "s3", "dynamodb", "iam", "logs", "sts")
+    endpoints = {service: backend._client(service).meta.endpoint_url for service in services}
+    assert endpoints == dict.fromkeys(services, "http://localhost:4566")
+
+
+def test_an_endpoint_variable_without_a_scheme(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "127.0.0.1:4566")
+    with pytest.raises(BackendError) as error:
+        AwsBackend("us-east-1", poll_s=0).describe_stream("orders")
+    assert str(error.value) == (
+        "the kinesis endpoint: Invalid endpoint: 127.0.0.1:4566; an endpoint is a URL with its "
+        "scheme, e.g. http://127.0.0.1:5000: check --endpoint-url, AWS_ENDPOINT_URL_<SERVICE> "
+        "and AWS_ENDPOINT_URL"
     )
 
 
@@ -861,7 +914,7 @@ def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run()
     assert type(first.value) is BackendError
     assert str(first.value) == (
         "stream 'orders': cannot connect to the endpoint http://127.0.0.1:5999/: check the "
-        "network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+        "network, the region and --endpoint-url, AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
     )
     with pytest.raises(Throttled):
         with backend_errors("stream 'orders'", during_run=True):
@@ -870,6 +923,6 @@ def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run()
         with backend_errors("stream 'orders'"):
             raise ResponseParserError("Unable to parse response (not XML)")
     assert str(garbled.value) == (
-        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url "
-        "(or AWS_ENDPOINT_URL)"
+        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url, "
+        "AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
     )

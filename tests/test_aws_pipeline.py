@@ -302,3 +302,42 @@ def test_produce_and_consume_act_in_the_region_worked_out_without_a_spec(
     assert consumed.stdout == (
         f'{shard["ShardId"]} {record["SequenceNumber"]} key=a1: {{"session_id":"a1"}}\n'
     )
+
+
+def test_a_service_endpoint_variable_beats_the_global_one(tmp_path):
+    spec = str(PIPELINES / "ecommerce.yaml")
+    with moto_process() as streams_endpoint, moto_process() as other_endpoint:
+        env = {
+            "PIPELINE_TARGET": "aws",
+            "AWS_ENDPOINT_URL_KINESIS": streams_endpoint,
+            "AWS_ENDPOINT_URL": other_endpoint,
+            **FAKE_CREDENTIALS,
+        }
+        produce = ("produce", "--stream", SOURCE, "--synthetic", "--count", "20", "--mean-gap", "0")
+        for command in (("apply", spec), produce, ("run", spec, "--until-idle", "1")):
+            done = in_clean_env(tmp_path, *command, **env)
+            assert done.returncode == 0, done.stderr
+
+        def held(endpoint):
+            """The streams, tables and buckets on one server."""
+            return (
+                sorted(server_client(endpoint, "kinesis").list_streams()["StreamNames"]),
+                server_client(endpoint, "dynamodb").list_tables()["TableNames"],
+                sorted(b["Name"] for b in server_client(endpoint, "s3").list_buckets()["Buckets"]),
+            )
+
+        assert held(streams_endpoint) == (sorted([SOURCE, USA, INTERNATIONAL]), [], [])
+        assert held(other_endpoint) == (
+            [],
+            ["de-c2w2lab1-etl-checkpoints"],
+            [f"de-c2w2lab1-{ACCOUNT}-int", f"de-c2w2lab1-{ACCOUNT}-usa"],
+        )
+        kinesis = server_client(streams_endpoint, "kinesis")
+        routed = read_stream(kinesis, USA) + read_stream(kinesis, INTERNATIONAL)
+        assert len(routed) == 20
+        checkpoints = server_client(other_endpoint, "dynamodb").scan(
+            TableName="de-c2w2lab1-etl-checkpoints"
+        )["Items"]
+        assert [(c["stream"]["S"], c["shard_id"]["S"]) for c in checkpoints] == [
+            (SOURCE, "shardId-000000000000")
+        ]

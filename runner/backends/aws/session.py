@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from runner.backends.aws.errors import backend_errors
+from runner.backends.aws.errors import ENDPOINT_SETTINGS, backend_errors
 from runner.backends.base import Backend, BackendError
 
 # Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
@@ -71,15 +71,24 @@ class AwsSession(Backend):
         with self._lock:
             client = self._clients.get((service, data_plane))
             if client is None:
-                config = _DATA_PLANE if data_plane else _CONTROL_PLANE
-                if service == "s3" and self.endpoint_url:
-                    # LocalStack and moto servers answer on one host, not bucket subdomains.
-                    config = config.merge(Config(s3={"addressing_style": "path"}))
-                client = self._session.client(
-                    service, region_name=self.region, config=config, endpoint_url=self.endpoint_url
-                )
+                client = self._new_client(service, _DATA_PLANE if data_plane else _CONTROL_PLANE)
                 self._clients[(service, data_plane)] = client
             return client
+
+    def _new_client(self, service: str, config: Config) -> Any:
+        # --endpoint-url is explicit for every service; without it, botocore resolves
+        # AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL and the AWS config's endpoints itself.
+        # On any endpoint but AWS's own, botocore addresses S3 buckets by path (LocalStack and
+        # moto serve every bucket on one host), unless the AWS config asks for virtual hosts.
+        try:
+            return self._session.client(
+                service, region_name=self.region, config=config, endpoint_url=self.endpoint_url
+            )
+        except ValueError as error:  # botocore's "Invalid endpoint: host:port"
+            raise BackendError(
+                f"the {service} endpoint: {error}; an endpoint is a URL with its scheme, "
+                f"e.g. http://127.0.0.1:5000: check {ENDPOINT_SETTINGS}"
+            ) from error
 
     def _arn(self, service: str, resource: str) -> str:
         return f"arn:{self._partition}:{service}:{self.region}:{self.account_id}:{resource}"
