@@ -2,6 +2,10 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -865,6 +869,81 @@ def test_a_pipeline_runs_once_at_a_time_across_machines(backend):
     assert str(caught.value).endswith("); two runs at once would write every record twice")
     with other.running("shop"):  # free once the first run ends
         pass
+
+
+def hold_lease(backend, pipeline, host, pid):
+    """A lease item as a run on `host` with `pid` left it, lasting until 2100-01-01 00:00 UTC."""
+    backend._client("dynamodb").put_item(
+        TableName=f"{pipeline}-checkpoints",
+        Item={
+            "stream": {"S": "#run-lock"},
+            "shard_id": {"S": "#run-lock"},
+            "owner": {"S": f"{host} pid {pid} run 0badf00d"},
+            "host": {"S": host},
+            "pid": {"N": str(pid)},
+            "expires": {"N": "4102444800"},
+        },
+    )
+
+
+def gone_pid():
+    """The pid of a process that has ended."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    return ended.pid
+
+
+def lease_holder(backend, pipeline):
+    key = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+    item = backend._client("dynamodb").get_item(TableName=f"{pipeline}-checkpoints", Key=key)
+    return item.get("Item", {}).get("owner", {}).get("S")
+
+
+def test_a_lease_left_by_a_dead_run_of_this_machine_is_taken_at_once(backend):
+    backend.create_checkpoint_store("shop")
+    hold_lease(backend, "shop", socket.gethostname(), gone_pid())
+
+    with backend.running("shop"):
+        here = f"{socket.gethostname()} pid {os.getpid()} run "
+        assert lease_holder(backend, "shop").startswith(here)
+    assert lease_holder(backend, "shop") is None
+
+
+def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend):
+    backend.create_checkpoint_store("shop")
+    hold_lease(backend, "shop", socket.gethostname(), gone_pid())
+
+    def faster(**_):  # another run takes the lease between our read of it and our takeover
+        backend._client("dynamodb").meta.events.unregister("after-call.dynamodb.GetItem", faster)
+        hold_lease(backend, "shop", "elsewhere.example", 7)
+
+    backend._client("dynamodb").meta.events.register("after-call.dynamodb.GetItem", faster)
+    with pytest.raises(BackendError) as refused:
+        with backend.running("shop"):
+            pass
+    assert str(refused.value).startswith(
+        "pipeline shop is already running (elsewhere.example pid 7 run 0badf00d;"
+    )
+    assert lease_holder(backend, "shop") == "elsewhere.example pid 7 run 0badf00d"
+
+
+@pytest.mark.parametrize(
+    "host, alive", [("this", True), ("another", False)], ids=["live-pid", "another-host"]
+)
+def test_a_lease_of_a_live_run_or_of_another_machine_is_refused(backend, host, alive):
+    backend.create_checkpoint_store("shop")
+    host = socket.gethostname() if host == "this" else "elsewhere.example"
+    pid = os.getpid() if alive else gone_pid()
+    hold_lease(backend, "shop", host, pid)
+
+    with pytest.raises(BackendError) as refused:
+        with backend.running("shop"):
+            pass
+    assert str(refused.value) == (
+        f"pipeline shop is already running ({host} pid {pid} run 0badf00d; its lease lasts until "
+        "00:00:00 UTC unless renewed); two runs at once would write every record twice"
+    )
+    assert lease_holder(backend, "shop") == f"{host} pid {pid} run 0badf00d"
 
 
 def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
