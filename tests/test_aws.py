@@ -14,6 +14,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
+from click.testing import CliRunner
+from conftest import PIPELINES
 from moto import mock_aws
 
 from runner.backends.aws import AwsBackend
@@ -27,6 +29,7 @@ from runner.backends.base import (
     StreamNotFound,
     Throttled,
 )
+from runner.cli import cli
 
 ACCOUNT = "123456789012"  # moto's account
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -1004,4 +1007,41 @@ def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run()
     assert str(garbled.value) == (
         "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url, "
         "AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
+    )
+
+
+def test_apply_in_a_china_region_names_resources_in_the_aws_cn_partition(aws_env):
+    spec = str(PIPELINES / "ecommerce.yaml")
+    with mock_aws():
+        applied = CliRunner().invoke(
+            cli, ["apply", spec, "--target", "aws", "--region", "cn-north-1"]
+        )
+        assert applied.exit_code == 0, applied.output
+        backend = AwsBackend("cn-north-1", poll_s=0)
+        iam = backend._client("iam")
+        policy = iam.get_role_policy(
+            RoleName="de-c2w2lab1-firehose-role", PolicyName="pipeline-firehose-delivery"
+        )["PolicyDocument"]
+        delivery = backend._client("firehose").describe_delivery_stream(
+            DeliveryStreamName="de-c2w2lab1-firehose-usa"
+        )["DeliveryStreamDescription"]
+    assert backend.partition == "aws-cn"
+    assert [r for s in policy["Statement"] for r in s["Resource"]] == [
+        f"arn:aws-cn:kinesis:cn-north-1:{ACCOUNT}:stream/de-c2w2lab1-international-data-stream",
+        f"arn:aws-cn:kinesis:cn-north-1:{ACCOUNT}:stream/de-c2w2lab1-usa-data-stream",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-int",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-int/*",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-usa",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-usa/*",
+        f"arn:aws-cn:logs:cn-north-1:{ACCOUNT}:log-group:"
+        "de-c2w2lab1-firehose-international-log-group:log-stream:*",
+        f"arn:aws-cn:logs:cn-north-1:{ACCOUNT}:log-group:"
+        "de-c2w2lab1-firehose-usa-log-group:log-stream:*",
+    ]
+    source = delivery["Source"]["KinesisStreamSourceDescription"]
+    destination = delivery["Destinations"][0]["ExtendedS3DestinationDescription"]
+    assert (source["KinesisStreamARN"], destination["RoleARN"], destination["BucketARN"]) == (
+        f"arn:aws-cn:kinesis:cn-north-1:{ACCOUNT}:stream/de-c2w2lab1-usa-data-stream",
+        f"arn:aws-cn:iam::{ACCOUNT}:role/de-c2w2lab1-firehose-role",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-usa",
     )

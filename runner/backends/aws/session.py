@@ -46,7 +46,7 @@ class AwsSession(Backend):
             # (AWS_DEFAULT_REGION, the profile's), else us-east-1. Every client is made in it.
             configured = os.environ.get("AWS_REGION") or self._session.region_name
             self.region = region or configured or DEFAULT_REGION
-            self._partition = self._session.get_partition_for_region(self.region)
+            self.partition = self._session.get_partition_for_region(self.region)
         self._clients: dict[tuple[str, bool], Any] = {}
         # boto3 clients are thread-safe once made, but making them from one session is not.
         self._lock = threading.Lock()
@@ -91,7 +91,7 @@ class AwsSession(Backend):
             ) from error
 
     def _arn(self, service: str, resource: str) -> str:
-        return f"arn:{self._partition}:{service}:{self.region}:{self.account_id}:{resource}"
+        return f"arn:{self.partition}:{service}:{self.region}:{self.account_id}:{resource}"
 
     def _wait(self, what: str, status: Callable[[], str | None], until: str | None) -> None:
         """Poll `status` every poll_s until it is `until` (None: until the resource is gone)."""
