@@ -3,6 +3,9 @@
 import contextlib
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from itertools import islice
@@ -341,3 +344,51 @@ def test_a_service_endpoint_variable_beats_the_global_one(tmp_path):
         assert [(c["stream"]["S"], c["shard_id"]["S"]) for c in checkpoints] == [
             (SOURCE, "shardId-000000000000")
         ]
+
+
+def readme_block(paragraph):
+    """The first sh block after the README paragraph that starts with `paragraph`."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(paragraph) :]
+    start = after.index("```sh\n") + len("```sh\n")
+    return after[start : after.index("```\n", start)]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path):
+    if not (REPO / ".venv" / "bin" / "activate").exists():
+        pytest.skip("the README's block needs `make install`'s .venv")
+    block = readme_block("**LocalStack or a moto server.**")
+    assert block.count("5000") == 3  # the server's port, where the block waits, the endpoint
+    shell = subprocess.Popen(
+        ["bash", "-e", "-c", block.replace("5000", str(free_port()))],
+        cwd=REPO,
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = shell.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGTERM)  # the moto server, if the block stopped early
+
+    assert shell.returncode == 0, out + err
+    lines, notes = out.splitlines(), err.splitlines()
+    assert "Applied: 11 created, 0 changed, 0 unchanged." in lines
+    assert f"put 100 records into {SOURCE}" in notes
+    (done,) = [line for line in notes if line.startswith("[de-c2w2lab1-etl] done: ")]
+    routed = re.search(
+        r"done: in 100 \| out international (\d+), usa (\d+) \| dead-lettered 0 ", done
+    )
+    assert routed, done
+    assert len([line for line in lines if line.startswith("shardId-")]) == int(routed[2])
+    assert lines[-1] == "Destroyed 11 resources."
+    assert [line for line in notes if line.startswith("error")] == []
