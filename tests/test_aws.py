@@ -874,7 +874,10 @@ def test_a_pipeline_runs_once_at_a_time_across_machines(backend):
         pass
 
 
-def hold_lease(backend, pipeline, host, pid):
+PID_NAMESPACE = os.readlink("/proc/self/ns/pid")  # where this test's pids are numbered
+
+
+def hold_lease(backend, pipeline, host, pid, pid_namespace=PID_NAMESPACE):
     """A lease item as a run on `host` with `pid` left it, lasting until 2100-01-01 00:00 UTC."""
     backend._client("dynamodb").put_item(
         TableName=f"{pipeline}-checkpoints",
@@ -883,6 +886,7 @@ def hold_lease(backend, pipeline, host, pid):
             "shard_id": {"S": "#run-lock"},
             "owner": {"S": f"{host} pid {pid} run 0badf00d"},
             "host": {"S": host},
+            "pid_namespace": {"S": pid_namespace},
             "pid": {"N": str(pid)},
             "expires": {"N": "4102444800"},
         },
@@ -931,13 +935,17 @@ def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend)
 
 
 @pytest.mark.parametrize(
-    "host, alive", [("this", True), ("another", False)], ids=["live-pid", "another-host"]
+    "host, pid_namespace, alive",
+    [("this", PID_NAMESPACE, True), ("another", PID_NAMESPACE, False), ("this", "pid:[1]", False)],
+    ids=["live-pid", "another-host", "another-container-of-this-host"],
 )
-def test_a_lease_of_a_live_run_or_of_another_machine_is_refused(backend, host, alive):
+def test_a_lease_of_a_live_run_or_of_another_machine_is_refused(
+    backend, host, pid_namespace, alive
+):
     backend.create_checkpoint_store("shop")
     host = socket.gethostname() if host == "this" else "elsewhere.example"
     pid = os.getpid() if alive else gone_pid()
-    hold_lease(backend, "shop", host, pid)
+    hold_lease(backend, "shop", host, pid, pid_namespace)
 
     with pytest.raises(BackendError) as refused:
         with backend.running("shop"):

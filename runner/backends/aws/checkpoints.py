@@ -229,20 +229,30 @@ def _table(pipeline: str) -> str:
 
 
 def _lease(owner: str, now: int) -> dict[str, Any]:
-    """The lease item of this process's run: its owner text, and its host and pid apart."""
+    """The lease item of this process's run: its owner text, and where its pid is apart."""
     return {
         **_LEASE_KEY,
         "owner": {"S": owner},
         "host": {"S": socket.gethostname()},
+        "pid_namespace": {"S": _pid_namespace()},
         "pid": {"N": str(os.getpid())},
         "expires": {"N": str(now + aws.LEASE_S)},
     }
 
 
+def _pid_namespace() -> str:
+    # Containers may share a hostname (host networking) but number their processes apart.
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): one numbering per machine
+        return ""
+
+
 def _died_here(lease: dict[str, Any]) -> bool:
     """Whether the lease item names a process of this machine that no longer exists."""
-    host, pid = lease.get("host", {}).get("S"), int(lease.get("pid", {}).get("N", 0))
-    if host != socket.gethostname() or pid <= 0:
+    where = (lease.get("host", {}).get("S"), lease.get("pid_namespace", {}).get("S"))
+    pid = int(lease.get("pid", {}).get("N", 0))
+    if where != (socket.gethostname(), _pid_namespace()) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)  # signal 0 only asks whether the process exists
