@@ -9,8 +9,9 @@ from runner.spec import Spec
 POLICY_NAME = "pipeline-firehose-delivery"
 
 
-def roles(spec: Spec, account_id: str, region: str) -> list[RoleDescription]:
-    """One role per distinct `role` name of the spec's firehoses, covering all that use it."""
+def roles(spec: Spec, account_id: str, region: str, partition: str) -> list[RoleDescription]:
+    """One role per distinct `role` name of the spec's firehoses, covering all that use it;
+    `partition` is the region's ARN partition (aws, aws-cn, aws-us-gov)."""
     by_role: dict[str, list] = {}
     for firehose in spec.firehoses.values():
         by_role.setdefault(firehose.role, []).append(firehose)
@@ -18,7 +19,7 @@ def roles(spec: Spec, account_id: str, region: str) -> list[RoleDescription]:
         RoleDescription(
             name=name,
             trust_policy=trust_policy(account_id),
-            policies={POLICY_NAME: delivery_policy(spec, firehoses, account_id, region)},
+            policies={POLICY_NAME: delivery_policy(spec, firehoses, account_id, region, partition)},
         )
         for name, firehoses in by_role.items()
     ]
@@ -39,7 +40,9 @@ def trust_policy(account_id: str) -> dict:
     }
 
 
-def delivery_policy(spec: Spec, firehoses: list, account_id: str, region: str) -> dict:
+def delivery_policy(
+    spec: Spec, firehoses: list, account_id: str, region: str, partition: str
+) -> dict:
     streams = sorted({spec.streams[f.stream].name for f in firehoses})
     buckets = sorted({spec.buckets[f.bucket].name for f in firehoses})
     groups = sorted({f.log_group for f in firehoses if f.log_group})
@@ -54,7 +57,9 @@ def delivery_policy(spec: Spec, firehoses: list, account_id: str, region: str) -
                 "kinesis:GetRecords",
                 "kinesis:ListShards",
             ],
-            "Resource": [f"arn:aws:kinesis:{region}:{account_id}:stream/{s}" for s in streams],
+            "Resource": [
+                f"arn:{partition}:kinesis:{region}:{account_id}:stream/{s}" for s in streams
+            ],
         },
         {
             "Sid": "WriteBuckets",
@@ -68,7 +73,9 @@ def delivery_policy(spec: Spec, firehoses: list, account_id: str, region: str) -
                 "s3:PutObject",
             ],
             "Resource": [
-                arn for b in buckets for arn in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")
+                arn
+                for b in buckets
+                for arn in (f"arn:{partition}:s3:::{b}", f"arn:{partition}:s3:::{b}/*")
             ],
         },
     ]
@@ -79,7 +86,8 @@ def delivery_policy(spec: Spec, firehoses: list, account_id: str, region: str) -
                 "Effect": "Allow",
                 "Action": ["logs:PutLogEvents"],
                 "Resource": [
-                    f"arn:aws:logs:{region}:{account_id}:log-group:{g}:log-stream:*" for g in groups
+                    f"arn:{partition}:logs:{region}:{account_id}:log-group:{g}:log-stream:*"
+                    for g in groups
                 ],
             }
         )

@@ -93,9 +93,9 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--profile", help="AWS profile from your AWS config."),
         click.option(
             "--endpoint-url",
-            envvar="AWS_ENDPOINT_URL",
             callback=_endpoint,
-            help="AWS endpoint, e.g. LocalStack or a moto server (env AWS_ENDPOINT_URL).",
+            help="AWS endpoint of every service, e.g. LocalStack or a moto server (without it: "
+            "AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL, else AWS's own).",
         ),
     ]
     wrapped = functools.wraps(command)(gather)

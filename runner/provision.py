@@ -251,7 +251,7 @@ def _checkpoint_store(spec: Spec, backend: Backend) -> Iterator[Change]:
 
 
 def _roles(spec: Spec, backend: Backend) -> Iterator[Change]:
-    for wanted in access.roles(spec, backend.account_id, backend.region):
+    for wanted in access.roles(spec, backend.account_id, backend.region, backend.partition):
         current = backend.describe_role(wanted.name)
         if current is None:
             action, detail = CREATE, "assumed by Firehose"

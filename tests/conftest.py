@@ -1,5 +1,6 @@
 import datetime
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -90,8 +91,11 @@ CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path):
     """Fake credentials, and no AWS config of the machine running the tests."""
-    for variable in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL"):
+    for variable in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION"):
         monkeypatch.delenv(variable, raising=False)
+    for variable in list(os.environ):
+        if variable.startswith("AWS_ENDPOINT_URL"):  # also AWS_ENDPOINT_URL_<SERVICE>
+            monkeypatch.delenv(variable)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -2,6 +2,10 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -10,6 +14,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
+from click.testing import CliRunner
+from conftest import PIPELINES
 from moto import mock_aws
 
 from runner.backends.aws import AwsBackend
@@ -23,6 +29,7 @@ from runner.backends.base import (
     StreamNotFound,
     Throttled,
 )
+from runner.cli import cli
 
 ACCOUNT = "123456789012"  # moto's account
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -727,7 +734,60 @@ def test_an_unreachable_endpoint(backend, monkeypatch):
         backend.describe_stream("orders")
     assert str(error.value) == (
         "stream 'orders': cannot connect to the endpoint http://127.0.0.1:4566/: "
-        "check the network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+        "check the network, the region and --endpoint-url, AWS_ENDPOINT_URL_<SERVICE> and "
+        "AWS_ENDPOINT_URL"
+    )
+
+
+@pytest.mark.parametrize(
+    "endpoint_url, variables, url",
+    [
+        (None, {}, "https://shop-bucket.s3.amazonaws.com/"),
+        ("http://localhost:4566", {}, "http://localhost:4566/shop-bucket"),
+        (None, {"AWS_ENDPOINT_URL": "http://localhost:4566"}, "http://localhost:4566/shop-bucket"),
+        (None, {"AWS_ENDPOINT_URL_S3": "http://s3.local:9000"}, "http://s3.local:9000/shop-bucket"),
+        (
+            None,
+            {"AWS_ENDPOINT_URL_KINESIS": "http://localhost:4566"},
+            "https://shop-bucket.s3.amazonaws.com/",
+        ),
+    ],
+    ids=["aws", "--endpoint-url", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "another-service"],
+)
+def test_buckets_are_addressed_by_path_on_any_endpoint_but_aws_own(
+    aws_env, monkeypatch, endpoint_url, variables, url
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    backend = AwsBackend("us-east-1", endpoint_url=endpoint_url, poll_s=0)
+    sent = []
+
+    def answer(request, **_):
+        sent.append(request.url)
+        return AWSResponse(request.url, 200, {}, _Raw(b""))
+
+    backend._client("s3").meta.events.register_first("before-send.s3.HeadBucket", answer)
+    assert backend.bucket_exists("shop-bucket")
+    assert sent == [url]
+
+
+def test_endpoint_url_is_for_every_service_whatever_the_variables(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://localhost:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:2")
+    backend = AwsBackend("us-east-1", endpoint_url="http://localhost:4566", poll_s=0)
+    services = ("kinesis", "firehose", "s3", "dynamodb", "iam", "logs", "sts")
+    endpoints = {service: backend._client(service).meta.endpoint_url for service in services}
+    assert endpoints == dict.fromkeys(services, "http://localhost:4566")
+
+
+def test_an_endpoint_variable_without_a_scheme(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "127.0.0.1:4566")
+    with pytest.raises(BackendError) as error:
+        AwsBackend("us-east-1", poll_s=0).describe_stream("orders")
+    assert str(error.value) == (
+        "the kinesis endpoint: Invalid endpoint: 127.0.0.1:4566; an endpoint is a URL with its "
+        "scheme, e.g. http://127.0.0.1:5000: check --endpoint-url, AWS_ENDPOINT_URL_<SERVICE> "
+        "and AWS_ENDPOINT_URL"
     )
 
 
@@ -814,6 +874,89 @@ def test_a_pipeline_runs_once_at_a_time_across_machines(backend):
         pass
 
 
+PID_NAMESPACE = os.readlink("/proc/self/ns/pid")  # where this test's pids are numbered
+
+
+def hold_lease(backend, pipeline, host, pid, pid_namespace=PID_NAMESPACE):
+    """A lease item as a run on `host` with `pid` left it, lasting until 2100-01-01 00:00 UTC."""
+    backend._client("dynamodb").put_item(
+        TableName=f"{pipeline}-checkpoints",
+        Item={
+            "stream": {"S": "#run-lock"},
+            "shard_id": {"S": "#run-lock"},
+            "owner": {"S": f"{host} pid {pid} run 0badf00d"},
+            "host": {"S": host},
+            "pid_namespace": {"S": pid_namespace},
+            "pid": {"N": str(pid)},
+            "expires": {"N": "4102444800"},
+        },
+    )
+
+
+def gone_pid():
+    """The pid of a process that has ended."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    return ended.pid
+
+
+def lease_holder(backend, pipeline):
+    key = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+    item = backend._client("dynamodb").get_item(TableName=f"{pipeline}-checkpoints", Key=key)
+    return item.get("Item", {}).get("owner", {}).get("S")
+
+
+def test_a_lease_left_by_a_dead_run_of_this_machine_is_taken_at_once(backend):
+    backend.create_checkpoint_store("shop")
+    hold_lease(backend, "shop", socket.gethostname(), gone_pid())
+
+    with backend.running("shop"):
+        here = f"{socket.gethostname()} pid {os.getpid()} run "
+        assert lease_holder(backend, "shop").startswith(here)
+    assert lease_holder(backend, "shop") is None
+
+
+def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend):
+    backend.create_checkpoint_store("shop")
+    hold_lease(backend, "shop", socket.gethostname(), gone_pid())
+
+    def faster(**_):  # another run takes the lease between our read of it and our takeover
+        backend._client("dynamodb").meta.events.unregister("after-call.dynamodb.GetItem", faster)
+        hold_lease(backend, "shop", "elsewhere.example", 7)
+
+    backend._client("dynamodb").meta.events.register("after-call.dynamodb.GetItem", faster)
+    with pytest.raises(BackendError) as refused:
+        with backend.running("shop"):
+            pass
+    assert str(refused.value).startswith(
+        "pipeline shop is already running (elsewhere.example pid 7 run 0badf00d;"
+    )
+    assert lease_holder(backend, "shop") == "elsewhere.example pid 7 run 0badf00d"
+
+
+@pytest.mark.parametrize(
+    "host, pid_namespace, alive",
+    [("this", PID_NAMESPACE, True), ("another", PID_NAMESPACE, False), ("this", "pid:[1]", False)],
+    ids=["live-pid", "another-host", "another-container-of-this-host"],
+)
+def test_a_lease_of_a_live_run_or_of_another_machine_is_refused(
+    backend, host, pid_namespace, alive
+):
+    backend.create_checkpoint_store("shop")
+    host = socket.gethostname() if host == "this" else "elsewhere.example"
+    pid = os.getpid() if alive else gone_pid()
+    hold_lease(backend, "shop", host, pid, pid_namespace)
+
+    with pytest.raises(BackendError) as refused:
+        with backend.running("shop"):
+            pass
+    assert str(refused.value) == (
+        f"pipeline shop is already running ({host} pid {pid} run 0badf00d; its lease lasts until "
+        "00:00:00 UTC unless renewed); two runs at once would write every record twice"
+    )
+    assert lease_holder(backend, "shop") == f"{host} pid {pid} run 0badf00d"
+
+
 def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
     with Stubber(backend._client("kinesis", data_plane=True)) as stub:
         stub.add_client_error(
@@ -829,12 +972,23 @@ def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
     )
 
 
-def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch):
+def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch, tmp_path):
+    def regions():
+        """The backend's region, and the one its clients are made in."""
+        backend = AwsBackend(None, poll_s=0)
+        return backend.region, backend._client("kinesis").meta.region_name
+
+    (tmp_path / "config").write_text("[default]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    with mock_aws():
-        assert AwsBackend(None, poll_s=0).region == "eu-west-1"
-        monkeypatch.delenv("AWS_DEFAULT_REGION")
-        assert AwsBackend(None, poll_s=0).region == "us-east-1"
+    assert regions() == ("eu-west-2", "eu-west-2")
+    monkeypatch.delenv("AWS_REGION")
+    assert regions() == ("eu-west-1", "eu-west-1")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert regions() == ("ap-south-1", "ap-south-1")
+    (tmp_path / "config").unlink()
+    assert regions() == ("us-east-1", "us-east-1")
+    assert AwsBackend("ca-central-1", poll_s=0)._client("s3").meta.region_name == "ca-central-1"
 
 
 def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run():
@@ -850,7 +1004,7 @@ def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run()
     assert type(first.value) is BackendError
     assert str(first.value) == (
         "stream 'orders': cannot connect to the endpoint http://127.0.0.1:5999/: check the "
-        "network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+        "network, the region and --endpoint-url, AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
     )
     with pytest.raises(Throttled):
         with backend_errors("stream 'orders'", during_run=True):
@@ -859,6 +1013,43 @@ def test_a_lost_endpoint_fails_at_once_at_first_and_is_waited_out_during_a_run()
         with backend_errors("stream 'orders'"):
             raise ResponseParserError("Unable to parse response (not XML)")
     assert str(garbled.value) == (
-        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url "
-        "(or AWS_ENDPOINT_URL)"
+        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url, "
+        "AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
+    )
+
+
+def test_apply_in_a_china_region_names_resources_in_the_aws_cn_partition(aws_env):
+    spec = str(PIPELINES / "ecommerce.yaml")
+    with mock_aws():
+        applied = CliRunner().invoke(
+            cli, ["apply", spec, "--target", "aws", "--region", "cn-north-1"]
+        )
+        assert applied.exit_code == 0, applied.output
+        backend = AwsBackend("cn-north-1", poll_s=0)
+        iam = backend._client("iam")
+        policy = iam.get_role_policy(
+            RoleName="de-c2w2lab1-firehose-role", PolicyName="pipeline-firehose-delivery"
+        )["PolicyDocument"]
+        delivery = backend._client("firehose").describe_delivery_stream(
+            DeliveryStreamName="de-c2w2lab1-firehose-usa"
+        )["DeliveryStreamDescription"]
+    assert backend.partition == "aws-cn"
+    assert [r for s in policy["Statement"] for r in s["Resource"]] == [
+        f"arn:aws-cn:kinesis:cn-north-1:{ACCOUNT}:stream/de-c2w2lab1-international-data-stream",
+        f"arn:aws-cn:kinesis:cn-north-1:{ACCOUNT}:stream/de-c2w2lab1-usa-data-stream",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-int",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-int/*",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-usa",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-usa/*",
+        f"arn:aws-cn:logs:cn-north-1:{ACCOUNT}:log-group:"
+        "de-c2w2lab1-firehose-international-log-group:log-stream:*",
+        f"arn:aws-cn:logs:cn-north-1:{ACCOUNT}:log-group:"
+        "de-c2w2lab1-firehose-usa-log-group:log-stream:*",
+    ]
+    source = delivery["Source"]["KinesisStreamSourceDescription"]
+    destination = delivery["Destinations"][0]["ExtendedS3DestinationDescription"]
+    assert (source["KinesisStreamARN"], destination["RoleARN"], destination["BucketARN"]) == (
+        f"arn:aws-cn:kinesis:cn-north-1:{ACCOUNT}:stream/de-c2w2lab1-usa-data-stream",
+        f"arn:aws-cn:iam::{ACCOUNT}:role/de-c2w2lab1-firehose-role",
+        f"arn:aws-cn:s3:::de-c2w2lab1-{ACCOUNT}-usa",
     )

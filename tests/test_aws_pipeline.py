@@ -1,7 +1,11 @@
 """End to end on the aws target: the shipped scenario against a moto server on 127.0.0.1."""
 
+import contextlib
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from itertools import islice
@@ -26,6 +30,70 @@ def endpoint():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+# A moto server in a process of its own: two of them keep apart what they hold, which two
+# ThreadedMotoServers in this process would not (moto's state is global to a process).
+MOTO_SERVER = """\
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("http://%s:%d" % server.get_host_and_port(), flush=True)
+sys.stdin.read()  # until the test closes this process's stdin
+server.stop()
+"""
+
+
+@contextlib.contextmanager
+def moto_process():
+    """The endpoint of a moto server running in a subprocess until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", MOTO_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # its request log
+        text=True,
+    )
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def separate_endpoint():
+    with moto_process() as endpoint:
+        yield endpoint
+
+
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def server_client(endpoint, service, region="us-east-1"):
+    """A boto3 client of the test's own on a moto server, whatever this machine configures."""
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def in_clean_env(home, *args, **variables):
+    """`pipeline ARGS` as a new user's shell runs it: an empty HOME (so no AWS config), PATH,
+    and only `variables` besides."""
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], **variables}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -199,3 +267,128 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     printed = [json.loads(line) for line in consumed.stdout.splitlines()]
     assert {p["data"]["session_id"] for p in printed} == set(routed[USA])
     assert {p["shard"] for p in printed} <= {"shardId-000000000000", "shardId-000000000001"}
+
+
+@pytest.mark.parametrize(
+    "variables, region",
+    [({}, "us-east-1"), ({"AWS_REGION": "eu-west-2"}, "eu-west-2")],
+    ids=["no-region-configured", "AWS_REGION"],
+)
+def test_produce_and_consume_act_in_the_region_worked_out_without_a_spec(
+    separate_endpoint, tmp_path, variables, region
+):
+    stream = f"trips-{region}"
+    for where in ("us-east-1", "eu-west-2"):
+        server_client(separate_endpoint, "kinesis", where).create_stream(
+            StreamName=stream, ShardCount=1
+        )
+    env = {
+        "PIPELINE_TARGET": "aws",
+        "AWS_ENDPOINT_URL": separate_endpoint,
+        **FAKE_CREDENTIALS,
+        **variables,
+    }
+
+    record = '{"session_id": "a1"}'
+    produced = in_clean_env(tmp_path, "produce", "--stream", stream, "--json", record, **env)
+    consumed = in_clean_env(tmp_path, "consume", "--stream", stream, "--no-follow", **env)
+
+    assert (produced.returncode, produced.stdout) == (0, "")
+    assert produced.stderr == f"put 1 record into {stream}\n"
+    kinesis = server_client(separate_endpoint, "kinesis", region)
+    (shard,) = kinesis.list_shards(StreamName=stream)["Shards"]
+    iterator = kinesis.get_shard_iterator(
+        StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    (record,) = kinesis.get_records(ShardIterator=iterator)["Records"]
+    assert (consumed.returncode, consumed.stderr) == (0, "")
+    assert consumed.stdout == (
+        f'{shard["ShardId"]} {record["SequenceNumber"]} key=a1: {{"session_id":"a1"}}\n'
+    )
+
+
+def test_a_service_endpoint_variable_beats_the_global_one(tmp_path):
+    spec = str(PIPELINES / "ecommerce.yaml")
+    with moto_process() as streams_endpoint, moto_process() as other_endpoint:
+        env = {
+            "PIPELINE_TARGET": "aws",
+            "AWS_ENDPOINT_URL_KINESIS": streams_endpoint,
+            "AWS_ENDPOINT_URL": other_endpoint,
+            **FAKE_CREDENTIALS,
+        }
+        produce = ("produce", "--stream", SOURCE, "--synthetic", "--count", "20", "--mean-gap", "0")
+        for command in (("apply", spec), produce, ("run", spec, "--until-idle", "1")):
+            done = in_clean_env(tmp_path, *command, **env)
+            assert done.returncode == 0, done.stderr
+
+        def held(endpoint):
+            """The streams, tables and buckets on one server."""
+            return (
+                sorted(server_client(endpoint, "kinesis").list_streams()["StreamNames"]),
+                server_client(endpoint, "dynamodb").list_tables()["TableNames"],
+                sorted(b["Name"] for b in server_client(endpoint, "s3").list_buckets()["Buckets"]),
+            )
+
+        assert held(streams_endpoint) == (sorted([SOURCE, USA, INTERNATIONAL]), [], [])
+        assert held(other_endpoint) == (
+            [],
+            ["de-c2w2lab1-etl-checkpoints"],
+            [f"de-c2w2lab1-{ACCOUNT}-int", f"de-c2w2lab1-{ACCOUNT}-usa"],
+        )
+        kinesis = server_client(streams_endpoint, "kinesis")
+        routed = read_stream(kinesis, USA) + read_stream(kinesis, INTERNATIONAL)
+        assert len(routed) == 20
+        checkpoints = server_client(other_endpoint, "dynamodb").scan(
+            TableName="de-c2w2lab1-etl-checkpoints"
+        )["Items"]
+        assert [(c["stream"]["S"], c["shard_id"]["S"]) for c in checkpoints] == [
+            (SOURCE, "shardId-000000000000")
+        ]
+
+
+def readme_block(paragraph):
+    """The first sh block after the README paragraph that starts with `paragraph`."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(paragraph) :]
+    start = after.index("```sh\n") + len("```sh\n")
+    return after[start : after.index("```\n", start)]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path):
+    if not (REPO / ".venv" / "bin" / "activate").exists():
+        pytest.skip("the README's block needs `make install`'s .venv")
+    block = readme_block("**LocalStack or a moto server.**")
+    assert block.count("5000") == 3  # the server's port, where the block waits, the endpoint
+    shell = subprocess.Popen(
+        ["bash", "-e", "-c", block.replace("5000", str(free_port()))],
+        cwd=REPO,
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = shell.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGTERM)  # the moto server, if the block stopped early
+
+    assert shell.returncode == 0, out + err
+    lines, notes = out.splitlines(), err.splitlines()
+    assert "Applied: 11 created, 0 changed, 0 unchanged." in lines
+    assert f"put 100 records into {SOURCE}" in notes
+    (done,) = [line for line in notes if line.startswith("[de-c2w2lab1-etl] done: ")]
+    routed = re.search(
+        r"done: in 100 \| out international (\d+), usa (\d+) \| dead-lettered 0 ", done
+    )
+    assert routed, done
+    assert len([line for line in lines if line.startswith("shardId-")]) == int(routed[2])
+    assert lines[-1] == "Destroyed 11 resources."
+    assert [line for line in notes if line.startswith("error")] == []

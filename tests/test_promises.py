@@ -378,11 +378,11 @@ def test_the_aws_run_lease_is_renewed_after_a_failed_renewal(aws_env, monkeypatc
         calls = []
         renewed = threading.Event()
 
-        def flaky(pipeline, owner):
+        def flaky(pipeline, owner, **options):
             calls.append(owner)
             if len(calls) == 2:  # the first renewal
                 raise BackendError("checkpoint table 'shop-checkpoints': PutItem throttled")
-            take(pipeline, owner)
+            take(pipeline, owner, **options)
             if len(calls) >= 3:
                 renewed.set()
 

@@ -158,6 +158,7 @@ class Backend(abc.ABC):
 
     name: str  # "local" or "aws"
     region: str
+    partition: str = "aws"  # the region's ARN partition: aws, aws-cn, aws-us-gov, ...
     # True when the target delivers Firehose streams itself (AWS); otherwise `run` does it.
     delivers_firehoses: bool
     # How many shards a reader may ask at once: network targets gain from asking in parallel.

@@ -115,13 +115,14 @@ class CheckpointsMixin(AwsSession):
                     raise
 
     # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
-    # run on another machine sees it; a run that dies lets it lapse after LEASE_S.
+    # run on another machine sees it; a run that dies lets it lapse after LEASE_S, or is taken
+    # over at once by the next run on its own machine, which sees that its process is gone.
 
     @contextlib.contextmanager
     def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         # Unique per run, even for two runs in one process.
         owner = f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
-        self._take_lease(pipeline, owner)
+        self._take_lease(pipeline, owner, from_dead_run=True)
         done = threading.Event()
 
         def renew() -> None:
@@ -150,17 +151,15 @@ class CheckpointsMixin(AwsSession):
                     ExpressionAttributeValues={":owner": {"S": owner}},
                 )
 
-    def _take_lease(self, pipeline: str, owner: str) -> None:
+    def _take_lease(self, pipeline: str, owner: str, from_dead_run: bool = False) -> None:
+        """Take or renew the lease; `from_dead_run` (when a run starts, not when it renews) also
+        takes it from a run of this machine whose process is gone."""
         now = int(time.time())
         with self._checkpoint_table(pipeline) as table:
             try:
                 self._client("dynamodb").put_item(
                     TableName=table,
-                    Item={
-                        **_LEASE_KEY,
-                        "owner": {"S": owner},
-                        "expires": {"N": str(now + aws.LEASE_S)},
-                    },
+                    Item=_lease(owner, now),
                     ConditionExpression="attribute_not_exists(#owner) OR #owner = :owner "
                     "OR #expires < :now",
                     ExpressionAttributeNames={"#owner": "owner", "#expires": "expires"},
@@ -175,12 +174,33 @@ class CheckpointsMixin(AwsSession):
                     .get("Item", {})
                 )
                 holder = held.get("owner", {}).get("S", "another process")
+                if from_dead_run and _died_here(held):
+                    if not self._take_over(table, owner, now, holder):
+                        # Another run starting at once was faster: refused, naming that one.
+                        self._take_lease(pipeline, owner)
+                    return
                 expires = int(held.get("expires", {}).get("N", now))
                 until = time.strftime("%H:%M:%S UTC", time.gmtime(expires))
                 raise LeaseLost(
                     f"pipeline {pipeline} is already running ({holder}; its lease lasts until "
                     f"{until} unless renewed); two runs at once would write every record twice"
                 ) from None
+
+    def _take_over(self, table: str, owner: str, now: int, dead: str) -> bool:
+        """Take the lease from a dead run, if the item still names it; False if it does not."""
+        try:
+            self._client("dynamodb").put_item(
+                TableName=table,
+                Item=_lease(owner, now),
+                ConditionExpression="#owner = :dead",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":dead": {"S": dead}},
+            )
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     def _table_status(self, table: str) -> str | None:
         try:
@@ -206,3 +226,38 @@ class CheckpointsMixin(AwsSession):
 
 def _table(pipeline: str) -> str:
     return f"{pipeline}-checkpoints"
+
+
+def _lease(owner: str, now: int) -> dict[str, Any]:
+    """The lease item of this process's run: its owner text, and where its pid is apart."""
+    return {
+        **_LEASE_KEY,
+        "owner": {"S": owner},
+        "host": {"S": socket.gethostname()},
+        "pid_namespace": {"S": _pid_namespace()},
+        "pid": {"N": str(os.getpid())},
+        "expires": {"N": str(now + aws.LEASE_S)},
+    }
+
+
+def _pid_namespace() -> str:
+    # Containers may share a hostname (host networking) but number their processes apart.
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): one numbering per machine
+        return ""
+
+
+def _died_here(lease: dict[str, Any]) -> bool:
+    """Whether the lease item names a process of this machine that no longer exists."""
+    where = (lease.get("host", {}).get("S"), lease.get("pid_namespace", {}).get("S"))
+    pid = int(lease.get("pid", {}).get("N", 0))
+    if where != (socket.gethostname(), _pid_namespace()) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's
+        pass
+    return False

@@ -42,6 +42,9 @@ _NO_CREDENTIALS = (
     "in the environment, or run `aws configure`"
 )
 
+# Where an endpoint comes from: the option for every service, else botocore's variables.
+ENDPOINT_SETTINGS = "--endpoint-url, AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
+
 
 class Missing(BackendError):
     """The resource a call named does not exist."""
@@ -80,12 +83,11 @@ def backend_errors(
             raise Throttled(f"{resource}: cannot reach {endpoint}, trying again") from error
         raise BackendError(
             f"{resource}: cannot connect to the endpoint {endpoint}: "
-            "check the network, the region and --endpoint-url (or AWS_ENDPOINT_URL)"
+            f"check the network, the region and {ENDPOINT_SETTINGS}"
         ) from error
     except ResponseParserError as error:
         raise BackendError(
-            f"{resource}: the endpoint did not answer like AWS: check --endpoint-url "
-            "(or AWS_ENDPOINT_URL)"
+            f"{resource}: the endpoint did not answer like AWS: check {ENDPOINT_SETTINGS}"
         ) from error
     except BotoCoreError as error:
         raise BackendError(f"{resource}: {one_line(str(error))}") from error

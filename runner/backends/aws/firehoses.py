@@ -132,8 +132,8 @@ class FirehosesMixin(AwsSession):
             if firehose.log_stream is not None:
                 logging["LogStreamName"] = firehose.log_stream
         return {
-            "RoleARN": f"arn:{self._partition}:iam::{self.account_id}:role/{firehose.role}",
-            "BucketARN": f"arn:{self._partition}:s3:::{firehose.bucket}",
+            "RoleARN": f"arn:{self.partition}:iam::{self.account_id}:role/{firehose.role}",
+            "BucketARN": f"arn:{self.partition}:s3:::{firehose.bucket}",
             "Prefix": firehose.prefix,
             "ErrorOutputPrefix": firehose.error_prefix,
             "BufferingHints": {

@@ -7,6 +7,7 @@ control-plane calls keep the standard retries.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from runner.backends.aws.errors import backend_errors
+from runner.backends.aws.errors import ENDPOINT_SETTINGS, backend_errors
 from runner.backends.base import Backend, BackendError
 
 # Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
@@ -40,10 +41,12 @@ class AwsSession(Backend):
         self.endpoint_url = endpoint_url
         self.poll_s = poll_s
         with backend_errors("the AWS session"):
-            self._session = boto3.Session(profile_name=profile, region_name=region)
-            # No region given: the AWS configuration's (AWS_REGION, the profile), else us-east-1.
-            self.region = region or self._session.region_name or DEFAULT_REGION
-            self._partition = self._session.get_partition_for_region(self.region)
+            self._session = boto3.Session(profile_name=profile)
+            # No region given: AWS_REGION (which boto3 does not read), then boto3's own choice
+            # (AWS_DEFAULT_REGION, the profile's), else us-east-1. Every client is made in it.
+            configured = os.environ.get("AWS_REGION") or self._session.region_name
+            self.region = region or configured or DEFAULT_REGION
+            self.partition = self._session.get_partition_for_region(self.region)
         self._clients: dict[tuple[str, bool], Any] = {}
         # boto3 clients are thread-safe once made, but making them from one session is not.
         self._lock = threading.Lock()
@@ -68,18 +71,27 @@ class AwsSession(Backend):
         with self._lock:
             client = self._clients.get((service, data_plane))
             if client is None:
-                config = _DATA_PLANE if data_plane else _CONTROL_PLANE
-                if service == "s3" and self.endpoint_url:
-                    # LocalStack and moto servers answer on one host, not bucket subdomains.
-                    config = config.merge(Config(s3={"addressing_style": "path"}))
-                client = self._session.client(
-                    service, config=config, endpoint_url=self.endpoint_url
-                )
+                client = self._new_client(service, _DATA_PLANE if data_plane else _CONTROL_PLANE)
                 self._clients[(service, data_plane)] = client
             return client
 
+    def _new_client(self, service: str, config: Config) -> Any:
+        # --endpoint-url is explicit for every service; without it, botocore resolves
+        # AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL and the AWS config's endpoints itself.
+        # On any endpoint but AWS's own, botocore addresses S3 buckets by path (LocalStack and
+        # moto serve every bucket on one host), unless the AWS config asks for virtual hosts.
+        try:
+            return self._session.client(
+                service, region_name=self.region, config=config, endpoint_url=self.endpoint_url
+            )
+        except ValueError as error:  # botocore's "Invalid endpoint: host:port"
+            raise BackendError(
+                f"the {service} endpoint: {error}; an endpoint is a URL with its scheme, "
+                f"e.g. http://127.0.0.1:5000: check {ENDPOINT_SETTINGS}"
+            ) from error
+
     def _arn(self, service: str, resource: str) -> str:
-        return f"arn:{self._partition}:{service}:{self.region}:{self.account_id}:{resource}"
+        return f"arn:{self.partition}:{service}:{self.region}:{self.account_id}:{resource}"
 
     def _wait(self, what: str, status: Callable[[], str | None], until: str | None) -> None:
         """Poll `status` every poll_s until it is `until` (None: until the resource is gone)."""

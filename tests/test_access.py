@@ -1,0 +1,70 @@
+from runner import access
+from runner.spec import load
+
+SPEC = """\
+pipeline: shop
+region: cn-north-1
+resources:
+  streams:
+    orders: {name: shop-orders, shards: 1}
+  buckets:
+    archive: {name: shop-archive}
+  firehoses:
+    archive:
+      name: shop-archive-delivery
+      from: orders
+      to: archive
+      role: shop-firehose-role
+      logging: {group: shop-delivery-log-group, stream: shop-delivery-log-stream}
+source:
+  stream: orders
+"""
+
+
+def test_the_delivery_policy_names_resources_in_the_region_partition(write_spec):
+    spec = load(write_spec(SPEC))
+
+    (role,) = access.roles(spec, "123456789012", "cn-north-1", "aws-cn")
+
+    assert role.name == "shop-firehose-role"
+    assert role.policies == {
+        "pipeline-firehose-delivery": {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "ReadSourceStreams",
+                    "Effect": "Allow",
+                    "Action": [
+                        "kinesis:DescribeStream",
+                        "kinesis:DescribeStreamSummary",
+                        "kinesis:GetShardIterator",
+                        "kinesis:GetRecords",
+                        "kinesis:ListShards",
+                    ],
+                    "Resource": ["arn:aws-cn:kinesis:cn-north-1:123456789012:stream/shop-orders"],
+                },
+                {
+                    "Sid": "WriteBuckets",
+                    "Effect": "Allow",
+                    "Action": [
+                        "s3:AbortMultipartUpload",
+                        "s3:GetBucketLocation",
+                        "s3:GetObject",
+                        "s3:ListBucket",
+                        "s3:ListBucketMultipartUploads",
+                        "s3:PutObject",
+                    ],
+                    "Resource": ["arn:aws-cn:s3:::shop-archive", "arn:aws-cn:s3:::shop-archive/*"],
+                },
+                {
+                    "Sid": "LogDeliveryErrors",
+                    "Effect": "Allow",
+                    "Action": ["logs:PutLogEvents"],
+                    "Resource": [
+                        "arn:aws-cn:logs:cn-north-1:123456789012:log-group:"
+                        "shop-delivery-log-group:log-stream:*"
+                    ],
+                },
+            ],
+        }
+    }
