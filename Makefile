@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test lint format validate demo bench clean
+.PHONY: install test lint format validate demo bench clean plan apply run destroy produce consume
 
 install: $(INSTALLED)
 
@@ -39,6 +39,24 @@ demo: install
 	@cd $(DEMO_STATE) && find buckets -type f | sort | xargs wc -l
 	@echo; echo "Explore it:  export PIPELINE_STATE_DIR=$(DEMO_STATE)"
 	@echo "             $(BIN)/pipeline consume --stream de-c2w2lab1-usa-data-stream --no-follow"
+
+# The common flows, on any spec and target: make plan|apply|run|destroy [SPEC=...] [TARGET=aws],
+# make produce STREAM=... [COUNT=...], make consume STREAM=...; ARGS= passes more options.
+SPEC ?= pipelines/ecommerce.yaml
+TARGET ?= $(or $(PIPELINE_TARGET),local)
+ARGS ?=
+plan apply run destroy: install
+	$(BIN)/pipeline $@ $(SPEC) --target $(TARGET) $(ARGS)
+
+# Synthetic sessions: COUNT of them as fast as it goes, or without COUNT one every 10 s (GAP=).
+produce: install
+	$(if $(STREAM),,$(error STREAM is required, e.g. make produce STREAM=$(SOURCE) COUNT=100))
+	$(BIN)/pipeline produce --stream $(STREAM) --target $(TARGET) --synthetic \
+		$(if $(COUNT),--count $(COUNT) --mean-gap $(or $(GAP),0),$(if $(GAP),--mean-gap $(GAP))) $(ARGS)
+
+consume: install
+	$(if $(STREAM),,$(error STREAM is required, e.g. make consume STREAM=de-c2w2lab1-usa-data-stream))
+	$(BIN)/pipeline consume --stream $(STREAM) --target $(TARGET) $(ARGS)
 
 # Figures, not tests: the pipeline against a hand-written loop (BENCH_RECORDS=200000 by default).
 bench: install

@@ -34,7 +34,8 @@ from runner.provision import apply
 from runner.record import Journey
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = REPO / "pipelines" / "ecommerce.yaml"
+# Its own copy of the scenario: a user editing pipelines/ecommerce.yaml changes no figure.
+SPEC = REPO / "bench" / "scenario.yaml"
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
 USA, INTERNATIONAL = "de-c2w2lab1-usa-data-stream", "de-c2w2lab1-international-data-stream"
 SEED = 42

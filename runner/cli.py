@@ -62,7 +62,13 @@ def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
     return value
 
 
-def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
+SPEC_REGION = "AWS region (default: the spec's region, else your AWS configuration's)."
+STREAM_REGION = "AWS region (default: your AWS configuration's, else us-east-1)."
+
+
+def target_options(
+    command: Callable[..., Any], region_help: str = SPEC_REGION
+) -> Callable[..., Any]:
     """--target and what it needs, gathered into one Target passed as `target`."""
 
     def gather(target, state_dir, region, profile, endpoint_url, **kwargs):
@@ -86,10 +92,7 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
             envvar="PIPELINE_STATE_DIR",
             help="The local target's state folder (env PIPELINE_STATE_DIR).",
         ),
-        click.option(
-            "--region",
-            help="AWS region (default: the spec's region, else your AWS configuration's).",
-        ),
+        click.option("--region", help=region_help),
         click.option("--profile", help="AWS profile from your AWS config."),
         click.option(
             "--endpoint-url",
@@ -106,6 +109,11 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def say(line: str) -> None:
     click.echo(line, err=True)
+
+
+def stream_target_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """target_options for the commands that take a stream's name, not a spec."""
+    return target_options(command, region_help=STREAM_REGION)
 
 
 spec_argument = click.argument("spec", type=click.Path(path_type=str))
@@ -188,7 +196,7 @@ def apply(spec: str, strict: bool, target: Target) -> int:
 @target_options
 @reports_errors
 def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
-    """Delete the spec's streams, buckets (with their objects) and firehoses."""
+    """Delete the spec's resources, with the records and objects in them, after asking."""
     loaded = target.load(spec, strict=strict, warn=say)
     removed = provision.destroy(
         loaded,
@@ -281,7 +289,7 @@ class ExpressionType(click.ParamType):
     show_default=True,
     help="JMESPath expression giving each record's partition key.",
 )
-@target_options
+@stream_target_options
 @reports_errors
 def produce(
     stream: str,
@@ -346,7 +354,7 @@ def produce(
     is_flag=True,
     help="One JSON object per record: shard, sequence, partition_key, arrival, data.",
 )
-@target_options
+@stream_target_options
 @reports_errors
 def consume(
     stream: str, start: Any, shard: str | None, follow: bool, jsonl: bool, target: Target
@@ -355,7 +363,14 @@ def consume(
     if start.sequence is not None and shard is None:
         raise click.UsageError("--from with a sequence number needs --shard: they are per shard")
     consume_module.consume(
-        target.backend(), stream, start, sys.stdout, shard=shard, follow=follow, jsonl=jsonl
+        target.backend(),
+        stream,
+        start,
+        sys.stdout,
+        shard=shard,
+        follow=follow,
+        jsonl=jsonl,
+        say=say,
     )
     return EXIT_OK
 

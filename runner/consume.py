@@ -68,13 +68,16 @@ def consume(
     follow: bool = True,
     jsonl: bool = False,
     sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = lambda line: None,
 ) -> int:
     """Print every record from `start` on; without `follow`, stop once every shard is read.
-    Returns how many records were printed."""
+    Following, say once (through `say`) that it waits, the first time it has read all there
+    is. Returns how many records were printed."""
     backend.require_stream(stream)
     reader = StreamReader(backend, stream, start=start, only_shard=shard)
     show = as_json if jsonl else readable
     printed = 0
+    waiting = False
     try:
         while True:
             batches = reader.poll()
@@ -86,6 +89,13 @@ def consume(
             if not follow and (reader.caught_up or reader.done):
                 return printed
             if not any(batch.records for batch in batches):
+                if not waiting and reader.caught_up:
+                    waiting = True  # so a user watching an empty stream knows it is alive
+                    shards = reader.shard_count
+                    say(
+                        f"waiting for records on {shards} shard{'' if shards == 1 else 's'} "
+                        "(Ctrl-C stops)"
+                    )
                 sleep(reader.wait_time())
     except KeyboardInterrupt:
         return printed  # Ctrl-C is how a following consumer is meant to stop

@@ -12,30 +12,31 @@ from runner.spec import Spec, SpecError
 
 
 def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = False) -> int:
-    """Run every non-blank line through the spec and describe its fate; returns 0."""
+    """Run every non-blank line through the spec and describe its fate, naming each by its
+    line number as `pipeline produce` does; returns 0."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to preview"])
     journey = Journey(spec)
     counts: Counter[str] = Counter()
-    number = 0
-    for line in lines:
+    records = 0
+    for number, line in enumerate(lines, start=1):
         data = line.rstrip(b"\r\n")
         if not data.strip():
             continue
-        number += 1
+        records += 1
         outcome = journey.process(data)
         if outcome.kind == DEAD_LETTER:
             counts["dead-lettered"] += 1
             fate = {"dead_letter": outcome.reason}
-            text = f"record {number}: dead letter: {outcome.reason}"
+            text = f"line {number}: dead letter: {outcome.reason}"
         elif outcome.kind == DROPPED:
             counts["dropped"] += 1
             fate = {"dropped": outcome.reason}
-            text = f"record {number}: dropped: {outcome.reason}"
+            text = f"line {number}: dropped: {outcome.reason}"
         elif outcome.kind == FILTERED:
             counts["filtered"] += 1
             fate = {"filtered": True}
-            text = f"record {number}: filtered"
+            text = f"line {number}: filtered"
         else:
             counts.update(f"to {sink}" for sink in outcome.sinks)
             record = outcome.payload.decode("utf-8").rstrip("\n")
@@ -50,19 +51,21 @@ def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = F
             fate = {"routes": routes, "record": json.loads(record)}
             text = (
                 "\n".join(
-                    f"record {number}: to {r['to']} ({r['stream']}), "
+                    f"line {number}: to {r['to']} ({r['stream']}), "
                     f"partition key {r['partition_key']!r}"
                     for r in routes
                 )
                 + f"\n  {record}"
             )
         if jsonl:
-            out.write(json.dumps({"record": number, **fate}, ensure_ascii=False) + "\n")
+            out.write(json.dumps({"line": number, **fate}, ensure_ascii=False) + "\n")
         else:
             out.write(text + "\n")
     if not jsonl:
         tally = ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
         out.write(
-            f"{number} record{'' if number == 1 else 's'}" + (f": {tally}" if tally else "") + "\n"
+            f"{records} record{'' if records == 1 else 's'}"
+            + (f": {tally}" if tally else "")
+            + "\n"
         )
     return 0

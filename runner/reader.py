@@ -140,6 +140,11 @@ class StreamReader:
             state.at_end = False
 
     @property
+    def shard_count(self) -> int:
+        """How many shards this reader reads now (finished ones left out)."""
+        return sum(not state.finished for state in self._shards.values())
+
+    @property
     def done(self) -> bool:
         """True when every shard this reader reads is closed and read to its end."""
         return bool(self._shards) and all(s.finished for s in self._shards.values())

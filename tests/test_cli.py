@@ -118,7 +118,7 @@ def test_preview_shows_the_scenario_records_route_and_attributes(fixed_clock):
     )
     compact = json.dumps(json.loads(SAMPLE), separators=(",", ":"))
     assert result.output == (
-        "record 1: to usa (de-c2w2lab1-usa-data-stream), partition key 'a1'\n"
+        "line 1: to usa (de-c2w2lab1-usa-data-stream), partition key 'a1'\n"
         f"  {compact[:-1]}{added}\n"
         "1 record: 1 to usa\n"
     )
@@ -132,6 +132,7 @@ def test_preview_sends_other_countries_international_and_bad_lines_to_the_dead_l
     result = invoke("preview", "--jsonl", str(PIPELINES / "ecommerce.yaml"), input=lines)
     assert result.exit_code == 0, result.output
     outputs = [json.loads(line) for line in result.output.splitlines()]
+    assert outputs[0]["line"] == 1
     assert outputs[0]["routes"] == [
         {
             "to": "international",
@@ -142,9 +143,26 @@ def test_preview_sends_other_countries_international_and_bad_lines_to_the_dead_l
     assert outputs[0]["record"]["overall_product_quantity"] == 3
     assert outputs[1]["dead_letter"].startswith("transform[0].set.overall_product_quantity: ")
     assert outputs[2:] == [
-        {"record": 3, "dead_letter": "not JSON: Expecting value at column 1"},
-        {"record": 4, "dead_letter": "not a JSON object: got an array"},
+        {"line": 3, "dead_letter": "not JSON: Expecting value at column 1"},
+        {"line": 4, "dead_letter": "not a JSON object: got an array"},
     ]
+
+
+def test_preview_and_produce_name_a_bad_line_by_the_same_line_number(state, tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text(SAMPLE + "\n\n" + "not json\n")
+    spec = str(PIPELINES / "ecommerce.yaml")
+    previewed = invoke("preview", spec, str(records))
+    assert previewed.exit_code == 0, previewed.output
+    assert "line 3: dead letter: not JSON: Expecting value at column 1\n" in previewed.output
+    assert previewed.output.endswith("2 records: 1 dead-lettered, 1 to usa\n")
+
+    assert invoke("apply", spec).exit_code == 0
+    produced = invoke(
+        "produce", "--stream", "de-c2w2lab1-kinesis-data-stream", "--file", str(records)
+    )
+    assert produced.exit_code == 1
+    assert produced.stderr.startswith("line 3: not JSON: Expecting value at column 1\n")
 
 
 def test_preview_of_a_spec_without_a_route_is_refused():
@@ -157,3 +175,13 @@ def test_schema_prints_the_json_schema():
     result = invoke("schema")
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "a pipeline spec"
+
+
+def test_the_help_of_commands_that_take_no_spec_does_not_mention_one():
+    for command in ("produce", "consume"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0
+        assert "spec" not in result.output.lower(), result.output
+        assert "AWS region (default: your AWS configuration's, else us-east-1)." in " ".join(
+            result.output.split()
+        )

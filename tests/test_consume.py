@@ -1,10 +1,14 @@
 import datetime
 import io
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import REPO
 
 from runner.backends.local import LocalBackend
 from runner.cli import cli
@@ -271,6 +275,35 @@ def test_following_prints_records_as_they_arrive(backend):
         "first",
         "second",
     ]
+
+
+def test_following_an_empty_stream_says_once_that_it_waits(backend):
+    said, naps = [], []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt  # Ctrl-C
+
+    printed = consume(backend, STREAM, Position(), io.StringIO(), sleep=sleep, say=said.append)
+    assert printed == 0
+    assert said == ["waiting for records on 2 shards (Ctrl-C stops)"]
+
+
+def test_consume_on_the_command_line_says_it_waits_on_stderr(backend, state):
+    command = [sys.executable, "-m", "runner", "consume", "--stream", STREAM]
+    command += ["--shard", "shardId-000000000001"]
+    with subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as consumer:
+        try:
+            said = consumer.stderr.readline()
+            consumer.send_signal(signal.SIGINT)
+            out, rest = consumer.communicate(timeout=30)
+        finally:
+            consumer.kill()
+    assert said == "waiting for records on 1 shard (Ctrl-C stops)\n"
+    assert (consumer.returncode, out, rest) == (0, "", "")
 
 
 def test_jsonl_prints_data_too_deep_or_not_json_as_text(backend):
