@@ -250,7 +250,7 @@ _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Interpolator:
     """Replaces ${var}, ${env:NAME}, ${account_id} and ${region} in every text value."""
 
-    def __init__(self, reader, document, region, account_id, environ) -> None:
+    def __init__(self, reader, document, region, account_id, environ, configured_region) -> None:
         self.reader = reader
         self.document = document
         self.environ = environ
@@ -258,7 +258,15 @@ class Interpolator:
         self._account_value: str | None = None
         self.vars: dict[str, Any] = {}
         raw_region = document.get("region") if isinstance(document, dict) else None
-        self.region = region or (raw_region if isinstance(raw_region, str) else "us-east-1")
+        self._region = region or (raw_region if isinstance(raw_region, str) else None)
+        self._configured_region = configured_region
+
+    @property
+    def region(self) -> str:
+        """`--region`, else the spec's, else the target's configuration's (asked only then)."""
+        if self._region is None:
+            self._region = self._configured_region()
+        return self._region
 
     def run(self) -> Any:
         document = self.document

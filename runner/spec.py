@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from runner import expressions
+from runner.backends.base import DEFAULT_REGION
 from runner.document import (
     Interpolator,
     Reader,
@@ -112,18 +113,23 @@ def load(
     *,
     region: str | None = None,
     account_id: Callable[[str], str] = lambda region: LOCAL_ACCOUNT_ID,
+    configured_region: Callable[[], str] = lambda: DEFAULT_REGION,
     environ: Mapping[str, str] = os.environ,
     strict: bool = False,
 ) -> Spec:
-    """Read the spec at `path` for a target. `account_id(region)` is asked only when the spec
-    uses ${account_id}, with the region the spec resolves to (`region`, else its own).
+    """Read the spec at `path` for a target. Its region is `region`, else its own, else
+    `configured_region()` (the target's configuration), asked only then; `account_id(region)`
+    is asked only when the spec uses ${account_id}.
     Likely mistakes are the Spec's `warnings`, or with `strict` problems of the SpecError."""
     path = Path(path)
     reader = Reader(path)
     document = reader.read()
-    document = Interpolator(reader, document, region, account_id, environ).run()
+    interpolator = Interpolator(reader, document, region, account_id, environ, configured_region)
+    document = interpolator.run()
     wrong = validate_shape(reader, document)
-    return _Builder(reader, document, region, wrong).build(strict)
+    declared = document.get("region") if isinstance(document, dict) else None
+    resolved = region or (declared if isinstance(declared, str) else None) or interpolator.region
+    return _Builder(reader, document, resolved, wrong).build(strict)
 
 
 _BUCKET_FORBIDDEN = (
@@ -174,10 +180,10 @@ class _Builder:
     a part whose shape is wrong is skipped (its schema error says why), the rest is checked.
     """
 
-    def __init__(self, reader: Reader, document: Any, region: str | None, wrong: set) -> None:
+    def __init__(self, reader: Reader, document: Any, region: str, wrong: set) -> None:
         self.reader = reader
         self.document = document if isinstance(document, dict) else {}
-        self.region = region or self.document.get("region", "us-east-1")
+        self.region = region
         self.wrong = wrong
         resources_ = self.document.get("resources")
         self.resources = resources_ if isinstance(resources_, dict) else {}

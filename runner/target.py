@@ -37,11 +37,19 @@ class Target:
         """Load a spec for this target and `warn` each of its warnings, or with `strict` refuse
         it for them; ${account_id} asks the target only when used."""
         # The local target's account id is a constant: loading touches no state.
-        ask = {} if self.name == "local" else {"account_id": self._account_id}
+        ask = (
+            {}
+            if self.name == "local"
+            else {"account_id": self._account_id, "configured_region": self._configured_region}
+        )
         loaded = spec_module.load(path, region=self.region, strict=strict, **ask)
         for line in loaded.warnings:
             warn(line)
         return loaded
+
+    def _configured_region(self) -> str:
+        # A spec without `region`: the AWS configuration's (AWS_REGION, the profile, ...).
+        return self.backend().region
 
     def _account_id(self, region: str) -> str:
         return self.backend(region).account_id

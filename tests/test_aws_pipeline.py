@@ -392,3 +392,26 @@ def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path):
     assert len([line for line in lines if line.startswith("shardId-")]) == int(routed[2])
     assert lines[-1] == "Destroyed 11 resources."
     assert [line for line in notes if line.startswith("error")] == []
+
+
+def test_a_spec_without_a_region_acts_in_the_aws_configurations(separate_endpoint, tmp_path):
+    spec = tmp_path / "trips.yaml"
+    spec.write_text(
+        "pipeline: trips\n"
+        "resources:\n  streams:\n    source: {name: trips-in, shards: 1}\n"
+        "source: {stream: source}\n"
+    )
+    env = {
+        "PIPELINE_TARGET": "aws",
+        "AWS_ENDPOINT_URL": separate_endpoint,
+        "AWS_REGION": "eu-west-2",
+        **FAKE_CREDENTIALS,
+    }
+    applied = in_clean_env(tmp_path, "apply", str(spec), **env)
+    assert applied.returncode == 0, applied.stderr
+    found = server_client(separate_endpoint, "kinesis", "eu-west-2").list_streams()
+    assert "trips-in" in found["StreamNames"]
+    elsewhere = server_client(separate_endpoint, "kinesis", "us-east-1").list_streams()
+    assert "trips-in" not in elsewhere["StreamNames"]
+    destroyed = in_clean_env(tmp_path, "destroy", str(spec), "--yes", **env)
+    assert destroyed.returncode == 0, destroyed.stderr

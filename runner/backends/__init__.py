@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.backends.base import Backend, BackendError
+from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
 TARGETS = ("local", "aws")
 
@@ -21,7 +21,7 @@ def open_backend(
     if target == "local":
         from runner.backends.local import LocalBackend
 
-        return LocalBackend(state_dir, region=region or "us-east-1")
+        return LocalBackend(state_dir, region=region or DEFAULT_REGION)
     if target == "aws":
         from runner.backends.aws import AwsBackend
 

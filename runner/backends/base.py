@@ -20,6 +20,9 @@ MAX_BATCH_BYTES = 5 * 1024 * 1024
 MAX_PARTITION_KEY_CHARS = 256
 MAX_GET_RECORDS = 10_000
 
+# Where a target acts when neither the command line, the spec nor the AWS configuration says.
+DEFAULT_REGION = "us-east-1"
+
 # A checkpoint value meaning "this closed shard was read to its end".
 SHARD_END = "SHARD_END"
 

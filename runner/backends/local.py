@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from runner.backends.base import (
+    DEFAULT_REGION,
     ITERATOR_TYPES,
     MAX_GET_RECORDS,
     SHARD_END,
@@ -92,7 +93,7 @@ class LocalBackend(Backend):
     delivers_firehoses = False
 
     def __init__(
-        self, state_dir: Path, region: str = "us-east-1", clock: Callable[[], float] = time.time
+        self, state_dir: Path, region: str = DEFAULT_REGION, clock: Callable[[], float] = time.time
     ) -> None:
         self.state_dir = Path(state_dir)
         self.region = region

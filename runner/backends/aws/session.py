@@ -17,7 +17,7 @@ import boto3
 from botocore.config import Config
 
 from runner.backends.aws.errors import ENDPOINT_SETTINGS, backend_errors
-from runner.backends.base import Backend, BackendError
+from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
 # Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
 # (botocore's `max_attempts` counts retries after the first call, `total_max_attempts` all calls.)
@@ -25,7 +25,6 @@ _DATA_PLANE = Config(retries={"total_max_attempts": 1})
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900
-DEFAULT_REGION = "us-east-1"
 
 
 class AwsSession(Backend):
