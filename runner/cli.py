@@ -211,7 +211,8 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
             )
         ),
     )
-    click.echo(f"Destroyed {removed} resources." if removed else "Nothing to destroy.")
+    plural = "" if removed == 1 else "s"
+    click.echo(f"Destroyed {removed} resource{plural}." if removed else "Nothing to destroy.")
     return EXIT_OK
 
 
@@ -279,9 +280,12 @@ class ExpressionType(click.ParamType):
     type=click.FloatRange(min=0),
     default=None,
     metavar="SECONDS",
-    help="Mean gap between synthetic sessions, Poisson-distributed [10; 0 = as fast as possible].",
+    help="Mean gap between records, Poisson-distributed [--synthetic: 10, else 0 = as fast as "
+    "possible].",
 )
-@click.option("--seed", type=int, help="Seed of the synthetic generator, for repeatable sessions.")
+@click.option(
+    "--seed", type=int, help="Seed of the synthetic sessions and the gaps, for repeatable runs."
+)
 @click.option(
     "--partition-key",
     type=ExpressionType(),
@@ -310,6 +314,11 @@ def produce(
         raise click.UsageError("--count goes with --synthetic")
     if raw and synthetic:
         raise click.UsageError("--raw goes with --json or --file")
+    given = click.get_current_context().get_parameter_source
+    if raw and given("partition_key") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--raw puts lines unparsed, keyed by their line: no --partition-key")
+    if seed is not None and not synthetic and mean_gap is None:
+        raise click.UsageError("--seed goes with --synthetic or --mean-gap")
     # A bar only where someone watches: click prints its label alone to a pipe or a file.
     watched = count is not None and sys.stderr.isatty()
     with click.progressbar(

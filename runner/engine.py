@@ -235,7 +235,7 @@ def check_resources(spec: Spec, backend: Backend) -> None:
         missing.append(f"checkpoint table {spec.pipeline}-checkpoints")
     if missing:
         raise BackendError(
-            f"{', '.join(missing)} not found on the {backend.name} target: "
+            f"{', '.join(missing)} not found on {backend.location}: "
             f"run `pipeline apply {spec.path}` first"
         )
 

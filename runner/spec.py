@@ -258,6 +258,8 @@ class _Builder:
         if "route" in doc:
             with self.tolerant():
                 route = self.route(doc["route"], streams, source)
+        if dead_letter and dead_letter.stream and not self.is_wrong(("dead_letter",)):
+            self.dead_letter_shared(dead_letter.stream, route, firehoses)
         self.reader.raise_if_any(strict=strict)
         return Spec(
             path=self.reader.path,
@@ -272,6 +274,21 @@ class _Builder:
             dead_letter=dead_letter,
             warnings=self.reader.warning_lines(),
         )
+
+    def dead_letter_shared(self, key: str, route: Route | None, firehoses: Mapping) -> None:
+        """Warn of a dead-letter stream that routed records or a delivery also use."""
+        users = [
+            f"route.cases[{index}]"
+            for index, case in enumerate(route.cases if route else ())
+            if case.to == key
+        ]
+        users += [f"firehose {f.key}" for f in firehoses.values() if f.stream == key]
+        if users:
+            self.reader.warning(
+                ("dead_letter", "stream"),
+                f"stream '{key}' is also used by {', '.join(users)}: dead-letter entries would "
+                "mix with the records there; give the dead letter a stream of its own",
+            )
 
     def unique_names(self, kind: str, declared: Mapping[str, Any]) -> None:
         seen: dict[str, str] = {}

@@ -94,6 +94,13 @@ class _Raw:
 # Streams
 
 
+def test_messages_say_which_region_and_endpoint_a_command_looked_in(aws_env):
+    own = AwsBackend("eu-west-1")
+    moto = AwsBackend("eu-west-1", endpoint_url="http://127.0.0.1:5000")
+    assert own.location == "the aws target in eu-west-1"
+    assert moto.location == "the aws target in eu-west-1 at http://127.0.0.1:5000"
+
+
 def test_streams_round_trip(backend):
     assert backend.name == "aws" and backend.delivers_firehoses
     assert backend.account_id == ACCOUNT

@@ -360,7 +360,10 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path):
+@pytest.mark.parametrize(
+    "preset", [{}, {"AWS_REGION": "eu-west-2"}], ids=["nothing-set", "another-region-set"]
+)
+def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path, preset):
     if not (REPO / ".venv" / "bin" / "activate").exists():
         pytest.skip("the README's block needs `make install`'s .venv")
     block = readme_block("**LocalStack or a moto server.**")
@@ -368,7 +371,7 @@ def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path):
     shell = subprocess.Popen(
         ["bash", "-e", "-c", block.replace("5000", str(free_port()))],
         cwd=REPO,
-        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"], **preset},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -241,8 +241,9 @@ def test_a_missing_stream_or_shard_exits_1(backend):
 
     assert (missing.exit_code, missing.stderr) == (
         1,
-        "error: stream 'nowhere' not found on the local target (--stream takes the stream's own "
-        "name, not its key in a spec; `pipeline apply SPEC` creates it)\n",
+        f"error: stream 'nowhere' not found on the local target in {backend.state_dir} "
+        "(--stream takes the stream's own name, not its key in a spec; `pipeline apply SPEC` "
+        "creates it)\n",
     )
     assert (no_shard.exit_code, no_shard.stderr) == (
         1,

@@ -187,16 +187,13 @@ def test_an_aws_run_puts_bad_records_in_an_object_of_the_bucket(write_spec, tmp_
 
 def test_a_run_needs_the_dead_letter_bucket_on_either_target(write_spec, tmp_path, aws_env):
     loaded = spec.load(write_spec(WITH_BUCKET + "dead_letter: {bucket: rejects}\n"))
-    missing = (
-        "bucket shop-rejects not found on the {} target: "
-        f"run `pipeline apply {loaded.path}` first"
-    )
+    missing = f"bucket shop-rejects not found on the {{}}: run `pipeline apply {loaded.path}` first"
     local = LocalBackend(tmp_path / "state")
     apply(loaded, local, lambda line: None)
     local.delete_bucket("shop-rejects")
     with pytest.raises(BackendError) as caught:
         engine.check_resources(loaded, local)
-    assert str(caught.value) == missing.format("local")
+    assert str(caught.value) == missing.format(f"local target in {tmp_path / 'state'}")
     with mock_aws():
         backend = AwsBackend("us-east-1", poll_s=0)
         apply(loaded, backend, lambda line: None)
@@ -204,7 +201,7 @@ def test_a_run_needs_the_dead_letter_bucket_on_either_target(write_spec, tmp_pat
         with pytest.raises(BackendError) as caught:
             engine.check_resources(loaded, backend)
         backend.close()
-    assert str(caught.value) == missing.format("aws")
+    assert str(caught.value) == missing.format("aws target in us-east-1")
 
 
 def test_no_checkpoint_moves_past_bad_records_before_their_object_is_written(write_spec, tmp_path):

@@ -144,8 +144,8 @@ def test_a_missing_stream_exits_1(state):
 
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: stream 'nowhere' not found on the local target (--stream takes the stream's own "
-        "name, not its key in a spec; `pipeline apply SPEC` creates it)\n"
+        f"error: stream 'nowhere' not found on the local target in {state} (--stream takes the "
+        "stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)\n"
     )
 
 
@@ -350,3 +350,18 @@ def test_raw_does_not_go_with_synthetic(backend):
     result = pipeline("--stream", STREAM, "--synthetic", "--raw", "--count", "1")
     assert result.exit_code == 2
     assert "--raw goes with --json or --file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--raw", "--json", '{"a": 1}', "--partition-key", "a"), "no --partition-key"),
+        (("--json", '{"session_id": "q"}', "--seed", "4"), "--seed goes with --synthetic or"),
+    ],
+)
+def test_an_option_that_would_be_ignored_is_refused(backend, args, message):
+    result = pipeline("--stream", STREAM, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert backend.describe_stream(STREAM) is not None
+    assert stream_records(backend) == []

@@ -588,3 +588,14 @@ def test_a_modeline_schema_that_is_not_there_is_warned_of_at_its_line(write_spec
         "'../schemas/pipeline.schema.json' does not exist (the path is relative to the spec's "
         "folder), so editors cannot check the spec",
     )
+
+
+def test_a_dead_letter_stream_that_a_route_also_writes_is_warned_of(write_spec):
+    path = write_spec(MINIMAL + "dead_letter: {stream: usa}\n")
+    assert spec.load(path).warnings == (
+        f"{path}:15:23: dead_letter.stream: warning: stream 'usa' is also used by "
+        "route.cases[0]: dead-letter entries would mix with the records there; give the dead "
+        "letter a stream of its own",
+    )
+    own = MINIMAL.replace("    other:", "    rejects: {name: bad, shards: 1}\n    other:")
+    assert spec.load(write_spec(own + "dead_letter: {stream: rejects}\n", "ok.yaml")).warnings == ()

@@ -212,11 +212,16 @@ class Backend(abc.ABC):
         many bytes, a record over 1 MiB) and Throttled when the whole call is throttled.
         """
 
+    @property
+    def location(self) -> str:
+        """Where this target looks, for messages: `the local target in .pipeline`."""
+        return f"the {self.name} target"
+
     def require_stream(self, name: str) -> None:
         """Raise StreamNotFound, saying what to do, unless the stream exists."""
         if self.describe_stream(name) is None:
             raise StreamNotFound(
-                f"stream '{name}' not found on the {self.name} target (--stream takes the "
+                f"stream '{name}' not found on {self.location} (--stream takes the "
                 "stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)"
             )
 

@@ -117,6 +117,10 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot open local state in {self.state_dir}: {e}") from e
 
     @property
+    def location(self) -> str:
+        return f"the local target in {self.state_dir}"
+
+    @property
     def account_id(self) -> str:
         return "000000000000"
 

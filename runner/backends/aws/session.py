@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,14 @@ class AwsSession(Backend):
             with backend_errors("STS (asked for the account id)"):
                 self._account_id = self._client("sts").get_caller_identity()["Account"]
         return self._account_id
+
+    @property
+    def location(self) -> str:
+        """The region, and the endpoint where it is not AWS's own (e.g. a moto server)."""
+        endpoint = self._client("kinesis").meta.endpoint_url
+        own = urllib.parse.urlsplit(endpoint).hostname or ""
+        at = "" if own.endswith((".amazonaws.com", ".amazonaws.com.cn")) else f" at {endpoint}"
+        return f"the aws target in {self.region}{at}"
 
     def close(self) -> None:
         """Close every client's connections."""
