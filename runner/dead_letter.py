@@ -7,8 +7,8 @@ declared stream or a declared bucket when the spec names one, otherwise
 keyed like Firehose's: prefix + YYYY/MM/DD/HH/ + <pipeline>-1-YYYY-MM-DD-HH-MM-SS-<uuid>.
 
 Where the checkpoints live off this machine (the aws target), nothing they move past may live
-only in its state folder: there an entry too large for a stream record stops the run instead
-of going to the file.
+only in its state folder: a run there needs a stream or a bucket, and an entry too large for a
+stream record stops the run instead of going to the file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from runner.backends import CHECKPOINTS_OFF_MACHINE
 from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record
 from runner.delivery import object_key
 from runner.sink import Sink
-from runner.spec import Spec
+from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
 
 
 def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record) -> dict:
@@ -45,6 +45,16 @@ def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record
         "data": text,
         "data_base64": base64.b64encode(record.data).decode("ascii"),
     }
+
+
+def run_refusal(spec: Spec, target: str) -> str | None:
+    """Why `pipeline run` refuses the spec on `target` for its dead letter, or None: where the
+    checkpoints live off this machine, bad records may not go to its state folder's file."""
+    if spec.route is None or target not in CHECKPOINTS_OFF_MACHINE:
+        return None
+    if dead_letter_off_machine(spec.dead_letter):
+        return None
+    return needs_dead_letter_off_machine(f"on the {target} target")
 
 
 def _utc_now() -> datetime.datetime:

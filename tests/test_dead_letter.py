@@ -238,6 +238,55 @@ def test_no_checkpoint_moves_past_bad_records_before_their_object_is_written(wri
     assert backend.get_checkpoints("shop", "in") == {"shardId-000000000000": "3"}
 
 
+NO_DEAD_LETTER_ON_AWS = (
+    "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
+    "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key of "
+    "resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+)
+
+
+class Spy:
+    """The backend, noting the name of every method called on it."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls = []
+
+    def __getattr__(self, name):
+        found = getattr(self.backend, name)
+        if callable(found):
+            self.calls.append(name)
+        return found
+
+
+def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
+    write_spec, tmp_path, aws_env
+):
+    path = write_spec(MINIMAL)
+    loaded = spec.load(path)
+    with mock_aws():
+        backend = AwsBackend("us-east-1", poll_s=0)
+        apply(loaded, backend, lambda line: None)
+        backend.put_records("in", BAD + GOOD)
+        spy = Spy(backend)
+        with pytest.raises(spec.SpecError) as caught:
+            engine.run(loaded, spy, tmp_path, engine.RunOptions(until_idle=0), print)
+
+        result = CliRunner().invoke(cli, ["run", str(path), "--target", "aws"])
+
+        checkpoints = backend.get_checkpoints("shop", "in")
+        backend.close()
+    assert str(caught.value) == f"{path}: {NO_DEAD_LETTER_ON_AWS}"
+    assert spy.calls == []
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        f"{path}: {NO_DEAD_LETTER_ON_AWS}\n",
+    )
+    assert checkpoints == {}
+    assert not (tmp_path / "dead-letter").exists()
+
+
 def aws_run_with_a_stream_dead_letter(write_spec, tmp_path, records):
     """Run a spec with a stream dead letter on moto over `records`; (error or None, the
     dead-letter stream's entries, the checkpoints)."""
