@@ -138,7 +138,9 @@ def validate(specs: tuple[str, ...], strict: bool, target: Target) -> int:
     problems: list[str] = []
     for path in specs:
         try:
-            click.echo(target.load(path, strict=strict, warn=say).summary())
+            loaded = target.load(path, strict=strict, warn=say)
+            target.check_run(loaded, strict=strict, warn=say)
+            click.echo(loaded.summary())
         except SpecError as error:
             problems.extend(error.problems)
     if problems:

@@ -5,6 +5,10 @@ the arrival time and the original bytes (base64, plus the text when it is UTF-8)
 declared stream or a declared bucket when the spec names one, otherwise
 `<state-dir>/dead-letter/<pipeline>.jsonl`. In a bucket, each write is one JSON Lines object
 keyed like Firehose's: prefix + YYYY/MM/DD/HH/ + <pipeline>-1-YYYY-MM-DD-HH-MM-SS-<uuid>.
+
+Where the checkpoints live off this machine (the aws target), nothing they move past may live
+only in its state folder: a run there needs a stream or a bucket, and an entry too large for a
+stream record stops the run instead of going to the file.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.backends.base import MAX_RECORD_BYTES, Backend, Record
+from runner.backends import CHECKPOINTS_OFF_MACHINE
+from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record
 from runner.delivery import object_key
 from runner.sink import Sink
-from runner.spec import Spec
+from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
 
 
 def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record) -> dict:
@@ -40,6 +45,16 @@ def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record
         "data": text,
         "data_base64": base64.b64encode(record.data).decode("ascii"),
     }
+
+
+def run_refusal(spec: Spec, target: str) -> str | None:
+    """Why `pipeline run` refuses the spec on `target` for its dead letter, or None: where the
+    checkpoints live off this machine, bad records may not go to its state folder's file."""
+    if spec.route is None or target not in CHECKPOINTS_OFF_MACHINE:
+        return None
+    if dead_letter_off_machine(spec.dead_letter):
+        return None
+    return needs_dead_letter_off_machine(f"on the {target} target")
 
 
 def _utc_now() -> datetime.datetime:
@@ -65,6 +80,8 @@ class DeadLetter:
         self.sink = Sink(backend, spec.streams[stream].name) if stream else None
         self.bucket = spec.buckets[bucket].name if bucket else None
         self.prefix = declared.prefix if bucket else ""
+        # Only where the state folder lasts as long as the checkpoints (the local target).
+        self.file_allowed = backend.name not in CHECKPOINTS_OFF_MACHINE
         self._pending: list[tuple[bytes, str]] = []
         self.count = 0
         self.in_file = 0  # entries written to the file, stream or not
@@ -94,8 +111,26 @@ class DeadLetter:
         return f"{records}: " + ", ".join(f"{count} in {where}" for count, where in places)
 
     def add(self, reason: str, stream: str, shard_id: str, record: Record) -> None:
-        data = json.dumps(entry(reason, self.pipeline, stream, shard_id, record)).encode() + b"\n"
+        found = entry(reason, self.pipeline, stream, shard_id, record)
+        data = _line(found)
+        if self.sink is not None and not _fits(data, record.partition_key):
+            data = self._compacted(found, record)
         self._pending.append((data, record.partition_key))
+
+    def _compacted(self, found: dict, record: Record) -> bytes:
+        """The entry without its text copy, which `data_base64` holds too, so that it fits a
+        stream record; if even that does not fit, the file takes it where allowed, else the
+        run stops here, before any checkpoint moves past the record."""
+        data = _line({**found, "data": None})
+        if _fits(data, record.partition_key) or self.file_allowed:
+            return data
+        raise BackendError(
+            f"the dead-letter entry of record {record.sequence} ({found['shard']} of stream "
+            f"{found['stream']}) is {len(data)} bytes even without its text copy, too large for "
+            f"a record of stream {self.sink.stream}: declare a bucket dead letter "
+            "(dead_letter: {bucket: KEY}), which holds entries of any size, and run again; "
+            "no checkpoint moved past this record"
+        )
 
     def write(self) -> None:
         """Make every added entry durable before the caller checkpoints past it."""
@@ -111,9 +146,10 @@ class DeadLetter:
             return
         to_file = pending
         if self.sink is not None:
-            # An entry too big for a stream record (base64 grows a 1 MiB record) goes to the file.
-            fits = [e for e in pending if len(e[0]) + len(e[1].encode()) <= MAX_RECORD_BYTES]
-            to_file = [e for e in pending if len(e[0]) + len(e[1].encode()) > MAX_RECORD_BYTES]
+            # An entry too big for a stream record even without its text copy (base64 grows a
+            # 1 MiB record) goes to the file; add() let it through only where that is allowed.
+            fits = [e for e in pending if _fits(*e)]
+            to_file = [e for e in pending if not _fits(*e)]
             self.sink.put(fits)
         if to_file:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,3 +159,12 @@ class DeadLetter:
                 os.fsync(file.fileno())
             self.in_file += len(to_file)
         self.count += len(pending)
+
+
+def _line(found: dict) -> bytes:
+    return json.dumps(found).encode() + b"\n"
+
+
+def _fits(data: bytes, partition_key: str) -> bool:
+    """Whether an entry fits one stream record with its partition key."""
+    return len(data) + len(partition_key.encode()) <= MAX_RECORD_BYTES

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.backends.base import SHARD_END, Backend, BackendError, Record, Throttled
-from runner.dead_letter import DeadLetter
+from runner.dead_letter import DeadLetter, run_refusal
 from runner.delivery import Delivery
 from runner.reader import Position, ShardBatch, StreamReader
 from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
@@ -279,6 +279,9 @@ def run(
     """`pipeline run`: check the resources, run the loop, report what it did; returns 0."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
+    refusal = run_refusal(spec, backend.name)
+    if refusal:
+        raise SpecError([f"{spec.path}: {refusal}"])
     check_resources(spec, backend)
     engine = Engine(spec, backend, state_dir, options, report)
 

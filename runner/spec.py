@@ -30,7 +30,15 @@ from runner.document import (
 from runner.routing import Case, Route
 from runner.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
 
-__all__ = ["Spec", "SpecError", "check_prefix", "load", "schema"]
+__all__ = [
+    "Spec",
+    "SpecError",
+    "check_prefix",
+    "dead_letter_off_machine",
+    "load",
+    "needs_dead_letter_off_machine",
+    "schema",
+]
 
 LOCAL_ACCOUNT_ID = "000000000000"
 
@@ -71,6 +79,24 @@ class DeadLetterDestination:
     stream: str | None = None  # a key of streams
     bucket: str | None = None  # a key of buckets
     prefix: str = ""  # with a bucket: the start of its objects' keys
+
+
+def dead_letter_off_machine(dead_letter: DeadLetterDestination | None) -> bool:
+    """Whether bad records go where they outlive the machine running the pipeline: a declared
+    stream or bucket, not the state folder's file. Where the checkpoints live off that machine
+    (the aws target, Lambda), the dead letter must too, or losing the machine loses the records
+    the checkpoints moved past."""
+    return dead_letter is not None
+
+
+def needs_dead_letter_off_machine(where: str) -> str:
+    """Why a spec run `where` (e.g. 'on the aws target') needs a stream or bucket dead letter,
+    and what to add."""
+    return (
+        f"{where} the dead letter must be a stream or a bucket, since the checkpoints outlive "
+        "this machine and its state folder: add dead_letter: {bucket: KEY} with a key of "
+        "resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+    )
 
 
 @dataclass(frozen=True)

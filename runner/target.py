@@ -9,6 +9,7 @@ from pathlib import Path
 from runner import spec as spec_module
 from runner.backends import open_backend
 from runner.backends.base import Backend
+from runner.dead_letter import run_refusal
 
 
 @dataclass
@@ -46,6 +47,17 @@ class Target:
         for line in loaded.warnings:
             warn(line)
         return loaded
+
+    def check_run(
+        self, loaded: spec_module.Spec, *, strict: bool, warn: Callable[[str], None]
+    ) -> None:
+        """`warn` of what `pipeline run` would refuse in the spec on this target (a dead letter
+        on this machine where the checkpoints outlive it), or with `strict` refuse it for that."""
+        refusal = run_refusal(loaded, self.name)
+        if refusal and strict:
+            raise spec_module.SpecError([f"{loaded.path}: {refusal}"])
+        if refusal:
+            warn(f"{loaded.path}: warning: `pipeline run` refuses this spec: {refusal}")
 
     def _configured_region(self) -> str:
         # A spec without `region`: the AWS configuration's (AWS_REGION, the profile, ...).

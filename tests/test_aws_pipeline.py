@@ -148,7 +148,7 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     spec = str(PIPELINES / "ecommerce.yaml")
 
     applied = pipeline("apply", spec)
-    assert applied.stdout.splitlines()[-1] == "Applied: 11 created, 0 changed, 0 unchanged."
+    assert applied.stdout.splitlines()[-1] == "Applied: 12 created, 0 changed, 0 unchanged."
 
     kinesis = client("kinesis")
     shards = {
@@ -159,7 +159,8 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     }
     assert shards == {SOURCE: 1, USA: 2, INTERNATIONAL: 2}
     s3 = client("s3")
-    for bucket in (f"de-c2w2lab1-{ACCOUNT}-usa", f"de-c2w2lab1-{ACCOUNT}-int"):
+    for which in ("usa", "int", "dead-letter"):
+        bucket = f"de-c2w2lab1-{ACCOUNT}-{which}"
         blocked = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
         assert all(blocked.values())
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
@@ -196,7 +197,7 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     assert "de-c2w2lab1-etl-checkpoints" in tables
 
     again = pipeline("apply", spec)
-    assert again.stdout == "No changes: 11 resources up to date.\n"
+    assert again.stdout == "No changes: 12 resources up to date.\n"
 
     edited = tmp_path / "ecommerce.yaml"
     edited.write_text(
@@ -333,7 +334,7 @@ def test_a_service_endpoint_variable_beats_the_global_one(tmp_path):
         assert held(other_endpoint) == (
             [],
             ["de-c2w2lab1-etl-checkpoints"],
-            [f"de-c2w2lab1-{ACCOUNT}-int", f"de-c2w2lab1-{ACCOUNT}-usa"],
+            [f"de-c2w2lab1-{ACCOUNT}-{which}" for which in ("dead-letter", "int", "usa")],
         )
         kinesis = server_client(streams_endpoint, "kinesis")
         routed = read_stream(kinesis, USA) + read_stream(kinesis, INTERNATIONAL)
@@ -385,15 +386,17 @@ def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path, p
 
     assert shell.returncode == 0, out + err
     lines, notes = out.splitlines(), err.splitlines()
-    assert "Applied: 11 created, 0 changed, 0 unchanged." in lines
+    assert "Applied: 12 created, 0 changed, 0 unchanged." in lines
     assert f"put 100 records into {SOURCE}" in notes
+    dead_letter = f"bucket de-c2w2lab1-{ACCOUNT}-dead-letter under dead-letter/"
+    assert f"[de-c2w2lab1-etl] dead letter: {dead_letter}" in notes
     (done,) = [line for line in notes if line.startswith("[de-c2w2lab1-etl] done: ")]
     routed = re.search(
         r"done: in 100 \| out international (\d+), usa (\d+) \| dead-lettered 0 ", done
     )
     assert routed, done
     assert len([line for line in lines if line.startswith("shardId-")]) == int(routed[2])
-    assert lines[-1] == "Destroyed 11 resources."
+    assert lines[-1] == "Destroyed 12 resources."
     assert [line for line in notes if line.startswith("error")] == []
 
 

@@ -26,7 +26,7 @@ def test_validate_the_shipped_specs():
     assert result.output == (
         f"{PIPELINES / 'cli-router.yaml'}: ok: pipeline de-c2w2lab1-cli, 1 stream, 0 buckets, "
         "0 firehoses, 0 transform steps, no route\n"
-        f"{PIPELINES / 'ecommerce.yaml'}: ok: pipeline de-c2w2lab1-etl, 3 streams, 2 buckets, "
+        f"{PIPELINES / 'ecommerce.yaml'}: ok: pipeline de-c2w2lab1-etl, 3 streams, 3 buckets, "
         "2 firehoses, 1 transform step, 2 route cases\n"
     )
 
@@ -64,6 +64,27 @@ def test_validate_prints_warnings_and_exits_0_or_with_strict_refuses_the_spec(wr
     )
     result = invoke("validate", "--strict", str(path))
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
+
+
+def test_validate_on_the_aws_target_warns_of_a_dead_letter_run_would_refuse(
+    write_spec, state, aws_env
+):
+    path = write_spec(MINIMAL)  # no dead_letter: the state folder's file
+    why = (
+        "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
+        "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key "
+        "of resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+    )
+    result = invoke("validate", str(path), "--target", "aws")
+    assert (result.exit_code, result.stderr) == (
+        0,
+        f"{path}: warning: `pipeline run` refuses this spec: {why}\n",
+    )
+    assert result.stdout.startswith(f"{path}: ok: pipeline shop")
+    result = invoke("validate", "--strict", str(path), "--target", "aws")
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"{path}: {why}\n")
+    assert invoke("validate", "--strict", str(path)).exit_code == 0  # the local target
+    assert not state.exists()
 
 
 @pytest.mark.parametrize("command", ["preview", "plan", "apply", "destroy", "run"])

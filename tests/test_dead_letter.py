@@ -17,26 +17,31 @@ from runner.dead_letter import DeadLetter
 from runner.provision import apply
 
 ARRIVAL = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
+WITH_STREAM = (
+    MINIMAL.replace("    other:", "    rejects: {name: rejects, shards: 1}\n    other:")
+    + "dead_letter: {stream: rejects}\n"
+)
 
 
-def test_entries_go_to_the_declared_stream_and_what_is_too_big_to_the_file(write_spec, tmp_path):
-    loaded = spec.load(
-        write_spec(
-            MINIMAL.replace("    other:", "    rejects: {name: rejects, shards: 1}\n    other:")
-            + "dead_letter: {stream: rejects}\n"
-        )
-    )
+def test_entries_go_to_the_declared_stream_and_locally_what_is_too_big_to_the_file(
+    write_spec, tmp_path
+):
+    loaded = spec.load(write_spec(WITH_STREAM))
     backend = LocalBackend(tmp_path / "state")
     backend.create_stream("rejects", 1)
     dead_letter = DeadLetter(loaded, backend, tmp_path / "state")
     small = Record("7", "k1", b"{not json", ARRIVAL)
-    huge = Record("8", "k2", b"x" * 900_000, ARRIVAL)
+    huge = Record("8", "k2", b"x" * 900_000, ARRIVAL)  # its base64 copy alone is over 1 MiB
+    large = Record("9", "k3", b"x" * 700_000, ARRIVAL)  # fits without its text copy
 
     dead_letter.add("not JSON: Expecting property name at column 2", "in", "shardId-0", small)
     dead_letter.add("not JSON: Expecting value at column 1", "in", "shardId-0", huge)
+    dead_letter.add("not JSON: Expecting value at column 1", "in", "shardId-0", large)
     dead_letter.write()
 
-    (entry,) = read_stream(backend, "rejects")
+    entry, compacted = read_stream(backend, "rejects")
+    assert (compacted["sequence"], compacted["data"]) == ("9", None)
+    assert base64.b64decode(compacted["data_base64"]) == large.data
     assert {k: v for k, v in entry.items() if k != "dead_lettered_at"} == {
         "reason": "not JSON: Expecting property name at column 2",
         "pipeline": "shop",
@@ -52,7 +57,7 @@ def test_entries_go_to_the_declared_stream_and_what_is_too_big_to_the_file(write
     (line,) = path.read_text().splitlines()
     assert json.loads(line)["sequence"] == "8"
     assert dead_letter.summary() == (
-        f"2 records: 1 in stream rejects, 1 in {path} (too large for a stream record)"
+        f"3 records: 2 in stream rejects, 1 in {path} (too large for a stream record)"
     )
 
 
@@ -228,3 +233,114 @@ def test_no_checkpoint_moves_past_bad_records_before_their_object_is_written(wri
     ((key, entries),) = objects(backend, "shop-rejects").items()
     assert what_and_why(entries) == BAD_ENTRIES
     assert backend.get_checkpoints("shop", "in") == {"shardId-000000000000": "3"}
+
+
+NO_DEAD_LETTER_ON_AWS = (
+    "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
+    "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key of "
+    "resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+)
+
+
+class Spy:
+    """The backend, noting the name of every method called on it."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls = []
+
+    def __getattr__(self, name):
+        found = getattr(self.backend, name)
+        if callable(found):
+            self.calls.append(name)
+        return found
+
+
+def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
+    write_spec, tmp_path, aws_env
+):
+    path = write_spec(MINIMAL)
+    loaded = spec.load(path)
+    with mock_aws():
+        backend = AwsBackend("us-east-1", poll_s=0)
+        apply(loaded, backend, lambda line: None)
+        backend.put_records("in", BAD + GOOD)
+        spy = Spy(backend)
+        with pytest.raises(spec.SpecError) as caught:
+            engine.run(loaded, spy, tmp_path, engine.RunOptions(until_idle=0), print)
+
+        result = CliRunner().invoke(cli, ["run", str(path), "--target", "aws"])
+
+        checkpoints = backend.get_checkpoints("shop", "in")
+        backend.close()
+    assert str(caught.value) == f"{path}: {NO_DEAD_LETTER_ON_AWS}"
+    assert spy.calls == []
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        f"{path}: {NO_DEAD_LETTER_ON_AWS}\n",
+    )
+    assert checkpoints == {}
+    assert not (tmp_path / "dead-letter").exists()
+
+
+def aws_run_with_a_stream_dead_letter(write_spec, tmp_path, records):
+    """Run a spec with a stream dead letter on moto over `records`; (error or None, the
+    dead-letter stream's entries, the checkpoints)."""
+    loaded = spec.load(write_spec(WITH_STREAM))
+    with mock_aws():
+        backend = AwsBackend("us-east-1", poll_s=0)
+        apply(loaded, backend, lambda line: None)
+        backend.put_records("in", records)
+        try:
+            engine.run(loaded, backend, tmp_path, engine.RunOptions(until_idle=0), print)
+            error = None
+        except BackendError as stopped:
+            error = str(stopped)
+        entries = read_stream(backend, "rejects")
+        checkpoints = backend.get_checkpoints("shop", "in")
+        backend.close()
+    return error, entries, checkpoints
+
+
+def test_on_aws_an_entry_too_large_for_a_stream_record_goes_there_without_its_text_copy(
+    write_spec, tmp_path, aws_env
+):
+    large = b"x" * 700_000  # with its text and base64 copies, over 1 MiB; base64 alone fits
+
+    error, entries, checkpoints = aws_run_with_a_stream_dead_letter(
+        write_spec, tmp_path, [*BAD, (large, "k4"), *GOOD]
+    )
+
+    assert error is None
+    assert [(e["sequence"], e["data"]) for e in entries] == [
+        ("1", "{not json"),
+        ("2", "[1, 2]"),
+        ("3", None),
+    ]
+    assert base64.b64decode(entries[2]["data_base64"]) == large
+    assert entries[2]["reason"] == "not JSON: Expecting value at column 1"
+    assert checkpoints == {"shardId-000000000000": "4"}
+    assert not (tmp_path / "dead-letter").exists()
+
+
+def test_on_aws_an_entry_too_large_even_without_its_text_copy_stops_the_run_unmoved(
+    write_spec, tmp_path, aws_env
+):
+    huge = b"x" * 900_000  # its base64 copy alone is over 1 MiB
+
+    error, entries, checkpoints = aws_run_with_a_stream_dead_letter(
+        write_spec, tmp_path, [*BAD, (huge, "k4"), *GOOD]
+    )
+
+    size = re.search(r" is (\d+) bytes ", error)[1]  # with times of varying length
+    assert int(size) > 1024 * 1024
+    assert error == (
+        f"the dead-letter entry of record 3 (shardId-000000000000 of stream in) is {size} "
+        "bytes even without its text copy, too large for a record of stream rejects: declare "
+        "a bucket dead letter (dead_letter: {bucket: KEY}), which holds entries of any size, "
+        "and run again; no checkpoint moved past this record"
+    )
+    assert entries == []
+    assert checkpoints == {}
+    assert not (tmp_path / "dead-letter").exists()

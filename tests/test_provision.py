@@ -11,6 +11,7 @@ USA = "de-c2w2lab1-usa-data-stream"
 INTERNATIONAL = "de-c2w2lab1-international-data-stream"
 USA_BUCKET = "de-c2w2lab1-000000000000-usa"
 INT_BUCKET = "de-c2w2lab1-000000000000-int"
+DEAD_LETTER_BUCKET = "de-c2w2lab1-000000000000-dead-letter"
 USA_FIREHOSE = "de-c2w2lab1-firehose-usa"
 INT_FIREHOSE = "de-c2w2lab1-firehose-international"
 
@@ -20,6 +21,7 @@ CREATIONS = f"""\
 + create stream {INTERNATIONAL} (2 shards)
 + create bucket {USA_BUCKET} (new)
 + create bucket {INT_BUCKET} (new)
++ create bucket {DEAD_LETTER_BUCKET} (new)
 + create firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})
 + create firehose {INT_FIREHOSE} ({INTERNATIONAL} -> {INT_BUCKET})
 """
@@ -30,6 +32,7 @@ UNCHANGED = {
     INTERNATIONAL: f"  unchanged stream {INTERNATIONAL} (2 shards)\n",
     USA_BUCKET: f"  unchanged bucket {USA_BUCKET} (exists)\n",
     INT_BUCKET: f"  unchanged bucket {INT_BUCKET} (exists)\n",
+    DEAD_LETTER_BUCKET: f"  unchanged bucket {DEAD_LETTER_BUCKET} (exists)\n",
     USA_FIREHOSE: f"  unchanged firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})\n",
     INT_FIREHOSE: f"  unchanged firehose {INT_FIREHOSE} ({INTERNATIONAL} -> {INT_BUCKET})\n",
 }
@@ -42,6 +45,7 @@ LISTED = (
     f"- destroy stream {INTERNATIONAL}\n"
     f"- destroy bucket {USA_BUCKET} (and every object in it)\n"
     f"- destroy bucket {INT_BUCKET} (and every object in it)\n"
+    f"- destroy bucket {DEAD_LETTER_BUCKET} (and every object in it)\n"
 )
 PROMPT = (
     "Destroy these resources of de-c2w2lab1-etl on the local target, "
@@ -72,7 +76,7 @@ def edited(write_spec, old, new):
 def test_plan_on_a_fresh_state_lists_every_creation_and_touches_nothing(state):
     result = pipeline("plan", ECOMMERCE)
 
-    assert result.stdout == CREATIONS + "Plan: 7 to create, 0 to change, 0 unchanged.\n"
+    assert result.stdout == CREATIONS + "Plan: 8 to create, 0 to change, 0 unchanged.\n"
     assert result.stderr == ""
     assert pipeline("plan", ECOMMERCE).stdout == result.stdout
 
@@ -81,8 +85,8 @@ def test_apply_creates_everything_once_then_changes_nothing(state, backend):
     first = pipeline("apply", ECOMMERCE)
     second = pipeline("apply", ECOMMERCE)
 
-    assert first.stdout == CREATIONS + "Applied: 7 created, 0 changed, 0 unchanged.\n"
-    assert second.stdout == "No changes: 7 resources up to date.\n"
+    assert first.stdout == CREATIONS + "Applied: 8 created, 0 changed, 0 unchanged.\n"
+    assert second.stdout == "No changes: 8 resources up to date.\n"
     assert [backend.describe_stream(s).open_shard_count for s in (SOURCE, USA, INTERNATIONAL)] == [
         1,
         2,
@@ -91,7 +95,7 @@ def test_apply_creates_everything_once_then_changes_nothing(state, backend):
     assert backend.bucket_exists(USA_BUCKET) and backend.bucket_exists(INT_BUCKET)
     assert backend.describe_firehose(USA_FIREHOSE).stream == USA
     assert pipeline("plan", ECOMMERCE).stdout == (
-        "".join(UNCHANGED.values()) + "No changes: 7 resources up to date.\n"
+        "".join(UNCHANGED.values()) + "No changes: 8 resources up to date.\n"
     )
 
 
@@ -108,11 +112,11 @@ def test_a_changed_shard_count_is_planned_and_applied_as_a_reshard(state, backen
     applied = pipeline("apply", spec)
 
     expected = "".join(line if name == USA else text for name, text in UNCHANGED.items())
-    assert plan.stdout == expected + "Plan: 0 to create, 1 to change, 6 unchanged.\n"
-    assert applied.stdout == line + "Applied: 0 created, 1 changed, 6 unchanged.\n"
+    assert plan.stdout == expected + "Plan: 0 to create, 1 to change, 7 unchanged.\n"
+    assert applied.stdout == line + "Applied: 0 created, 1 changed, 7 unchanged.\n"
     assert backend.describe_stream(USA).open_shard_count == 4
     assert [s.is_open for s in backend.list_shards(USA)] == [False, False, True, True, True, True]
-    assert pipeline("apply", spec).stdout == "No changes: 7 resources up to date.\n"
+    assert pipeline("apply", spec).stdout == "No changes: 8 resources up to date.\n"
 
 
 def test_a_changed_firehose_buffer_names_the_fields_that_change(state, backend, write_spec):
@@ -128,8 +132,8 @@ def test_a_changed_firehose_buffer_names_the_fields_that_change(state, backend, 
     applied = pipeline("apply", spec)
 
     expected = "".join(line if name == USA_FIREHOSE else text for name, text in UNCHANGED.items())
-    assert plan.stdout == expected + "Plan: 0 to create, 1 to change, 6 unchanged.\n"
-    assert applied.stdout == line + "Applied: 0 created, 1 changed, 6 unchanged.\n"
+    assert plan.stdout == expected + "Plan: 0 to create, 1 to change, 7 unchanged.\n"
+    assert applied.stdout == line + "Applied: 0 created, 1 changed, 7 unchanged.\n"
     firehose = backend.describe_firehose(USA_FIREHOSE)
     assert (firehose.buffer_size_mb, firehose.buffer_interval_s) == (5, 300)
     assert backend.describe_firehose(INT_FIREHOSE).buffer_size_mb == 1
@@ -144,7 +148,7 @@ def test_destroy_answered_no_keeps_everything_and_exits_1(state, backend):
 
     assert result.stdout == LISTED + PROMPT + "n\n"
     assert result.stderr == "Aborted!\n"
-    assert pipeline("apply", ECOMMERCE).stdout == "No changes: 7 resources up to date.\n"
+    assert pipeline("apply", ECOMMERCE).stdout == "No changes: 8 resources up to date.\n"
     assert backend.list_objects(USA_BUCKET) == ["firehose/kept.json"]
     iterator = backend.get_shard_iterator(SOURCE, "shardId-000000000000", "TRIM_HORIZON")
     assert [r.partition_key for r in backend.get_records(iterator).records] == ["a1"]
@@ -155,7 +159,7 @@ def test_destroy_answered_yes_removes_everything(state, backend):
 
     result = pipeline("destroy", ECOMMERCE, input="y\n")
 
-    assert result.stdout == LISTED + PROMPT + "y\nDestroyed 7 resources.\n"
+    assert result.stdout == LISTED + PROMPT + "y\nDestroyed 8 resources.\n"
     assert backend.describe_stream(SOURCE) is None
 
 
@@ -166,13 +170,13 @@ def test_destroy_yes_removes_everything_and_a_second_destroy_has_nothing_to_do(s
     first = pipeline("destroy", ECOMMERCE, "--yes")
     second = pipeline("destroy", ECOMMERCE, "--yes")
 
-    assert first.stdout == LISTED + "Destroyed 7 resources.\n"
+    assert first.stdout == LISTED + "Destroyed 8 resources.\n"
     assert second.stdout == "Nothing to destroy.\n"
     assert all(backend.describe_stream(s) is None for s in (SOURCE, USA, INTERNATIONAL))
     assert not backend.bucket_exists(USA_BUCKET) and not backend.bucket_exists(INT_BUCKET)
     assert backend.describe_firehose(USA_FIREHOSE) is None
     assert pipeline("plan", ECOMMERCE).stdout == (
-        CREATIONS + "Plan: 7 to create, 0 to change, 0 unchanged.\n"
+        CREATIONS + "Plan: 8 to create, 0 to change, 0 unchanged.\n"
     )
 
 
@@ -186,5 +190,5 @@ def test_apply_after_a_partial_destroy_recreates_only_what_is_missing(state, bac
     assert result.stdout == (
         f"+ create stream {USA} (2 shards)\n"
         f"+ create firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})\n"
-        "Applied: 2 created, 0 changed, 5 unchanged.\n"
+        "Applied: 2 created, 0 changed, 6 unchanged.\n"
     )

@@ -24,7 +24,11 @@ def test_the_scenario_spec_declares_every_name_and_setting_of_the_scenario():
     assert {key: b.name for key, b in loaded.buckets.items()} == {
         "usa": "de-c2w2lab1-123456789012-usa",
         "international": "de-c2w2lab1-123456789012-int",
+        "dead_letter": "de-c2w2lab1-123456789012-dead-letter",
     }
+    assert loaded.dead_letter == spec.DeadLetterDestination(
+        bucket="dead_letter", prefix="dead-letter/"
+    )
     usa = loaded.firehoses["usa"]
     assert (usa.name, usa.stream, usa.bucket) == ("de-c2w2lab1-firehose-usa", "usa", "usa")
     assert (usa.prefix, usa.error_prefix) == ("firehose/", "errors/")
@@ -365,14 +369,14 @@ def test_every_mistake_is_reported_in_one_pass_even_with_schema_errors(write_spe
         f"{path}:1:33: warning: the yaml-language-server modeline's $schema "
         "'../schemas/pipeline.schema.json' does not exist (the path is relative to the spec's "
         "folder), so editors cannot check the spec",
-        f"{path}:51:33: transform[0].set.overall_product_quantity: "
+        f"{path}:52:33: transform[0].set.overall_product_quantity: "
         "'summ(browse_history[].quantity)': unknown function 'summ()' at column 1; "
         "did you mean sum()?",
-        f"{path}:58:7: route.cases[0].wehn: unknown key 'wehn' "
+        f"{path}:59:7: route.cases[0].wehn: unknown key 'wehn' "
         "(did you mean 'when'? expected one of: continue, to, when)",
-        f"{path}:59:11: route.cases[0].to: unknown stream 'usaa' "
+        f"{path}:60:11: route.cases[0].to: unknown stream 'usaa' "
         "(streams: source, usa, international)",
-        f"{path}:60:11: route.cases[1].to: a route cannot be the source stream 'source': "
+        f"{path}:61:11: route.cases[1].to: a route cannot be the source stream 'source': "
         "records would loop back into it",
     ]
 

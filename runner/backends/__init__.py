@@ -8,6 +8,10 @@ from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
 TARGETS = ("local", "aws")
 
+# The targets whose checkpoints live off the machine running `pipeline run` (in DynamoDB on
+# AWS): nothing they move past may live only on that machine's disk, as in the state folder.
+CHECKPOINTS_OFF_MACHINE = ("aws",)
+
 
 def open_backend(
     target: str,
