@@ -1,4 +1,5 @@
 import datetime
+import errno
 import multiprocessing
 import os
 import shutil
@@ -6,7 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import removed_state
+from click.testing import CliRunner
+from conftest import MINIMAL, removed_state
+from fakes import PIPELINE, FailingDisk, with_own_mounts
 
 from runner.backends.base import (
     SHARD_END,
@@ -17,6 +20,7 @@ from runner.backends.base import (
     StreamNotFound,
 )
 from runner.backends.local import LocalBackend, partition_hash
+from runner.cli import cli
 
 START = 1_800_000_000.0
 
@@ -571,3 +575,81 @@ def test_a_put_into_a_removed_or_replaced_state_fails_and_stores_nothing(tmp_pat
         assert read_all(other, "events", "shardId-000000000000") == []
     with pytest.raises(BackendError):  # reads stop too: no one else sees that file
         backend.get_checkpoints("shop", "events")
+
+
+# A failing disk: one line naming the path and the cause
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")],
+)
+def test_a_lock_file_that_cannot_be_written_is_one_line_naming_it(
+    tmp_path, monkeypatch, code, cause
+):
+    backend = LocalBackend(tmp_path)
+    (tmp_path / "locks").mkdir()
+    FailingDisk(monkeypatch, tmp_path / "locks", code)
+
+    with pytest.raises(BackendError) as caught:
+        with backend.running("shop"):
+            pass
+
+    assert str(caught.value) == f"cannot write {tmp_path / 'locks' / 'shop.lock'}: {cause}"
+
+
+@pytest.mark.parametrize(
+    ("mount", "cause"),
+    [
+        (
+            "mount -t tmpfs -o size=4k tmpfs {0} && head -c 4096 /dev/zero > {0}/filler",
+            "No space left on device",
+        ),
+        ("mount --bind {0} {0} && mount -o remount,bind,ro {0}", "Read-only file system"),
+    ],
+    ids=["full", "read-only"],
+)
+def test_a_run_whose_lock_file_cannot_be_written_says_so_in_one_line(
+    write_spec, state, mount, cause
+):
+    spec = write_spec(MINIMAL)
+    assert CliRunner().invoke(cli, ["apply", str(spec)]).exit_code == 0
+    locks = state / "locks"
+    locks.mkdir()
+
+    done = with_own_mounts(f"{mount.format(locks)} || exit 9\n{PIPELINE} run {spec}")
+
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"error: cannot write {locks / 'shop.lock'}: {cause}\n",
+    )
+
+
+def test_buckets_on_a_read_only_disk_fail_in_one_line_naming_the_path(tmp_path, monkeypatch):
+    backend = LocalBackend(tmp_path)
+    backend.create_bucket("kept")
+    FailingDisk(monkeypatch, tmp_path / "buckets", errno.EROFS)
+    errors = []
+
+    for write in (
+        lambda: backend.create_bucket("new"),
+        lambda: backend.put_object("kept", "a/b", b"x"),
+    ):
+        with pytest.raises(BackendError) as caught:
+            write()
+        errors.append(str(caught.value))
+
+    buckets = tmp_path / "buckets"
+    assert errors == [
+        f"cannot create {buckets / 'new'}: Read-only file system",
+        f"cannot write {buckets / 'kept' / 'a' / 'b'}: Read-only file system",
+    ]
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path, monkeypatch):
+    FailingDisk(monkeypatch, tmp_path, errno.EROFS)
+
+    with pytest.raises(BackendError) as caught:
+        LocalBackend(tmp_path / "state")
+
+    assert str(caught.value) == f"cannot create {tmp_path / 'state'}: Read-only file system"

@@ -1,7 +1,8 @@
 """The embedded local backend: Kinesis semantics in one SQLite file, buckets as folders.
 
 Streams, shards, records, checkpoints and Firehose metadata live in `<state_dir>/pipeline.db`
-(WAL mode), so a producer, a runner and a consumer in separate processes can share it.
+(WAL mode), so a producer, a runner and a consumer in separate processes can share it. A failure
+of the disk (full, read-only) is one line naming the path and the cause.
 
 Sequence numbers are rowids of one global records table. SQLite lets one writer commit at a
 time and AUTOINCREMENT never reuses a rowid, so numbers rise within every shard and become
@@ -46,6 +47,7 @@ from runner.backends.base import (
     StreamNotFound,
     check_batch,
     check_shard_count,
+    disk_errors,
 )
 
 HASH_SPACE = 2**128
@@ -102,8 +104,9 @@ class LocalBackend(Backend):
         # One connection may serve several engine threads; sqlite3 needs them serialised.
         self._lock = threading.Lock()
         self._last_trim: dict[str, float] = {}
-        try:
+        with disk_errors(self.state_dir, "create"):
             self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
             self._db = sqlite3.connect(
                 self._db_path, timeout=30, isolation_level=None, check_same_thread=False
             )
@@ -322,20 +325,24 @@ class LocalBackend(Backend):
         return self._bucket_dir(name).is_dir()
 
     def create_bucket(self, name: str) -> None:
-        try:
-            self._bucket_dir(name).mkdir(parents=True)
-        except FileExistsError:
-            raise BackendError(f"bucket '{name}' already exists") from None
+        path = self._bucket_dir(name)
+        with disk_errors(path, "create"):
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                raise BackendError(f"bucket '{name}' already exists") from None
 
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
-        shutil.rmtree(self._bucket_dir(name, existing=True))
+        path = self._bucket_dir(name, existing=True)
+        with disk_errors(path, "delete"):
+            shutil.rmtree(path)
 
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         """Write the object atomically: readers see the old file or the whole new one."""
         path = self._object_path(bucket, key)
         staging = self.state_dir / "buckets" / ".staging"  # not a valid bucket name
-        try:
+        with disk_errors(path):
             staging.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=staging)
@@ -346,11 +353,9 @@ class LocalBackend(Backend):
                     os.fsync(f.fileno())
                 os.replace(temp, path)
             except BaseException:
-                os.unlink(temp)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
                 raise
-        except OSError as e:
-            message = f"cannot write object '{key}' to bucket '{bucket}': {e.strerror}"
-            raise BackendError(message) from e
 
     def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
         """Keys under `prefix`, sorted."""
@@ -400,24 +405,30 @@ class LocalBackend(Backend):
     @contextlib.contextmanager
     def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         path = self.state_dir / "locks" / f"{pipeline}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as lock:
+        with disk_errors(path.parent, "create"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with disk_errors(path):
+            lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "another process"
+                holder = os.pread(lock, 200, 0).decode(errors="replace").strip()
                 raise BackendError(
-                    f"pipeline {pipeline} is already running on {self.state_dir} ({holder}); "
+                    f"pipeline {pipeline} is already running on {self.state_dir} "
+                    f"({holder or 'another process'}); "
                     "two runs at once would write every record twice"
                 ) from None
-            lock.truncate(0)
-            lock.write(f"pid {os.getpid()}")
-            lock.flush()
+            with disk_errors(path):
+                os.ftruncate(lock, 0)
+                os.pwrite(lock, f"pid {os.getpid()}".encode(), 0)
             try:
                 yield
             finally:
-                lock.truncate(0)
+                with contextlib.suppress(OSError):  # the lock itself goes with the descriptor
+                    os.ftruncate(lock, 0)
+        finally:
+            os.close(lock)
 
     # Internals
 
