@@ -52,6 +52,10 @@ class Throttled(BackendError):
     down and try again."""
 
 
+class StateLost(BackendError):
+    """The store was removed or replaced under the command: what it wrote there is gone."""
+
+
 @contextlib.contextmanager
 def disk_errors(path: object, doing: str = "write") -> Iterator[None]:
     """Turn an OSError of the disk into one line naming the path and the cause, e.g.

@@ -43,6 +43,7 @@ from runner.backends.base import (
     Record,
     RecordBatch,
     Shard,
+    StateLost,
     StreamDescription,
     StreamNotFound,
     check_batch,
@@ -458,7 +459,7 @@ class LocalBackend(Backend):
         except OSError:  # removed, or the folder replaced by something else
             current = None
         if current != self._db_file:
-            raise BackendError(
+            raise StateLost(
                 f"local state {self._db_path} was removed or replaced while this command ran; "
                 "what it wrote since is lost: start the command again "
                 "(after `pipeline apply SPEC` if the state is new)"
