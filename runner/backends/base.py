@@ -52,6 +52,10 @@ class Throttled(BackendError):
     down and try again."""
 
 
+class AlreadyExists(BackendError):
+    """A create found the resource there already (e.g. made meanwhile by another apply)."""
+
+
 class StateLost(BackendError):
     """The store was removed or replaced under the command: what it wrote there is gone."""
 

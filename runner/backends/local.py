@@ -35,6 +35,7 @@ from runner.backends.base import (
     ITERATOR_TYPES,
     MAX_GET_RECORDS,
     SHARD_END,
+    AlreadyExists,
     Backend,
     BackendError,
     FirehoseDescription,
@@ -148,7 +149,7 @@ class LocalBackend(Backend):
         check_shard_count(name, shards)
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchone():
-                raise BackendError(f"stream '{name}' already exists")
+                raise AlreadyExists(f"stream '{name}' already exists")
             db.execute(
                 "INSERT INTO streams VALUES (?, 'ACTIVE', ?)", (name, DEFAULT_RETENTION_HOURS)
             )
@@ -331,7 +332,7 @@ class LocalBackend(Backend):
             try:
                 path.mkdir(parents=True)
             except FileExistsError:
-                raise BackendError(f"bucket '{name}' already exists") from None
+                raise AlreadyExists(f"bucket '{name}' already exists") from None
 
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
@@ -383,7 +384,7 @@ class LocalBackend(Backend):
     def create_firehose(self, firehose: FirehoseDescription) -> None:
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM firehoses WHERE name = ?", (firehose.name,)).fetchone():
-                raise BackendError(f"firehose '{firehose.name}' already exists")
+                raise AlreadyExists(f"firehose '{firehose.name}' already exists")
             settings = json.dumps(dataclasses.asdict(firehose))
             db.execute(
                 "INSERT INTO firehoses (name, settings) VALUES (?, ?)", (firehose.name, settings)
