@@ -1,8 +1,9 @@
 """The embedded local backend: Kinesis semantics in one SQLite file, buckets as folders.
 
 Streams, shards, records, checkpoints and Firehose metadata live in `<state_dir>/pipeline.db`
-(WAL mode), so a producer, a runner and a consumer in separate processes can share it. A failure
-of the disk (full, read-only) is one line naming the path and the cause.
+(WAL mode), so a producer, a runner and a consumer in separate processes can share it. A state
+folder this process may not write is opened read-only: reads work, writes are refused in one
+line. A failure of the disk (full, read-only) is one line naming the path and the cause.
 
 Sequence numbers are rowids of one global records table. SQLite lets one writer commit at a
 time and AUTOINCREMENT never reuses a rowid, so numbers rise within every shard and become
@@ -108,18 +109,48 @@ class LocalBackend(Backend):
         self._last_trim: dict[str, float] = {}
         with disk_errors(self.state_dir, "create"):
             self.state_dir.mkdir(parents=True, exist_ok=True)
+        # A state folder this process may not write is opened read-only: commands that only
+        # read (consume, plan) work, and the first write says why it cannot be done.
+        self.read_only = not _writable(self.state_dir, self._db_path)
+        self._immutable = False
         try:
-            self._db = sqlite3.connect(
-                self._db_path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # Survives a crashed process; only a power loss can drop the last commits.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            self._db = self._open_read_only() if self.read_only else self._open()
             # SQLite goes on writing to a file removed under it: remember which file it is.
             self._db_file = _identity(os.stat(self._db_path))
         except (OSError, sqlite3.Error) as e:
+            if self.read_only and not self._db_path.exists():
+                raise BackendError(
+                    f"the state folder {self.state_dir} is read-only and holds no state "
+                    f"({self._db_path} does not exist)"
+                ) from e
             raise BackendError(f"cannot open local state in {self.state_dir}: {e}") from e
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self._db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # Survives a crashed process; only a power loss can drop the last commits.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        uri = self._db_path.absolute().as_uri() + "?mode=ro"
+        # In WAL mode even a reader needs the -wal and -shm files, which it cannot create in a
+        # read-only folder. Without them no one is writing (the last writer removes them when
+        # it closes), so the file is read as it is, unlocked; see _check_file.
+        wal, shm = (Path(f"{self._db_path}{suffix}") for suffix in ("-wal", "-shm"))
+        if not os.access(self.state_dir, os.W_OK) and not (wal.exists() and shm.exists()):
+            uri += "&immutable=1"
+            self._immutable = True
+        return sqlite3.connect(
+            uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
+        )
 
     @property
     def account_id(self) -> str:
@@ -328,6 +359,7 @@ class LocalBackend(Backend):
 
     def create_bucket(self, name: str) -> None:
         path = self._bucket_dir(name)
+        self._check_writable()
         with disk_errors(path, "create"):
             try:
                 path.mkdir(parents=True)
@@ -337,6 +369,7 @@ class LocalBackend(Backend):
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
         path = self._bucket_dir(name, existing=True)
+        self._check_writable()
         with disk_errors(path, "delete"):
             shutil.rmtree(path)
 
@@ -344,6 +377,7 @@ class LocalBackend(Backend):
         """Write the object atomically: readers see the old file or the whole new one."""
         path = self._object_path(bucket, key)
         staging = self.state_dir / "buckets" / ".staging"  # not a valid bucket name
+        self._check_writable()
         with disk_errors(path):
             staging.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +441,7 @@ class LocalBackend(Backend):
     @contextlib.contextmanager
     def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         path = self.state_dir / "locks" / f"{pipeline}.lock"
+        self._check_writable()
         with disk_errors(path.parent, "create"):
             path.parent.mkdir(parents=True, exist_ok=True)
         with disk_errors(path):
@@ -438,6 +473,8 @@ class LocalBackend(Backend):
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, where the busy timeout waits for it;
         # a deferred transaction upgrading later could fail with "database is locked".
+        if write:
+            self._check_writable()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -453,12 +490,26 @@ class LocalBackend(Backend):
             # so that a run or a consumer stops instead of reading a file no one else sees.
             self._check_file()
 
+    def _check_writable(self) -> None:
+        """Refuse, in one line, to write to a state folder opened read-only."""
+        if self.read_only:
+            raise BackendError(
+                f"the state folder {self.state_dir} is read-only: this command writes to it "
+                "(commands that only read, such as consume and plan, can use it)"
+            )
+
     def _check_file(self) -> None:
         """Raise if the database file was removed or replaced since it was opened."""
         try:
             current = _identity(os.stat(self._db_path))
         except OSError:  # removed, or the folder replaced by something else
             current = None
+        if self._immutable and os.path.exists(f"{self._db_path}-wal"):
+            # Someone allowed to write began to while this process reads the file unlocked.
+            raise BackendError(
+                f"local state {self._db_path} is being written by another process while this "
+                "command reads it from a read-only folder: start the command again"
+            )
         if current != self._db_file:
             raise StateLost(
                 f"local state {self._db_path} was removed or replaced while this command ran; "
@@ -556,6 +607,12 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _writable(folder: Path, db: Path) -> bool:
+    """Whether this process may write the state: the folder (SQLite makes its -wal and -shm
+    files there) and the database file."""
+    return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
