@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         except BrokenPipeError:
             sys.stderr.close()  # `pipeline consume ... | head` is fine
             sys.exit(EXIT_OK)
+        except OSError as error:  # one the command did not name, e.g. its output's disk full
+            click.echo(f"error: {_os_error(error)}", err=True)
+            sys.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -52,6 +56,33 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
         sys.exit(code or EXIT_OK)
 
     return run
+
+
+def _os_error(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename is not None else ""
+    return f"{where}{error.strerror or error}"
+
+
+class StandardOutput:
+    """sys.stdout for the commands that print records: a failed write names it."""
+
+    def write(self, text: str) -> int:
+        with self._named():
+            return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        with self._named():
+            sys.stdout.flush()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _named() -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as error:  # e.g. redirected to a file on a full disk
+            raise BackendError(f"cannot write standard output: {error.strerror}") from error
 
 
 def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
@@ -160,7 +191,7 @@ def preview(spec: str, records: Any, jsonl: bool, strict: bool, target: Target) 
     loaded = target.load(spec, strict=strict, warn=say)
     if records.isatty():
         say("reading JSON records, one per line, from the terminal; end with Ctrl-D")
-    return preview_records(loaded, records, sys.stdout, jsonl=jsonl)
+    return preview_records(loaded, records, StandardOutput(), jsonl=jsonl)
 
 
 @cli.command()
@@ -377,7 +408,7 @@ def consume(
         target.backend(),
         stream,
         start,
-        sys.stdout,
+        StandardOutput(),
         shard=shard,
         follow=follow,
         jsonl=jsonl,

@@ -9,11 +9,18 @@ keyed like Firehose's: prefix + YYYY/MM/DD/HH/ + <pipeline>-1-YYYY-MM-DD-HH-MM-S
 Where the checkpoints live off this machine (the aws target), nothing they move past may live
 only in its state folder: a run there needs a stream or a bucket, and an entry too large for a
 stream record stops the run instead of going to the file.
+
+The file only ever holds whole lines: each write appends whole entries at once, and a write
+that fails (a full disk) is cut back to where it started. A last line without its newline
+(a crash in mid-write) is mended before the next append: kept, with its newline, if it is a
+whole entry; otherwise moved to `<file>.partial`. Its records were not checkpointed, so the
+next run dead-letters them again, whole.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -21,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.backends import CHECKPOINTS_OFF_MACHINE
-from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record
+from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record, disk_errors
 from runner.delivery import object_key
 from runner.sink import Sink
 from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
@@ -69,10 +76,12 @@ class DeadLetter:
         state_dir: Path,
         *,
         now: Callable[[], datetime.datetime] = _utc_now,
+        report: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.pipeline = spec.pipeline
         self.backend = backend
         self.now = now
+        self.report = report
         self.path = state_dir / "dead-letter" / f"{spec.pipeline}.jsonl"
         declared = spec.dead_letter
         stream = declared.stream if declared else None
@@ -152,13 +161,89 @@ class DeadLetter:
             to_file = [e for e in pending if not _fits(*e)]
             self.sink.put(fits)
         if to_file:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as file:
-                file.writelines(data for data, _ in to_file)
-                file.flush()
-                os.fsync(file.fileno())
+            self._append(b"".join(data for data, _ in to_file))
             self.in_file += len(to_file)
         self.count += len(pending)
+
+    def _append(self, lines: bytes) -> None:
+        """Append whole lines to the file, durably, or raise leaving it as it was."""
+        with disk_errors(self.path.parent, "create"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with disk_errors(self.path):
+            file = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            moved = _mend_last_line(file, self.path)
+            if moved:
+                self.report(moved)
+            _append_whole(file, lines, self.path)
+        finally:
+            os.close(file)
+
+
+# The file's whole lines
+
+_TAIL_CHUNK = 64 * 1024
+
+
+def _append_whole(file: int, data: bytes, path: Path) -> None:
+    """Append `data` in one write and fsync it; on failure cut the file back to its size
+    before, so that no partial line stays, and raise naming the path."""
+    size = os.fstat(file).st_size
+    with disk_errors(path):
+        try:
+            written = os.write(file, data)
+            while written < len(data):  # a short write: the rest, or the error that stopped it
+                written += os.write(file, data[written:])
+            os.fsync(file)
+        except OSError:
+            with contextlib.suppress(OSError):  # if this fails too, the next append mends it
+                os.ftruncate(file, size)
+            raise
+
+
+def _mend_last_line(file: int, path: Path) -> str | None:
+    """Make the file end with a whole line; returns what was done, if anything was set aside."""
+    size = os.fstat(file).st_size
+    if size == 0 or os.pread(file, 1, size - 1) == b"\n":
+        return None
+    start = _last_line_start(file, size)
+    tail = os.pread(file, size - start, start)
+    if _is_entry(tail):
+        _append_whole(file, b"\n", path)  # a whole entry without its newline: kept
+        return None
+    aside = path.with_name(path.name + ".partial")
+    with disk_errors(aside):
+        partial = os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _append_whole(partial, tail + b"\n", aside)
+    finally:
+        os.close(partial)
+    with disk_errors(path):
+        os.ftruncate(file, start)
+        os.fsync(file)
+    return (
+        f"the last line of {path} was cut short ({len(tail)} bytes, by a write that failed); "
+        f"moved it to {aside}: its records are dead-lettered again, whole"
+    )
+
+
+def _last_line_start(file: int, size: int) -> int:
+    """Where the file's last line starts: after its last newline, else at 0."""
+    end = size
+    while end > 0:
+        begin = max(0, end - _TAIL_CHUNK)
+        found = os.pread(file, end - begin, begin).rfind(b"\n")
+        if found >= 0:
+            return begin + found + 1
+        end = begin
+    return 0
+
+
+def _is_entry(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _line(found: dict) -> bytes:

@@ -84,7 +84,9 @@ class Engine:
         self.sinks = {
             key: Sink(backend, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
         }
-        self.dead_letter = DeadLetter(spec, backend, state_dir)
+        self.dead_letter = DeadLetter(
+            spec, backend, state_dir, report=lambda line: report(f"[{spec.pipeline}] {line}")
+        )
         self.deliveries = (
             []
             if backend.delivers_firehoses
@@ -320,6 +322,10 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
             "is read again by the next run"
         )
         return 130
+    except Exception:
+        # What was done until then; the error itself is said last, by the caller.
+        report(f"[{spec.pipeline}] stopped by an error: {engine.counts.line()}")
+        raise
     report(f"[{spec.pipeline}] done: {counts.line()}")
     for delivery in engine.deliveries:
         objects = len(delivery.objects)

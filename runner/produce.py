@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from runner.backends.base import MAX_RECORD_BYTES, Backend
+from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, StateLost
 from runner.expressions import Expression
 from runner.record import BadRecord, encode, parse_record
 from runner.routing import RouteError, partition_key
@@ -86,6 +86,8 @@ class Produced:
     sent: int = 0
     bad_lines: int = 0
     interrupted: bool = False  # stopped by Ctrl-C
+    last: str | None = None  # the label of the last record put, e.g. 'line 5500'
+    error: str | None = None  # what stopped it early, if anything but Ctrl-C
 
 
 def produce(
@@ -100,14 +102,17 @@ def produce(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Produced:
     """Put every record, keyed by `key`; report bad lines through `warn` and go on.
-    Ctrl-C stops it cleanly: what was put is counted, the result says it was interrupted."""
+    Ctrl-C or an error stops it: what was put before is counted (whole batches, in order),
+    the result says why it stopped."""
     result = Produced()
     gaps = random.Random(None if seed is None else seed + 1)
     batch: list[tuple[bytes, str]] = []
+    last = None
 
     def flush() -> None:
         sink.put(batch)
         result.sent += len(batch)
+        result.last = last
         progress(len(batch))
         batch.clear()
 
@@ -119,6 +124,7 @@ def produce(
                 warn(entry)
                 continue
             batch.append(entry)
+            last = label
             if mean_gap > 0:
                 if result.sent:  # gaps between records; none after the last one
                     sleep(gaps.expovariate(1 / mean_gap))
@@ -129,6 +135,12 @@ def produce(
             flush()
     except KeyboardInterrupt:
         result.interrupted = True
+    except StateLost:
+        raise  # what it put is gone with the state: no count to report
+    except BackendError as error:
+        result.error = str(error)
+    except OSError as error:  # reading the input
+        result.error = f"cannot read the input: {error.strerror or error}"
     return result
 
 
@@ -197,9 +209,17 @@ def main(
     result = produce(
         Sink(backend, stream), records, key, mean_gap=gap, seed=seed, warn=warn, progress=progress
     )
+    if result.error is not None:
+        # Said so that the user resends only what is not in yet.
+        through = f" (through {result.last})" if result.last else ""
+        warn(
+            f"stopped by an error after putting {_records(result.sent)} into {stream}{through}: "
+            f"{result.error}"
+        )
+        return 1
     warn(
         ("stopped: " if result.interrupted else "")
-        + f"put {result.sent} record{'' if result.sent == 1 else 's'} into {stream}"
+        + f"put {_records(result.sent)} into {stream}"
         + (
             f"; {result.bad_lines} line{'' if result.bad_lines == 1 else 's'} not sent"
             if result.bad_lines
@@ -210,3 +230,7 @@ def main(
         # Ctrl-C is how an endless producer is meant to stop; anything else was cut short.
         return 0 if synthetic and count is None else 130
     return 1 if result.bad_lines else 0
+
+
+def _records(count: int) -> str:
+    return f"{count} record{'' if count == 1 else 's'}"

@@ -1,7 +1,7 @@
 """plan / apply / destroy: make the spec's resources exist on a target, and say what changes.
 
 Apply creates what is missing and fixes what differs, never deletes; a second apply changes
-nothing. Destroy removes what the spec declares, dependants first.
+nothing, and two at once both succeed. Destroy removes what the spec declares, dependants first.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from runner import access
-from runner.backends.base import Backend, FirehoseDescription
+from runner.backends.base import AlreadyExists, Backend, FirehoseDescription
 from runner.spec import Firehose, Spec
 
 CREATE, CHANGE, UNCHANGED = "+", "~", " "
@@ -46,12 +46,29 @@ def plan(spec: Spec, backend: Backend) -> list[Change]:
 
 def apply(spec: Spec, backend: Backend, report: Callable[[str], None]) -> list[Change]:
     """Create what is missing and fix what differs, reporting each change as it is made."""
-    changes = plan(spec, backend)
-    for change in changes:
+    changes = []
+    for change in plan(spec, backend):
         if change.action != UNCHANGED:
-            change.apply()
-            report(change.line())
+            change = _make(change, spec, backend)
+            if change.action != UNCHANGED:
+                report(change.line())
+        changes.append(change)
     return changes
+
+
+def _make(change: Change, spec: Spec, backend: Backend) -> Change:
+    """Apply one change. A resource created meanwhile (by another apply) is taken as it now
+    is: nothing to do if it is as the spec says, else what now differs is fixed."""
+    try:
+        change.apply()
+        return change
+    except AlreadyExists:
+        if change.action != CREATE:
+            raise
+    now = next(c for c in plan(spec, backend) if (c.kind, c.name) == (change.kind, change.name))
+    if now.action != UNCHANGED:
+        now.apply()
+    return now
 
 
 def summary(changes: list[Change], *, done: bool) -> str:

@@ -1,9 +1,11 @@
+import errno
 import json
 
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES
 
+from runner import cli as cli_module
 from runner.cli import cli
 
 SAMPLE = (
@@ -206,3 +208,17 @@ def test_the_help_of_commands_that_take_no_spec_does_not_mention_one():
         assert "AWS region (default: your AWS configuration's, else us-east-1)." in " ".join(
             result.output.split()
         )
+
+
+def test_a_disk_error_no_command_named_is_still_one_line_and_exit_1(monkeypatch):
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/records.jsonl")
+
+    monkeypatch.setattr(cli_module, "preview_records", unreadable)
+
+    result = invoke("preview", str(PIPELINES / "ecommerce.yaml"), "-", input="")
+
+    assert (result.exit_code, result.stderr.splitlines()[-1]) == (
+        1,
+        "error: /srv/records.jsonl: Permission denied",
+    )

@@ -1,6 +1,7 @@
 import datetime
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -325,3 +326,17 @@ def test_jsonl_prints_a_lone_surrogate_escaped_instead_of_failing(backend):
 
     assert result.exit_code == 0, result.output
     assert '"data": {"name": "\\ud83d"}' in result.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a full disk")
+def test_output_to_a_full_disk_is_one_line(backend):
+    put(backend, (b'{"n": 1}', "a"))
+    command = [sys.executable, "-m", "runner", "consume", "--stream", STREAM, "--no-follow"]
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: cannot write standard output: No space left on device\n",
+    )

@@ -2,10 +2,12 @@ import base64
 import datetime
 import json
 import re
+import shutil
 
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, read_stream
+from fakes import PIPELINE, FailingDisk, with_own_mounts
 from moto import mock_aws
 
 from runner import engine, spec
@@ -344,3 +346,121 @@ def test_on_aws_an_entry_too_large_even_without_its_text_copy_stops_the_run_unmo
     assert entries == []
     assert checkpoints == {}
     assert not (tmp_path / "dead-letter").exists()
+
+
+# The file on a failing disk
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+def test_a_full_disk_stops_the_run_with_its_summary_and_leaves_no_partial_line(
+    write_spec, state, monkeypatch
+):
+    path = write_spec(MINIMAL)
+    file = state / "dead-letter" / "shop.jsonl"
+    assert invoke("apply", path).exit_code == 0
+    invoke("produce", "--stream", "in", "--raw", "--json", "{first")
+    assert invoke("run", path, "--until-idle", "0").exit_code == 0
+    before = file.read_bytes()
+    invoke("produce", "--stream", "in", "--raw", "--json", "{second")
+    disk = FailingDisk(monkeypatch, file.parent, keep=100)  # fills up mid-write
+
+    result = invoke("run", path, "--until-idle", "0")
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-2:] == [
+        "[shop] stopped by an error: in 1 | out none | dead-lettered 1 | filtered 0 | "
+        "dropped 0 | lag 0 ms",
+        f"error: cannot write {file}: No space left on device",
+    ]
+    assert file.read_bytes() == before
+
+    disk.heal()
+    assert invoke("run", path, "--until-idle", "0").exit_code == 0
+    entries = [json.loads(line) for line in file.read_bytes().split(b"\n")[:-1]]
+    assert [entry["data"] for entry in entries] == ["{first", "{second"]
+
+
+def test_on_a_really_full_disk_the_file_keeps_whole_lines(write_spec, state, tmp_path):
+    path = write_spec(MINIMAL)
+    folder = state / "dead-letter"
+    assert invoke("apply", path).exit_code == 0
+    invoke("produce", "--stream", "in", "--raw", "--json", "{first")
+    assert invoke("run", path, "--until-idle", "0").exit_code == 0
+    saved = tmp_path / "saved.jsonl"
+    shutil.copy(folder / "shop.jsonl", saved)
+    big = "{" + "x" * 200_000  # its entry, over 400 KB, does not fit on a 64 KiB disk
+    invoke("produce", "--stream", "in", "--raw", "--json", big)
+
+    done = with_own_mounts(
+        f"""
+        mount -t tmpfs -o size=64k tmpfs {folder} && cp {saved} {folder}/shop.jsonl || exit 9
+        {PIPELINE} run {path} --until-idle 0 2> {tmp_path}/full.err
+        echo $? > {tmp_path}/full.rc
+        cp {folder}/shop.jsonl {tmp_path}/full.jsonl
+        mount -o remount,size=8m {folder}
+        {PIPELINE} run {path} --until-idle 0 2> {tmp_path}/freed.err
+        echo $? > {tmp_path}/freed.rc
+        cp {folder}/shop.jsonl {tmp_path}/freed.jsonl
+        """
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "full.rc").read_text() == "1\n"
+    assert (tmp_path / "full.err").read_text().splitlines()[-2:] == [
+        "[shop] stopped by an error: in 1 | out none | dead-lettered 1 | filtered 0 | "
+        "dropped 0 | lag 0 ms",
+        f"error: cannot write {folder / 'shop.jsonl'}: No space left on device",
+    ]
+    assert (tmp_path / "full.jsonl").read_bytes() == saved.read_bytes()
+    assert (tmp_path / "freed.rc").read_text() == "0\n", (tmp_path / "freed.err").read_text()
+    lines = (tmp_path / "freed.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert [json.loads(line)["data"] for line in lines[:-1]] == ["{first", big]
+
+
+def record(sequence, data):
+    return Record(sequence, f"k{sequence}", data, ARRIVAL)
+
+
+def test_a_last_line_cut_short_is_moved_aside_before_whole_entries_are_appended(
+    write_spec, tmp_path
+):
+    state = tmp_path / "state"
+    file = state / "dead-letter" / "shop.jsonl"
+    file.parent.mkdir(parents=True)
+    whole = json.dumps({"reason": "not JSON", "sequence": "1"}).encode() + b"\n"
+    file.write_bytes(whole + b'{"reason": "not JS')  # a crash in mid-write
+    lines = []
+    dead_letter = DeadLetter(
+        spec.load(write_spec(MINIMAL)), LocalBackend(state), state, report=lines.append
+    )
+
+    dead_letter.add("not JSON", "in", "shardId-0", record("2", b"{two"))
+    dead_letter.write()
+
+    first, second = file.read_bytes().splitlines()
+    assert first + b"\n" == whole
+    assert json.loads(second)["data"] == "{two"
+    assert (state / "dead-letter" / "shop.jsonl.partial").read_bytes() == b'{"reason": "not JS\n'
+    assert lines == [
+        f"the last line of {file} was cut short (18 bytes, by a write that failed); "
+        f"moved it to {file}.partial: its records are dead-lettered again, whole"
+    ]
+
+
+def test_a_whole_last_entry_without_its_newline_is_kept(write_spec, tmp_path):
+    state = tmp_path / "state"
+    file = state / "dead-letter" / "shop.jsonl"
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b'{"reason": "not JSON", "sequence": "1"}')  # e.g. edited by hand
+    dead_letter = DeadLetter(spec.load(write_spec(MINIMAL)), LocalBackend(state), state)
+
+    dead_letter.add("not JSON", "in", "shardId-0", record("2", b"{two"))
+    dead_letter.write()
+
+    entries = [json.loads(line) for line in file.read_bytes().split(b"\n")[:-1]]
+    assert [entry["sequence"] for entry in entries] == ["1", "2"]
+    assert not (state / "dead-letter" / "shop.jsonl.partial").exists()

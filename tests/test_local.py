@@ -1,12 +1,16 @@
 import datetime
+import errno
 import multiprocessing
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import removed_state
+from click.testing import CliRunner
+from conftest import MINIMAL, removed_state
+from fakes import PIPELINE, FailingDisk, with_own_mounts
 
 from runner.backends.base import (
     SHARD_END,
@@ -17,6 +21,7 @@ from runner.backends.base import (
     StreamNotFound,
 )
 from runner.backends.local import LocalBackend, partition_hash
+from runner.cli import cli
 
 START = 1_800_000_000.0
 
@@ -571,3 +576,157 @@ def test_a_put_into_a_removed_or_replaced_state_fails_and_stores_nothing(tmp_pat
         assert read_all(other, "events", "shardId-000000000000") == []
     with pytest.raises(BackendError):  # reads stop too: no one else sees that file
         backend.get_checkpoints("shop", "events")
+
+
+# A failing disk: one line naming the path and the cause
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")],
+)
+def test_a_lock_file_that_cannot_be_written_is_one_line_naming_it(
+    tmp_path, monkeypatch, code, cause
+):
+    backend = LocalBackend(tmp_path)
+    (tmp_path / "locks").mkdir()
+    FailingDisk(monkeypatch, tmp_path / "locks", code)
+
+    with pytest.raises(BackendError) as caught:
+        with backend.running("shop"):
+            pass
+
+    assert str(caught.value) == f"cannot write {tmp_path / 'locks' / 'shop.lock'}: {cause}"
+
+
+@pytest.mark.parametrize(
+    ("mount", "cause"),
+    [
+        (
+            "mount -t tmpfs -o size=4k tmpfs {0} && head -c 4096 /dev/zero > {0}/filler",
+            "No space left on device",
+        ),
+        ("mount --bind {0} {0} && mount -o remount,bind,ro {0}", "Read-only file system"),
+    ],
+    ids=["full", "read-only"],
+)
+def test_a_run_whose_lock_file_cannot_be_written_says_so_in_one_line(
+    write_spec, state, mount, cause
+):
+    spec = write_spec(MINIMAL)
+    assert CliRunner().invoke(cli, ["apply", str(spec)]).exit_code == 0
+    locks = state / "locks"
+    locks.mkdir()
+
+    done = with_own_mounts(f"{mount.format(locks)} || exit 9\n{PIPELINE} run {spec}")
+
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"error: cannot write {locks / 'shop.lock'}: {cause}\n",
+    )
+
+
+def test_buckets_on_a_read_only_disk_fail_in_one_line_naming_the_path(tmp_path, monkeypatch):
+    backend = LocalBackend(tmp_path)
+    backend.create_bucket("kept")
+    FailingDisk(monkeypatch, tmp_path / "buckets", errno.EROFS)
+    errors = []
+
+    for write in (
+        lambda: backend.create_bucket("new"),
+        lambda: backend.put_object("kept", "a/b", b"x"),
+    ):
+        with pytest.raises(BackendError) as caught:
+            write()
+        errors.append(str(caught.value))
+
+    buckets = tmp_path / "buckets"
+    assert errors == [
+        f"cannot create {buckets / 'new'}: Read-only file system",
+        f"cannot write {buckets / 'kept' / 'a' / 'b'}: Read-only file system",
+    ]
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path, monkeypatch):
+    FailingDisk(monkeypatch, tmp_path, errno.EROFS)
+
+    with pytest.raises(BackendError) as caught:
+        LocalBackend(tmp_path / "state")
+
+    assert str(caught.value) == f"cannot create {tmp_path / 'state'}: Read-only file system"
+
+
+def read_only(state):
+    return (
+        f"the state folder {state} is read-only: this command writes to it "
+        "(commands that only read, such as consume and plan, can use it)"
+    )
+
+
+def test_a_state_folder_this_process_may_not_write_is_opened_read_only(tmp_path, monkeypatch):
+    writer = LocalBackend(tmp_path / "state")
+    writer.create_stream("events", 1)
+    put(writer, "events", "a")
+    writer.close()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and access(path, mode))
+    reader = LocalBackend(tmp_path / "state")
+    refused = []
+
+    for write in (
+        lambda: put(reader, "events", "b"),
+        lambda: reader.create_bucket("new-bucket"),
+        lambda: reader.running("shop").__enter__(),
+    ):
+        with pytest.raises(BackendError) as caught:
+            write()
+        refused.append(str(caught.value))
+
+    assert [r.data for r in read_all(reader, "events", "shardId-000000000000")] == [b"a"]
+    assert refused == [read_only(tmp_path / "state")] * 3
+    with pytest.raises(BackendError) as caught:
+        LocalBackend(tmp_path / "new")
+    assert str(caught.value) == (
+        f"the state folder {tmp_path / 'new'} is read-only and holds no state "
+        f"({tmp_path / 'new' / 'pipeline.db'} does not exist)"
+    )
+
+
+def test_on_a_really_read_only_state_folder_readers_work_and_writers_say_why_not(
+    write_spec, state, tmp_path
+):
+    spec = write_spec(MINIMAL)
+    for command in (
+        ["apply", spec],
+        ["produce", "--stream", "in", "--json", '{"session_id": "s1"}'],
+    ):
+        assert CliRunner().invoke(cli, list(map(str, command))).exit_code == 0
+    commands = [
+        "consume --stream in --no-follow",
+        f"plan {spec}",
+        f"apply {spec}",  # nothing to change: nothing to write
+        "produce --stream in --json " + shlex.quote('{"session_id": "s2"}'),
+        f"run {spec} --until-idle 0",
+    ]
+
+    done = with_own_mounts(
+        f"mount --bind {state} {state} && mount -o remount,bind,ro {state} || exit 9\n"
+        + "".join(f"{PIPELINE} {command} 2>&1; echo exit $?\n" for command in commands)
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        'shardId-000000000000 1 key=s1: {"session_id":"s1"}',
+        "exit 0",
+        "  unchanged stream in (1 shard)",
+        "  unchanged stream usa-out (2 shards)",
+        "  unchanged stream other-out (1 shard)",
+        "No changes: 3 resources up to date.",
+        "exit 0",
+        "No changes: 3 resources up to date.",
+        "exit 0",
+        f"stopped by an error after putting 0 records into in: {read_only(state)}",
+        "exit 1",
+        f"error: {read_only(state)}",
+        "exit 1",
+    ]

@@ -149,6 +149,22 @@ def test_a_missing_stream_exits_1(state):
     )
 
 
+def put_lines(backend, lines, warn):
+    """What `pipeline produce --stream events --file F` does with these lines."""
+    return main(
+        backend,
+        STREAM,
+        json_text=None,
+        file=lines,
+        synthetic=False,
+        count=None,
+        mean_gap=None,
+        seed=None,
+        key=compile_expression("session_id"),
+        warn=warn,
+    )
+
+
 def test_a_state_folder_removed_while_producing_fails_and_reports_nothing_as_put(backend, state):
     def lines():
         for number in range(1000):
@@ -158,21 +174,42 @@ def test_a_state_folder_removed_while_producing_fails_and_reports_nothing_as_put
 
     warnings = []
     with pytest.raises(BackendError) as caught:
-        main(
-            backend,
-            STREAM,
-            json_text=None,
-            file=lines(),
-            synthetic=False,
-            count=None,
-            mean_gap=None,
-            seed=None,
-            key=compile_expression("session_id"),
-            warn=warnings.append,
-        )
+        put_lines(backend, lines(), warnings.append)
 
     assert str(caught.value) == removed_state(state)
     assert warnings == []
+
+
+class FailingAfter:
+    """A backend whose PutRecords fails after `calls` calls, as on a disk that fills up."""
+
+    def __init__(self, backend, calls):
+        self._backend = backend
+        self.calls = calls
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def put_records(self, stream, entries):
+        if self.calls == 0:
+            raise BackendError("local state .pipeline/pipeline.db: database or disk is full")
+        self.calls -= 1
+        return self._backend.put_records(stream, entries)
+
+
+def test_an_error_says_how_many_records_were_put_before_it(backend):
+    lines = [json.dumps({"session_id": f"s{number}"}).encode() for number in range(1, 2001)]
+    warnings = []
+
+    code = put_lines(FailingAfter(backend, calls=3), [b"{oops", *lines], warnings.append)
+
+    assert code == 1
+    assert warnings == [
+        "line 1: not JSON: Expecting property name enclosed in double quotes at column 2",
+        "stopped by an error after putting 1500 records into events (through line 1501): "
+        "local state .pipeline/pipeline.db: database or disk is full",
+    ]
+    assert [key for key, _ in stream_records(backend)] == [f"s{n}" for n in range(1, 1501)]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES
 
+from runner import provision, spec
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 
@@ -191,4 +192,56 @@ def test_apply_after_a_partial_destroy_recreates_only_what_is_missing(state, bac
         f"+ create stream {USA} (2 shards)\n"
         f"+ create firehose {USA_FIREHOSE} ({USA} -> {USA_BUCKET})\n"
         "Applied: 2 created, 0 changed, 6 unchanged.\n"
+    )
+
+
+# Two applies at once
+
+
+class CreatingMeanwhile:
+    """A backend on which `other` runs to its end just before the first create: as when two
+    applies start together and the other one is quicker."""
+
+    def __init__(self, backend, other):
+        self._backend = backend
+        self._other = other
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def create_stream(self, name, shards):
+        other, self._other = self._other, lambda: None
+        other()
+        self._backend.create_stream(name, shards)
+
+
+@pytest.mark.parametrize(
+    ("others_shards", "reported"),
+    [("2", []), ("4", [f"~ change stream {USA} (shards 4 -> 2)"])],
+    ids=["same-spec", "other-shard-count"],
+)
+def test_two_applies_at_once_both_succeed(state, backend, write_spec, others_shards, reported):
+    others = spec.load(
+        edited(
+            write_spec, 'usa-data-stream", shards: 2', f'usa-data-stream", shards: {others_shards}'
+        )
+    )
+    others_lines, lines = [], []
+    racing = CreatingMeanwhile(
+        backend, lambda: provision.apply(others, LocalBackend(state), others_lines.append)
+    )
+
+    changes = provision.apply(spec.load(ECOMMERCE), racing, lines.append)
+
+    assert "\n".join(others_lines) + "\n" == CREATIONS.replace(
+        "(2 shards)", f"({others_shards} shards)", 1
+    )
+    assert lines == reported
+    assert provision.summary(changes, done=True) == (
+        "Applied: 0 created, 1 changed, 6 unchanged."
+        if reported
+        else "No changes: 7 resources up to date."
+    )
+    assert pipeline("plan", ECOMMERCE).stdout == (
+        "".join(UNCHANGED.values()) + "No changes: 7 resources up to date.\n"
     )

@@ -52,6 +52,24 @@ class Throttled(BackendError):
     down and try again."""
 
 
+class AlreadyExists(BackendError):
+    """A create found the resource there already (e.g. made meanwhile by another apply)."""
+
+
+class StateLost(BackendError):
+    """The store was removed or replaced under the command: what it wrote there is gone."""
+
+
+@contextlib.contextmanager
+def disk_errors(path: object, doing: str = "write") -> Iterator[None]:
+    """Turn an OSError of the disk into one line naming the path and the cause, e.g.
+    'cannot write .pipeline/locks/x.lock: No space left on device'."""
+    try:
+        yield
+    except OSError as error:
+        raise BackendError(f"cannot {doing} {path}: {error.strerror or error}") from error
+
+
 def check_shard_count(stream: str, shards: int) -> None:
     if shards < 1:
         raise BackendError(f"stream '{stream}' needs at least 1 shard, got {shards}")

@@ -1,7 +1,9 @@
 """The embedded local backend: Kinesis semantics in one SQLite file, buckets as folders.
 
 Streams, shards, records, checkpoints and Firehose metadata live in `<state_dir>/pipeline.db`
-(WAL mode), so a producer, a runner and a consumer in separate processes can share it.
+(WAL mode), so a producer, a runner and a consumer in separate processes can share it. A state
+folder this process may not write is opened read-only: reads work, writes are refused in one
+line. A failure of the disk (full, read-only) is one line naming the path and the cause.
 
 Sequence numbers are rowids of one global records table. SQLite lets one writer commit at a
 time and AUTOINCREMENT never reuses a rowid, so numbers rise within every shard and become
@@ -34,6 +36,7 @@ from runner.backends.base import (
     ITERATOR_TYPES,
     MAX_GET_RECORDS,
     SHARD_END,
+    AlreadyExists,
     Backend,
     BackendError,
     FirehoseDescription,
@@ -42,10 +45,12 @@ from runner.backends.base import (
     Record,
     RecordBatch,
     Shard,
+    StateLost,
     StreamDescription,
     StreamNotFound,
     check_batch,
     check_shard_count,
+    disk_errors,
 )
 
 HASH_SPACE = 2**128
@@ -102,19 +107,50 @@ class LocalBackend(Backend):
         # One connection may serve several engine threads; sqlite3 needs them serialised.
         self._lock = threading.Lock()
         self._last_trim: dict[str, float] = {}
-        try:
+        with disk_errors(self.state_dir, "create"):
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self._db_path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # Survives a crashed process; only a power loss can drop the last commits.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        # A state folder this process may not write is opened read-only: commands that only
+        # read (consume, plan) work, and the first write says why it cannot be done.
+        self.read_only = not _writable(self.state_dir, self._db_path)
+        self._immutable = False
+        try:
+            self._db = self._open_read_only() if self.read_only else self._open()
             # SQLite goes on writing to a file removed under it: remember which file it is.
             self._db_file = _identity(os.stat(self._db_path))
         except (OSError, sqlite3.Error) as e:
+            if self.read_only and not self._db_path.exists():
+                raise BackendError(
+                    f"the state folder {self.state_dir} is read-only and holds no state "
+                    f"({self._db_path} does not exist)"
+                ) from e
             raise BackendError(f"cannot open local state in {self.state_dir}: {e}") from e
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self._db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # Survives a crashed process; only a power loss can drop the last commits.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        uri = self._db_path.absolute().as_uri() + "?mode=ro"
+        # In WAL mode even a reader needs the -wal and -shm files, which it cannot create in a
+        # read-only folder. Without them no one is writing (the last writer removes them when
+        # it closes), so the file is read as it is, unlocked; see _check_file.
+        wal, shm = (Path(f"{self._db_path}{suffix}") for suffix in ("-wal", "-shm"))
+        if not os.access(self.state_dir, os.W_OK) and not (wal.exists() and shm.exists()):
+            uri += "&immutable=1"
+            self._immutable = True
+        return sqlite3.connect(
+            uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
+        )
 
     @property
     def location(self) -> str:
@@ -148,7 +184,7 @@ class LocalBackend(Backend):
         check_shard_count(name, shards)
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchone():
-                raise BackendError(f"stream '{name}' already exists")
+                raise AlreadyExists(f"stream '{name}' already exists")
             db.execute(
                 "INSERT INTO streams VALUES (?, 'ACTIVE', ?)", (name, DEFAULT_RETENTION_HOURS)
             )
@@ -326,20 +362,27 @@ class LocalBackend(Backend):
         return self._bucket_dir(name).is_dir()
 
     def create_bucket(self, name: str) -> None:
-        try:
-            self._bucket_dir(name).mkdir(parents=True)
-        except FileExistsError:
-            raise BackendError(f"bucket '{name}' already exists") from None
+        path = self._bucket_dir(name)
+        self._check_writable()
+        with disk_errors(path, "create"):
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                raise AlreadyExists(f"bucket '{name}' already exists") from None
 
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
-        shutil.rmtree(self._bucket_dir(name, existing=True))
+        path = self._bucket_dir(name, existing=True)
+        self._check_writable()
+        with disk_errors(path, "delete"):
+            shutil.rmtree(path)
 
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         """Write the object atomically: readers see the old file or the whole new one."""
         path = self._object_path(bucket, key)
         staging = self.state_dir / "buckets" / ".staging"  # not a valid bucket name
-        try:
+        self._check_writable()
+        with disk_errors(path):
             staging.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=staging)
@@ -350,11 +393,9 @@ class LocalBackend(Backend):
                     os.fsync(f.fileno())
                 os.replace(temp, path)
             except BaseException:
-                os.unlink(temp)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
                 raise
-        except OSError as e:
-            message = f"cannot write object '{key}' to bucket '{bucket}': {e.strerror}"
-            raise BackendError(message) from e
 
     def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
         """Keys under `prefix`, sorted."""
@@ -381,7 +422,7 @@ class LocalBackend(Backend):
     def create_firehose(self, firehose: FirehoseDescription) -> None:
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM firehoses WHERE name = ?", (firehose.name,)).fetchone():
-                raise BackendError(f"firehose '{firehose.name}' already exists")
+                raise AlreadyExists(f"firehose '{firehose.name}' already exists")
             settings = json.dumps(dataclasses.asdict(firehose))
             db.execute(
                 "INSERT INTO firehoses (name, settings) VALUES (?, ?)", (firehose.name, settings)
@@ -404,24 +445,31 @@ class LocalBackend(Backend):
     @contextlib.contextmanager
     def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
         path = self.state_dir / "locks" / f"{pipeline}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as lock:
+        self._check_writable()
+        with disk_errors(path.parent, "create"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with disk_errors(path):
+            lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "another process"
+                holder = os.pread(lock, 200, 0).decode(errors="replace").strip()
                 raise BackendError(
-                    f"pipeline {pipeline} is already running on {self.state_dir} ({holder}); "
+                    f"pipeline {pipeline} is already running on {self.state_dir} "
+                    f"({holder or 'another process'}); "
                     "two runs at once would write every record twice"
                 ) from None
-            lock.truncate(0)
-            lock.write(f"pid {os.getpid()}")
-            lock.flush()
+            with disk_errors(path):
+                os.ftruncate(lock, 0)
+                os.pwrite(lock, f"pid {os.getpid()}".encode(), 0)
             try:
                 yield
             finally:
-                lock.truncate(0)
+                with contextlib.suppress(OSError):  # the lock itself goes with the descriptor
+                    os.ftruncate(lock, 0)
+        finally:
+            os.close(lock)
 
     # Internals
 
@@ -429,6 +477,8 @@ class LocalBackend(Backend):
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, where the busy timeout waits for it;
         # a deferred transaction upgrading later could fail with "database is locked".
+        if write:
+            self._check_writable()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -444,14 +494,28 @@ class LocalBackend(Backend):
             # so that a run or a consumer stops instead of reading a file no one else sees.
             self._check_file()
 
+    def _check_writable(self) -> None:
+        """Refuse, in one line, to write to a state folder opened read-only."""
+        if self.read_only:
+            raise BackendError(
+                f"the state folder {self.state_dir} is read-only: this command writes to it "
+                "(commands that only read, such as consume and plan, can use it)"
+            )
+
     def _check_file(self) -> None:
         """Raise if the database file was removed or replaced since it was opened."""
         try:
             current = _identity(os.stat(self._db_path))
         except OSError:  # removed, or the folder replaced by something else
             current = None
-        if current != self._db_file:
+        if self._immutable and os.path.exists(f"{self._db_path}-wal"):
+            # Someone allowed to write began to while this process reads the file unlocked.
             raise BackendError(
+                f"local state {self._db_path} is being written by another process while this "
+                "command reads it from a read-only folder: start the command again"
+            )
+        if current != self._db_file:
+            raise StateLost(
                 f"local state {self._db_path} was removed or replaced while this command ran; "
                 "what it wrote since is lost: start the command again "
                 "(after `pipeline apply SPEC` if the state is new)"
@@ -547,6 +611,12 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _writable(folder: Path, db: Path) -> bool:
+    """Whether this process may write the state: the folder (SQLite makes its -wal and -shm
+    files there) and the database file."""
+    return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
