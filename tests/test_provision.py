@@ -238,10 +238,10 @@ def test_two_applies_at_once_both_succeed(state, backend, write_spec, others_sha
     )
     assert lines == reported
     assert provision.summary(changes, done=True) == (
-        "Applied: 0 created, 1 changed, 6 unchanged."
+        "Applied: 0 created, 1 changed, 7 unchanged."
         if reported
-        else "No changes: 7 resources up to date."
+        else "No changes: 8 resources up to date."
     )
     assert pipeline("plan", ECOMMERCE).stdout == (
-        "".join(UNCHANGED.values()) + "No changes: 7 resources up to date.\n"
+        "".join(UNCHANGED.values()) + "No changes: 8 resources up to date.\n"
     )
