@@ -96,6 +96,7 @@ class Engine:
             start=start_position(spec.source.start),
             checkpoints=backend.get_checkpoints(spec.pipeline, self.source),
             clock=clock,
+            on_start=self._checkpoint,  # where a shard was first read, so a restart goes on
         )
         self.counts = Counts()
         self._stopping = threading.Event()

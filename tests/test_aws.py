@@ -28,6 +28,7 @@ from runner.backends.base import (
     StreamDescription,
     StreamNotFound,
     Throttled,
+    parse_start_mark,
 )
 from runner.cli import cli
 
@@ -661,6 +662,34 @@ def test_checkpoints_without_their_table(backend):
     assert str(error.value) == message
     with pytest.raises(BackendError, match="'12a' is not a sequence number"):
         backend.set_checkpoint("shop", "orders", "shardId-000000000000", "12a")
+
+
+def test_a_start_mark_is_stored_only_where_no_checkpoint_is(backend):
+    backend.create_checkpoint_store("shop")
+    shard = "shardId-000000000000"
+    backend.set_checkpoint("shop", "orders", shard, "#at_timestamp:2027-01-15T08:00:00+00:00")
+    backend.set_checkpoint("shop", "orders", shard, "#trim_horizon")
+    assert backend.get_checkpoints("shop", "orders") == {
+        shard: "#at_timestamp:2027-01-15T08:00:00+00:00"
+    }
+
+    backend.set_checkpoint("shop", "orders", shard, "0")
+    backend.set_checkpoint("shop", "orders", shard, "#trim_horizon")
+    assert backend.get_checkpoints("shop", "orders") == {shard: "0"}
+
+
+def test_a_restart_from_a_latest_iterators_mark_reads_what_was_put_after_it(backend):
+    backend.create_stream("orders", 1)
+    shard = "shardId-000000000000"
+    iterator, mark = backend.latest_iterator("orders", shard)
+    backend.put_records("orders", [(b"a", "k"), (b"b", "k")])
+
+    assert mark.startswith("#at_timestamp:")
+    assert [r.data for r in backend.get_records(iterator).records] == [b"a", b"b"]
+    _, _, timestamp = parse_start_mark(mark)
+    assert [
+        r.data for r in read_all(backend, "orders", shard, "AT_TIMESTAMP", timestamp=timestamp)
+    ] == [b"a", b"b"]
 
 
 # Errors

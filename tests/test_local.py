@@ -410,6 +410,27 @@ def test_a_checkpoint_must_be_a_sequence_number(backend):
         backend.set_checkpoint("shop", "events", "shardId-000000000000", "latest")
 
 
+def test_a_start_mark_is_written_only_where_no_checkpoint_is(backend):
+    shard = "shardId-000000000000"
+    backend.set_checkpoint("shop", "events", shard, "#trim_horizon")
+    backend.set_checkpoint("shop", "events", shard, "#at_timestamp:2027-01-15T08:00:00+00:00")
+    assert backend.get_checkpoints("shop", "events") == {shard: "#trim_horizon"}
+
+    backend.set_checkpoint("shop", "events", shard, "0")
+    backend.set_checkpoint("shop", "events", shard, "#trim_horizon")
+    assert backend.get_checkpoints("shop", "events") == {shard: "0"}
+
+
+def test_a_latest_iterator_comes_with_the_sequence_number_just_before_it(backend):
+    backend.create_stream("events", 2)
+    *_, last = put(backend, "events", "a", "b")
+    iterator, checkpoint = backend.latest_iterator("events", "shardId-000000000001")
+    put(backend, "events", "c", key="other")
+
+    assert checkpoint == last.sequence
+    assert backend.get_records(iterator).records == []  # "c" went to the other shard
+
+
 # Buckets
 
 

@@ -26,6 +26,11 @@ DEFAULT_REGION = "us-east-1"
 # A checkpoint value meaning "this closed shard was read to its end".
 SHARD_END = "SHARD_END"
 
+# A checkpoint may also mark where a run began reading a shard, before any of its records was
+# handled: "#trim_horizon", "#at_timestamp:ISO". "#" sorts before digits and SHARD_END, so any
+# sequence number replaces a mark, and a mark is written only where no checkpoint is.
+START_MARK = "#"
+
 ITERATOR_TYPES = (
     "TRIM_HORIZON",
     "LATEST",
@@ -50,6 +55,31 @@ class IteratorExpired(BackendError):
 class Throttled(BackendError):
     """The shard or account is over its limits, or the service had a passing fault: slow
     down and try again."""
+
+
+def start_mark(
+    iterator_type: str, sequence: str | None = None, timestamp: datetime.datetime | None = None
+) -> str:
+    """The checkpoint marking a start at this position (see START_MARK)."""
+    if iterator_type == "AFTER_SEQUENCE_NUMBER" and sequence is not None:
+        return sequence  # a plain checkpoint says just that
+    mark = START_MARK + iterator_type.lower()
+    if timestamp is not None:
+        return f"{mark}:{timestamp.astimezone(datetime.timezone.utc).isoformat()}"
+    return f"{mark}:{sequence}" if sequence else mark
+
+
+def parse_start_mark(mark: str) -> tuple[str, str | None, datetime.datetime | None]:
+    """A start mark's iterator type, sequence number and timestamp."""
+    kind, _, argument = mark.removeprefix(START_MARK).partition(":")
+    iterator_type = kind.upper()
+    if iterator_type == "AT_TIMESTAMP":
+        return iterator_type, None, datetime.datetime.fromisoformat(argument)
+    return iterator_type, argument or None, None
+
+
+def is_start_mark(checkpoint: str) -> bool:
+    return checkpoint.startswith(START_MARK)
 
 
 def check_shard_count(stream: str, shards: int) -> None:
@@ -201,6 +231,11 @@ class Backend(abc.ABC):
     ) -> str: ...
 
     @abc.abstractmethod
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        """A LATEST iterator, and a checkpoint at or before its position (a sequence number or
+        a start mark), from which a restart reads every record put after it."""
+
+    @abc.abstractmethod
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Raises IteratorExpired, Throttled or StreamNotFound."""
 
@@ -223,11 +258,13 @@ class Backend(abc.ABC):
     # Checkpoints: the last sequence number of a shard that is durably handled.
     @abc.abstractmethod
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
-        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard."""
 
     @abc.abstractmethod
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Record progress; a checkpoint never moves backwards (an older one is ignored)."""
+        """Record progress; a checkpoint never moves backwards (an older one is ignored), and a
+        start mark is written only where there is no checkpoint."""
 
     # Buckets
     @abc.abstractmethod

@@ -46,6 +46,7 @@ from runner.backends.base import (
     StreamNotFound,
     check_batch,
     check_shard_count,
+    is_start_mark,
 )
 
 HASH_SPACE = 2**128
@@ -204,7 +205,7 @@ class LocalBackend(Backend):
             if iterator_type == "TRIM_HORIZON":
                 after = 0  # records past retention are skipped when read
             elif iterator_type == "LATEST":
-                after = self._next_sequence(db) - 1
+                after = self._latest(db)
             elif iterator_type == "AT_TIMESTAMP":
                 if timestamp is None or timestamp.tzinfo is None:
                     raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
@@ -218,6 +219,13 @@ class LocalBackend(Backend):
                 number = _parse_sequence(sequence, f"{iterator_type} on {stream}/{shard_id}")
                 after = number - 1 if iterator_type == "AT_SEQUENCE_NUMBER" else number
         return self._iterator(stream, shard_id, after)
+
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        """A LATEST iterator, and the sequence number just before it as its checkpoint."""
+        with self._tx() as db:
+            self._shard(db, stream, shard_id)
+            after = self._latest(db)
+        return self._iterator(stream, shard_id, after), str(after)
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records (and about 10 MiB) after the iterator's position."""
@@ -292,7 +300,8 @@ class LocalBackend(Backend):
     # Checkpoints
 
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
-        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard."""
         with self._tx() as db:
             rows = db.execute(
                 "SELECT shard_id, sequence FROM checkpoints WHERE pipeline = ? AND stream = ?",
@@ -301,8 +310,9 @@ class LocalBackend(Backend):
         return dict(rows)
 
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
-        if sequence != SHARD_END:
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored,
+        and a start mark is written only where there is no checkpoint."""
+        if sequence != SHARD_END and not is_start_mark(sequence):
             _parse_sequence(sequence, f"checkpoint of {stream}/{shard_id}")
         key = (pipeline, stream, shard_id)
         with self._tx(write=True) as db:
@@ -490,6 +500,10 @@ class LocalBackend(Backend):
                 return shard
         raise BackendError(f"shard '{shard_id}' does not exist in stream '{stream}'")
 
+    def _latest(self, db: sqlite3.Connection) -> int:
+        """The sequence number just before LATEST: the last one given to any record."""
+        return self._next_sequence(db) - 1
+
     def _next_sequence(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return (row[0] if row else 0) + 1
@@ -550,9 +564,9 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
 
 
 def _is_later(sequence: str, than: str) -> bool:
-    if than == SHARD_END:
+    if than == SHARD_END or is_start_mark(sequence):
         return False
-    return sequence == SHARD_END or int(sequence) > int(than)
+    return sequence == SHARD_END or is_start_mark(than) or int(sequence) > int(than)
 
 
 def _parse_sequence(sequence: str | None, where: str) -> int:

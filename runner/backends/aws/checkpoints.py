@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from runner.backends import aws
 from runner.backends.aws.errors import Missing, backend_errors, error_code
 from runner.backends.aws.session import AwsSession
-from runner.backends.base import SHARD_END, BackendError
+from runner.backends.base import SHARD_END, BackendError, is_start_mark
 
 SEQUENCE_DIGITS = 64
 
@@ -69,7 +69,8 @@ class CheckpointsMixin(AwsSession):
         self._wait(f"checkpoint table '{table}'", lambda: self._table_status(table), None)
 
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
-        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard."""
         checkpoints: dict[str, str] = {}
         params: dict[str, Any] = {
             "KeyConditionExpression": "#stream = :stream",
@@ -83,16 +84,21 @@ class CheckpointsMixin(AwsSession):
                 page = self._client("dynamodb").query(TableName=table, **params)
                 for item in page["Items"]:
                     stored = item["sequence"]["S"]
-                    sequence = stored if stored == SHARD_END else stored.lstrip("0") or "0"
-                    checkpoints[item["shard_id"]["S"]] = sequence
+                    if stored != SHARD_END and not is_start_mark(stored):
+                        stored = stored.lstrip("0") or "0"
+                    checkpoints[item["shard_id"]["S"]] = stored
                 if "LastEvaluatedKey" not in page:
                     return checkpoints
                 params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored,
+        and a start mark is written only where there is no checkpoint."""
+        condition = "attribute_not_exists(#s) OR #s < :new"
         if sequence == SHARD_END:
             stored = sequence
+        elif is_start_mark(sequence):
+            stored, condition = sequence, "attribute_not_exists(#s)"
         elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
             stored = sequence.zfill(SEQUENCE_DIGITS)
         else:
@@ -105,7 +111,7 @@ class CheckpointsMixin(AwsSession):
                     TableName=table,
                     Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
                     UpdateExpression="SET #s = :new",
-                    ConditionExpression="attribute_not_exists(#s) OR #s < :new",
+                    ConditionExpression=condition,
                     ExpressionAttributeNames={"#s": "sequence"},
                     ExpressionAttributeValues={":new": {"S": stored}},
                 )
