@@ -20,6 +20,7 @@ from runner.backends.base import (
     SHARD_END,
     Backend,
     BackendError,
+    EarlierStream,
     IteratorExpired,
     Record,
     Shard,
@@ -33,6 +34,7 @@ MIN_CALL_INTERVAL_S = 0.2  # GetRecords: at most 5 calls per second per shard
 EMPTY_INTERVAL_S = 1.0  # an empty shard is asked again after this long
 MAX_THROTTLE_WAIT_S = 10.0
 SHARD_REFRESH_S = 30.0  # look for new shards (a reshard) this often
+FORGET_OPTION = "--forget-old-checkpoints"  # of `pipeline run`
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,24 @@ class Position:
     iterator_type: str = "TRIM_HORIZON"
     sequence: str | None = None
     timestamp: datetime.datetime | None = None
+
+
+def stored_checkpoints(
+    backend: Backend, owner: str, stream: str, *, who: str, start: str, forget: bool
+) -> dict[str, str]:
+    """The checkpoints `owner` keeps for `stream`. Those kept for an earlier stream of that
+    name (deleted and created again since) are refused with what to do, or deleted when
+    `forget` says so: they would skip or misplace the new stream's records."""
+    try:
+        return backend.get_checkpoints(owner, stream)
+    except EarlierStream as error:
+        if not forget:
+            raise BackendError(
+                f"checkpoints of {who} are for {error.earlier}, not the one there now: "
+                f"run with {FORGET_OPTION} to delete them and start at {start}"
+            ) from None
+    backend.forget_earlier_checkpoints(owner, stream)
+    return backend.get_checkpoints(owner, stream)
 
 
 @dataclass

@@ -1,16 +1,19 @@
-"""A restart continues where the last run stopped, whatever `source.start` says: on both
-targets."""
+"""A restart continues where the last run stopped, whatever `source.start` says, and never takes
+checkpoints of a stream deleted and created again for the new one's: on both targets."""
 
 import json
 import re
 
 import pytest
+from click.testing import CliRunner
 from conftest import read_stream
 from moto import mock_aws
 
 from runner import engine, spec
 from runner.backends.aws import AwsBackend
+from runner.backends.base import SHARD_END, BackendError
 from runner.backends.local import LocalBackend
+from runner.cli import cli
 from runner.provision import apply
 
 SPEC = """\
@@ -79,3 +82,70 @@ def test_records_put_between_two_runs_are_read_by_the_second(target, tmp_path, f
         "[shop] done: in 3 | out out 3 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     )
     assert [r["session_id"] for r in read_stream(backend, "out")] == ["a", "b", "c"]
+
+
+def recreate(make_backend, backend):
+    """`pipeline destroy` and `apply` while a run still goes on, which then writes its last
+    checkpoint: shard 0 of the stream it read is at its end."""
+    late = make_backend()
+    late.get_checkpoints("shop", "in")  # read when the run started
+    backend.delete_stream("in")
+    backend.create_stream("in", 1)
+    late.set_checkpoint("shop", "in", "shardId-000000000000", SHARD_END)
+
+
+def test_a_stream_created_again_is_refused_with_what_to_do_never_skipped(target, tmp_path):
+    make_backend, state = target
+    backend = make_backend()
+    loaded = load(tmp_path, "trim_horizon")
+    apply(loaded, backend, lambda line: None)
+    run(loaded, backend, state)
+    recreate(make_backend, backend)
+    backend.put_records("in", sessions("a", "b", "c"))
+
+    with pytest.raises(BackendError) as refused:
+        run(loaded, backend, state)
+    forgotten = run(loaded, backend, state, forget_old_checkpoints=True)
+
+    assert re.fullmatch(
+        r"checkpoints of pipeline shop are for an earlier stream named in \(created "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\), not the one there now: run with "
+        r"--forget-old-checkpoints to delete them and start at trim_horizon",
+        str(refused.value),
+    )
+    assert forgotten[1] == "[shop] no checkpoints for pipeline shop: starting at trim_horizon"
+    assert forgotten[-1] == (
+        "[shop] done: in 3 | out out 3 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms"
+    )
+
+
+FIREHOSE = """\
+  buckets:
+    out: {name: shop-out}
+  firehoses:
+    out: {name: shop-out-firehose, from: out, to: out}
+"""
+
+
+def test_a_delivery_from_a_stream_created_again_is_refused_in_one_line(tmp_path, state):
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        SPEC.replace("START", "trim_horizon").replace("source:\n", FIREHOSE + "source:\n", 1)
+    )
+    assert CliRunner().invoke(cli, ["apply", str(path)]).exit_code == 0
+    late = LocalBackend(state)  # a run still delivering, as `destroy` and `apply` go
+    late.get_checkpoints("firehose:shop-out-firehose", "out")
+    backend = LocalBackend(state)
+    backend.delete_stream("out")
+    backend.create_stream("out", 1)
+    late.set_checkpoint("firehose:shop-out-firehose", "out", "shardId-000000000000", "1")
+
+    result = CliRunner().invoke(cli, ["run", str(path), "--until-idle", "0"])
+
+    assert result.exit_code == 1
+    assert re.fullmatch(
+        r"error: checkpoints of firehose shop-out-firehose are for an earlier stream named out "
+        r"\(created [0-9: -]+ UTC\), not the one there now: run with --forget-old-checkpoints "
+        r"to delete them and start at trim_horizon\n",
+        result.stderr,
+    )

@@ -52,6 +52,16 @@ class IteratorExpired(BackendError):
     """The shard iterator is too old; get a new one from the checkpoint."""
 
 
+class EarlierStream(BackendError):
+    """Checkpoints kept for an earlier stream of the same name: the stream was deleted and
+    created again since they were written."""
+
+    def __init__(self, stream: str, created: datetime.datetime | None) -> None:
+        when = f" (created {created:%Y-%m-%d %H:%M:%S} UTC)" if created else ""
+        self.earlier = f"an earlier stream named {stream}{when}"
+        super().__init__(f"checkpoints are for {self.earlier}")
+
+
 class Throttled(BackendError):
     """The shard or account is over its limits, or the service had a passing fault: slow
     down and try again."""
@@ -255,16 +265,21 @@ class Backend(abc.ABC):
                 "stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)"
             )
 
-    # Checkpoints: the last sequence number of a shard that is durably handled.
+    # Checkpoints: the last sequence number of a shard that is durably handled. Each belongs
+    # to one life of its stream: the one there when they were read, else when written.
     @abc.abstractmethod
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
         """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
-        shard."""
+        shard. Raises EarlierStream when they belong to an earlier stream of that name."""
 
     @abc.abstractmethod
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
         """Record progress; a checkpoint never moves backwards (an older one is ignored), and a
         start mark is written only where there is no checkpoint."""
+
+    @abc.abstractmethod
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
 
     # Buckets
     @abc.abstractmethod

@@ -26,6 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from runner.backends.base import (
     SHARD_END,
     Backend,
     BackendError,
+    EarlierStream,
     FirehoseDescription,
     IteratorExpired,
     PutResult,
@@ -59,10 +61,13 @@ _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SEQUENCE = re.compile(r"[0-9]{1,18}")  # local rowids; longer ones would overflow SQLite
 
-# Hash keys are decimal TEXT: 128-bit values overflow SQLite integers.
+# Hash keys are decimal TEXT: 128-bit values overflow SQLite integers. A stream's uid tells
+# its lives apart (deleted and created again under one name); checkpoints keep the uid and the
+# creation time of the life they belong to.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
-    name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL,
+    uid TEXT, created_ms INTEGER);
 CREATE TABLE IF NOT EXISTS shards (
     stream TEXT NOT NULL, shard_id TEXT NOT NULL, number INTEGER NOT NULL,
     starting_hash TEXT NOT NULL, ending_hash TEXT NOT NULL,
@@ -76,7 +81,8 @@ CREATE INDEX IF NOT EXISTS records_by_shard ON records (stream, shard_id, sequen
 CREATE INDEX IF NOT EXISTS records_by_arrival ON records (stream, arrival_ms);
 CREATE TABLE IF NOT EXISTS checkpoints (
     pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
-    sequence TEXT NOT NULL, PRIMARY KEY (pipeline, stream, shard_id));
+    sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER,
+    PRIMARY KEY (pipeline, stream, shard_id));
 CREATE TABLE IF NOT EXISTS firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
 """
 
@@ -103,6 +109,9 @@ class LocalBackend(Backend):
         # One connection may serve several engine threads; sqlite3 needs them serialised.
         self._lock = threading.Lock()
         self._last_trim: dict[str, float] = {}
+        # The life (uid, creation ms) of each stream whose checkpoints this backend read: the
+        # one its checkpoints are written for, even if the stream is created again meanwhile.
+        self._lives: dict[str, tuple[str | None, int | None]] = {}
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -111,7 +120,9 @@ class LocalBackend(Backend):
             self._db.execute("PRAGMA journal_mode=WAL")
             # Survives a crashed process; only a power loss can drop the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}")
+            _migrate(self._db)
+            self._db.execute("COMMIT")
             # SQLite goes on writing to a file removed under it: remember which file it is.
             self._db_file = _identity(os.stat(self._db_path))
         except (OSError, sqlite3.Error) as e:
@@ -147,7 +158,9 @@ class LocalBackend(Backend):
             if db.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchone():
                 raise BackendError(f"stream '{name}' already exists")
             db.execute(
-                "INSERT INTO streams VALUES (?, 'ACTIVE', ?)", (name, DEFAULT_RETENTION_HOURS)
+                "INSERT INTO streams (name, status, retention_hours, uid, created_ms) "
+                "VALUES (?, 'ACTIVE', ?, ?, ?)",
+                (name, DEFAULT_RETENTION_HOURS, uuid.uuid4().hex, self._now_ms()),
             )
             self._open_shards(db, name, shards, parents=[])
 
@@ -301,13 +314,20 @@ class LocalBackend(Backend):
 
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
         """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
-        shard."""
+        shard; raises EarlierStream when they belong to an earlier stream of that name."""
         with self._tx() as db:
+            life = self._life(db, stream)
             rows = db.execute(
-                "SELECT shard_id, sequence FROM checkpoints WHERE pipeline = ? AND stream = ?",
+                "SELECT shard_id, sequence, stream_uid, stream_created_ms FROM checkpoints "
+                "WHERE pipeline = ? AND stream = ?",
                 (pipeline, stream),
             ).fetchall()
-        return dict(rows)
+        if life[0] is not None:
+            self._lives[stream] = life
+            for _, _, uid, created_ms in rows:
+                if uid != life[0]:
+                    raise EarlierStream(stream, None if created_ms is None else _utc(created_ms))
+        return {shard_id: sequence for shard_id, sequence, _, _ in rows}
 
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
         """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored,
@@ -322,9 +342,21 @@ class LocalBackend(Backend):
                 key,
             ).fetchone()
             if row is None or _is_later(sequence, row[0]):
+                life = self._lives.get(stream) or self._life(db, stream)
                 db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (*key, sequence)
+                    "INSERT OR REPLACE INTO checkpoints (pipeline, stream, shard_id, sequence, "
+                    "stream_uid, stream_created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*key, sequence, *life),
                 )
+
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+        with self._tx(write=True) as db:
+            db.execute(
+                "DELETE FROM checkpoints WHERE pipeline = ? AND stream = ? "
+                "AND stream_uid IS NOT (SELECT uid FROM streams WHERE name = ?)",
+                (pipeline, stream, stream),
+            )
 
     # Buckets
 
@@ -500,6 +532,11 @@ class LocalBackend(Backend):
                 return shard
         raise BackendError(f"shard '{shard_id}' does not exist in stream '{stream}'")
 
+    def _life(self, db: sqlite3.Connection, stream: str) -> tuple[str | None, int | None]:
+        """The stream's uid and creation time, or (None, None) when it does not exist."""
+        row = db.execute("SELECT uid, created_ms FROM streams WHERE name = ?", (stream,))
+        return row.fetchone() or (None, None)
+
     def _latest(self, db: sqlite3.Connection) -> int:
         """The sequence number just before LATEST: the last one given to any record."""
         return self._next_sequence(db) - 1
@@ -557,6 +594,23 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a state file of an earlier version up to this schema, inside the open transaction:
+    its streams get a uid, and its checkpoints the life of the stream they were kept for."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(streams)")}
+    if "uid" in columns:
+        return
+    db.execute("ALTER TABLE streams ADD COLUMN uid TEXT")
+    db.execute("ALTER TABLE streams ADD COLUMN created_ms INTEGER")  # unknown: left empty
+    db.execute("UPDATE streams SET uid = lower(hex(randomblob(16)))")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN stream_uid TEXT")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN stream_created_ms INTEGER")
+    db.execute(
+        "UPDATE checkpoints SET stream_uid = "
+        "(SELECT uid FROM streams WHERE name = checkpoints.stream)"
+    )
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
