@@ -260,15 +260,30 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
 @click.option(
     "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N source records."
 )
+@click.option(
+    "--forget-old-checkpoints",
+    is_flag=True,
+    help="Delete checkpoints kept for an earlier stream of the same name (deleted and "
+    "created again), and read the new one from source.start.",
+)
 @strict_option
 @target_options
 @reports_errors
 def run(
-    spec: str, until_idle: float | None, max_records: int | None, strict: bool, target: Target
+    spec: str,
+    until_idle: float | None,
+    max_records: int | None,
+    forget_old_checkpoints: bool,
+    strict: bool,
+    target: Target,
 ) -> int:
     """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
     loaded = target.load(spec, strict=strict, warn=say)
-    options = engine.RunOptions(until_idle=until_idle, max_records=max_records)
+    options = engine.RunOptions(
+        until_idle=until_idle,
+        max_records=max_records,
+        forget_old_checkpoints=forget_old_checkpoints,
+    )
     return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
 
 

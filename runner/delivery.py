@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from runner.backends.base import SHARD_END, Backend, BackendError
-from runner.reader import StreamReader
+from runner.reader import StreamReader, stored_checkpoints
 from runner.spec import Firehose, Spec
 
 # Records per GetRecords call: about a 1 MB buffer of the scenario's records, so that a
@@ -41,6 +41,7 @@ class Delivery:
         backend: Backend,
         *,
         clock: Callable[[], float] = time.monotonic,
+        forget: bool = False,  # checkpoints kept for an earlier stream of the same name
     ) -> None:
         if firehose.compression not in COMPRESSIONS:
             raise BackendError(
@@ -56,7 +57,14 @@ class Delivery:
         self.reader = StreamReader(
             backend,
             self.stream,
-            checkpoints=backend.get_checkpoints(self.checkpoint_name, self.stream),
+            checkpoints=stored_checkpoints(
+                backend,
+                self.checkpoint_name,
+                self.stream,
+                who=f"firehose {firehose.name}",
+                start="trim_horizon",
+                forget=forget,
+            ),
             limit=READ_LIMIT,
             clock=clock,
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 from runner.backends.base import SHARD_END, Backend, BackendError, Record, Throttled
 from runner.dead_letter import DeadLetter, run_refusal
 from runner.delivery import Delivery
-from runner.reader import Position, ShardBatch, StreamReader
+from runner.reader import Position, ShardBatch, StreamReader, stored_checkpoints
 from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.sink import Sink, backoff_cap
 from runner.spec import Spec, SpecError, parse_timestamp
@@ -33,6 +33,7 @@ class RunOptions:
     until_idle: float | None = None  # stop once nothing arrived for this many seconds
     max_records: int | None = None  # stop after this many source records
     status_every: float = STATUS_EVERY_S
+    forget_old_checkpoints: bool = False  # those kept for an earlier stream of the same name
 
 
 @dataclass
@@ -90,14 +91,25 @@ class Engine:
         self.deliveries = (
             []
             if backend.delivers_firehoses
-            else [Delivery(spec, f, backend, clock=clock) for f in spec.firehoses.values()]
+            else [
+                Delivery(spec, f, backend, clock=clock, forget=options.forget_old_checkpoints)
+                for f in spec.firehoses.values()
+            ]
         )
         self.reader = StreamReader(
             backend,
             self.source,
             start=start_position(spec.source.start),
-            checkpoints=backend.get_checkpoints(spec.pipeline, self.source),
+            checkpoints=stored_checkpoints(
+                backend,
+                spec.pipeline,
+                self.source,
+                who=f"pipeline {spec.pipeline}",
+                start=spec.source.start,
+                forget=options.forget_old_checkpoints,
+            ),
             clock=clock,
+            on_start=self._checkpoint,  # where a shard was first read, so a restart goes on
         )
         self.counts = Counts()
         self._stopping = threading.Event()

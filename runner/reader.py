@@ -3,7 +3,8 @@
 Parents are read to their end before their children; each shard is asked at most five times a
 second, less often while it is empty; an expired iterator is renewed after the last record
 handed out; throttling slows the shard down. The caller decides what a checkpoint is: it passes
-the checkpoints to start from and records progress itself.
+the checkpoints to start from and records progress itself; the reader only tells it, through
+`on_start`, where it began reading a shard that had none, before handing out any of its records.
 """
 
 from __future__ import annotations
@@ -19,16 +20,21 @@ from runner.backends.base import (
     SHARD_END,
     Backend,
     BackendError,
+    EarlierStream,
     IteratorExpired,
     Record,
     Shard,
     Throttled,
+    is_start_mark,
+    parse_start_mark,
+    start_mark,
 )
 
 MIN_CALL_INTERVAL_S = 0.2  # GetRecords: at most 5 calls per second per shard
 EMPTY_INTERVAL_S = 1.0  # an empty shard is asked again after this long
 MAX_THROTTLE_WAIT_S = 10.0
 SHARD_REFRESH_S = 30.0  # look for new shards (a reshard) this often
+FORGET_OPTION = "--forget-old-checkpoints"  # of `pipeline run`
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,24 @@ class Position:
     iterator_type: str = "TRIM_HORIZON"
     sequence: str | None = None
     timestamp: datetime.datetime | None = None
+
+
+def stored_checkpoints(
+    backend: Backend, owner: str, stream: str, *, who: str, start: str, forget: bool
+) -> dict[str, str]:
+    """The checkpoints `owner` keeps for `stream`. Those kept for an earlier stream of that
+    name (deleted and created again since) are refused with what to do, or deleted when
+    `forget` says so: they would skip or misplace the new stream's records."""
+    try:
+        return backend.get_checkpoints(owner, stream)
+    except EarlierStream as error:
+        if not forget:
+            raise BackendError(
+                f"checkpoints of {who} are for {error.earlier}, not the one there now: "
+                f"run with {FORGET_OPTION} to delete them and start at {start}"
+            ) from None
+    backend.forget_earlier_checkpoints(owner, stream)
+    return backend.get_checkpoints(owner, stream)
 
 
 @dataclass
@@ -57,7 +81,7 @@ class _ShardState:
     last_sequence: str | None = None  # of the last record handed out
     next_call: float = 0.0
     throttle_wait: float = 0.0
-    taken_at: datetime.datetime | None = None  # when a LATEST position was first taken
+    start: str | None = None  # the checkpoint the shard was started from, or its start mark
     finished: bool = False
     at_end: bool = False  # the last answer was empty and nothing is behind
     millis_behind: int = 0
@@ -72,15 +96,16 @@ class StreamReader:
     only_shard: str | None = None
     limit: int = MAX_GET_RECORDS
     clock: Callable[[], float] = time.monotonic
-    wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(
-        datetime.timezone.utc
-    )
+    # Called with (shard id, checkpoint) when a shard without checkpoint is first read, before
+    # any of its records is handed out: the caller stores it, so a restart goes on from there.
+    on_start: Callable[[str, str], None] | None = None
 
     def __post_init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None  # for targets that read shards in parallel
         self._shards: dict[str, _ShardState] = {}
         # Shards read to their end, by this reader or before (a SHARD_END checkpoint).
         self._followed = {shard for shard, seq in self.checkpoints.items() if seq == SHARD_END}
+        self._skipped: set[str] = set()  # closed before reading began: never read (LATEST)
         self._next_refresh = 0.0
         self._refresh()
 
@@ -188,28 +213,37 @@ class StreamReader:
             return self.backend.get_shard_iterator(
                 self.stream, shard_id, "AFTER_SEQUENCE_NUMBER", sequence=state.last_sequence
             )
-        checkpoint = self.checkpoints.get(shard_id)
-        if checkpoint is not None:
+        if state.start is None:
+            iterator, start = self._first_iterator(state.shard)
+            if self.on_start is not None:
+                self.on_start(shard_id, start)
+            state.start = start  # once stored: a failed store takes a new iterator next time
+            return iterator
+        if is_start_mark(state.start):
+            iterator_type, sequence, timestamp = parse_start_mark(state.start)
             return self.backend.get_shard_iterator(
-                self.stream, shard_id, "AFTER_SEQUENCE_NUMBER", sequence=checkpoint
+                self.stream, shard_id, iterator_type, sequence=sequence, timestamp=timestamp
             )
-        # A child of a shard read to its end starts at its beginning, whatever `start` is.
-        if state.shard.parent_shard_id in self._followed:
-            return self.backend.get_shard_iterator(self.stream, shard_id, "TRIM_HORIZON")
-        if state.taken_at is not None:
-            # Renewing LATEST as LATEST would skip what arrived while the old one was held.
-            return self.backend.get_shard_iterator(
-                self.stream, shard_id, "AT_TIMESTAMP", timestamp=state.taken_at
-            )
-        if self.start.iterator_type == "LATEST":
-            state.taken_at = self.wall_clock()
         return self.backend.get_shard_iterator(
-            self.stream,
-            shard_id,
-            self.start.iterator_type,
-            sequence=self.start.sequence,
-            timestamp=self.start.timestamp,
+            self.stream, shard_id, "AFTER_SEQUENCE_NUMBER", sequence=state.start
         )
+
+    def _first_iterator(self, shard: Shard) -> tuple[str, str]:
+        """An iterator where a shard without checkpoint starts, and its checkpoint."""
+        start = self.start
+        # A child of a shard read to its end starts at its beginning, whatever `start` is.
+        if {shard.parent_shard_id, shard.adjacent_parent_shard_id} & self._followed:
+            start = Position()
+        if start.iterator_type == "LATEST":
+            return self.backend.latest_iterator(self.stream, shard.shard_id)
+        iterator = self.backend.get_shard_iterator(
+            self.stream,
+            shard.shard_id,
+            start.iterator_type,
+            sequence=start.sequence,
+            timestamp=start.timestamp,
+        )
+        return iterator, start_mark(start.iterator_type, start.sequence, start.timestamp)
 
     # Shards
     def _refresh(self) -> None:
@@ -224,25 +258,25 @@ class StreamReader:
                     f"stream '{self.stream}' has no shard '{self.only_shard}' (shards: {known})"
                 )
         by_id = {s.shard_id: s for s in shards}
-        for shard in shards:
-            if shard.shard_id in self._shards:
+        self._skipped = set()
+        for shard in shards:  # parents before children
+            if shard.shard_id in self._shards or shard.shard_id in self._followed:
                 continue
-            if self.checkpoints.get(shard.shard_id) == SHARD_END:
-                continue
-            if (
-                self.start.iterator_type == "LATEST"
-                and not shard.is_open
-                and shard.shard_id not in self.checkpoints
-            ):
-                continue  # nothing new will ever arrive in a closed shard
             parents = [
                 p for p in (shard.parent_shard_id, shard.adjacent_parent_shard_id) if p in by_id
             ]
-            if all(self._parent_done(p) for p in parents):
-                self._shards[shard.shard_id] = _ShardState(shard)
+            if self._skips(shard, parents):
+                self._skipped.add(shard.shard_id)
+            elif all(p in self._followed or p in self._skipped for p in parents):
+                start = self.checkpoints.get(shard.shard_id)
+                self._shards[shard.shard_id] = _ShardState(shard, start=start)
 
-    def _parent_done(self, shard_id: str) -> bool:
-        # With LATEST, a closed parent is skipped, never read: its children need not wait.
-        return shard_id in self._followed or (
-            self.start.iterator_type == "LATEST" and shard_id not in self._shards
+    def _skips(self, shard: Shard, parents: list[str]) -> bool:
+        # With LATEST, nothing new will ever arrive in a shard closed before this pipeline
+        # began reading it or any of its parents.
+        return (
+            self.start.iterator_type == "LATEST"
+            and not shard.is_open
+            and shard.shard_id not in self.checkpoints
+            and all(p in self._skipped for p in parents)
         )

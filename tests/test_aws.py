@@ -22,12 +22,14 @@ from runner.backends.aws import AwsBackend
 from runner.backends.base import (
     SHARD_END,
     BackendError,
+    EarlierStream,
     FirehoseDescription,
     IteratorExpired,
     RoleDescription,
     StreamDescription,
     StreamNotFound,
     Throttled,
+    parse_start_mark,
 )
 from runner.cli import cli
 
@@ -668,6 +670,70 @@ def test_checkpoints_without_their_table(backend):
     assert str(error.value) == message
     with pytest.raises(BackendError, match="'12a' is not a sequence number"):
         backend.set_checkpoint("shop", "orders", "shardId-000000000000", "12a")
+
+
+def test_a_start_mark_is_stored_only_where_no_checkpoint_is(backend):
+    backend.create_checkpoint_store("shop")
+    shard = "shardId-000000000000"
+    backend.set_checkpoint("shop", "orders", shard, "#at_timestamp:2027-01-15T08:00:00+00:00")
+    backend.set_checkpoint("shop", "orders", shard, "#trim_horizon")
+    assert backend.get_checkpoints("shop", "orders") == {
+        shard: "#at_timestamp:2027-01-15T08:00:00+00:00"
+    }
+
+    backend.set_checkpoint("shop", "orders", shard, "0")
+    backend.set_checkpoint("shop", "orders", shard, "#trim_horizon")
+    assert backend.get_checkpoints("shop", "orders") == {shard: "0"}
+
+
+def test_a_restart_from_a_latest_iterators_mark_reads_what_was_put_after_it(backend):
+    backend.create_stream("orders", 1)
+    shard = "shardId-000000000000"
+    iterator, mark = backend.latest_iterator("orders", shard)
+    backend.put_records("orders", [(b"a", "k"), (b"b", "k")])
+
+    assert mark.startswith("#at_timestamp:")
+    assert [r.data for r in backend.get_records(iterator).records] == [b"a", b"b"]
+    _, _, timestamp = parse_start_mark(mark)
+    assert [
+        r.data for r in read_all(backend, "orders", shard, "AT_TIMESTAMP", timestamp=timestamp)
+    ] == [b"a", b"b"]
+
+
+def test_checkpoints_of_an_earlier_stream_of_the_same_name_are_refused(backend):
+    backend.create_checkpoint_store("shop")
+    backend.create_stream("orders", 1)
+    shard = "shardId-000000000000"
+    backend.set_checkpoint("shop", "orders", shard, SHARD_END)
+    summary = backend._client("kinesis").describe_stream_summary(StreamName="orders")
+    created = summary["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+    backend.delete_stream("orders")
+    backend.create_stream("orders", 1)
+
+    with pytest.raises(EarlierStream) as error:
+        backend.get_checkpoints("shop", "orders")
+    backend.forget_earlier_checkpoints("shop", "orders")
+
+    when = created.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    assert str(error.value) == (
+        f"checkpoints are for an earlier stream named orders (created {when} UTC)"
+    )
+    assert backend.get_checkpoints("shop", "orders") == {}
+
+
+def test_checkpoints_kept_before_stream_lives_belong_to_the_stream_there_when_read(backend):
+    backend.create_checkpoint_store("shop")
+    backend.create_stream("orders", 1)
+    table = boto3.client("dynamodb", region_name="us-east-1")
+    key = {"stream": {"S": "orders"}, "shard_id": {"S": "shardId-000000000000"}}
+    table.put_item(TableName="shop-checkpoints", Item={**key, "sequence": {"S": SHARD_END}})
+
+    assert backend.get_checkpoints("shop", "orders") == {"shardId-000000000000": SHARD_END}
+    backend.delete_stream("orders")
+    backend.create_stream("orders", 1)
+
+    with pytest.raises(EarlierStream):
+        backend.get_checkpoints("shop", "orders")
 
 
 # Errors

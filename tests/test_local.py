@@ -1,9 +1,11 @@
+import contextlib
 import datetime
 import errno
 import multiprocessing
 import os
 import shlex
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from fakes import PIPELINE, FailingDisk, with_own_mounts
 from runner.backends.base import (
     SHARD_END,
     BackendError,
+    EarlierStream,
     FirehoseDescription,
     IteratorExpired,
     RecordBatch,
@@ -413,6 +416,101 @@ def test_checkpoints_never_move_backwards(backend):
 def test_a_checkpoint_must_be_a_sequence_number(backend):
     with pytest.raises(BackendError, match="'latest' is not a sequence number$"):
         backend.set_checkpoint("shop", "events", "shardId-000000000000", "latest")
+
+
+def test_a_start_mark_is_written_only_where_no_checkpoint_is(backend):
+    shard = "shardId-000000000000"
+    backend.set_checkpoint("shop", "events", shard, "#trim_horizon")
+    backend.set_checkpoint("shop", "events", shard, "#at_timestamp:2027-01-15T08:00:00+00:00")
+    assert backend.get_checkpoints("shop", "events") == {shard: "#trim_horizon"}
+
+    backend.set_checkpoint("shop", "events", shard, "0")
+    backend.set_checkpoint("shop", "events", shard, "#trim_horizon")
+    assert backend.get_checkpoints("shop", "events") == {shard: "0"}
+
+
+def test_a_latest_iterator_comes_with_the_sequence_number_just_before_it(backend):
+    backend.create_stream("events", 2)
+    *_, last = put(backend, "events", "a", "b")
+    iterator, checkpoint = backend.latest_iterator("events", "shardId-000000000001")
+    put(backend, "events", "c", key="other")
+
+    assert checkpoint == last.sequence
+    assert backend.get_records(iterator).records == []  # "c" went to the other shard
+
+
+# Checkpoints belong to one life of their stream
+
+
+def test_checkpoints_written_for_an_earlier_stream_of_the_same_name_are_refused(tmp_path, clock):
+    shard = "shardId-000000000000"
+    run = LocalBackend(tmp_path, clock=clock)
+    run.create_stream("events", 1)
+    assert run.get_checkpoints("shop", "events") == {}  # the stream the run reads
+    clock.now += 60
+    other = LocalBackend(tmp_path, clock=clock)  # `destroy` and `apply` while the run goes on
+    other.delete_stream("events")
+    other.create_stream("events", 1)
+    run.set_checkpoint("shop", "events", shard, SHARD_END)  # the run's last write
+
+    with pytest.raises(EarlierStream) as error:
+        other.get_checkpoints("shop", "events")
+    other.forget_earlier_checkpoints("shop", "events")
+
+    assert str(error.value) == (
+        "checkpoints are for an earlier stream named events (created 2027-01-15 08:00:00 UTC)"
+    )
+    assert other.get_checkpoints("shop", "events") == {}
+    other.set_checkpoint("shop", "events", shard, "7")
+    assert LocalBackend(tmp_path).get_checkpoints("shop", "events") == {shard: "7"}
+
+
+PREVIOUS_SCHEMA = """
+CREATE TABLE streams (
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL);
+CREATE TABLE shards (
+    stream TEXT NOT NULL, shard_id TEXT NOT NULL, number INTEGER NOT NULL,
+    starting_hash TEXT NOT NULL, ending_hash TEXT NOT NULL,
+    starting_sequence INTEGER NOT NULL, ending_sequence INTEGER,
+    parent_shard_id TEXT, adjacent_parent_shard_id TEXT, closed_ms INTEGER,
+    PRIMARY KEY (stream, shard_id));
+CREATE TABLE records (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+    partition_key TEXT NOT NULL, data BLOB NOT NULL, arrival_ms INTEGER NOT NULL);
+CREATE INDEX records_by_shard ON records (stream, shard_id, sequence);
+CREATE INDEX records_by_arrival ON records (stream, arrival_ms);
+CREATE TABLE checkpoints (
+    pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+    sequence TEXT NOT NULL, PRIMARY KEY (pipeline, stream, shard_id));
+CREATE TABLE firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
+INSERT INTO streams VALUES ('events', 'ACTIVE', 24);
+INSERT INTO shards VALUES ('events', 'shardId-000000000000', 0, '0',
+    '340282366920938463463374607431768211455', 1, NULL, NULL, NULL, NULL);
+INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms)
+    VALUES ('events', 'shardId-000000000000', 'k', 'a', 1800000000000);
+INSERT INTO checkpoints VALUES ('shop', 'events', 'shardId-000000000000', '1');
+"""
+
+
+def test_a_state_file_of_the_previous_version_opens_with_its_checkpoints(tmp_path, clock):
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        db.executescript(PREVIOUS_SCHEMA)
+    shard = "shardId-000000000000"
+
+    run = LocalBackend(tmp_path, clock=clock)
+    assert run.get_checkpoints("shop", "events") == {shard: "1"}
+    put(run, "events", "b")
+    assert [
+        r.data for r in read_all(run, "events", shard, "AFTER_SEQUENCE_NUMBER", sequence="1")
+    ] == [b"b"]
+    other = LocalBackend(tmp_path, clock=clock)
+    other.delete_stream("events")
+    other.create_stream("events", 1)
+    run.set_checkpoint("shop", "events", shard, SHARD_END)
+
+    with pytest.raises(EarlierStream) as error:
+        other.get_checkpoints("shop", "events")
+    assert str(error.value) == "checkpoints are for an earlier stream named events"
 
 
 # Buckets

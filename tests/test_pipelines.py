@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from conftest import PIPELINES, REPO, read_stream, removed_state
 
 from runner import engine, spec
+from runner.backends.base import is_start_mark
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.produce import synthetic_sessions
@@ -226,13 +227,19 @@ def wait_for(condition, timeout=30.0):
         time.sleep(0.05)
 
 
+def checkpointed(backend):
+    """Whether the run checkpointed a record (not only where it started reading)."""
+    checkpoints = backend.get_checkpoints("de-c2w2lab1-etl", SOURCE).values()
+    return any(not is_start_mark(checkpoint) for checkpoint in checkpoints)
+
+
 def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state):
     pipeline("apply", ECOMMERCE)
     total = 40_000  # four GetRecords batches: the kill lands after the first
     produce_sessions(total, seed=5)
     backend = LocalBackend(state)
     run = start_run(state)
-    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    wait_for(lambda: checkpointed(backend))
     run.send_signal(signal.SIGKILL)
     run.wait()
     written = len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL))
@@ -260,7 +267,7 @@ def test_sigterm_stops_cleanly_with_a_summary(state):
     produce_sessions(10)
     run = start_run(state)
     backend = LocalBackend(state)
-    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    wait_for(lambda: checkpointed(backend))
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) == 0
     stderr = run.stderr.read()
@@ -274,7 +281,7 @@ def test_ctrl_c_mid_burst_delivers_every_record_the_run_routed(state):
     produce_sessions(30_000, seed=9)  # three source reads: Ctrl-C lands while they flow
     run = start_run(state)
     backend = LocalBackend(state)
-    wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
+    wait_for(lambda: checkpointed(backend))
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=60) == 0
     summary = re.search(r"done: in \d+ \| out international (\d+), usa (\d+) \|", run.stderr.read())

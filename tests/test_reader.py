@@ -6,7 +6,8 @@ from runner.backends.base import MAX_GET_RECORDS, SHARD_END, Throttled
 from runner.backends.local import LocalBackend
 from runner.reader import Position, StreamReader
 
-START = 1_800_000_000.0
+START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+UTC = datetime.timezone.utc
 KEYS = [f"user-{i}" for i in range(40)]
 
 
@@ -40,6 +41,12 @@ class Watched:
         self.iterators.append((shard_id, iterator_type, position.get("sequence")))
         self._shard_of[iterator] = shard_id
         return iterator
+
+    def latest_iterator(self, stream, shard_id):
+        iterator, checkpoint = self.backend.latest_iterator(stream, shard_id)
+        self.iterators.append((shard_id, "LATEST", None))
+        self._shard_of[iterator] = shard_id
+        return iterator, checkpoint
 
     def get_records(self, iterator, limit=MAX_GET_RECORDS):
         shard = self._shard_of[iterator]
@@ -282,6 +289,84 @@ def test_latest_skips_closed_parents_and_reads_the_children(backend, clock):
     assert sorted(data(drain(reader, clock))) == ["new-a", "new-b", "new-c"]
 
 
+def test_a_merge_child_starts_at_its_beginning_when_its_adjacent_parent_finished(backend, clock):
+    # At latest, the parent closed before any run is skipped; the adjacent parent was read to
+    # its end by an earlier run: the child holds only records put since, all to be read.
+    backend.create_stream("events", 2)
+    put(backend, "events", "old-0", "old-1")
+    backend.update_shard_count("events", 1)
+    (child,) = [s for s in backend.list_shards("events") if s.is_open]
+    assert (child.parent_shard_id, child.adjacent_parent_shard_id) == (
+        "shardId-000000000000",
+        "shardId-000000000001",
+    )
+    put(backend, "events", "c0", "c1", "c2")
+    checkpoints = {"shardId-000000000001": SHARD_END}
+
+    reader = StreamReader(
+        backend, "events", start=Position("LATEST"), checkpoints=checkpoints, clock=clock
+    )
+
+    assert drain(reader, clock) == [(child.shard_id, p) for p in ("c0", "c1", "c2")]
+
+
+# Where a shard without checkpoint starts, told before any of its records is handed out
+
+
+@pytest.mark.parametrize(
+    ("start", "mark"),
+    [
+        (Position(), "#trim_horizon"),
+        (
+            Position("AT_TIMESTAMP", timestamp=datetime.datetime.fromtimestamp(START + 10, UTC)),
+            "#at_timestamp:2027-01-15T08:00:10+00:00",
+        ),
+        (Position("LATEST"), None),  # the sequence number just before the first poll
+    ],
+    ids=["trim_horizon", "at_timestamp", "latest"],
+)
+def test_where_a_shard_starts_is_told_before_its_records_and_a_restart_goes_on_there(
+    backend, clock, time_now, start, mark
+):
+    backend.create_stream("events", 1)
+    before = put(backend, "events", "early")
+    time_now.now += 10
+    watched = Watched(backend, clock)
+    told = []
+
+    def on_start(shard_id, checkpoint):
+        told.append((shard_id, checkpoint, len(watched.calls)))  # GetRecords calls so far
+
+    first = StreamReader(watched, "events", start=start, clock=clock, on_start=on_start)
+    read = drain(first, clock)
+    put(backend, "events", "while-stopped-1", "while-stopped-2")
+    checkpoints = {shard_id: checkpoint for shard_id, checkpoint, _ in told}
+    again = StreamReader(backend, "events", start=start, checkpoints=checkpoints, clock=clock)
+
+    assert told == [("shardId-000000000000", mark or before["early"][1], 0)]
+    assert data(read) == (["early"] if start.iterator_type == "TRIM_HORIZON" else [])
+    assert data(drain(again, clock)) == [*data(read), "while-stopped-1", "while-stopped-2"]
+
+
+def test_at_latest_a_restart_reads_the_shards_closed_since_and_their_children(backend, clock):
+    backend.create_stream("events", 1)
+    told = {}
+    first = StreamReader(
+        backend, "events", start=Position("LATEST"), clock=clock, on_start=told.__setitem__
+    )
+    assert drain(first, clock) == []
+    put(backend, "events", "p0")
+    backend.update_shard_count("events", 2)  # split: shard 0 closes
+    put(backend, "events", "c0", "c1", keys=["a", "b"])
+    backend.update_shard_count("events", 1)  # merge: both children close
+    put(backend, "events", "g0")
+
+    again = StreamReader(backend, "events", start=Position("LATEST"), checkpoints=told, clock=clock)
+
+    read = data(drain(again, clock, polls=500))
+    assert read[0] == "p0" and sorted(read[1:3]) == ["c0", "c1"] and read[3:] == ["g0"]
+
+
 # Iterators and limits
 
 
@@ -331,13 +416,7 @@ def test_an_expired_latest_iterator_loses_nothing_that_arrived_since(backend, cl
     backend.create_stream("events", 1)
     put(backend, "events", "before")
     time_now.now += 1
-    reader = StreamReader(
-        backend,
-        "events",
-        start=Position("LATEST"),
-        clock=clock,
-        wall_clock=lambda: datetime.datetime.fromtimestamp(time_now.now, datetime.timezone.utc),
-    )
+    reader = StreamReader(backend, "events", start=Position("LATEST"), clock=clock)
     assert records(reader.poll()) == []
 
     put(backend, "events", "while-held")

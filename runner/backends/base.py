@@ -26,6 +26,11 @@ DEFAULT_REGION = "us-east-1"
 # A checkpoint value meaning "this closed shard was read to its end".
 SHARD_END = "SHARD_END"
 
+# A checkpoint may also mark where a run began reading a shard, before any of its records was
+# handled: "#trim_horizon", "#at_timestamp:ISO". "#" sorts before digits and SHARD_END, so any
+# sequence number replaces a mark, and a mark is written only where no checkpoint is.
+START_MARK = "#"
+
 ITERATOR_TYPES = (
     "TRIM_HORIZON",
     "LATEST",
@@ -45,6 +50,16 @@ class StreamNotFound(BackendError):
 
 class IteratorExpired(BackendError):
     """The shard iterator is too old; get a new one from the checkpoint."""
+
+
+class EarlierStream(BackendError):
+    """Checkpoints kept for an earlier stream of the same name: the stream was deleted and
+    created again since they were written."""
+
+    def __init__(self, stream: str, created: datetime.datetime | None) -> None:
+        when = f" (created {created:%Y-%m-%d %H:%M:%S} UTC)" if created else ""
+        self.earlier = f"an earlier stream named {stream}{when}"
+        super().__init__(f"checkpoints are for {self.earlier}")
 
 
 class Throttled(BackendError):
@@ -68,6 +83,31 @@ def disk_errors(path: object, doing: str = "write") -> Iterator[None]:
         yield
     except OSError as error:
         raise BackendError(f"cannot {doing} {path}: {error.strerror or error}") from error
+
+
+def start_mark(
+    iterator_type: str, sequence: str | None = None, timestamp: datetime.datetime | None = None
+) -> str:
+    """The checkpoint marking a start at this position (see START_MARK)."""
+    if iterator_type == "AFTER_SEQUENCE_NUMBER" and sequence is not None:
+        return sequence  # a plain checkpoint says just that
+    mark = START_MARK + iterator_type.lower()
+    if timestamp is not None:
+        return f"{mark}:{timestamp.astimezone(datetime.timezone.utc).isoformat()}"
+    return f"{mark}:{sequence}" if sequence else mark
+
+
+def parse_start_mark(mark: str) -> tuple[str, str | None, datetime.datetime | None]:
+    """A start mark's iterator type, sequence number and timestamp."""
+    kind, _, argument = mark.removeprefix(START_MARK).partition(":")
+    iterator_type = kind.upper()
+    if iterator_type == "AT_TIMESTAMP":
+        return iterator_type, None, datetime.datetime.fromisoformat(argument)
+    return iterator_type, argument or None, None
+
+
+def is_start_mark(checkpoint: str) -> bool:
+    return checkpoint.startswith(START_MARK)
 
 
 def check_shard_count(stream: str, shards: int) -> None:
@@ -219,6 +259,11 @@ class Backend(abc.ABC):
     ) -> str: ...
 
     @abc.abstractmethod
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        """A LATEST iterator, and a checkpoint at or before its position (a sequence number or
+        a start mark), from which a restart reads every record put after it."""
+
+    @abc.abstractmethod
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Raises IteratorExpired, Throttled or StreamNotFound."""
 
@@ -243,14 +288,21 @@ class Backend(abc.ABC):
                 "stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)"
             )
 
-    # Checkpoints: the last sequence number of a shard that is durably handled.
+    # Checkpoints: the last sequence number of a shard that is durably handled. Each belongs
+    # to one life of its stream: the one there when they were read, else when written.
     @abc.abstractmethod
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
-        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard. Raises EarlierStream when they belong to an earlier stream of that name."""
 
     @abc.abstractmethod
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Record progress; a checkpoint never moves backwards (an older one is ignored)."""
+        """Record progress; a checkpoint never moves backwards (an older one is ignored), and a
+        start mark is written only where there is no checkpoint."""
+
+    @abc.abstractmethod
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
 
     # Buckets
     @abc.abstractmethod

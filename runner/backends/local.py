@@ -28,6 +28,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from runner.backends.base import (
     AlreadyExists,
     Backend,
     BackendError,
+    EarlierStream,
     FirehoseDescription,
     IteratorExpired,
     PutResult,
@@ -51,6 +53,7 @@ from runner.backends.base import (
     check_batch,
     check_shard_count,
     disk_errors,
+    is_start_mark,
 )
 
 HASH_SPACE = 2**128
@@ -63,10 +66,13 @@ _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SEQUENCE = re.compile(r"[0-9]{1,18}")  # local rowids; longer ones would overflow SQLite
 
-# Hash keys are decimal TEXT: 128-bit values overflow SQLite integers.
+# Hash keys are decimal TEXT: 128-bit values overflow SQLite integers. A stream's uid tells
+# its lives apart (deleted and created again under one name); checkpoints keep the uid and the
+# creation time of the life they belong to.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
-    name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL,
+    uid TEXT, created_ms INTEGER);
 CREATE TABLE IF NOT EXISTS shards (
     stream TEXT NOT NULL, shard_id TEXT NOT NULL, number INTEGER NOT NULL,
     starting_hash TEXT NOT NULL, ending_hash TEXT NOT NULL,
@@ -80,7 +86,8 @@ CREATE INDEX IF NOT EXISTS records_by_shard ON records (stream, shard_id, sequen
 CREATE INDEX IF NOT EXISTS records_by_arrival ON records (stream, arrival_ms);
 CREATE TABLE IF NOT EXISTS checkpoints (
     pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
-    sequence TEXT NOT NULL, PRIMARY KEY (pipeline, stream, shard_id));
+    sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER,
+    PRIMARY KEY (pipeline, stream, shard_id));
 CREATE TABLE IF NOT EXISTS firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
 """
 
@@ -107,6 +114,9 @@ class LocalBackend(Backend):
         # One connection may serve several engine threads; sqlite3 needs them serialised.
         self._lock = threading.Lock()
         self._last_trim: dict[str, float] = {}
+        # The life (uid, creation ms) of each stream whose checkpoints this backend read: the
+        # one its checkpoints are written for, even if the stream is created again meanwhile.
+        self._lives: dict[str, tuple[str | None, int | None]] = {}
         with disk_errors(self.state_dir, "create"):
             self.state_dir.mkdir(parents=True, exist_ok=True)
         # A state folder this process may not write is opened read-only: commands that only
@@ -133,7 +143,9 @@ class LocalBackend(Backend):
             db.execute("PRAGMA journal_mode=WAL")
             # Survives a crashed process; only a power loss can drop the last commits.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}")
+            _migrate(db)
+            db.execute("COMMIT")
         except BaseException:
             db.close()
             raise
@@ -186,7 +198,9 @@ class LocalBackend(Backend):
             if db.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchone():
                 raise AlreadyExists(f"stream '{name}' already exists")
             db.execute(
-                "INSERT INTO streams VALUES (?, 'ACTIVE', ?)", (name, DEFAULT_RETENTION_HOURS)
+                "INSERT INTO streams (name, status, retention_hours, uid, created_ms) "
+                "VALUES (?, 'ACTIVE', ?, ?, ?)",
+                (name, DEFAULT_RETENTION_HOURS, uuid.uuid4().hex, self._now_ms()),
             )
             self._open_shards(db, name, shards, parents=[])
 
@@ -244,7 +258,7 @@ class LocalBackend(Backend):
             if iterator_type == "TRIM_HORIZON":
                 after = 0  # records past retention are skipped when read
             elif iterator_type == "LATEST":
-                after = self._next_sequence(db) - 1
+                after = self._latest(db)
             elif iterator_type == "AT_TIMESTAMP":
                 if timestamp is None or timestamp.tzinfo is None:
                     raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
@@ -258,6 +272,13 @@ class LocalBackend(Backend):
                 number = _parse_sequence(sequence, f"{iterator_type} on {stream}/{shard_id}")
                 after = number - 1 if iterator_type == "AT_SEQUENCE_NUMBER" else number
         return self._iterator(stream, shard_id, after)
+
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        """A LATEST iterator, and the sequence number just before it as its checkpoint."""
+        with self._tx() as db:
+            self._shard(db, stream, shard_id)
+            after = self._latest(db)
+        return self._iterator(stream, shard_id, after), str(after)
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records (and about 10 MiB) after the iterator's position."""
@@ -332,17 +353,26 @@ class LocalBackend(Backend):
     # Checkpoints
 
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
-        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard; raises EarlierStream when they belong to an earlier stream of that name."""
         with self._tx() as db:
+            life = self._life(db, stream)
             rows = db.execute(
-                "SELECT shard_id, sequence FROM checkpoints WHERE pipeline = ? AND stream = ?",
+                "SELECT shard_id, sequence, stream_uid, stream_created_ms FROM checkpoints "
+                "WHERE pipeline = ? AND stream = ?",
                 (pipeline, stream),
             ).fetchall()
-        return dict(rows)
+        if life[0] is not None:
+            self._lives[stream] = life
+            for _, _, uid, created_ms in rows:
+                if uid != life[0]:
+                    raise EarlierStream(stream, None if created_ms is None else _utc(created_ms))
+        return {shard_id: sequence for shard_id, sequence, _, _ in rows}
 
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
-        if sequence != SHARD_END:
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored,
+        and a start mark is written only where there is no checkpoint."""
+        if sequence != SHARD_END and not is_start_mark(sequence):
             _parse_sequence(sequence, f"checkpoint of {stream}/{shard_id}")
         key = (pipeline, stream, shard_id)
         with self._tx(write=True) as db:
@@ -352,9 +382,21 @@ class LocalBackend(Backend):
                 key,
             ).fetchone()
             if row is None or _is_later(sequence, row[0]):
+                life = self._lives.get(stream) or self._life(db, stream)
                 db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?)", (*key, sequence)
+                    "INSERT OR REPLACE INTO checkpoints (pipeline, stream, shard_id, sequence, "
+                    "stream_uid, stream_created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                    (*key, sequence, *life),
                 )
+
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+        with self._tx(write=True) as db:
+            db.execute(
+                "DELETE FROM checkpoints WHERE pipeline = ? AND stream = ? "
+                "AND stream_uid IS NOT (SELECT uid FROM streams WHERE name = ?)",
+                (pipeline, stream, stream),
+            )
 
     # Buckets
 
@@ -558,6 +600,15 @@ class LocalBackend(Backend):
                 return shard
         raise BackendError(f"shard '{shard_id}' does not exist in stream '{stream}'")
 
+    def _life(self, db: sqlite3.Connection, stream: str) -> tuple[str | None, int | None]:
+        """The stream's uid and creation time, or (None, None) when it does not exist."""
+        row = db.execute("SELECT uid, created_ms FROM streams WHERE name = ?", (stream,))
+        return row.fetchone() or (None, None)
+
+    def _latest(self, db: sqlite3.Connection) -> int:
+        """The sequence number just before LATEST: the last one given to any record."""
+        return self._next_sequence(db) - 1
+
     def _next_sequence(self, db: sqlite3.Connection) -> int:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return (row[0] if row else 0) + 1
@@ -619,14 +670,31 @@ def _writable(folder: Path, db: Path) -> bool:
     return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a state file of an earlier version up to this schema, inside the open transaction:
+    its streams get a uid, and its checkpoints the life of the stream they were kept for."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(streams)")}
+    if "uid" in columns:
+        return
+    db.execute("ALTER TABLE streams ADD COLUMN uid TEXT")
+    db.execute("ALTER TABLE streams ADD COLUMN created_ms INTEGER")  # unknown: left empty
+    db.execute("UPDATE streams SET uid = lower(hex(randomblob(16)))")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN stream_uid TEXT")
+    db.execute("ALTER TABLE checkpoints ADD COLUMN stream_created_ms INTEGER")
+    db.execute(
+        "UPDATE checkpoints SET stream_uid = "
+        "(SELECT uid FROM streams WHERE name = checkpoints.stream)"
+    )
+
+
 def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
 def _is_later(sequence: str, than: str) -> bool:
-    if than == SHARD_END:
+    if than == SHARD_END or is_start_mark(sequence):
         return False
-    return sequence == SHARD_END or int(sequence) > int(than)
+    return sequence == SHARD_END or is_start_mark(than) or int(sequence) > int(than)
 
 
 def _parse_sequence(sequence: str | None, where: str) -> int:

@@ -1,12 +1,15 @@
 """Checkpoints and the run lease on AWS, in one DynamoDB table per pipeline.
 
 Checkpoints are keyed by stream and shard, their sequence numbers zero-padded to 64 digits so
-that a conditional write can keep them from moving backwards by comparing text.
+that a conditional write can keep them from moving backwards by comparing text. Each keeps the
+ARN and creation time of the stream it was written for: a stream deleted and created again
+keeps its ARN, and its old checkpoints must not be taken for the new one's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import threading
@@ -21,7 +24,13 @@ from botocore.exceptions import ClientError
 from runner.backends import aws
 from runner.backends.aws.errors import Missing, backend_errors, error_code
 from runner.backends.aws.session import AwsSession
-from runner.backends.base import SHARD_END, BackendError
+from runner.backends.base import (
+    SHARD_END,
+    BackendError,
+    EarlierStream,
+    StreamNotFound,
+    is_start_mark,
+)
 
 SEQUENCE_DIGITS = 64
 
@@ -69,8 +78,74 @@ class CheckpointsMixin(AwsSession):
         self._wait(f"checkpoint table '{table}'", lambda: self._table_status(table), None)
 
     def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
-        """shard id -> sequence number (or SHARD_END) for every checkpointed shard."""
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard; raises EarlierStream when they belong to an earlier stream of that name."""
+        items = self._checkpoint_items(pipeline, stream)
+        life = self._stream_life(stream)
+        if life is not None:
+            self._lives()[stream] = life
+            for item in items:
+                kept = _life_of(item)
+                if kept is not None and kept != life:
+                    raise EarlierStream(stream, datetime.datetime.fromisoformat(kept[1]))
+            for item in items:
+                if _life_of(item) is None:
+                    self._adopt(pipeline, item, life)
         checkpoints: dict[str, str] = {}
+        for item in items:
+            stored = item["sequence"]["S"]
+            if stored != SHARD_END and not is_start_mark(stored):
+                stored = stored.lstrip("0") or "0"
+            checkpoints[item["shard_id"]["S"]] = stored
+        return checkpoints
+
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored,
+        and a start mark is written only where there is no checkpoint."""
+        condition = "attribute_not_exists(#s) OR #s < :new"
+        if sequence == SHARD_END:
+            stored = sequence
+        elif is_start_mark(sequence):
+            stored, condition = sequence, "attribute_not_exists(#s)"
+        elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
+            stored = sequence.zfill(SEQUENCE_DIGITS)
+        else:
+            raise BackendError(
+                f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
+            )
+        update, names, values = "SET #s = :new", {"#s": "sequence"}, {":new": {"S": stored}}
+        life = self._lives().get(stream) or self._stream_life(stream)
+        if life is not None:
+            update += ", #arn = :arn, #created = :created"
+            names.update(_LIFE_NAMES)
+            values.update({":arn": {"S": life[0]}, ":created": {"S": life[1]}})
+        with self._checkpoint_table(pipeline, during_run=True) as table:
+            try:
+                self._client("dynamodb").update_item(
+                    TableName=table,
+                    Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                )
+            except ClientError as error:
+                # An equal or later checkpoint is already there; keep it.
+                if error_code(error) != "ConditionalCheckFailedException":
+                    raise
+
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+        life = self._stream_life(stream)
+        with self._checkpoint_table(pipeline) as table:
+            for item in self._checkpoint_items(pipeline, stream):
+                if _life_of(item) not in (None, life):
+                    self._client("dynamodb").delete_item(
+                        TableName=table, Key={k: item[k] for k in ("stream", "shard_id")}
+                    )
+
+    def _checkpoint_items(self, pipeline: str, stream: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
         params: dict[str, Any] = {
             "KeyConditionExpression": "#stream = :stream",
             "ExpressionAttributeNames": {"#stream": "stream"},
@@ -81,38 +156,42 @@ class CheckpointsMixin(AwsSession):
         with self._checkpoint_table(pipeline) as table:
             while True:
                 page = self._client("dynamodb").query(TableName=table, **params)
-                for item in page["Items"]:
-                    stored = item["sequence"]["S"]
-                    sequence = stored if stored == SHARD_END else stored.lstrip("0") or "0"
-                    checkpoints[item["shard_id"]["S"]] = sequence
+                items += page["Items"]
                 if "LastEvaluatedKey" not in page:
-                    return checkpoints
+                    return items
                 params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
-        if sequence == SHARD_END:
-            stored = sequence
-        elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
-            stored = sequence.zfill(SEQUENCE_DIGITS)
-        else:
-            raise BackendError(
-                f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
-            )
-        with self._checkpoint_table(pipeline, during_run=True) as table:
+    def _adopt(self, pipeline: str, item: dict[str, Any], life: tuple[str, str]) -> None:
+        """Give a checkpoint written before streams' lives were kept the stream's life now."""
+        with self._checkpoint_table(pipeline) as table:
             try:
                 self._client("dynamodb").update_item(
                     TableName=table,
-                    Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
-                    UpdateExpression="SET #s = :new",
-                    ConditionExpression="attribute_not_exists(#s) OR #s < :new",
-                    ExpressionAttributeNames={"#s": "sequence"},
-                    ExpressionAttributeValues={":new": {"S": stored}},
+                    Key={k: item[k] for k in ("stream", "shard_id")},
+                    UpdateExpression="SET #arn = :arn, #created = :created",
+                    ConditionExpression="attribute_not_exists(#arn)",
+                    ExpressionAttributeNames=_LIFE_NAMES,
+                    ExpressionAttributeValues={":arn": {"S": life[0]}, ":created": {"S": life[1]}},
                 )
             except ClientError as error:
-                # An equal or later checkpoint is already there; keep it.
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
+
+    def _stream_life(self, stream: str) -> tuple[str, str] | None:
+        """The stream's ARN and creation time (ISO), or None if it does not exist."""
+        try:
+            with backend_errors(f"stream '{stream}'", missing=StreamNotFound):
+                answer = self._client("kinesis").describe_stream_summary(StreamName=stream)
+        except StreamNotFound:
+            return None
+        summary = answer["StreamDescriptionSummary"]
+        created = summary["StreamCreationTimestamp"].astimezone(datetime.timezone.utc)
+        return summary["StreamARN"], created.isoformat()
+
+    def _lives(self) -> dict[str, tuple[str, str]]:
+        """The life of each stream whose checkpoints this backend read: the one its
+        checkpoints are written for, even if the stream is created again meanwhile."""
+        return self.__dict__.setdefault("_stream_lives", {})
 
     # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
     # run on another machine sees it; a run that dies lets it lapse after LEASE_S, or is taken
@@ -226,6 +305,16 @@ class CheckpointsMixin(AwsSession):
 
 def _table(pipeline: str) -> str:
     return f"{pipeline}-checkpoints"
+
+
+_LIFE_NAMES = {"#arn": "stream_arn", "#created": "stream_created"}
+
+
+def _life_of(item: dict[str, Any]) -> tuple[str, str] | None:
+    """The stream life a checkpoint item was written for; None for one written before."""
+    if "stream_arn" not in item:
+        return None
+    return item["stream_arn"]["S"], item["stream_created"]["S"]
 
 
 def _lease(owner: str, now: int) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import email.utils
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +22,13 @@ from runner.backends.base import (
     StreamNotFound,
     check_batch,
     check_shard_count,
+    start_mark,
 )
 
 SHARDS_PER_PAGE = 1000
+# How far apart the arrival times that Kinesis' hosts stamp may be: a restart from a LATEST
+# position goes back this much further, reading a few records twice rather than skip one.
+LATEST_MARGIN_S = 1.0
 
 
 class StreamsMixin(AwsSession):
@@ -113,12 +119,27 @@ class StreamsMixin(AwsSession):
             if timestamp is None or timestamp.tzinfo is None:
                 raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
             params["Timestamp"] = timestamp
-        with backend_errors(
-            f"shard '{shard_id}' of stream '{stream}'", missing=StreamNotFound, during_run=True
-        ):
-            return self._client("kinesis", data_plane=True).get_shard_iterator(**params)[
-                "ShardIterator"
-            ]
+        return self._iterator_answer(params)["ShardIterator"]
+
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        """A LATEST iterator, and a start mark AT_TIMESTAMP of a moment before its position.
+
+        The moment is on Kinesis' clock, which stamps the arrival times AT_TIMESTAMP compares
+        with, not this machine's: the answer's Date (whole seconds, rounded down, so no later
+        than the answer) less how long the call took, which the position is no earlier than."""
+        before = datetime.datetime.now(datetime.timezone.utc)
+        asked = time.monotonic()
+        answer = self._iterator_answer(
+            {"StreamName": stream, "ShardId": shard_id, "ShardIteratorType": "LATEST"}
+        )
+        took = datetime.timedelta(seconds=time.monotonic() - asked)
+        date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            moment = email.utils.parsedate_to_datetime(date) - took
+        except (TypeError, ValueError):  # no Date: this machine's clock, before the call
+            moment = before
+        moment -= datetime.timedelta(seconds=LATEST_MARGIN_S)
+        return answer["ShardIterator"], start_mark("AT_TIMESTAMP", timestamp=moment)
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records; raises IteratorExpired, Throttled or StreamNotFound."""
@@ -163,6 +184,11 @@ class StreamsMixin(AwsSession):
             )
             for r in answer["Records"]
         ]
+
+    def _iterator_answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        where = f"shard '{params['ShardId']}' of stream '{params['StreamName']}'"
+        with backend_errors(where, missing=StreamNotFound, during_run=True):
+            return self._client("kinesis", data_plane=True).get_shard_iterator(**params)
 
     def _active_stream(self, name: str) -> StreamDescription:
         """Poll until the stream is ACTIVE and return it; raises StreamNotFound."""
