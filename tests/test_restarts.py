@@ -22,6 +22,7 @@ resources:
   streams:
     source: {name: in, shards: 1}
     out: {name: out, shards: 1}
+    rejects: {name: rejects, shards: 1}
 source:
   stream: source
   start: START
@@ -29,6 +30,7 @@ route:
   partition_key: session_id
   cases:
     - to: out
+dead_letter: {stream: rejects}  # the aws target needs one off this machine
 """
 
 
