@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from runner.backends.aws.errors import backend_errors
+from runner.backends.aws.errors import backend_errors, complete
 from runner.backends.aws.session import AwsSession
 from runner.backends.base import (
     ITERATOR_TYPES,
@@ -77,7 +77,11 @@ class StreamsMixin(AwsSession):
         params: dict[str, Any] = {"StreamName": stream}
         with backend_errors(f"stream '{stream}'", missing=StreamNotFound, during_run=True):
             while True:
-                page = self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params)
+                page = complete(
+                    self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params),
+                    "ListShards",
+                    "Shards",
+                )
                 shards.extend(_shard(s) for s in page["Shards"])
                 if not page.get("NextToken"):
                     return shards
@@ -116,9 +120,8 @@ class StreamsMixin(AwsSession):
         with backend_errors(
             f"shard '{shard_id}' of stream '{stream}'", missing=StreamNotFound, during_run=True
         ):
-            return self._client("kinesis", data_plane=True).get_shard_iterator(**params)[
-                "ShardIterator"
-            ]
+            answer = self._client("kinesis", data_plane=True).get_shard_iterator(**params)
+            return complete(answer, "GetShardIterator", "ShardIterator")["ShardIterator"]
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records; raises IteratorExpired, Throttled or StreamNotFound."""
@@ -128,6 +131,7 @@ class StreamsMixin(AwsSession):
             answer = self._client("kinesis", data_plane=True).get_records(
                 ShardIterator=iterator, Limit=limit
             )
+            complete(answer, "GetRecords", "Records")
         records = [
             Record(
                 sequence=r["SequenceNumber"],
@@ -154,6 +158,7 @@ class StreamsMixin(AwsSession):
                 StreamName=stream,
                 Records=[{"Data": bytes(data), "PartitionKey": key} for data, key in entries],
             )
+            complete(answer, "PutRecords", "Records")
         return [
             PutResult(
                 shard_id=r.get("ShardId"),
