@@ -82,17 +82,15 @@ class StreamReader:
         # Shards read to their end, by this reader or before (a SHARD_END checkpoint).
         self._followed = {shard for shard, seq in self.checkpoints.items() if seq == SHARD_END}
         self._next_refresh = 0.0
-        self._refresh()
+        self._refresh_failure: tuple[Throttled, float] | None = None  # and since when
+        self._try_refresh(self.clock())
 
     # Reading
     def poll(self) -> list[ShardBatch]:
         """One GetRecords call on every shard that may be asked now; [] when none may."""
         now = self.clock()
         if now >= self._next_refresh:
-            try:
-                self._refresh()
-            except Throttled:
-                self._next_refresh = now + EMPTY_INTERVAL_S  # the shards we know go on
+            self._try_refresh(now)
         ready = [s for s in self._shards.values() if not s.finished and s.next_call <= now]
         if len(ready) > 1 and self.backend.read_workers > 1:
             if self._pool is None:
@@ -102,7 +100,7 @@ class StreamReader:
             answers = [self._read(state, now) for state in ready]
         batches = [batch for batch in answers if batch is not None]
         if any(batch.finished for batch in batches):
-            self._refresh()  # children of a finished parent may start now
+            self._try_refresh(now)  # children of a finished parent may start now
         return batches
 
     def wait_time(self) -> float:
@@ -118,8 +116,11 @@ class StreamReader:
 
     @property
     def caught_up(self) -> bool:
-        """True when every shard's last answer was empty with nothing behind, or it finished."""
-        return all(s.finished or s.at_end for s in self._shards.values())
+        """True when every shard's last answer was empty with nothing behind, or it finished,
+        and the shards were listed (a shard may be waiting to start)."""
+        return self._refresh_failure is None and all(
+            s.finished or s.at_end for s in self._shards.values()
+        )
 
     def has_read(self, written: dict[str, int]) -> bool:
         """Whether every record up to these sequence numbers (shard id -> sequence) was
@@ -212,6 +213,17 @@ class StreamReader:
         )
 
     # Shards
+    def _try_refresh(self, now: float) -> None:
+        try:
+            self._refresh()
+        except Throttled as error:
+            # The shards we know go on; the listing is asked again soon.
+            self._next_refresh = now + EMPTY_INTERVAL_S
+            since = self._refresh_failure[1] if self._refresh_failure else now
+            self._refresh_failure = (error, since)
+        else:
+            self._refresh_failure = None
+
     def _refresh(self) -> None:
         """Start every shard whose parents are read to their end."""
         self._next_refresh = self.clock() + SHARD_REFRESH_S

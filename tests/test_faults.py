@@ -27,8 +27,9 @@ class Faulty:
     def __init__(self, backend, **faults):
         self._backend = backend
         self.faults = faults
-        self.calls = {"put_records": 0, "get_records": 0, "set_checkpoint": 0}
+        self.calls = {"put_records": 0, "get_records": 0, "set_checkpoint": 0, "list_shards": 0}
         self.seen = set()
+        self.resharded = False
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
@@ -71,6 +72,14 @@ class Faulty:
             raise Throttled("checkpoint table: PutItem throttled")
         self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
 
+    def list_shards(self, stream):
+        # The first listings after a reshard are throttled: among them, the one made as soon
+        # as the parent shard is read to its end.
+        if self.resharded and self.calls["list_shards"] < self.faults.get("throttle_listings", 0):
+            self.calls["list_shards"] += 1
+            raise Throttled(f"stream '{stream}': ListShards throttled (LimitExceededException)")
+        return self._backend.list_shards(stream)
+
     def get_records(self, iterator, limit=10_000):
         self.calls["get_records"] += 1
         count = self.calls["get_records"]
@@ -80,6 +89,7 @@ class Faulty:
             raise Throttled("Rate exceeded for shard")
         if count == self.faults.get("reshard_at"):
             self._backend.update_shard_count(SOURCE, 3)
+            self.resharded = True
         return self._backend.get_records(iterator, min(limit, self.faults.get("read_limit", limit)))
 
 
@@ -178,10 +188,11 @@ def test_each_keys_records_reach_its_sink_once_and_in_source_order(scenario, fau
     assert landed == expected
 
 
-def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario):
+@pytest.mark.parametrize("throttle_listings", [0, 1], ids=["listed", "throttled-listing"])
+def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario, throttle_listings):
     loaded, backend, state = scenario
     before = put_sessions(backend, 300, seed=12)
-    faulty = Faulty(backend, read_limit=100, reshard_at=2)
+    faulty = Faulty(backend, read_limit=100, reshard_at=2, throttle_listings=throttle_listings)
     original_get = faulty.get_records
 
     def get_then_add_more(iterator, limit=10_000):
