@@ -226,15 +226,30 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
 @click.option(
     "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N source records."
 )
+@click.option(
+    "--give-up-after",
+    type=click.FloatRange(min=0, min_open=True),
+    default=engine.GIVE_UP_AFTER_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Fail the run when a service it needs keeps failing (or cannot be reached) this long.",
+)
 @strict_option
 @target_options
 @reports_errors
 def run(
-    spec: str, until_idle: float | None, max_records: int | None, strict: bool, target: Target
+    spec: str,
+    until_idle: float | None,
+    max_records: int | None,
+    give_up_after: float,
+    strict: bool,
+    target: Target,
 ) -> int:
     """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
     loaded = target.load(spec, strict=strict, warn=say)
-    options = engine.RunOptions(until_idle=until_idle, max_records=max_records)
+    options = engine.RunOptions(
+        until_idle=until_idle, max_records=max_records, give_up_after=give_up_after
+    )
     return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
 
 

@@ -7,7 +7,7 @@ what was read is written and checkpointed, every record routed is delivered, and
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import signal
 import threading
 import time
@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.backends.base import SHARD_END, Backend, BackendError, Record, Throttled
+from runner.backends.base import SHARD_END, Backend, BackendError, Record
 from runner.dead_letter import DeadLetter
 from runner.delivery import Delivery
+from runner.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
 from runner.reader import Position, ShardBatch, StreamReader
 from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.sink import Sink, backoff_cap
+from runner.sink import Sink
 from runner.spec import Spec, SpecError, parse_timestamp
 
 STATUS_EVERY_S = 5.0
@@ -33,6 +34,8 @@ class RunOptions:
     until_idle: float | None = None  # stop once nothing arrived for this many seconds
     max_records: int | None = None  # stop after this many source records
     status_every: float = STATUS_EVERY_S
+    # A call failing for this long (a lost network, a failing service) ends the run.
+    give_up_after: float | None = GIVE_UP_AFTER_S
 
 
 @dataclass
@@ -81,10 +84,21 @@ class Engine:
         self.sleep = sleep
         self.journey = Journey(spec)
         self.source = spec.streams[spec.source.stream].name
+        self._stopping = threading.Event()
+        self.patience = Patience(
+            give_up_after=options.give_up_after,
+            service=f"the {backend.name} target",
+            report=lambda line: report(f"[{spec.pipeline}] {line}"),
+            stopping=self._stopping,
+            status_every=options.status_every,
+            clock=clock,
+            sleep=sleep,
+        )
         self.sinks = {
-            key: Sink(backend, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
+            key: Sink(backend, spec.streams[key].name, sleep=sleep, patience=self.patience)
+            for key in _routed(spec)
         }
-        self.dead_letter = DeadLetter(spec, backend, state_dir)
+        self.dead_letter = DeadLetter(spec, backend, state_dir, patience=self.patience)
         self.deliveries = (
             []
             if backend.delivers_firehoses
@@ -98,7 +112,6 @@ class Engine:
             clock=clock,
         )
         self.counts = Counts()
-        self._stopping = threading.Event()
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in flight."""
@@ -111,7 +124,9 @@ class Engine:
             last_activity = next_status = self.clock()
             while not self._stopping.is_set():
                 polled = self.clock()
-                handled = self._handle(self.reader.poll())
+                handled = self._round()
+                if handled is None:
+                    break
                 if handled:
                     first_read = polled if first_read is None else first_read
                     self.counts.busy_s = self.clock() - first_read
@@ -139,6 +154,26 @@ class Engine:
         limit = self.options.max_records
         return limit is not None and self.counts.records_in >= limit
 
+    def _round(self) -> int | None:
+        """Read, write and checkpoint once; returns records handled, or None when a stop ended
+        a wait for a failing service (what was read is read again by the next run)."""
+        batches = self.reader.poll()
+        if failing := self.reader.failing:
+            self.patience.failing(*failing)
+        counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
+        try:
+            return self._handle(batches)
+        except Abandoned as error:
+            self.counts = counted  # as if the round, not checkpointed, was never read
+            self.report(
+                f"[{self.spec.pipeline}] stopped while waiting for {self.patience.service}: "
+                f"{error}: what was read since the last checkpoint is read again by the next run"
+            )
+            return None
+        except GaveUp:
+            self.counts = counted
+            raise
+
     def _handle(self, batches: list[ShardBatch]) -> int:
         """Process, write and checkpoint one round of batches; returns records handled."""
         if not batches:
@@ -165,12 +200,9 @@ class Engine:
 
     def _checkpoint(self, shard_id: str, sequence: str) -> None:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
-        for attempt in itertools.count():
-            try:
-                self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
-                return
-            except Throttled:
-                self.sleep(backoff_cap(attempt))
+        self.patience.retry(
+            lambda: self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+        )
 
     def _within_limit(self, records: list[Record]) -> list[Record]:
         limit = self.options.max_records
@@ -287,7 +319,11 @@ def run(
         engine.stop()
 
     with backend.running(spec.pipeline, on_lost=lost):
-        return _run(engine, report)
+        try:
+            return _run(engine, report)
+        except GaveUp as error:
+            gave_up = error  # raised once the run lock is let go, as at a normal end
+    raise gave_up
 
 
 def _run(engine: Engine, report: Callable[[str], None]) -> int:
@@ -317,6 +353,9 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
             "is read again by the next run"
         )
         return 130
+    except GaveUp:
+        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
+        raise
     report(f"[{spec.pipeline}] done: {counts.line()}")
     for delivery in engine.deliveries:
         objects = len(delivery.objects)

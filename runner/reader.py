@@ -61,6 +61,8 @@ class _ShardState:
     finished: bool = False
     at_end: bool = False  # the last answer was empty and nothing is behind
     millis_behind: int = 0
+    failure: Throttled | None = None  # of the calls failing since failing_since, the last
+    failing_since: float = 0.0
 
 
 @dataclass
@@ -102,6 +104,15 @@ class StreamReader:
         if any(batch.finished for batch in batches):
             self._try_refresh(now)  # children of a finished parent may start now
         return batches
+
+    @property
+    def failing(self) -> tuple[Throttled, float] | None:
+        """The last error of the calls that have been failing the longest (a shard's reads or
+        the shard listing), and since when; None when no call is failing."""
+        failures = [(s.failure, s.failing_since) for s in self._shards.values() if s.failure]
+        if self._refresh_failure is not None:
+            failures.append(self._refresh_failure)
+        return min(failures, key=lambda failure: failure[1], default=None)
 
     def wait_time(self) -> float:
         """Seconds until some shard may be asked again."""
@@ -159,7 +170,9 @@ class StreamReader:
             state.iterator = None  # renewed from the last record handed out, next call
             state.at_end = False  # not known to be caught up until it is asked again
             return None
-        except Throttled:
+        except Throttled as error:
+            state.failing_since = state.failing_since if state.failure else now
+            state.failure = error
             state.at_end = False
             state.throttle_wait = min(
                 MAX_THROTTLE_WAIT_S, max(MIN_CALL_INTERVAL_S, state.throttle_wait * 2)
@@ -167,6 +180,7 @@ class StreamReader:
             state.next_call = now + state.throttle_wait
             return None
         state.throttle_wait = 0.0
+        state.failure = None
         state.iterator = answer.next_iterator
         state.millis_behind = answer.millis_behind
         if answer.records:
