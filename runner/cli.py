@@ -266,6 +266,14 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     help="Delete checkpoints kept for an earlier stream of the same name (deleted and "
     "created again), and read the new one from source.start.",
 )
+@click.option(
+    "--give-up-after",
+    type=click.FloatRange(min=0, min_open=True),
+    default=engine.GIVE_UP_AFTER_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Fail the run when a service it needs keeps failing (or cannot be reached) this long.",
+)
 @strict_option
 @target_options
 @reports_errors
@@ -274,6 +282,7 @@ def run(
     until_idle: float | None,
     max_records: int | None,
     forget_old_checkpoints: bool,
+    give_up_after: float,
     strict: bool,
     target: Target,
 ) -> int:
@@ -283,6 +292,7 @@ def run(
         until_idle=until_idle,
         max_records=max_records,
         forget_old_checkpoints=forget_old_checkpoints,
+        give_up_after=give_up_after,
     )
     return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
 

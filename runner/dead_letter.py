@@ -30,6 +30,7 @@ from pathlib import Path
 from runner.backends import CHECKPOINTS_OFF_MACHINE
 from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record, disk_errors
 from runner.delivery import object_key
+from runner.patience import Patience
 from runner.sink import Sink
 from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
 
@@ -77,6 +78,7 @@ class DeadLetter:
         *,
         now: Callable[[], datetime.datetime] = _utc_now,
         report: Callable[[str], None] = lambda line: None,
+        patience: Patience | None = None,
     ) -> None:
         self.pipeline = spec.pipeline
         self.backend = backend
@@ -86,7 +88,10 @@ class DeadLetter:
         declared = spec.dead_letter
         stream = declared.stream if declared else None
         bucket = declared.bucket if declared else None
-        self.sink = Sink(backend, spec.streams[stream].name) if stream else None
+        self.patience = patience or Patience()
+        self.sink = (
+            Sink(backend, spec.streams[stream].name, patience=self.patience) if stream else None
+        )
         self.bucket = spec.buckets[bucket].name if bucket else None
         self.prefix = declared.prefix if bucket else ""
         # Only where the state folder lasts as long as the checkpoints (the local target).
@@ -149,7 +154,8 @@ class DeadLetter:
         if self.bucket is not None:
             # One object per write; an object, unlike a stream record, has no 1 MiB limit.
             key = object_key(self.prefix, self.pipeline, self.now())
-            self.backend.put_object(self.bucket, key, b"".join(data for data, _ in pending))
+            body = b"".join(data for data, _ in pending)
+            self.patience.retry(lambda: self.backend.put_object(self.bucket, key, body))
             self.objects.append(key)
             self.count += len(pending)
             return

@@ -7,7 +7,7 @@ what was read is written and checkpointed, every record routed is delivered, and
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import signal
 import threading
 import time
@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.backends.base import SHARD_END, Backend, BackendError, Record, Throttled
+from runner.backends.base import SHARD_END, Backend, BackendError, Record
 from runner.dead_letter import DeadLetter, run_refusal
 from runner.delivery import Delivery
+from runner.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
 from runner.reader import Position, ShardBatch, StreamReader, stored_checkpoints
 from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.sink import Sink, backoff_cap
+from runner.sink import Sink
 from runner.spec import Spec, SpecError, parse_timestamp
 
 STATUS_EVERY_S = 5.0
@@ -34,6 +35,8 @@ class RunOptions:
     max_records: int | None = None  # stop after this many source records
     status_every: float = STATUS_EVERY_S
     forget_old_checkpoints: bool = False  # those kept for an earlier stream of the same name
+    # A call failing for this long (a lost network, a failing service) ends the run.
+    give_up_after: float | None = GIVE_UP_AFTER_S
 
 
 @dataclass
@@ -82,11 +85,26 @@ class Engine:
         self.sleep = sleep
         self.journey = Journey(spec)
         self.source = spec.streams[spec.source.stream].name
+        self._stopping = threading.Event()
+        self.patience = Patience(
+            give_up_after=options.give_up_after,
+            service=f"the {backend.name} target",
+            report=lambda line: report(f"[{spec.pipeline}] {line}"),
+            stopping=self._stopping,
+            status_every=options.status_every,
+            clock=clock,
+            sleep=sleep,
+        )
         self.sinks = {
-            key: Sink(backend, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
+            key: Sink(backend, spec.streams[key].name, sleep=sleep, patience=self.patience)
+            for key in _routed(spec)
         }
         self.dead_letter = DeadLetter(
-            spec, backend, state_dir, report=lambda line: report(f"[{spec.pipeline}] {line}")
+            spec,
+            backend,
+            state_dir,
+            report=lambda line: report(f"[{spec.pipeline}] {line}"),
+            patience=self.patience,
         )
         self.deliveries = (
             []
@@ -112,7 +130,6 @@ class Engine:
             on_start=self._checkpoint,  # where a shard was first read, so a restart goes on
         )
         self.counts = Counts()
-        self._stopping = threading.Event()
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in flight."""
@@ -125,7 +142,9 @@ class Engine:
             last_activity = next_status = self.clock()
             while not self._stopping.is_set():
                 polled = self.clock()
-                handled = self._handle(self.reader.poll())
+                handled = self._round()
+                if handled is None:
+                    break
                 if handled:
                     first_read = polled if first_read is None else first_read
                     self.counts.busy_s = self.clock() - first_read
@@ -153,6 +172,26 @@ class Engine:
         limit = self.options.max_records
         return limit is not None and self.counts.records_in >= limit
 
+    def _round(self) -> int | None:
+        """Read, write and checkpoint once; returns records handled, or None when a stop ended
+        a wait for a failing service (what was read is read again by the next run)."""
+        counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
+        try:
+            batches = self.reader.poll()  # may record where a shard starts: a write too
+            if failing := self.reader.failing:
+                self.patience.failing(*failing)
+            return self._handle(batches)
+        except Abandoned as error:
+            self.counts = counted  # as if the round, not checkpointed, was never read
+            self.report(
+                f"[{self.spec.pipeline}] stopped while waiting for {self.patience.service}: "
+                f"{error}: what was read since the last checkpoint is read again by the next run"
+            )
+            return None
+        except GaveUp:
+            self.counts = counted
+            raise
+
     def _handle(self, batches: list[ShardBatch]) -> int:
         """Process, write and checkpoint one round of batches; returns records handled."""
         if not batches:
@@ -179,12 +218,9 @@ class Engine:
 
     def _checkpoint(self, shard_id: str, sequence: str) -> None:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
-        for attempt in itertools.count():
-            try:
-                self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
-                return
-            except Throttled:
-                self.sleep(backoff_cap(attempt))
+        self.patience.retry(
+            lambda: self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+        )
 
     def _within_limit(self, records: list[Record]) -> list[Record]:
         limit = self.options.max_records
@@ -304,7 +340,11 @@ def run(
         engine.stop()
 
     with backend.running(spec.pipeline, on_lost=lost):
-        return _run(engine, report)
+        try:
+            return _run(engine, report)
+        except GaveUp as error:
+            gave_up = error  # raised once the run lock is let go, as at a normal end
+    raise gave_up
 
 
 def _run(engine: Engine, report: Callable[[str], None]) -> int:
@@ -334,6 +374,9 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
             "is read again by the next run"
         )
         return 130
+    except GaveUp:
+        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
+        raise
     except Exception:
         # What was done until then; the error itself is said last, by the caller.
         report(f"[{spec.pipeline}] stopped by an error: {engine.counts.line()}")

@@ -85,6 +85,8 @@ class _ShardState:
     finished: bool = False
     at_end: bool = False  # the last answer was empty and nothing is behind
     millis_behind: int = 0
+    failure: Throttled | None = None  # of the calls failing since failing_since, the last
+    failing_since: float = 0.0
 
 
 @dataclass
@@ -107,17 +109,15 @@ class StreamReader:
         self._followed = {shard for shard, seq in self.checkpoints.items() if seq == SHARD_END}
         self._skipped: set[str] = set()  # closed before reading began: never read (LATEST)
         self._next_refresh = 0.0
-        self._refresh()
+        self._refresh_failure: tuple[Throttled, float] | None = None  # and since when
+        self._try_refresh(self.clock())
 
     # Reading
     def poll(self) -> list[ShardBatch]:
         """One GetRecords call on every shard that may be asked now; [] when none may."""
         now = self.clock()
         if now >= self._next_refresh:
-            try:
-                self._refresh()
-            except Throttled:
-                self._next_refresh = now + EMPTY_INTERVAL_S  # the shards we know go on
+            self._try_refresh(now)
         ready = [s for s in self._shards.values() if not s.finished and s.next_call <= now]
         if len(ready) > 1 and self.backend.read_workers > 1:
             if self._pool is None:
@@ -127,8 +127,17 @@ class StreamReader:
             answers = [self._read(state, now) for state in ready]
         batches = [batch for batch in answers if batch is not None]
         if any(batch.finished for batch in batches):
-            self._refresh()  # children of a finished parent may start now
+            self._try_refresh(now)  # children of a finished parent may start now
         return batches
+
+    @property
+    def failing(self) -> tuple[Throttled, float] | None:
+        """The last error of the calls that have been failing the longest (a shard's reads or
+        the shard listing), and since when; None when no call is failing."""
+        failures = [(s.failure, s.failing_since) for s in self._shards.values() if s.failure]
+        if self._refresh_failure is not None:
+            failures.append(self._refresh_failure)
+        return min(failures, key=lambda failure: failure[1], default=None)
 
     def wait_time(self) -> float:
         """Seconds until some shard may be asked again."""
@@ -143,8 +152,11 @@ class StreamReader:
 
     @property
     def caught_up(self) -> bool:
-        """True when every shard's last answer was empty with nothing behind, or it finished."""
-        return all(s.finished or s.at_end for s in self._shards.values())
+        """True when every shard's last answer was empty with nothing behind, or it finished,
+        and the shards were listed (a shard may be waiting to start)."""
+        return self._refresh_failure is None and all(
+            s.finished or s.at_end for s in self._shards.values()
+        )
 
     def has_read(self, written: dict[str, int]) -> bool:
         """Whether every record up to these sequence numbers (shard id -> sequence) was
@@ -183,7 +195,9 @@ class StreamReader:
             state.iterator = None  # renewed from the last record handed out, next call
             state.at_end = False  # not known to be caught up until it is asked again
             return None
-        except Throttled:
+        except Throttled as error:
+            state.failing_since = state.failing_since if state.failure else now
+            state.failure = error
             state.at_end = False
             state.throttle_wait = min(
                 MAX_THROTTLE_WAIT_S, max(MIN_CALL_INTERVAL_S, state.throttle_wait * 2)
@@ -191,6 +205,7 @@ class StreamReader:
             state.next_call = now + state.throttle_wait
             return None
         state.throttle_wait = 0.0
+        state.failure = None
         state.iterator = answer.next_iterator
         state.millis_behind = answer.millis_behind
         if answer.records:
@@ -246,6 +261,17 @@ class StreamReader:
         return iterator, start_mark(start.iterator_type, start.sequence, start.timestamp)
 
     # Shards
+    def _try_refresh(self, now: float) -> None:
+        try:
+            self._refresh()
+        except Throttled as error:
+            # The shards we know go on; the listing is asked again soon.
+            self._next_refresh = now + EMPTY_INTERVAL_S
+            since = self._refresh_failure[1] if self._refresh_failure else now
+            self._refresh_failure = (error, since)
+        else:
+            self._refresh_failure = None
+
     def _refresh(self) -> None:
         """Start every shard whose parents are read to their end."""
         self._next_refresh = self.clock() + SHARD_REFRESH_S

@@ -19,13 +19,12 @@ from runner.backends.base import (
     BackendError,
     Throttled,
 )
+from runner.patience import Patience, backoff_cap
 
 Entry = tuple[bytes, str]  # (data, partition key)
 
 # PutRecords entry errors that a later attempt can fix; any other fails the run.
 RETRYABLE = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
-FIRST_BACKOFF_S = 0.05
-MAX_BACKOFF_S = 5.0
 
 
 def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
@@ -69,11 +68,14 @@ class Sink:
         *,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        patience: Patience | None = None,
     ) -> None:
         self.backend = backend
         self.stream = stream
         self.sleep = sleep
         self.jitter = jitter
+        # How long calls that fail whole are retried; by default, for as long as they fail.
+        self.patience = patience or Patience(sleep=sleep)
         self.retries = 0  # entries or calls retried, for the run's report
         self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
 
@@ -87,42 +89,51 @@ class Sink:
     def _put_wave(self, pending: list[Entry]) -> None:
         """Put entries of distinct partition keys, retrying the failed ones until all are in."""
         attempt = 0
+        since: float | None = None  # when the calls began to fail with nothing accepted
         while pending:
-            try:
-                results = self.backend.put_records(self.stream, pending)
-            except Throttled:
-                results = None
-            if results is None:
-                failed = pending
-            else:
-                for result in results:
-                    if result.ok:
-                        sequence = int(result.sequence)
-                        if sequence > self.written.get(result.shard_id, -1):
-                            self.written[result.shard_id] = sequence
-                failed = [
-                    entry for entry, result in zip(pending, results, strict=True) if not result.ok
-                ]
-                refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
-                if refused:
-                    # Retrying cannot fix these (e.g. KMS access denied): fail the run
-                    # before any checkpoint moves, so nothing is lost.
-                    raise BackendError(
-                        f"stream {self.stream} refused {len(refused)} records: "
-                        f"{refused[0].error_code}: {refused[0].error_message}"
-                    )
+            started = self.patience.clock()
+            failed, failure = self._try_put(pending)
             if not failed:
                 return
             self.retries += len(failed)
-            self.sleep(self._backoff(attempt))
+            wait = self._backoff(attempt)
             attempt += 1
+            if len(failed) < len(pending):  # some went in: a busy stream, not a failing one
+                since = None
+                self.sleep(wait)
+            else:
+                since = started if since is None else since
+                self.patience.wait(failure, since, wait)
             pending = failed
+
+    def _try_put(self, pending: list[Entry]) -> tuple[list[Entry], Throttled | None]:
+        """One PutRecords call: the entries that failed, and why (None when none did)."""
+        try:
+            results = self.backend.put_records(self.stream, pending)
+        except Throttled as error:
+            return pending, error
+        for result in results:
+            if result.ok:
+                sequence = int(result.sequence)
+                if sequence > self.written.get(result.shard_id, -1):
+                    self.written[result.shard_id] = sequence
+        failed = [entry for entry, result in zip(pending, results, strict=True) if not result.ok]
+        refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
+        if refused:
+            # Retrying cannot fix these (e.g. KMS access denied): fail the run
+            # before any checkpoint moves, so nothing is lost.
+            raise BackendError(
+                f"stream {self.stream} refused {len(refused)} records: "
+                f"{refused[0].error_code}: {refused[0].error_message}"
+            )
+        if not failed:
+            return [], None
+        first = next(r for r in results if not r.ok)
+        return failed, Throttled(
+            f"stream '{self.stream}': PutRecords entries failed "
+            f"({first.error_code}: {first.error_message})"
+        )
 
     def _backoff(self, attempt: int) -> float:
         # Jitter: a random wait between half and all of an exponentially growing cap.
         return backoff_cap(attempt) * (0.5 + self.jitter() / 2)
-
-
-def backoff_cap(attempt: int) -> float:
-    """The longest wait before retry number `attempt` (from 0): doubling, capped."""
-    return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * (2 ** min(attempt, 20)))

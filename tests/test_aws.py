@@ -12,7 +12,13 @@ import urllib.parse
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ResponseStreamingError,
+    SSLError,
+)
 from botocore.stub import Stubber
 from click.testing import CliRunner
 from conftest import PIPELINES
@@ -1042,6 +1048,85 @@ def test_a_passing_service_fault_is_waited_out_like_throttling(backend):
             backend.get_records("some-iterator")
     assert str(error.value) == (
         "shard iterator: GetRecords throttled (InternalFailure: Internal service failure.)"
+    )
+
+
+KINESIS_URL = "https://kinesis.us-east-1.amazonaws.com/"
+TRANSPORT_FAILURES = {
+    "connect-timeout": (
+        ConnectTimeoutError(endpoint_url=KINESIS_URL),
+        f'Connect timeout on endpoint URL: "{KINESIS_URL}"',
+    ),
+    "tls": (
+        SSLError(endpoint_url=KINESIS_URL, error="[SSL: CERTIFICATE_VERIFY_FAILED] bad cert"),
+        f"SSL validation failed for {KINESIS_URL} [SSL: CERTIFICATE_VERIFY_FAILED] bad cert",
+    ),
+    "dns": (
+        EndpointConnectionError(endpoint_url=KINESIS_URL),
+        f'Could not connect to the endpoint URL: "{KINESIS_URL}"',
+    ),
+    "body-cut-short": (
+        ResponseStreamingError(error="IncompleteRead(40 bytes read, 57 more expected)"),
+        "An error occurred while reading from response stream: "
+        "IncompleteRead(40 bytes read, 57 more expected)",
+    ),
+}
+
+
+@pytest.mark.parametrize("failure, said", TRANSPORT_FAILURES.values(), ids=list(TRANSPORT_FAILURES))
+def test_a_transport_failure_during_a_run_is_waited_out_like_throttling(backend, failure, said):
+    backend.create_stream("orders", 1)
+
+    def fail(**_):
+        raise failure
+
+    client = backend._client("kinesis", data_plane=True)
+    client.meta.events.register_first("before-send.kinesis.PutRecords", fail)
+    with pytest.raises(Throttled) as error:
+        backend.put_records("orders", [(b"x", "k")])
+    assert str(error.value) == f"stream 'orders': {said}"
+
+
+def cut_short(client, operation):
+    """Cut every answer to `operation` in half on its way back, as a dropped connection does
+    to a 200 answer (botocore reads the broken JSON as an empty answer)."""
+
+    def cut(response_dict, **_):
+        response_dict["body"] = response_dict["body"][: len(response_dict["body"]) // 2]
+
+    client.meta.events.register(f"before-parse.kinesis.{operation}", cut)
+
+
+@pytest.mark.parametrize(
+    "operation, key",
+    [
+        ("ListShards", "Shards"),
+        ("GetShardIterator", "ShardIterator"),
+        ("GetRecords", "Records"),
+        ("PutRecords", "Records"),
+    ],
+)
+def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend, operation, key):
+    backend.create_stream("orders", 1)
+    backend.put_records("orders", [(b"x", "k")])
+    (shard,) = backend.list_shards("orders")
+    iterator = backend.get_shard_iterator("orders", shard.shard_id, "TRIM_HORIZON")
+    call, resource = {
+        "ListShards": (lambda: backend.list_shards("orders"), "stream 'orders'"),
+        "GetShardIterator": (
+            lambda: backend.get_shard_iterator("orders", shard.shard_id, "LATEST"),
+            "shard 'shardId-000000000000' of stream 'orders'",
+        ),
+        "GetRecords": (lambda: backend.get_records(iterator), "shard iterator"),
+        "PutRecords": (lambda: backend.put_records("orders", [(b"y", "k")]), "stream 'orders'"),
+    }[operation]
+    for client in (backend._client("kinesis"), backend._client("kinesis", data_plane=True)):
+        cut_short(client, operation)
+
+    with pytest.raises(Throttled) as error:
+        call()
+    assert (
+        str(error.value) == f"{resource}: the answer to {operation} was cut short (no {key} in it)"
     )
 
 

@@ -1,6 +1,8 @@
 """End to end on the aws target: the shipped scenario against a moto server on 127.0.0.1."""
 
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import re
@@ -8,13 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.parse
 from itertools import islice
 
 import boto3
 import pytest
+from click.testing import CliRunner
 from conftest import PIPELINES, REPO
 from moto.server import ThreadedMotoServer
 
+from runner.cli import cli
 from runner.produce import synthetic_sessions
 
 ACCOUNT = "123456789012"  # moto's account
@@ -421,3 +428,177 @@ def test_a_spec_without_a_region_acts_in_the_aws_configurations(separate_endpoin
     assert "trips-in" not in elsewhere["StreamNames"]
     destroyed = in_clean_env(tmp_path, "destroy", str(spec), "--yes", **env)
     assert destroyed.returncode == 0, destroyed.stderr
+
+
+# A network that cuts answers short, between a run and AWS (a loopback proxy before moto).
+
+
+class CuttingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of `endpoint` that cuts short the answers to the
+    operations in `cut` (operation -> how many of its next answers; -1: all): it sends the
+    status, the headers and half of the body, then closes the connection."""
+
+    def __init__(self, endpoint, cut):
+        self.target = urllib.parse.urlsplit(endpoint)
+        self.cut = dict(cut)
+        self.answers_cut = []  # the operations whose answers were cut, in order
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Forward(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port)
+                server.request(self.command, self.path, body, dict(self.headers))
+                answer = server.getresponse()
+                data = answer.read()
+                server.close()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if proxy.cutting(self.headers.get("X-Amz-Target", "").rpartition(".")[2]):
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_DELETE = do_HEAD = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def cutting(self, operation):
+        with self.lock:
+            left = self.cut.get(operation, 0)
+            if left:
+                self.cut[operation] = left - 1
+                self.answers_cut.append(operation)
+            return bool(left)
+
+
+@contextlib.contextmanager
+def cutting_proxy(endpoint, cut):
+    """A CuttingProxy serving until the block ends."""
+    proxy = CuttingProxy(endpoint, cut)
+    threading.Thread(target=proxy.server.serve_forever, daemon=True).start()
+    try:
+        yield proxy
+    finally:
+        proxy.server.shutdown()
+        proxy.server.server_close()
+
+
+FLAKY = """\
+pipeline: flaky
+resources:
+  streams:
+    source: {name: flaky-in, shards: 1}
+    out: {name: flaky-out, shards: 1}
+source: {stream: source}
+route:
+  partition_key: session_id
+  cases:
+    - to: out
+"""
+FLAKY_SESSIONS = [f"s{number}" for number in range(20)]
+
+
+@pytest.fixture
+def flaky(endpoint, tmp_path, aws_env):
+    """A small pipeline applied on the moto server with 20 sessions in its source; gives its
+    spec, and `pipeline` to run commands through a proxy before the server."""
+    spec = tmp_path / "flaky.yaml"
+    spec.write_text(FLAKY)
+    env = {"PIPELINE_TARGET": "aws", "PIPELINE_STATE_DIR": str(tmp_path / "state")}
+
+    def pipeline(*args, endpoint_url=endpoint):
+        return CliRunner().invoke(cli, [*args, "--endpoint-url", endpoint_url], env=env)
+
+    assert pipeline("apply", str(spec)).exit_code == 0
+    server_client(endpoint, "kinesis").put_records(
+        StreamName="flaky-in",
+        Records=[
+            {"Data": json.dumps({"session_id": s}), "PartitionKey": s} for s in FLAKY_SESSIONS
+        ],
+    )
+    yield spec, pipeline
+    pipeline("destroy", str(spec), "--yes")
+
+
+def checkpoints_and_lease(endpoint):
+    """The shard ids of the items in the checkpoint table (the lease's is '#run-lock')."""
+    items = server_client(endpoint, "dynamodb").scan(TableName="flaky-checkpoints")["Items"]
+    return sorted(item["shard_id"]["S"] for item in items)
+
+
+def test_a_run_whose_answers_are_cut_short_waits_them_out_and_loses_nothing(flaky, endpoint):
+    spec, pipeline = flaky
+    cut = {"ListShards": 1, "GetShardIterator": 1, "GetRecords": 2, "PutRecords": 2}
+    with cutting_proxy(endpoint, {**cut, "UpdateItem": 1}) as proxy:
+        ran = pipeline("run", str(spec), "--until-idle", "0.5", endpoint_url=proxy.url)
+
+    assert ran.exit_code == 0, ran.stderr
+    assert "[flaky] done: in 20 | out out 20 |" in ran.stderr
+    assert sorted(proxy.answers_cut) == sorted([*cut, "GetRecords", "PutRecords", "UpdateItem"])
+    routed = [r["session_id"] for r in read_stream(server_client(endpoint, "kinesis"), "flaky-out")]
+    assert set(routed) == set(FLAKY_SESSIONS)  # at least once: a put cut short is put again
+    assert checkpoints_and_lease(endpoint) == ["shardId-000000000000"]
+
+
+def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_line(
+    flaky, endpoint, tmp_path
+):
+    spec, pipeline = flaky
+    with cutting_proxy(endpoint, {"PutRecords": -1}) as proxy:
+        ran = pipeline("run", str(spec), "--give-up-after", "1", endpoint_url=proxy.url)
+
+    assert ran.exit_code == 1
+    assert ran.stderr.splitlines() == [
+        "[flaky] reading flaky-in on the aws target (Ctrl-C stops cleanly)",
+        "[flaky] no checkpoints for pipeline flaky: starting at trim_horizon",
+        f"[flaky] dead letter: file {tmp_path}/state/dead-letter/flaky.jsonl",
+        "[flaky] stopped: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
+        "error: gave up waiting for the aws target after 1 s (--give-up-after): stream "
+        "'flaky-out': the answer to PutRecords was cut short (no Records in it); the next run "
+        "reads again what this one did not checkpoint",
+    ]
+    assert checkpoints_and_lease(endpoint) == []  # no checkpoint, and the run lock let go
+
+
+def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, endpoint, tmp_path):
+    spec, _ = flaky
+    with cutting_proxy(endpoint, {"PutRecords": -1}) as proxy:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(spec), "--endpoint-url", proxy.url],
+            cwd=REPO,
+            env={**os.environ, "PIPELINE_TARGET": "aws", "PIPELINE_STATE_DIR": str(tmp_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            while len(proxy.answers_cut) < 3 and run.poll() is None:
+                time.sleep(0.05)
+            run.send_signal(signal.SIGINT)
+            out, err = run.communicate(timeout=30)
+        finally:
+            run.kill()
+
+    assert run.returncode == 0, err
+    assert err.splitlines()[-2:] == [
+        "[flaky] stopped while waiting for the aws target: stream 'flaky-out': the answer to "
+        "PutRecords was cut short (no Records in it): what was read since the last checkpoint "
+        "is read again by the next run",
+        "[flaky] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
+    ]
+    assert checkpoints_and_lease(endpoint) == []

@@ -12,10 +12,11 @@ from moto import mock_aws
 
 from runner import engine, spec
 from runner.backends.aws import AwsBackend
-from runner.backends.base import BackendError, Record
+from runner.backends.base import BackendError, Record, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.dead_letter import DeadLetter
+from runner.patience import Patience
 from runner.provision import apply
 
 ARRIVAL = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
@@ -126,6 +127,33 @@ def test_with_a_bucket_each_write_is_one_json_lines_object_keyed_like_firehose(
     assert dead_letter.summary() == (
         "3 records in 2 objects in bucket shop-rejects under dead-letter/"
     )
+
+
+def test_a_bucket_that_cannot_be_reached_for_a_while_is_waited_for(write_spec, tmp_path):
+    loaded = spec.load(write_spec(WITH_BUCKET + "dead_letter: {bucket: rejects}\n"))
+    backend = LocalBackend(tmp_path / "state")
+    backend.create_bucket("shop-rejects")
+    put_object = backend.put_object
+    tries = []
+
+    def unreachable_twice(bucket, key, body):
+        tries.append(key)
+        if len(tries) <= 2:
+            raise Throttled(f"bucket '{bucket}': Could not connect to the endpoint URL")
+        put_object(bucket, key, body)
+
+    backend.put_object = unreachable_twice
+    waits = []
+    dead_letter = DeadLetter(
+        loaded, backend, tmp_path / "state", patience=Patience(sleep=waits.append)
+    )
+
+    dead_letter.add("not JSON", "in", "shardId-0", Record("7", "k1", b"{not json", ARRIVAL))
+    dead_letter.write()
+
+    (entries,) = objects(backend, "shop-rejects").values()
+    assert [e["sequence"] for e in entries] == ["7"]
+    assert len(set(tries)) == 1 and waits == [0.05, 0.1]  # the same object, tried again
 
 
 def test_the_run_says_at_start_where_the_dead_letter_goes(write_spec, tmp_path):

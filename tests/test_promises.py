@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -90,7 +91,7 @@ def setup(tmp_path, *, firehoses=""):
     return loaded, backend, state
 
 
-def make_engine(loaded, backend, state, clock=None, **options):
+def make_engine(loaded, backend, state, clock=None, report=lambda line: None, **options):
     clock = clock or Clock()
     options.setdefault("until_idle", 1.0)
     return engine.Engine(
@@ -98,7 +99,7 @@ def make_engine(loaded, backend, state, clock=None, **options):
         backend,
         state,
         engine.RunOptions(**options),
-        lambda line: None,
+        report,
         clock=clock,
         sleep=clock.sleep,
     )
@@ -364,6 +365,126 @@ def test_a_long_throttled_put_keeps_waiting_instead_of_failing():
     sink.put([(b"{}", "k")])
 
     assert max(waits) == 5.0
+
+
+# A failing service: waited out within a deadline, and a stop ends the wait.
+
+LOST = 'Could not connect to the endpoint URL: "https://kinesis.us-east-1.amazonaws.com/"'
+
+
+class Failing:
+    """The local backend, with one of its calls failing as a lost network makes it fail until
+    the clock reaches `until` (only the run's own checkpoints, not its deliveries')."""
+
+    def __init__(self, backend, method, clock, until=10_000.0):
+        self._backend = backend
+        self.method = method
+        self.clock = clock
+        self.until = until
+
+    def __getattr__(self, name):
+        call = getattr(self._backend, name)
+        if name != self.method:
+            return call
+
+        def failing(*args, **kwargs):
+            delivery = name == "set_checkpoint" and args[0].startswith("firehose:")
+            if self.clock() < self.until and not delivery:
+                raise Throttled(f"{name}: {LOST}")
+            return call(*args, **kwargs)
+
+        return failing
+
+
+@pytest.mark.parametrize("method", ["put_records", "set_checkpoint", "get_records", "list_shards"])
+def test_a_call_failing_longer_than_the_deadline_ends_the_run_without_checkpointing(
+    tmp_path, method
+):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a", "b"))
+    clock = Clock()
+    run = make_engine(loaded, Failing(backend, method, clock), state, clock, give_up_after=60)
+
+    with pytest.raises(BackendError) as error:
+        run.run()
+    assert str(error.value) == (
+        f"gave up waiting for the local target after 60 s (--give-up-after): {method}: {LOST}; "
+        "the next run reads again what this one did not checkpoint"
+    )
+    assert clock.now < 61
+    assert backend.get_checkpoints("review", "in") == {}
+    assert run.counts.records_in == 0  # what was read but not checkpointed is not counted
+
+
+def test_a_run_says_what_it_waits_for_every_few_seconds(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a"))
+    clock = Clock()
+    lines = []
+    failing = Failing(backend, "put_records", clock)
+    run = make_engine(
+        loaded, failing, state, clock, lines.append, give_up_after=60, status_every=20
+    )
+    run.sinks["out"].jitter = lambda: 1.0  # the longest backoff each time
+
+    with pytest.raises(BackendError):
+        run.run()
+    assert lines == [
+        f"[review] waiting for the local target: put_records: {LOST} "
+        "(retrying for 21 s; gives up in 39 s)",
+        f"[review] waiting for the local target: put_records: {LOST} "
+        "(retrying for 41 s; gives up in 19 s)",
+    ]
+
+
+class Interrupting(Clock):
+    """A clock whose sleep, once `at` seconds have passed, sends this process SIGINT, as
+    Ctrl-C does."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+        self.sent = False
+
+    def sleep(self, seconds):
+        super().sleep(seconds)
+        if self.now >= self.at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("method", ["put_records", "set_checkpoint"])
+def test_ctrl_c_during_a_long_wait_ends_the_run_at_once_without_checkpointing(tmp_path, method):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a", "b"))
+    clock = Interrupting(at=30)
+    lines = []
+    run = make_engine(loaded, Failing(backend, method, clock), state, clock, lines.append)
+
+    counts = run.run()
+
+    assert clock.now < 30.5  # not at the end of the failure, nor of a backoff
+    assert backend.get_checkpoints("review", "in") == {}
+    assert counts.records_in == 0
+    assert lines[-1] == (
+        f"[review] stopped while waiting for the local target: {method}: {LOST}: "
+        "what was read since the last checkpoint is read again by the next run"
+    )
+
+
+def test_a_stop_from_another_thread_ends_a_wait_promptly(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a", "b"))
+    failing = Failing(backend, "put_records", time.monotonic, until=time.monotonic() + 5)
+    run = engine.Engine(
+        loaded, failing, state, engine.RunOptions(until_idle=1.0), lambda line: None
+    )
+    threading.Timer(0.2, run.stop).start()
+
+    counts = run.run()
+
+    assert backend.get_checkpoints("review", "in") == {}
+    assert counts.records_in == 0
 
 
 # The run lock on AWS.

@@ -80,7 +80,8 @@ class BucketsMixin(AwsSession):
 
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         """Write the object; S3 makes it visible whole or not at all."""
-        with backend_errors(f"bucket '{bucket}'"):
+        # A run writes its dead letter here: a failing connection is waited out.
+        with backend_errors(f"bucket '{bucket}'", during_run=True):
             self._client("s3").put_object(Bucket=bucket, Key=key, Body=body)
 
     def list_objects(self, bucket: str, prefix: str = "") -> list[str]:

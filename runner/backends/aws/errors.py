@@ -1,7 +1,8 @@
 """What botocore raises, as the one-line BackendErrors the engine and the user act on.
 
 Each names the resource, and AWS's error code and message; throttling and passing faults
-become Throttled, so that the engine backs off instead of failing.
+become Throttled, so that the engine backs off instead of failing. During a run, so does every
+failure of the way to AWS: a connection that cannot be made or breaks, TLS, an answer cut short.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from collections.abc import Iterator
 
 from botocore.exceptions import (
     BotoCoreError,
+    ChecksumError,
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     PartialCredentialsError,
     ProfileNotFound,
     ReadTimeoutError,
 )
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.parsers import ResponseParserError
 
 from runner.backends.base import BackendError, IteratorExpired, Throttled
@@ -50,6 +55,32 @@ class Missing(BackendError):
     """The resource a call named does not exist."""
 
 
+class CutShort(BotoCoreError):
+    """An answer without what every answer of its call holds: it was cut short on the way
+    (botocore reads a truncated JSON body as an answer with nothing in it)."""
+
+    fmt = "the answer to {operation} was cut short (no {key} in it)"
+
+
+def complete(answer: dict, operation: str, key: str) -> dict:
+    """The answer, once it is known to hold `key`; raises CutShort otherwise."""
+    if key not in answer:
+        raise CutShort(operation=operation, key=key)
+    return answer
+
+
+# What breaks on the way to AWS and a later call may not meet: refused, timed out or dropped
+# connections, DNS, TLS, a proxy, answers cut short or garbled.
+_TRANSPORT = (
+    BotocoreConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    ChecksumError,
+    ResponseParserError,
+    CutShort,
+)
+
+
 @contextlib.contextmanager
 def backend_errors(
     resource: str, missing: type[BackendError] = Missing, *, during_run: bool = False
@@ -57,8 +88,8 @@ def backend_errors(
     """Turn what botocore raises into a one-line BackendError naming `resource`.
 
     `during_run` marks the calls a run repeats for as long as it goes (reading, writing,
-    checkpointing): there a lost connection is waited out like throttling, while the calls
-    made first (describing the resources) still fail at once on a wrong endpoint."""
+    checkpointing): there any failure of the way to AWS is waited out like throttling, while
+    the calls made first (describing the resources) still fail at once on a wrong endpoint."""
     try:
         yield
     except ClientError as error:
@@ -75,22 +106,25 @@ def backend_errors(
             f"AWS profile '{error.kwargs.get('profile')}' not found in the AWS config files: "
             f"check --profile or AWS_PROFILE, or run `aws configure --profile NAME`"
         ) from error
-    except (ConnectionClosedError, ReadTimeoutError) as error:
-        raise Throttled(f"{resource}: the connection failed, trying again ({error})") from error
-    except EndpointConnectionError as error:
-        endpoint = error.kwargs.get("endpoint_url")
-        if during_run:
-            raise Throttled(f"{resource}: cannot reach {endpoint}, trying again") from error
-        raise BackendError(
-            f"{resource}: cannot connect to the endpoint {endpoint}: "
-            f"check the network, the region and {ENDPOINT_SETTINGS}"
-        ) from error
-    except ResponseParserError as error:
-        raise BackendError(
-            f"{resource}: the endpoint did not answer like AWS: check {ENDPOINT_SETTINGS}"
-        ) from error
+    except _TRANSPORT as error:
+        raise _transport_error(resource, error, during_run) from error
     except BotoCoreError as error:
         raise BackendError(f"{resource}: {one_line(str(error))}") from error
+
+
+def _transport_error(resource: str, error: Exception, during_run: bool) -> BackendError:
+    if during_run or isinstance(error, (ConnectionClosedError, ReadTimeoutError)):
+        return Throttled(f"{resource}: {one_line(str(error)).rstrip('.')}")
+    if isinstance(error, EndpointConnectionError):
+        return BackendError(
+            f"{resource}: cannot connect to the endpoint {error.kwargs.get('endpoint_url')}: "
+            f"check the network, the region and {ENDPOINT_SETTINGS}"
+        )
+    if isinstance(error, ResponseParserError):
+        return BackendError(
+            f"{resource}: the endpoint did not answer like AWS: check {ENDPOINT_SETTINGS}"
+        )
+    return BackendError(f"{resource}: {one_line(str(error)).rstrip('.')}")
 
 
 def _client_error(resource: str, error: ClientError, missing: type[BackendError]) -> BackendError:

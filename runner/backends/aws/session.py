@@ -22,7 +22,9 @@ from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
 # Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
 # (botocore's `max_attempts` counts retries after the first call, `total_max_attempts` all calls.)
-_DATA_PLANE = Config(retries={"total_max_attempts": 1})
+# A connection is given 10 s, not botocore's 60, so that a run that lost the network says so
+# and sees a stop request within seconds.
+_DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=10)
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900

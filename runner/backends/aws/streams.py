@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runner.backends.aws.errors import backend_errors
+from runner.backends.aws.errors import backend_errors, complete
 from runner.backends.aws.session import AwsSession
 from runner.backends.base import (
     ITERATOR_TYPES,
@@ -83,7 +83,11 @@ class StreamsMixin(AwsSession):
         params: dict[str, Any] = {"StreamName": stream}
         with backend_errors(f"stream '{stream}'", missing=StreamNotFound, during_run=True):
             while True:
-                page = self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params)
+                page = complete(
+                    self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params),
+                    "ListShards",
+                    "Shards",
+                )
                 shards.extend(_shard(s) for s in page["Shards"])
                 if not page.get("NextToken"):
                     return shards
@@ -149,6 +153,7 @@ class StreamsMixin(AwsSession):
             answer = self._client("kinesis", data_plane=True).get_records(
                 ShardIterator=iterator, Limit=limit
             )
+            complete(answer, "GetRecords", "Records")
         records = [
             Record(
                 sequence=r["SequenceNumber"],
@@ -175,6 +180,7 @@ class StreamsMixin(AwsSession):
                 StreamName=stream,
                 Records=[{"Data": bytes(data), "PartitionKey": key} for data, key in entries],
             )
+            complete(answer, "PutRecords", "Records")
         return [
             PutResult(
                 shard_id=r.get("ShardId"),
@@ -188,7 +194,8 @@ class StreamsMixin(AwsSession):
     def _iterator_answer(self, params: dict[str, Any]) -> dict[str, Any]:
         where = f"shard '{params['ShardId']}' of stream '{params['StreamName']}'"
         with backend_errors(where, missing=StreamNotFound, during_run=True):
-            return self._client("kinesis", data_plane=True).get_shard_iterator(**params)
+            answer = self._client("kinesis", data_plane=True).get_shard_iterator(**params)
+            return complete(answer, "GetShardIterator", "ShardIterator")
 
     def _active_stream(self, name: str) -> StreamDescription:
         """Poll until the stream is ACTIVE and return it; raises StreamNotFound."""
