@@ -412,7 +412,7 @@ def test_a_call_failing_longer_than_the_deadline_ends_the_run_without_checkpoint
         "the next run reads again what this one did not checkpoint"
     )
     assert clock.now < 61
-    assert backend.get_checkpoints("review", "in") == {}
+    assert moved(backend.get_checkpoints("review", "in")) == {}
     assert run.counts.records_in == 0  # what was read but not checkpointed is not counted
 
 
@@ -464,7 +464,7 @@ def test_ctrl_c_during_a_long_wait_ends_the_run_at_once_without_checkpointing(tm
     counts = run.run()
 
     assert clock.now < 30.5  # not at the end of the failure, nor of a backoff
-    assert backend.get_checkpoints("review", "in") == {}
+    assert moved(backend.get_checkpoints("review", "in")) == {}
     assert counts.records_in == 0
     assert lines[-1] == (
         f"[review] stopped while waiting for the local target: {method}: {LOST}: "
@@ -483,7 +483,7 @@ def test_a_stop_from_another_thread_ends_a_wait_promptly(tmp_path):
 
     counts = run.run()
 
-    assert backend.get_checkpoints("review", "in") == {}
+    assert moved(backend.get_checkpoints("review", "in")) == {}
     assert counts.records_in == 0
 
 
@@ -511,3 +511,8 @@ def test_the_aws_run_lease_is_renewed_after_a_failed_renewal(aws_env, monkeypatc
         with backend.running("shop"):
             assert renewed.wait(timeout=3), "the lease was never renewed again"
         backend.close()
+
+
+def moved(checkpoints):
+    """The checkpoints past records, without start marks (where a shard began reading)."""
+    return {shard: at for shard, at in checkpoints.items() if not at.startswith("#")}
