@@ -12,11 +12,21 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from runner.backends.base import SHARD_END, Backend, BackendError, Record, Throttled
+from runner.backends.base import (
+    SHARD_END,
+    Backend,
+    BackendError,
+    Lease,
+    LeaseLost,
+    PutResult,
+    Record,
+    Throttled,
+)
 from runner.dead_letter import DeadLetter
 from runner.delivery import Delivery
 from runner.reader import Position, ShardBatch, StreamReader
@@ -72,9 +82,14 @@ class Engine:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        lease: Lease | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
+        self.lease = lease or Lease()
+        # Sinks, the dead letter, deliveries and checkpoints write through this: nothing more
+        # once the run no longer holds its lease.
+        self.writes: Any = _Fenced(backend, self.lease)
         self.options = options
         self.report = report
         self.clock = clock
@@ -82,13 +97,13 @@ class Engine:
         self.journey = Journey(spec)
         self.source = spec.streams[spec.source.stream].name
         self.sinks = {
-            key: Sink(backend, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
+            key: Sink(self.writes, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
         }
-        self.dead_letter = DeadLetter(spec, backend, state_dir)
+        self.dead_letter = DeadLetter(spec, self.writes, state_dir)
         self.deliveries = (
             []
             if backend.delivers_firehoses
-            else [Delivery(spec, f, backend, clock=clock) for f in spec.firehoses.values()]
+            else [Delivery(spec, f, self.writes, clock=clock) for f in spec.firehoses.values()]
         )
         self.reader = StreamReader(
             backend,
@@ -110,6 +125,7 @@ class Engine:
             first_read = None
             last_activity = next_status = self.clock()
             while not self._stopping.is_set():
+                self.lease.check()  # also when idle: a run that lost its lease stops
                 polled = self.clock()
                 handled = self._handle(self.reader.poll())
                 if handled:
@@ -158,6 +174,7 @@ class Engine:
         for key, entries in outgoing.items():
             if entries:
                 self.sinks[key].put(entries)
+        self.lease.check()  # the dead letter may be a local file, which _Fenced does not see
         self.dead_letter.write()
         for shard_id, sequence in checkpoints:
             self._checkpoint(shard_id, sequence)
@@ -167,7 +184,7 @@ class Engine:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
         for attempt in itertools.count():
             try:
-                self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+                self.writes.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
                 return
             except Throttled:
                 self.sleep(backoff_cap(attempt))
@@ -214,6 +231,30 @@ class Engine:
                 for shard_id, sequence in sink.written.items():
                     written[shard_id] = max(sequence, written.get(shard_id, -1))
         return written
+
+
+class _Fenced:
+    """The backend as the loop writes to it: each write first checks the run's lease, so that a
+    run that lost it, or can no longer be sure of it, writes and checkpoints nothing more."""
+
+    def __init__(self, backend: Backend, lease: Lease) -> None:
+        self._backend = backend
+        self._lease = lease
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)  # reads go straight through
+
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        self._lease.check()
+        return self._backend.put_records(stream, entries)
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        self._lease.check()
+        self._backend.put_object(bucket, key, body)
+
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        self._lease.check()
+        self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
 
 
 def check_resources(spec: Spec, backend: Backend) -> None:
@@ -276,17 +317,14 @@ def run(
     options: RunOptions,
     report: Callable[[str], None],
 ) -> int:
-    """`pipeline run`: check the resources, run the loop, report what it did; returns 0."""
+    """`pipeline run`: check the resources, take the run lock, run the loop, report what it
+    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
     check_resources(spec, backend)
-    engine = Engine(spec, backend, state_dir, options, report)
-
-    def lost() -> None:
-        report(f"[{spec.pipeline}] another run took the run lock: stopping")
-        engine.stop()
-
-    with backend.running(spec.pipeline, on_lost=lost):
+    with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
+        # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
+        engine = Engine(spec, backend, state_dir, options, report, lease=lease)
         return _run(engine, report)
 
 
@@ -317,6 +355,9 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
             "is read again by the next run"
         )
         return 130
+    except LeaseLost:
+        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
+        raise
     report(f"[{spec.pipeline}] done: {counts.line()}")
     for delivery in engine.deliveries:
         objects = len(delivery.objects)

@@ -38,6 +38,7 @@ from runner.backends.base import (
     BackendError,
     FirehoseDescription,
     IteratorExpired,
+    Lease,
     PutResult,
     Record,
     RecordBatch,
@@ -398,7 +399,9 @@ class LocalBackend(Backend):
     # Run locks: a file per pipeline, locked while a run holds it; the OS frees it if it dies.
 
     @contextlib.contextmanager
-    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> Iterator[Lease]:
         path = self.state_dir / "locks" / f"{pipeline}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as lock:
@@ -415,7 +418,7 @@ class LocalBackend(Backend):
             lock.write(f"pid {os.getpid()}")
             lock.flush()
             try:
-                yield
+                yield Lease()  # held while the file is locked, and the OS unlocks it at exit
             finally:
                 lock.truncate(0)
 

@@ -1,40 +1,45 @@
 """Checkpoints and the run lease on AWS, in one DynamoDB table per pipeline.
 
 Checkpoints are keyed by stream and shard, their sequence numbers zero-padded to 64 digits so
-that a conditional write can keep them from moving backwards by comparing text.
+that a conditional write can keep them from moving backwards by comparing text. During a run,
+each is written in one transaction with a check that the run lease (lease.py) still names the
+run, so that a run that lost its lease cannot move a checkpoint the next run relies on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-# The package, not its names: LEASE_S is read from it at each use, so a test may shorten it.
-from runner.backends import aws
 from runner.backends.aws.errors import Missing, backend_errors, error_code
+from runner.backends.aws.lease import (
+    LEASE_CALLS,
+    LEASE_KEY,
+    LeaseTiming,
+    RunLease,
+    new_owner,
+    take,
+)
 from runner.backends.aws.session import AwsSession
-from runner.backends.base import SHARD_END, BackendError
+from runner.backends.base import SHARD_END, BackendError, Throttled
 
 SEQUENCE_DIGITS = 64
 
-# The run lock's item; no stream is named like this, so no checkpoint can collide with it.
-_LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
-
-
-class LeaseLost(BackendError):
-    """Another run holds the pipeline's run lock."""
+# Why DynamoDB may cancel a transaction that a later try can get through.
+_PASSING = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 
 
 class CheckpointsMixin(AwsSession):
     """The pipeline's checkpoint table: its checkpoints, and the run lease kept beside them."""
+
+    def __init__(self, *args: Any, lease: LeaseTiming | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease_timing = lease or LeaseTiming()
+        self._leases: dict[str, RunLease] = {}  # pipeline -> the lease this backend holds
+        self._lease_dynamodb: Any = None
 
     def checkpoint_store_exists(self, pipeline: str) -> bool:
         """Whether the pipeline's checkpoint table exists."""
@@ -90,7 +95,9 @@ class CheckpointsMixin(AwsSession):
                 params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored.
+        While this backend holds the pipeline's run lease, only if the lease still names this
+        run: otherwise raises LeaseLost."""
         if sequence == SHARD_END:
             stored = sequence
         elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
@@ -100,107 +107,78 @@ class CheckpointsMixin(AwsSession):
                 f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
             )
         with self._checkpoint_table(pipeline, during_run=True) as table:
+            forward = {
+                "TableName": table,
+                "Key": {"stream": {"S": stream}, "shard_id": {"S": shard_id}},
+                "UpdateExpression": "SET #s = :new",
+                "ConditionExpression": "attribute_not_exists(#s) OR #s < :new",
+                "ExpressionAttributeNames": {"#s": "sequence"},
+                "ExpressionAttributeValues": {":new": {"S": stored}},
+            }
+            lease = self._leases.get(pipeline)
             try:
-                self._client("dynamodb").update_item(
-                    TableName=table,
-                    Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
-                    UpdateExpression="SET #s = :new",
-                    ConditionExpression="attribute_not_exists(#s) OR #s < :new",
-                    ExpressionAttributeNames={"#s": "sequence"},
-                    ExpressionAttributeValues={":new": {"S": stored}},
-                )
+                if lease is None:
+                    self._client("dynamodb").update_item(**forward)
+                else:
+                    mine = {"TableName": table, "Key": LEASE_KEY, **lease.mine()}
+                    self._client("dynamodb").transact_write_items(
+                        TransactItems=[{"ConditionCheck": mine}, {"Update": forward}]
+                    )
             except ClientError as error:
+                if lease is not None and error_code(error) == "TransactionCanceledException":
+                    self._cancelled(error, lease, f"{stream}/{shard_id}")
                 # An equal or later checkpoint is already there; keep it.
-                if error_code(error) != "ConditionalCheckFailedException":
+                elif error_code(error) != "ConditionalCheckFailedException":
                     raise
 
-    # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
-    # run on another machine sees it; a run that dies lets it lapse after LEASE_S, or is taken
-    # over at once by the next run on its own machine, which sees that its process is gone.
+    def _cancelled(self, error: ClientError, lease: RunLease, checkpoint: str) -> None:
+        """A checkpoint's transaction was cancelled: the lease check failing means the lease is
+        lost; the forward-only condition failing, that a later checkpoint is there (kept)."""
+        codes = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+        if codes[:1] == ["ConditionalCheckFailed"]:
+            lease.taken()
+            lease.check()  # raises LeaseLost, naming the run that holds the lease now
+        if codes[1:] == ["ConditionalCheckFailed"]:
+            return
+        if _PASSING.intersection(codes):
+            raise Throttled(
+                f"checkpoint of {checkpoint}: transaction cancelled ({', '.join(map(str, codes))})"
+            )
+        raise error
+
+    # Run lock: a lease item in the checkpoint table (lease.py), so that a run on another
+    # machine sees it; checkpoints are written only while it names this run.
 
     @contextlib.contextmanager
-    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
-        # Unique per run, even for two runs in one process.
-        owner = f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
-        self._take_lease(pipeline, owner, from_dead_run=True)
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(aws.LEASE_S / 3):
-                try:
-                    self._take_lease(pipeline, owner)
-                except LeaseLost:
-                    on_lost()  # another run took it: stop before writing twice
-                    return
-                except Exception:  # noqa: BLE001 - a blip; the lease outlives two more tries
-                    continue
-
-        renewer = threading.Thread(target=renew, name="run-lease", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            done.set()
-            renewer.join()
-            with self._checkpoint_table(pipeline) as table, contextlib.suppress(ClientError):
-                self._client("dynamodb").delete_item(
-                    TableName=table,
-                    Key=_LEASE_KEY,
-                    ConditionExpression="#owner = :owner",
-                    ExpressionAttributeNames={"#owner": "owner"},
-                    ExpressionAttributeValues={":owner": {"S": owner}},
-                )
-
-    def _take_lease(self, pipeline: str, owner: str, from_dead_run: bool = False) -> None:
-        """Take or renew the lease; `from_dead_run` (when a run starts, not when it renews) also
-        takes it from a run of this machine whose process is gone."""
-        now = int(time.time())
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> Iterator[RunLease]:
         with self._checkpoint_table(pipeline) as table:
-            try:
-                self._client("dynamodb").put_item(
-                    TableName=table,
-                    Item=_lease(owner, now),
-                    ConditionExpression="attribute_not_exists(#owner) OR #owner = :owner "
-                    "OR #expires < :now",
-                    ExpressionAttributeNames={"#owner": "owner", "#expires": "expires"},
-                    ExpressionAttributeValues={":owner": {"S": owner}, ":now": {"N": str(now)}},
-                )
-            except ClientError as error:
-                if error_code(error) != "ConditionalCheckFailedException":
-                    raise
-                held = (
-                    self._client("dynamodb")
-                    .get_item(TableName=table, Key=_LEASE_KEY, ConsistentRead=True)
-                    .get("Item", {})
-                )
-                holder = held.get("owner", {}).get("S", "another process")
-                if from_dead_run and _died_here(held):
-                    if not self._take_over(table, owner, now, holder):
-                        # Another run starting at once was faster: refused, naming that one.
-                        self._take_lease(pipeline, owner)
-                    return
-                expires = int(held.get("expires", {}).get("N", now))
-                until = time.strftime("%H:%M:%S UTC", time.gmtime(expires))
-                raise LeaseLost(
-                    f"pipeline {pipeline} is already running ({holder}; its lease lasts until "
-                    f"{until} unless renewed); two runs at once would write every record twice"
-                ) from None
-
-    def _take_over(self, table: str, owner: str, now: int, dead: str) -> bool:
-        """Take the lease from a dead run, if the item still names it; False if it does not."""
-        try:
-            self._client("dynamodb").put_item(
-                TableName=table,
-                Item=_lease(owner, now),
-                ConditionExpression="#owner = :dead",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":dead": {"S": dead}},
+            item, taken = take(
+                self._client("dynamodb"), table, pipeline, new_owner(), self.lease_timing, report
             )
-        except ClientError as error:
-            if error_code(error) != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        lease = RunLease(self._lease_client(), table, item, taken, self.lease_timing)
+        self._leases[pipeline] = lease
+        lease.start()
+        try:
+            yield lease
+        finally:
+            del self._leases[pipeline]
+            lease.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._lease_dynamodb is not None:
+                self._lease_dynamodb.close()
+                self._lease_dynamodb = None
+        super().close()
+
+    def _lease_client(self) -> Any:
+        """DynamoDB for the lease's renewals, with short timeouts and no retries of its own."""
+        with self._lock:
+            if self._lease_dynamodb is None:
+                self._lease_dynamodb = self._new_client("dynamodb", LEASE_CALLS)
+            return self._lease_dynamodb
 
     def _table_status(self, table: str) -> str | None:
         try:
@@ -226,38 +204,3 @@ class CheckpointsMixin(AwsSession):
 
 def _table(pipeline: str) -> str:
     return f"{pipeline}-checkpoints"
-
-
-def _lease(owner: str, now: int) -> dict[str, Any]:
-    """The lease item of this process's run: its owner text, and where its pid is apart."""
-    return {
-        **_LEASE_KEY,
-        "owner": {"S": owner},
-        "host": {"S": socket.gethostname()},
-        "pid_namespace": {"S": _pid_namespace()},
-        "pid": {"N": str(os.getpid())},
-        "expires": {"N": str(now + aws.LEASE_S)},
-    }
-
-
-def _pid_namespace() -> str:
-    # Containers may share a hostname (host networking) but number their processes apart.
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:  # no /proc (macOS): one numbering per machine
-        return ""
-
-
-def _died_here(lease: dict[str, Any]) -> bool:
-    """Whether the lease item names a process of this machine that no longer exists."""
-    where = (lease.get("host", {}).get("S"), lease.get("pid_namespace", {}).get("S"))
-    pid = int(lease.get("pid", {}).get("N", 0))
-    if where != (socket.gethostname(), _pid_namespace()) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, as another user's
-        pass
-    return False
