@@ -87,9 +87,9 @@ class Engine:
         self.spec = spec
         self.backend = backend
         self.lease = lease or Lease()
-        # Sinks, the dead letter, deliveries and checkpoints write through this: nothing more
-        # once the run no longer holds its lease.
-        self.writes: Any = _Fenced(backend, self.lease)
+        # From here on the loop uses the backend through this, so that it writes (sinks, the
+        # dead letter, deliveries, checkpoints) nothing once the run no longer holds its lease.
+        backend = self.writes = _Fenced(backend, self.lease)
         self.options = options
         self.report = report
         self.clock = clock
@@ -97,13 +97,13 @@ class Engine:
         self.journey = Journey(spec)
         self.source = spec.streams[spec.source.stream].name
         self.sinks = {
-            key: Sink(self.writes, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
+            key: Sink(backend, spec.streams[key].name, sleep=sleep) for key in _routed(spec)
         }
-        self.dead_letter = DeadLetter(spec, self.writes, state_dir)
+        self.dead_letter = DeadLetter(spec, backend, state_dir)
         self.deliveries = (
             []
             if backend.delivers_firehoses
-            else [Delivery(spec, f, self.writes, clock=clock) for f in spec.firehoses.values()]
+            else [Delivery(spec, f, backend, clock=clock) for f in spec.firehoses.values()]
         )
         self.reader = StreamReader(
             backend,
@@ -356,7 +356,8 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         )
         return 130
     except LeaseLost:
-        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
+        # What was done until then; the error itself is said last, by the caller.
+        report(f"[{spec.pipeline}] stopped by an error: {engine.counts.line()}")
         raise
     report(f"[{spec.pipeline}] done: {counts.line()}")
     for delivery in engine.deliveries:

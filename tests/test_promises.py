@@ -445,7 +445,8 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
         "[shop] no checkpoints for pipeline shop: starting at trim_horizon\n"
         f"[shop] dead letter: file {state}/dead-letter/shop.jsonl\n"
         "[shop] in 2 | out other 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms\n"
-        "[shop] stopped: in 2 | out other 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms\n"
+        "[shop] stopped by an error: in 2 | out other 2 | dead-lettered 0 | filtered 0 | "
+        "dropped 0 | lag 0 ms\n"
         f"error: lost the run lease to {taken[0].owner}: "
         "stopped without writing or checkpointing further\n"
     )

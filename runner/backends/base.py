@@ -52,26 +52,6 @@ class Throttled(BackendError):
     down and try again."""
 
 
-class LeaseLost(BackendError):
-    """The run no longer holds its pipeline's run lease: it must write nothing more."""
-
-
-class Lease:
-    """A run's hold on its pipeline, which the loop checks before every write and checkpoint.
-
-    This one, the local lock's, holds for as long as its run goes: the OS keeps a file lock
-    until its process ends. A lease that must be renewed (AWS) says when it may be lapsing."""
-
-    def held(self) -> bool:
-        """Whether the run may still write: a cheap local check, no call to the target."""
-        return True
-
-    def check(self) -> None:
-        """Raise LeaseLost, saying why, unless the run may still write."""
-        if not self.held():
-            raise LeaseLost("lost the run lease: stopped without writing or checkpointing further")
-
-
 def check_shard_count(stream: str, shards: int) -> None:
     if shards < 1:
         raise BackendError(f"stream '{stream}' needs at least 1 shard, got {shards}")
@@ -328,3 +308,26 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
+
+
+# The run lock's lease, as `Backend.running` yields it.
+
+
+class LeaseLost(BackendError):
+    """The run no longer holds its pipeline's run lease: it must write nothing more."""
+
+
+class Lease:
+    """A run's hold on its pipeline, which the loop checks before every write and checkpoint.
+
+    This one, the local lock's, holds for as long as its run goes: the OS keeps a file lock
+    until its process ends. A lease that must be renewed (AWS) says when it may be lapsing."""
+
+    def held(self) -> bool:
+        """Whether the run may still write: a cheap local check, no call to the target."""
+        return True
+
+    def check(self) -> None:
+        """Raise LeaseLost, saying why, unless the run may still write."""
+        if not self.held():
+            raise LeaseLost("lost the run lease: stopped without writing or checkpointing further")

@@ -1,9 +1,7 @@
 """Checkpoints and the run lease on AWS, in one DynamoDB table per pipeline.
 
 Checkpoints are keyed by stream and shard, their sequence numbers zero-padded to 64 digits so
-that a conditional write can keep them from moving backwards by comparing text. During a run,
-each is written in one transaction with a check that the run lease (lease.py) still names the
-run, so that a run that lost its lease cannot move a checkpoint the next run relies on.
+that a conditional write can keep them from moving backwards by comparing text.
 """
 
 from __future__ import annotations
@@ -95,9 +93,7 @@ class CheckpointsMixin(AwsSession):
                 params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
-        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored.
-        While this backend holds the pipeline's run lease, only if the lease still names this
-        run: otherwise raises LeaseLost."""
+        """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored."""
         if sequence == SHARD_END:
             stored = sequence
         elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
@@ -107,47 +103,24 @@ class CheckpointsMixin(AwsSession):
                 f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
             )
         with self._checkpoint_table(pipeline, during_run=True) as table:
-            forward = {
-                "TableName": table,
-                "Key": {"stream": {"S": stream}, "shard_id": {"S": shard_id}},
-                "UpdateExpression": "SET #s = :new",
-                "ConditionExpression": "attribute_not_exists(#s) OR #s < :new",
-                "ExpressionAttributeNames": {"#s": "sequence"},
-                "ExpressionAttributeValues": {":new": {"S": stored}},
-            }
-            lease = self._leases.get(pipeline)
             try:
-                if lease is None:
-                    self._client("dynamodb").update_item(**forward)
-                else:
-                    mine = {"TableName": table, "Key": LEASE_KEY, **lease.mine()}
-                    self._client("dynamodb").transact_write_items(
-                        TransactItems=[{"ConditionCheck": mine}, {"Update": forward}]
-                    )
+                self._update_checkpoint(
+                    pipeline,
+                    TableName=table,
+                    Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
+                    UpdateExpression="SET #s = :new",
+                    ConditionExpression="attribute_not_exists(#s) OR #s < :new",
+                    ExpressionAttributeNames={"#s": "sequence"},
+                    ExpressionAttributeValues={":new": {"S": stored}},
+                )
             except ClientError as error:
-                if lease is not None and error_code(error) == "TransactionCanceledException":
-                    self._cancelled(error, lease, f"{stream}/{shard_id}")
                 # An equal or later checkpoint is already there; keep it.
-                elif error_code(error) != "ConditionalCheckFailedException":
+                if error_code(error) != "ConditionalCheckFailedException":
                     raise
 
-    def _cancelled(self, error: ClientError, lease: RunLease, checkpoint: str) -> None:
-        """A checkpoint's transaction was cancelled: the lease check failing means the lease is
-        lost; the forward-only condition failing, that a later checkpoint is there (kept)."""
-        codes = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
-        if codes[:1] == ["ConditionalCheckFailed"]:
-            lease.taken()
-            lease.check()  # raises LeaseLost, naming the run that holds the lease now
-        if codes[1:] == ["ConditionalCheckFailed"]:
-            return
-        if _PASSING.intersection(codes):
-            raise Throttled(
-                f"checkpoint of {checkpoint}: transaction cancelled ({', '.join(map(str, codes))})"
-            )
-        raise error
-
-    # Run lock: a lease item in the checkpoint table (lease.py), so that a run on another
-    # machine sees it; checkpoints are written only while it names this run.
+    # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
+    # run on another machine sees it (lease.py); checkpoints are written only while it names
+    # this run.
 
     @contextlib.contextmanager
     def running(
@@ -179,6 +152,35 @@ class CheckpointsMixin(AwsSession):
             if self._lease_dynamodb is None:
                 self._lease_dynamodb = self._new_client("dynamodb", LEASE_CALLS)
             return self._lease_dynamodb
+
+    def _update_checkpoint(self, pipeline: str, **update: Any) -> None:
+        """UpdateItem of a checkpoint; while this backend holds the pipeline's run lease, in one
+        transaction with a check that the lease still names this run: LeaseLost if it does not,
+        and nothing if only the update's own condition fails (a later checkpoint is there)."""
+        lease = self._leases.get(pipeline)
+        if lease is None:
+            self._client("dynamodb").update_item(**update)
+            return
+        mine = {"TableName": update["TableName"], "Key": LEASE_KEY, **lease.mine()}
+        try:
+            self._client("dynamodb").transact_write_items(
+                TransactItems=[{"ConditionCheck": mine}, {"Update": update}]
+            )
+        except ClientError as error:
+            if error_code(error) != "TransactionCanceledException":
+                raise
+            codes = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                lease.taken()
+                lease.check()  # raises LeaseLost, naming the run that holds the lease now
+            if codes[1:] == ["ConditionalCheckFailed"]:
+                return
+            if _PASSING.intersection(codes):
+                raise Throttled(
+                    f"checkpoint table '{update['TableName']}': TransactWriteItems cancelled "
+                    f"({', '.join(map(str, codes))})"
+                ) from error
+            raise
 
     def _table_status(self, table: str) -> str | None:
         try:
