@@ -84,12 +84,12 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
         lease: Lease | None = None,
     ) -> None:
+        self.lease = lease or Lease()
+        # The loop uses the backend through this, so that it writes (sinks, the dead letter,
+        # deliveries, checkpoints) nothing once the run no longer holds its lease.
+        backend = _Fenced(backend, self.lease)
         self.spec = spec
         self.backend = backend
-        self.lease = lease or Lease()
-        # From here on the loop uses the backend through this, so that it writes (sinks, the
-        # dead letter, deliveries, checkpoints) nothing once the run no longer holds its lease.
-        backend = self.writes = _Fenced(backend, self.lease)
         self.options = options
         self.report = report
         self.clock = clock
@@ -184,7 +184,7 @@ class Engine:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
         for attempt in itertools.count():
             try:
-                self.writes.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
+                self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
                 return
             except Throttled:
                 self.sleep(backoff_cap(attempt))
