@@ -12,11 +12,19 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from runner.backends.base import SHARD_END, Backend, BackendError, Record
+from runner.backends.base import (
+    SHARD_END,
+    Backend,
+    BackendError,
+    Lease,
+    PutResult,
+    Record,
+)
 from runner.dead_letter import DeadLetter, run_refusal
 from runner.delivery import Delivery
 from runner.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
@@ -76,7 +84,12 @@ class Engine:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        lease: Lease | None = None,
     ) -> None:
+        self.lease = lease or Lease()
+        # The loop uses the backend through this, so that it writes (sinks, the dead letter,
+        # deliveries, checkpoints) nothing once the run no longer holds its lease.
+        backend = _Fenced(backend, self.lease)
         self.spec = spec
         self.backend = backend
         self.options = options
@@ -141,6 +154,7 @@ class Engine:
             first_read = None
             last_activity = next_status = self.clock()
             while not self._stopping.is_set():
+                self.lease.check()  # also when idle: a run that lost its lease stops
                 polled = self.clock()
                 handled = self._round()
                 if handled is None:
@@ -211,6 +225,7 @@ class Engine:
         for key, entries in outgoing.items():
             if entries:
                 self.sinks[key].put(entries)
+        self.lease.check()  # the dead letter may be a local file, which _Fenced does not see
         self.dead_letter.write()
         for shard_id, sequence in checkpoints:
             self._checkpoint(shard_id, sequence)
@@ -264,6 +279,30 @@ class Engine:
                 for shard_id, sequence in sink.written.items():
                     written[shard_id] = max(sequence, written.get(shard_id, -1))
         return written
+
+
+class _Fenced:
+    """The backend as the loop writes to it: each write first checks the run's lease, so that a
+    run that lost it, or can no longer be sure of it, writes and checkpoints nothing more."""
+
+    def __init__(self, backend: Backend, lease: Lease) -> None:
+        self._backend = backend
+        self._lease = lease
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)  # reads go straight through
+
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        self._lease.check()
+        return self._backend.put_records(stream, entries)
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        self._lease.check()
+        self._backend.put_object(bucket, key, body)
+
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        self._lease.check()
+        self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
 
 
 def check_resources(spec: Spec, backend: Backend) -> None:
@@ -326,20 +365,17 @@ def run(
     options: RunOptions,
     report: Callable[[str], None],
 ) -> int:
-    """`pipeline run`: check the resources, run the loop, report what it did; returns 0."""
+    """`pipeline run`: check the resources, take the run lock, run the loop, report what it
+    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
     refusal = run_refusal(spec, backend.name)
     if refusal:
         raise SpecError([f"{spec.path}: {refusal}"])
     check_resources(spec, backend)
-    engine = Engine(spec, backend, state_dir, options, report)
-
-    def lost() -> None:
-        report(f"[{spec.pipeline}] another run took the run lock: stopping")
-        engine.stop()
-
-    with backend.running(spec.pipeline, on_lost=lost):
+    with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
+        # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
+        engine = Engine(spec, backend, state_dir, options, report, lease=lease)
         try:
             return _run(engine, report)
         except GaveUp as error:

@@ -2,6 +2,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from botocore.exceptions import (
 from botocore.stub import Stubber
 from click.testing import CliRunner
 from conftest import PIPELINES
+from fakes import HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
 from runner.backends.aws import AwsBackend
@@ -31,6 +33,7 @@ from runner.backends.base import (
     EarlierStream,
     FirehoseDescription,
     IteratorExpired,
+    LeaseLost,
     RoleDescription,
     StreamDescription,
     StreamNotFound,
@@ -940,35 +943,54 @@ def test_control_plane_throttling_is_retried_by_botocore(backend):
     assert len(sent) == 2
 
 
-def test_a_pipeline_runs_once_at_a_time_across_machines(backend):
-    backend.create_checkpoint_store("shop")
-    other = AwsBackend("us-east-1", poll_s=0)
-    with backend.running("shop"):
-        with pytest.raises(BackendError) as caught:
-            with other.running("shop"):
-                pass
-    assert str(caught.value).startswith("pipeline shop is already running (")
-    assert str(caught.value).endswith("); two runs at once would write every record twice")
-    with other.running("shop"):  # free once the first run ends
-        pass
+# The run lease
 
 
+@pytest.fixture
+def clock():
+    """A clock the leases of a test keep time by; at the end it runs out, so that renewal
+    threads still waiting on it wake, see their run ended and stop."""
+    virtual = VirtualClock()
+    yield virtual
+    virtual.advance(math.inf)
+
+
+LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
 PID_NAMESPACE = os.readlink("/proc/self/ns/pid")  # where this test's pids are numbered
 
 
 def hold_lease(backend, pipeline, host, pid, pid_namespace=PID_NAMESPACE):
-    """A lease item as a run on `host` with `pid` left it, lasting until 2100-01-01 00:00 UTC."""
+    """A lease item as a run on `host` with `pid` left it."""
     backend._client("dynamodb").put_item(
         TableName=f"{pipeline}-checkpoints",
         Item={
-            "stream": {"S": "#run-lock"},
-            "shard_id": {"S": "#run-lock"},
+            **LEASE_KEY,
             "owner": {"S": f"{host} pid {pid} run 0badf00d"},
+            "epoch": {"S": "e1"},
+            "renewals": {"N": "0"},
             "host": {"S": host},
             "pid_namespace": {"S": pid_namespace},
             "pid": {"N": str(pid)},
-            "expires": {"N": "4102444800"},
         },
+    )
+
+
+def lease_item(backend, pipeline):
+    table = f"{pipeline}-checkpoints"
+    return backend._client("dynamodb").get_item(TableName=table, Key=LEASE_KEY).get("Item", {})
+
+
+def lease_holder(backend, pipeline):
+    return lease_item(backend, pipeline).get("owner", {}).get("S")
+
+
+def renew(backend, pipeline):
+    """What the holder's renewal does to the lease item."""
+    backend._client("dynamodb").update_item(
+        TableName=f"{pipeline}-checkpoints",
+        Key=LEASE_KEY,
+        UpdateExpression="SET renewals = renewals + :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
     )
 
 
@@ -979,20 +1001,126 @@ def gone_pid():
     return ended.pid
 
 
-def lease_holder(backend, pipeline):
-    key = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
-    item = backend._client("dynamodb").get_item(TableName=f"{pipeline}-checkpoints", Key=key)
-    return item.get("Item", {}).get("owner", {}).get("S")
+REFUSED = (
+    "pipeline shop is already running ({} renewed its lease while this run waited); "
+    "two runs at once would write every record twice"
+)
+WAITING = "waiting for the run lease held by {} (free in 60 s unless renewed)"
+LOST = "lost the run lease to {}: stopped without writing or checkpointing further"
+
+
+@pytest.mark.parametrize("ahead", [0, 61], ids=["same-wall-clocks", "this-wall-clock-61-s-ahead"])
+def test_a_second_run_waits_and_is_refused_once_it_sees_the_holder_renew(
+    backend, clock, monkeypatch, ahead
+):
+    backend.create_checkpoint_store("shop")
+    holder = lease_on(clock)  # its renewals wait on the clock in their own thread
+
+    def holder_renews():
+        if clock.now >= 20:  # its first renewal is due: let it land
+            wait_until(lambda: lease_item(backend, "shop")["renewals"] == {"N": "1"})
+
+    other = lease_on(clock, holder_renews)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + ahead)
+    lines = []
+    with holder.running("shop") as lease:
+        with pytest.raises(BackendError) as refused:
+            with other.running("shop", lines.append):
+                pass
+        assert lease.held()
+    assert lines == [WAITING.format(lease.owner)]
+    assert str(refused.value) == REFUSED.format(lease.owner)
+    assert clock.now == 20
+    with other.running("shop"):  # free once the first run ends
+        pass
+
+
+def test_a_lease_unchanged_for_a_whole_lease_period_is_taken_over(backend, clock):
+    backend.create_checkpoint_store("shop")
+    hold_lease(backend, "shop", "elsewhere.example", 7)
+    other = lease_on(clock)
+    lines = []
+
+    with other.running("shop", lines.append) as lease:
+        assert clock.now == 60
+        assert lease_holder(backend, "shop") == lease.owner
+    assert lines == [
+        WAITING.format("elsewhere.example pid 7 run 0badf00d"),
+        "took over the run lease of elsewhere.example pid 7 run 0badf00d, not renewed for 60 s",
+    ]
+    assert lease_item(backend, "shop") == {}
+
+
+def test_ctrl_c_while_waiting_for_the_lease_leaves_it_to_its_holder(backend, clock):
+    backend.create_checkpoint_store("shop")
+    hold_lease(backend, "shop", "elsewhere.example", 7)
+    held = lease_item(backend, "shop")
+
+    def ctrl_c():
+        if clock.now >= 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with lease_on(clock, ctrl_c).running("shop"):
+            pass
+    assert lease_item(backend, "shop") == held
+
+
+def test_a_run_whose_renewals_hang_stops_writing_before_another_can_take_its_lease(backend, clock):
+    backend.create_checkpoint_store("shop")
+    first = lease_on(clock)
+    hung = HungRenewals(first)
+    seen = []  # at each wait of the second run: the time, and whether the first may write
+
+    def watch():
+        if clock.now == 20:  # the first run's renewal is due: it hangs
+            assert hung.hanging.wait(timeout=10)
+        seen.append((clock.now, lease.held()))
+
+    with first.running("shop") as lease:
+        with lease_on(clock, watch).running("shop") as taken:
+            with pytest.raises(LeaseLost) as lost:
+                lease.check()
+    hung.resume()
+
+    assert seen == [(float(t), t < 45) for t in range(5, 65, 5)]
+    assert str(lost.value) == LOST.format(taken.owner)
+
+
+def test_a_checkpoint_moves_only_while_the_lease_names_this_run(backend):
+    backend.create_checkpoint_store("shop")
+    shard = "shardId-000000000000"
+    transactions = count_calls(backend._client("dynamodb"), "TransactWriteItems")
+
+    with backend.running("shop") as lease:
+        backend.set_checkpoint("shop", "orders", shard, "5")
+        backend.set_checkpoint("shop", "orders", shard, "3")  # older: ignored, lease or not
+        hold_lease(backend, "shop", "elsewhere.example", 7)  # as if another run took over
+        with pytest.raises(LeaseLost) as lost:
+            backend.set_checkpoint("shop", "orders", shard, "9")
+        assert not lease.held()
+
+    assert str(lost.value) == LOST.format("elsewhere.example pid 7 run 0badf00d")
+    assert backend.get_checkpoints("shop", "orders") == {shard: "5"}
+    assert len(transactions) == 3  # each checkpoint and its lease check in one call
+    assert lease_holder(backend, "shop") == "elsewhere.example pid 7 run 0badf00d"
 
 
 def test_a_lease_left_by_a_dead_run_of_this_machine_is_taken_at_once(backend):
     backend.create_checkpoint_store("shop")
-    hold_lease(backend, "shop", socket.gethostname(), gone_pid())
+    pid = gone_pid()
+    hold_lease(backend, "shop", socket.gethostname(), pid)
+    lines = []
 
-    with backend.running("shop"):
+    with backend.running("shop", lines.append):
         here = f"{socket.gethostname()} pid {os.getpid()} run "
         assert lease_holder(backend, "shop").startswith(here)
     assert lease_holder(backend, "shop") is None
+    assert lines == [
+        f"took over the run lease of {socket.gethostname()} pid {pid} run 0badf00d, "
+        "whose process is gone"
+    ]
 
 
 def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend):
@@ -1007,8 +1135,9 @@ def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend)
     with pytest.raises(BackendError) as refused:
         with backend.running("shop"):
             pass
-    assert str(refused.value).startswith(
-        "pipeline shop is already running (elsewhere.example pid 7 run 0badf00d;"
+    assert str(refused.value) == (
+        "pipeline shop is already running (elsewhere.example pid 7 run 0badf00d took the lease "
+        "while this run waited); two runs at once would write every record twice"
     )
     assert lease_holder(backend, "shop") == "elsewhere.example pid 7 run 0badf00d"
 
@@ -1018,8 +1147,8 @@ def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend)
     [("this", PID_NAMESPACE, True), ("another", PID_NAMESPACE, False), ("this", "pid:[1]", False)],
     ids=["live-pid", "another-host", "another-container-of-this-host"],
 )
-def test_a_lease_of_a_live_run_or_of_another_machine_is_refused(
-    backend, host, pid_namespace, alive
+def test_a_lease_of_a_live_run_or_of_another_machine_is_not_taken_at_once(
+    backend, clock, host, pid_namespace, alive
 ):
     backend.create_checkpoint_store("shop")
     host = socket.gethostname() if host == "this" else "elsewhere.example"
@@ -1027,12 +1156,9 @@ def test_a_lease_of_a_live_run_or_of_another_machine_is_refused(
     hold_lease(backend, "shop", host, pid, pid_namespace)
 
     with pytest.raises(BackendError) as refused:
-        with backend.running("shop"):
+        with lease_on(clock, lambda: renew(backend, "shop")).running("shop"):  # its holder renews
             pass
-    assert str(refused.value) == (
-        f"pipeline shop is already running ({host} pid {pid} run 0badf00d; its lease lasts until "
-        "00:00:00 UTC unless renewed); two runs at once would write every record twice"
-    )
+    assert str(refused.value) == REFUSED.format(f"{host} pid {pid} run 0badf00d")
     assert lease_holder(backend, "shop") == f"{host} pid {pid} run 0badf00d"
 
 

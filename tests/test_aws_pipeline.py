@@ -4,6 +4,7 @@ import contextlib
 import http.client
 import http.server
 import json
+import math
 import os
 import re
 import signal
@@ -19,10 +20,15 @@ import boto3
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO
+from fakes import HungRenewals, VirtualClock, wait_until
 from moto.server import ThreadedMotoServer
 
+from runner import engine, spec
+from runner.backends.aws import AwsBackend, LeaseTiming
+from runner.backends.base import LeaseLost
 from runner.cli import cli
 from runner.produce import synthetic_sessions
+from runner.provision import apply
 
 ACCOUNT = "123456789012"  # moto's account
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
@@ -606,3 +612,101 @@ def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, 
         "[flaky] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]
     assert checkpoints_and_lease(endpoint) == []
+
+
+RACE = """\
+pipeline: race
+resources:
+  streams:
+    source: {name: race-in, shards: 1}
+    out: {name: race-out, shards: 1}
+source: {stream: source}
+route:
+  partition_key: key
+  cases:
+    - to: out
+"""
+
+
+def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path):
+    """Two runs start at once: one takes the lease, the other waits. The holder handles the
+    first records; then, with the next ones read but not yet written, its renewal hangs and its
+    lease runs out. The other takes the lease over only once it has seen it unchanged for a
+    whole lease period. Every record lands in the sink once, in order per key."""
+    (tmp_path / "race.yaml").write_text(RACE)
+    loaded = spec.load(tmp_path / "race.yaml")
+    clock = VirtualClock()  # the leases' clock, moved by this test and by the holder's reads
+
+    def backend():
+        lease = LeaseTiming(clock=clock, sleep=clock.sleep)
+        return AwsBackend("us-east-1", endpoint_url=endpoint, poll_s=0, lease=lease)
+
+    def records(numbers):
+        return [(json.dumps({"key": f"k{n % 3}", "n": n}).encode(), f"k{n % 3}") for n in numbers]
+
+    producer = backend()
+    apply(loaded, producer, lambda line: None)
+    first = producer.put_records("race-in", records(range(6)))
+    runs = {name: backend() for name in ("A", "B")}
+    hung = {name: HungRenewals(run) for name, run in runs.items()}
+    lapse = threading.Event()
+
+    def lapsing(name):
+        def read(parsed, **_):
+            if lapse.is_set() and parsed.get("Records"):
+                lapse.clear()
+                clock.advance(25)  # its renewal is due at 20 s, and hangs
+                hung[name].hanging.wait()
+                clock.advance(25)  # 50 s since it last renewed: too old to write under
+
+        return read
+
+    for name, run in runs.items():
+        kinesis = run._client("kinesis", data_plane=True)
+        kinesis.meta.events.register("after-call.kinesis.GetRecords", lapsing(name))
+    lines = {name: [] for name in runs}
+    ended = {}
+
+    def run(name):
+        options = engine.RunOptions(max_records=10)
+        try:
+            state = tmp_path / name  # each run on a machine of its own
+            ended[name] = engine.run(loaded, runs[name], state, options, lines[name].append)
+        except LeaseLost as lost:
+            ended[name] = str(lost)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in runs]
+    for thread in threads:
+        thread.start()
+    done = {first[-1].shard_id: first[-1].sequence}
+    wait_until(lambda: producer.get_checkpoints("race", "race-in") == done)
+    lapse.set()
+    producer.put_records("race-in", records(range(6, 16)))
+    wait_until(lambda: len(ended) == 1)  # the holder stopped
+    clock.advance(15)  # the other has now seen the lease unchanged for 65 s
+    for thread in threads:
+        thread.join(timeout=60)
+    for hanging in hung.values():
+        hanging.resume()
+    clock.advance(math.inf)  # renewal threads still waiting wake, and stop
+
+    (holder,) = [name for name in runs if ended[name] != 0]
+    (other,) = [name for name in runs if ended[name] == 0]
+    assert ended[holder] == (
+        "lost the run lease (not renewed for 45 s; another run may take it over): "
+        "stopped without writing or checkpointing further"
+    )
+    assert lines[holder][-1].startswith("[race] stopped by an error: in 10 | ")
+    holder_owner = re.escape(f"{socket.gethostname()} pid {os.getpid()} run ") + r"\w{8}"
+    waiting = rf"\[race\] waiting for the run lease held by {holder_owner} \(free in 60 s"
+    assert re.fullmatch(waiting + r" unless renewed\)", lines[other][0])
+    assert lines[other][1:3] == [
+        "[race] reading race-in on the aws target (Ctrl-C stops cleanly)",
+        "[race] resuming from checkpoints of 1 shard",
+    ]
+    assert lines[other][-1].startswith("[race] done: in 10 | out out 10 | ")
+    written = read_stream(server_client(endpoint, "kinesis"), "race-out")
+    assert sorted(r["n"] for r in written) == list(range(16))  # each once
+    for key in ("k0", "k1", "k2"):
+        numbers = [r["n"] for r in written if r["key"] == key]
+        assert numbers == sorted(numbers)

@@ -2,20 +2,24 @@
 (records that cannot be written, drains that must end, throttled shards, object sizes, long
 throttling, the AWS run lease)."""
 
+import contextlib
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import threading
 import time
 
 import pytest
+from botocore.exceptions import ReadTimeoutError
 from click.testing import CliRunner
-from conftest import read_stream, removed_state
+from conftest import MINIMAL, read_stream, removed_state, session_ids
+from fakes import HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
-from runner import engine, spec
-from runner.backends import aws
+from runner import engine, spec, target
 from runner.backends.base import SHARD_END, BackendError, PutResult, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
@@ -490,27 +494,118 @@ def test_a_stop_from_another_thread_ends_a_wait_promptly(tmp_path):
 # The run lock on AWS.
 
 
-def test_the_aws_run_lease_is_renewed_after_a_failed_renewal(aws_env, monkeypatch):
-    monkeypatch.setattr(aws, "LEASE_S", 0.3)  # renew every 0.1 s
+@pytest.fixture
+def on_aws(aws_env, tmp_path):
+    """conftest's MINIMAL spec applied on moto, and a clock for the runs' leases; at the end the
+    clock runs out, so that renewal threads still waiting on it wake, see their run ended and
+    stop."""
+    path = tmp_path / "shop.yaml"
+    path.write_text(MINIMAL)
+    clock = VirtualClock()
     with mock_aws():
-        backend = aws.AwsBackend("us-east-1", poll_s=0)
-        backend.create_checkpoint_store("shop")
-        take = backend._take_lease
-        calls = []
-        renewed = threading.Event()
+        apply(spec.load(path), lease_on(clock), lambda line: None)
+        yield path, clock
+    clock.advance(math.inf)
 
-        def flaky(pipeline, owner, **options):
-            calls.append(owner)
-            if len(calls) == 2:  # the first renewal
-                raise BackendError("checkpoint table 'shop-checkpoints': PutItem throttled")
-            take(pipeline, owner, **options)
-            if len(calls) >= 3:
-                renewed.set()
 
-        backend._take_lease = flaky
-        with backend.running("shop"):
-            assert renewed.wait(timeout=3), "the lease was never renewed again"
-        backend.close()
+def test_the_aws_run_lease_is_renewed_after_a_failed_renewal(on_aws):
+    _, clock = on_aws
+    backend = lease_on(clock)
+    tries = []
+
+    def flaky(**_):
+        tries.append(clock.now)
+        if len(tries) == 1:
+            raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")
+
+    backend._lease_client().meta.events.register("before-call.dynamodb.UpdateItem", flaky)
+    with backend.running("shop") as lease:
+        clock.advance(20)  # its turn
+        wait_until(lambda: len(tries) == 1 and clock.waiting == 1)  # failed, and waits again
+        clock.advance(2)  # soon after a failure, not a whole turn later
+        wait_until(lambda: lease.held() and lease_renewals(backend) == 1)
+        clock.advance(19)
+        assert lease.held()
+    assert tries == [20, 22]
+
+
+def lease_renewals(backend):
+    key = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+    item = backend._client("dynamodb").get_item(TableName="shop-checkpoints", Key=key)["Item"]
+    return int(item["renewals"]["N"])
+
+
+def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits_1(
+    on_aws, tmp_path, monkeypatch
+):
+    path, clock = on_aws
+    first = lease_on(clock)
+    hung = HungRenewals(first)
+    second = lease_on(clock, lambda: clock.now != 20 or hung.hanging.wait(timeout=10))
+    put = first.put_records("in", sessions("a", "b"))
+    second_run = contextlib.ExitStack()
+    taken = []
+
+    def take_over(**_):
+        # a and b are checkpointed; c and d arrive; the first run's renewals hang, and the
+        # second run takes its lease over once it has seen it unchanged for 60 s.
+        dynamodb.meta.events.unregister("after-call.dynamodb.TransactWriteItems", take_over)
+        second.put_records("in", sessions("c", "d"))
+        taken.append(second_run.enter_context(second.running("shop")))
+
+    dynamodb = first._client("dynamodb")
+    dynamodb.meta.events.register("after-call.dynamodb.TransactWriteItems", take_over)
+    monkeypatch.setattr(target, "open_backend", lambda *args, **kwargs: first)
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["run", str(path), "--target", "aws", "--state-dir", state])
+    assert hung.hanging.is_set()  # its renewal was due at 20 s, and hung
+    hung.resume()
+
+    assert result.exit_code == 1
+    assert re.sub(r" \| took [0-9.]+ s", "", result.stderr) == (
+        "[shop] reading in on the aws target (Ctrl-C stops cleanly)\n"
+        "[shop] no checkpoints for pipeline shop: starting at trim_horizon\n"
+        f"[shop] dead letter: file {state}/dead-letter/shop.jsonl\n"
+        "[shop] in 2 | out other 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms\n"
+        "[shop] stopped by an error: in 2 | out other 2 | dead-lettered 0 | filtered 0 | "
+        "dropped 0 | lag 0 ms\n"
+        f"error: lost the run lease to {taken[0].owner}: "
+        "stopped without writing or checkpointing further\n"
+    )
+    assert session_ids(second, "other-out") == ["a", "b"]
+    assert second.get_checkpoints("shop", "in") == {put[-1].shard_id: put[-1].sequence}
+    second_run.close()
+
+
+def test_a_run_started_while_another_finishes_reads_the_checkpoints_it_leaves(on_aws, tmp_path):
+    path, clock = on_aws
+    first = lease_on(clock)
+    put = first.put_records("in", sessions("a", "b"))
+    finishing = contextlib.ExitStack()
+    owner = finishing.enter_context(first.running("shop")).owner
+
+    def first_finishes():  # having routed a and b, it checkpoints them and ends
+        if not finished:
+            first.put_records("other-out", sessions("a", "b"))
+            first.set_checkpoint("shop", "in", put[-1].shard_id, put[-1].sequence)
+            finishing.close()
+            finished.append(True)
+
+    finished = []
+
+    second, lines = lease_on(clock, first_finishes), []
+    options = engine.RunOptions(until_idle=0)
+    assert engine.run(spec.load(path), second, tmp_path / "state", options, lines.append) == 0
+
+    assert [re.sub(r" \| took [0-9.]+ s", "", line) for line in lines] == [
+        f"[shop] waiting for the run lease held by {owner} (free in 60 s unless renewed)",
+        "[shop] reading in on the aws target (Ctrl-C stops cleanly)",
+        "[shop] resuming from checkpoints of 1 shard",
+        f"[shop] dead letter: file {tmp_path}/state/dead-letter/shop.jsonl",
+        "[shop] in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
+        "[shop] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
+    ]
+    assert session_ids(second, "other-out") == ["a", "b"]
 
 
 def moved(checkpoints):

@@ -372,11 +372,37 @@ class Backend(abc.ABC):
         """Remove the pipeline's checkpoints and their store."""
 
     @contextlib.contextmanager
-    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """Hold the pipeline's run lock: a second run of it at once would write everything
-        twice. Raises BackendError when another run holds it; calls `on_lost` if the lock is
-        taken away while held (a lease that lapsed). The default locks nothing."""
-        yield
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> Iterator[Lease]:
+        """Hold the pipeline's run lock while the block runs: a second run of it at once would
+        write everything twice. Yields the Lease the run checks before each write; raises
+        BackendError when another run holds it; `report` gets a line while it waits for one.
+        The default locks nothing."""
+        yield Lease()
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
+
+
+# The run lock's lease, as `Backend.running` yields it.
+
+
+class LeaseLost(BackendError):
+    """The run no longer holds its pipeline's run lease: it must write nothing more."""
+
+
+class Lease:
+    """A run's hold on its pipeline, which the loop checks before every write and checkpoint.
+
+    This one, the local lock's, holds for as long as its run goes: the OS keeps a file lock
+    until its process ends. A lease that must be renewed (AWS) says when it may be lapsing."""
+
+    def held(self) -> bool:
+        """Whether the run may still write: a cheap local check, no call to the target."""
+        return True
+
+    def check(self) -> None:
+        """Raise LeaseLost, saying why, unless the run may still write."""
+        if not self.held():
+            raise LeaseLost("lost the run lease: stopped without writing or checkpointing further")

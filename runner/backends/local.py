@@ -43,6 +43,7 @@ from runner.backends.base import (
     EarlierStream,
     FirehoseDescription,
     IteratorExpired,
+    Lease,
     PutResult,
     Record,
     RecordBatch,
@@ -485,7 +486,9 @@ class LocalBackend(Backend):
     # Run locks: a file per pipeline, locked while a run holds it; the OS frees it if it dies.
 
     @contextlib.contextmanager
-    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> Iterator[Lease]:
         path = self.state_dir / "locks" / f"{pipeline}.lock"
         self._check_writable()
         with disk_errors(path.parent, "create"):
@@ -506,7 +509,7 @@ class LocalBackend(Backend):
                 os.ftruncate(lock, 0)
                 os.pwrite(lock, f"pid {os.getpid()}".encode(), 0)
             try:
-                yield
+                yield Lease()  # held while the file is locked, and the OS unlocks it at exit
             finally:
                 with contextlib.suppress(OSError):  # the lock itself goes with the descriptor
                     os.ftruncate(lock, 0)

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from runner.backends.aws.access import AccessMixin
 from runner.backends.aws.buckets import BucketsMixin
-from runner.backends.aws.checkpoints import CheckpointsMixin, LeaseLost
+from runner.backends.aws.checkpoints import CheckpointsMixin
 from runner.backends.aws.firehoses import FirehosesMixin
+from runner.backends.aws.lease import LeaseTiming
 from runner.backends.aws.streams import StreamsMixin
 
-__all__ = ["LEASE_S", "AwsBackend", "LeaseLost"]
-
-# How long a run's lease outlives its last renewal; checkpoints.py reads it from here at each
-# use, so that setting it on this package takes effect.
-LEASE_S = 60
+__all__ = ["AwsBackend", "LeaseTiming"]
 
 
 class AwsBackend(StreamsMixin, CheckpointsMixin, BucketsMixin, FirehosesMixin, AccessMixin):
-    """Streams, buckets, delivery streams, roles, log groups and checkpoints on AWS."""
+    """Streams, buckets, delivery streams, roles, log groups and checkpoints on AWS.
+
+    `AwsBackend(region, profile, endpoint_url, poll_s, lease=LeaseTiming(...))`: `lease` sets
+    the run lease's length, clock and sleep (60 s, the monotonic clock, time.sleep)."""
 
     name = "aws"
     delivers_firehoses = True

@@ -10,40 +10,44 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-# The package, not its names: LEASE_S is read from it at each use, so a test may shorten it.
-from runner.backends import aws
 from runner.backends.aws.errors import Missing, backend_errors, error_code
+from runner.backends.aws.lease import (
+    LEASE_CALLS,
+    LEASE_KEY,
+    LeaseTiming,
+    RunLease,
+    new_owner,
+    take,
+)
 from runner.backends.aws.session import AwsSession
 from runner.backends.base import (
     SHARD_END,
     BackendError,
     EarlierStream,
     StreamNotFound,
+    Throttled,
     is_start_mark,
 )
 
 SEQUENCE_DIGITS = 64
 
-# The run lock's item; no stream is named like this, so no checkpoint can collide with it.
-_LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
-
-
-class LeaseLost(BackendError):
-    """Another run holds the pipeline's run lock."""
+# Why DynamoDB may cancel a transaction that a later try can get through.
+_PASSING = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 
 
 class CheckpointsMixin(AwsSession):
     """The pipeline's checkpoint table: its checkpoints, and the run lease kept beside them."""
+
+    def __init__(self, *args: Any, lease: LeaseTiming | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease_timing = lease or LeaseTiming()
+        self._leases: dict[str, RunLease] = {}  # pipeline -> the lease this backend holds
+        self._lease_dynamodb: Any = None
 
     def checkpoint_store_exists(self, pipeline: str) -> bool:
         """Whether the pipeline's checkpoint table exists."""
@@ -121,7 +125,8 @@ class CheckpointsMixin(AwsSession):
             values.update({":arn": {"S": life[0]}, ":created": {"S": life[1]}})
         with self._checkpoint_table(pipeline, during_run=True) as table:
             try:
-                self._client("dynamodb").update_item(
+                self._update_checkpoint(
+                    pipeline,
                     TableName=table,
                     Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
                     UpdateExpression=update,
@@ -194,92 +199,68 @@ class CheckpointsMixin(AwsSession):
         return self.__dict__.setdefault("_stream_lives", {})
 
     # Run lock: a lease item in the checkpoint table, renewed while the run goes on, so that a
-    # run on another machine sees it; a run that dies lets it lapse after LEASE_S, or is taken
-    # over at once by the next run on its own machine, which sees that its process is gone.
+    # run on another machine sees it (lease.py); checkpoints are written only while it names
+    # this run.
 
     @contextlib.contextmanager
-    def running(self, pipeline: str, on_lost: Callable[[], None] = lambda: None) -> Iterator[None]:
-        # Unique per run, even for two runs in one process.
-        owner = f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
-        self._take_lease(pipeline, owner, from_dead_run=True)
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(aws.LEASE_S / 3):
-                try:
-                    self._take_lease(pipeline, owner)
-                except LeaseLost:
-                    on_lost()  # another run took it: stop before writing twice
-                    return
-                except Exception:  # noqa: BLE001 - a blip; the lease outlives two more tries
-                    continue
-
-        renewer = threading.Thread(target=renew, name="run-lease", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            done.set()
-            renewer.join()
-            with self._checkpoint_table(pipeline) as table, contextlib.suppress(ClientError):
-                self._client("dynamodb").delete_item(
-                    TableName=table,
-                    Key=_LEASE_KEY,
-                    ConditionExpression="#owner = :owner",
-                    ExpressionAttributeNames={"#owner": "owner"},
-                    ExpressionAttributeValues={":owner": {"S": owner}},
-                )
-
-    def _take_lease(self, pipeline: str, owner: str, from_dead_run: bool = False) -> None:
-        """Take or renew the lease; `from_dead_run` (when a run starts, not when it renews) also
-        takes it from a run of this machine whose process is gone."""
-        now = int(time.time())
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> Iterator[RunLease]:
         with self._checkpoint_table(pipeline) as table:
-            try:
-                self._client("dynamodb").put_item(
-                    TableName=table,
-                    Item=_lease(owner, now),
-                    ConditionExpression="attribute_not_exists(#owner) OR #owner = :owner "
-                    "OR #expires < :now",
-                    ExpressionAttributeNames={"#owner": "owner", "#expires": "expires"},
-                    ExpressionAttributeValues={":owner": {"S": owner}, ":now": {"N": str(now)}},
-                )
-            except ClientError as error:
-                if error_code(error) != "ConditionalCheckFailedException":
-                    raise
-                held = (
-                    self._client("dynamodb")
-                    .get_item(TableName=table, Key=_LEASE_KEY, ConsistentRead=True)
-                    .get("Item", {})
-                )
-                holder = held.get("owner", {}).get("S", "another process")
-                if from_dead_run and _died_here(held):
-                    if not self._take_over(table, owner, now, holder):
-                        # Another run starting at once was faster: refused, naming that one.
-                        self._take_lease(pipeline, owner)
-                    return
-                expires = int(held.get("expires", {}).get("N", now))
-                until = time.strftime("%H:%M:%S UTC", time.gmtime(expires))
-                raise LeaseLost(
-                    f"pipeline {pipeline} is already running ({holder}; its lease lasts until "
-                    f"{until} unless renewed); two runs at once would write every record twice"
-                ) from None
-
-    def _take_over(self, table: str, owner: str, now: int, dead: str) -> bool:
-        """Take the lease from a dead run, if the item still names it; False if it does not."""
+            item, taken = take(
+                self._client("dynamodb"), table, pipeline, new_owner(), self.lease_timing, report
+            )
+        lease = RunLease(self._lease_client(), table, item, taken, self.lease_timing)
+        self._leases[pipeline] = lease
+        lease.start()
         try:
-            self._client("dynamodb").put_item(
-                TableName=table,
-                Item=_lease(owner, now),
-                ConditionExpression="#owner = :dead",
-                ExpressionAttributeNames={"#owner": "owner"},
-                ExpressionAttributeValues={":dead": {"S": dead}},
+            yield lease
+        finally:
+            del self._leases[pipeline]
+            lease.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._lease_dynamodb is not None:
+                self._lease_dynamodb.close()
+                self._lease_dynamodb = None
+        super().close()
+
+    def _lease_client(self) -> Any:
+        """DynamoDB for the lease's renewals, with short timeouts and no retries of its own."""
+        with self._lock:
+            if self._lease_dynamodb is None:
+                self._lease_dynamodb = self._new_client("dynamodb", LEASE_CALLS)
+            return self._lease_dynamodb
+
+    def _update_checkpoint(self, pipeline: str, **update: Any) -> None:
+        """UpdateItem of a checkpoint; while this backend holds the pipeline's run lease, in one
+        transaction with a check that the lease still names this run: LeaseLost if it does not,
+        and nothing if only the update's own condition fails (a later checkpoint is there)."""
+        lease = self._leases.get(pipeline)
+        if lease is None:
+            self._client("dynamodb").update_item(**update)
+            return
+        mine = {"TableName": update["TableName"], "Key": LEASE_KEY, **lease.mine()}
+        try:
+            self._client("dynamodb").transact_write_items(
+                TransactItems=[{"ConditionCheck": mine}, {"Update": update}]
             )
         except ClientError as error:
-            if error_code(error) != "ConditionalCheckFailedException":
+            if error_code(error) != "TransactionCanceledException":
                 raise
-            return False
-        return True
+            codes = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                lease.taken()
+                lease.check()  # raises LeaseLost, naming the run that holds the lease now
+            if codes[1:] == ["ConditionalCheckFailed"]:
+                return
+            if _PASSING.intersection(codes):
+                raise Throttled(
+                    f"checkpoint table '{update['TableName']}': TransactWriteItems cancelled "
+                    f"({', '.join(map(str, codes))})"
+                ) from error
+            raise
 
     def _table_status(self, table: str) -> str | None:
         try:
@@ -315,38 +296,3 @@ def _life_of(item: dict[str, Any]) -> tuple[str, str] | None:
     if "stream_arn" not in item:
         return None
     return item["stream_arn"]["S"], item["stream_created"]["S"]
-
-
-def _lease(owner: str, now: int) -> dict[str, Any]:
-    """The lease item of this process's run: its owner text, and where its pid is apart."""
-    return {
-        **_LEASE_KEY,
-        "owner": {"S": owner},
-        "host": {"S": socket.gethostname()},
-        "pid_namespace": {"S": _pid_namespace()},
-        "pid": {"N": str(os.getpid())},
-        "expires": {"N": str(now + aws.LEASE_S)},
-    }
-
-
-def _pid_namespace() -> str:
-    # Containers may share a hostname (host networking) but number their processes apart.
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:  # no /proc (macOS): one numbering per machine
-        return ""
-
-
-def _died_here(lease: dict[str, Any]) -> bool:
-    """Whether the lease item names a process of this machine that no longer exists."""
-    where = (lease.get("host", {}).get("S"), lease.get("pid_namespace", {}).get("S"))
-    pid = int(lease.get("pid", {}).get("N", 0))
-    if where != (socket.gethostname(), _pid_namespace()) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, as another user's
-        pass
-    return False

@@ -1,0 +1,277 @@
+"""The run lease on AWS: one item in the pipeline's checkpoint table naming the run that may
+write, so that two runs of a pipeline never both write.
+
+A run takes the item when it is free; when it has watched it stay the same (holder, epoch and
+renewal count) for a whole lease period on its own monotonic clock; or at once when its holder
+was a process of this machine that is gone. The holder renews it every third of the lease, and
+writes only while its last renewal began less than three quarters of a lease ago: by the time
+another run may take the lease over, the holder has stopped writing, whatever the wall clocks
+of the two machines say. Each take writes a new epoch, and checkpoints are written on the
+condition that the item still names this run and epoch (checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from runner.backends.aws.errors import error_code
+from runner.backends.base import BackendError, Lease, LeaseLost
+
+# The lease's item; no stream is named like this, so no checkpoint can collide with it.
+LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+
+# The renewals' own client: one short try per call, so that a renewal ends well within its
+# turn (botocore's defaults, three tries of up to 60 s each, would outlast a 60 s lease).
+LEASE_CALLS = Config(connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 1})
+
+_STOPPED = "stopped without writing or checkpointing further"
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """How long a run's lease lasts after its last renewal, and the monotonic clock and the
+    sleep it is kept by (tests pass fakes)."""
+
+    seconds: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def safe(self) -> float:
+        """How long after a renewal began its run may still write: the lease less a quarter,
+        the margin for a write on its way to AWS and for clocks of slightly different rates."""
+        return self.seconds * 3 / 4
+
+
+def new_owner() -> str:
+    """The text naming this run in the lease item; unique per run, even in one process."""
+    return f"{socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:8]}"
+
+
+def take(
+    client: Any,
+    table: str,
+    pipeline: str,
+    owner: str,
+    timing: LeaseTiming,
+    report: Callable[[str], None],
+) -> tuple[dict[str, Any], float]:
+    """Take the lease item for `owner`; returns the item written and the clock when the write
+    began. Raises BackendError, naming the holder, if the item changes while this run waits."""
+    seen: dict[str, Any] | None = None  # the item as first found held
+    since = 0.0
+    while True:
+        found = client.get_item(TableName=table, Key=LEASE_KEY, ConsistentRead=True).get("Item")
+        looked = timing.clock()  # after the read: no earlier than the renewal it shows
+        holder = (found or {}).get("owner", {}).get("S")
+        dead = holder is not None and _died_here(found)
+        if holder is None:
+            condition = _FREE
+        else:
+            if seen is None:
+                seen, since = found, looked
+                if not dead:
+                    report(
+                        f"waiting for the run lease held by {holder} "
+                        f"(free in {math.ceil(timing.seconds)} s unless renewed)"
+                    )
+            elif found != seen:
+                raise BackendError(_refusal(pipeline, seen, found))
+            waited = looked - since
+            if not dead and waited < timing.seconds:
+                timing.sleep(min(timing.seconds / 12, timing.seconds - waited))
+                continue
+            condition = _as_seen(found)
+        item = _item(owner)
+        began = timing.clock()
+        try:
+            client.put_item(TableName=table, Item=item, **condition)
+        except ClientError as error:
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            continue  # another run changed it first: look again
+        if dead:
+            report(f"took over the run lease of {holder}, whose process is gone")
+        elif holder is not None:
+            report(f"took over the run lease of {holder}, not renewed for {timing.seconds:g} s")
+        return item, began
+
+
+class RunLease(Lease):
+    """This run's hold on the lease item, renewed by a thread of its own while the run goes."""
+
+    def __init__(
+        self, client: Any, table: str, item: dict[str, Any], taken: float, timing: LeaseTiming
+    ) -> None:
+        self.table = table
+        self.owner = item["owner"]["S"]
+        self.epoch = item["epoch"]["S"]
+        self._client = client  # with LEASE_CALLS' short timeouts
+        self._timing = timing
+        self._renewed = taken  # the clock when the last successful take or renewal began
+        self._lost: str | None = None  # why, once lost; never held again after that
+        self._expired = False
+        self._done = threading.Event()
+        self._renewer = threading.Thread(target=self._keep, name="run-lease", daemon=True)
+
+    def start(self) -> None:
+        self._renewer.start()
+
+    def held(self) -> bool:
+        if self._lost is None and self._timing.clock() - self._renewed >= self._timing.safe:
+            self._expired = True
+            self._lost = (
+                f"lost the run lease (not renewed for {self._timing.safe:g} s; "
+                "another run may take it over)"
+            )
+        return self._lost is None
+
+    def check(self) -> None:
+        if self.held():
+            return
+        if self._expired:  # name the run that took it, if one did
+            self._expired = False
+            holder = self._holder()
+            if holder is not None and holder != self.owner:
+                self._lost = f"lost the run lease to {holder}"
+        raise LeaseLost(f"{self._lost}: {_STOPPED}")
+
+    def taken(self) -> None:
+        """The item no longer names this run and epoch: lost, to whoever holds it now."""
+        self._lost = f"lost the run lease to {self._holder() or 'another run'}"
+
+    def mine(self) -> dict[str, Any]:
+        """The condition, as DynamoDB call parameters, that the item still names this run."""
+        return {
+            "ConditionExpression": "#owner = :owner AND #epoch = :epoch",
+            "ExpressionAttributeNames": {"#owner": "owner", "#epoch": "epoch"},
+            "ExpressionAttributeValues": {
+                ":owner": {"S": self.owner},
+                ":epoch": {"S": self.epoch},
+            },
+        }
+
+    def release(self) -> None:
+        """Stop renewing and free the item if it still names this run; a release that fails
+        lets the lease lapse. A renewal still in flight finds the item gone and stops."""
+        self._done.set()
+        try:
+            self._client.delete_item(TableName=self.table, Key=LEASE_KEY, **self.mine())
+        except (ClientError, BotoCoreError):
+            pass
+
+    def _keep(self) -> None:
+        """Renew every third of the lease; after a failure try again soon, until renewed, the
+        item names another run, or the lease is too old to write under."""
+        due = self._renewed + self._timing.seconds / 3
+        while True:
+            self._timing.sleep(max(0.0, due - self._timing.clock()))
+            if self._done.is_set() or not self.held():
+                return
+            began = self._timing.clock()
+            due = began + self._timing.seconds / 30  # unless renewed
+            try:
+                self._client.update_item(
+                    TableName=self.table,
+                    Key=LEASE_KEY,
+                    UpdateExpression="SET #renewals = #renewals + :one",
+                    **_with(self.mine(), {"#renewals": "renewals"}, {":one": {"N": "1"}}),
+                )
+            except ClientError as error:
+                if error_code(error) == "ConditionalCheckFailedException":
+                    self.taken()
+                    return
+                continue
+            except Exception:  # noqa: BLE001 - a timeout or a blip: try again while it is safe
+                continue
+            self._renewed = began
+            due = began + self._timing.seconds / 3
+
+    def _holder(self) -> str | None:
+        """Who holds the item now, as far as one quick read tells; None if no one does."""
+        try:
+            found = self._client.get_item(TableName=self.table, Key=LEASE_KEY, ConsistentRead=True)
+        except (ClientError, BotoCoreError):
+            return None
+        return found.get("Item", {}).get("owner", {}).get("S")
+
+
+_FREE = {
+    "ConditionExpression": "attribute_not_exists(#owner)",
+    "ExpressionAttributeNames": {"#owner": "owner"},
+}
+
+
+def _item(owner: str) -> dict[str, Any]:
+    """The lease item of a run taking it: who it is, where its pid is numbered, a new epoch."""
+    return {
+        **LEASE_KEY,
+        "owner": {"S": owner},
+        "epoch": {"S": uuid.uuid4().hex},
+        "renewals": {"N": "0"},
+        "host": {"S": socket.gethostname()},
+        "pid_namespace": {"S": _pid_namespace()},
+        "pid": {"N": str(os.getpid())},
+    }
+
+
+def _as_seen(item: dict[str, Any]) -> dict[str, Any]:
+    """The condition, as DynamoDB call parameters, that the item is still exactly `item`."""
+    fields = sorted(name for name in item if name not in LEASE_KEY)
+    return {
+        "ConditionExpression": " AND ".join(f"#f{i} = :f{i}" for i in range(len(fields))),
+        "ExpressionAttributeNames": {f"#f{i}": name for i, name in enumerate(fields)},
+        "ExpressionAttributeValues": {f":f{i}": item[name] for i, name in enumerate(fields)},
+    }
+
+
+def _with(params: dict[str, Any], names: dict[str, str], values: dict[str, Any]) -> dict:
+    """Condition parameters, with more expression attribute names and values."""
+    return {
+        "ConditionExpression": params["ConditionExpression"],
+        "ExpressionAttributeNames": {**params["ExpressionAttributeNames"], **names},
+        "ExpressionAttributeValues": {**params["ExpressionAttributeValues"], **values},
+    }
+
+
+def _refusal(pipeline: str, seen: dict[str, Any], found: dict[str, Any]) -> str:
+    holder = found["owner"]["S"]
+    how = "renewed its lease" if holder == seen["owner"]["S"] else "took the lease"
+    return (
+        f"pipeline {pipeline} is already running ({holder} {how} while this run waited); "
+        "two runs at once would write every record twice"
+    )
+
+
+def _pid_namespace() -> str:
+    # Containers may share a hostname (host networking) but number their processes apart.
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): one numbering per machine
+        return ""
+
+
+def _died_here(lease: dict[str, Any]) -> bool:
+    """Whether the lease item names a process of this machine that no longer exists."""
+    where = (lease.get("host", {}).get("S"), lease.get("pid_namespace", {}).get("S"))
+    pid = int(lease.get("pid", {}).get("N", 0))
+    if where != (socket.gethostname(), _pid_namespace()) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's
+        pass
+    return False
