@@ -554,12 +554,13 @@ def checkpoints_and_lease(endpoint):
 def test_a_run_whose_answers_are_cut_short_waits_them_out_and_loses_nothing(flaky, endpoint):
     spec, pipeline = flaky
     cut = {"ListShards": 1, "GetShardIterator": 1, "GetRecords": 2, "PutRecords": 2}
-    with cutting_proxy(endpoint, {**cut, "UpdateItem": 1}) as proxy:
+    with cutting_proxy(endpoint, {**cut, "TransactWriteItems": 1}) as proxy:
         ran = pipeline("run", str(spec), "--until-idle", "0.5", endpoint_url=proxy.url)
 
     assert ran.exit_code == 0, ran.stderr
     assert "[flaky] done: in 20 | out out 20 |" in ran.stderr
-    assert sorted(proxy.answers_cut) == sorted([*cut, "GetRecords", "PutRecords", "UpdateItem"])
+    expected = [*cut, "GetRecords", "PutRecords", "TransactWriteItems"]  # fenced checkpoints
+    assert sorted(proxy.answers_cut) == sorted(expected)
     routed = [r["session_id"] for r in read_stream(server_client(endpoint, "kinesis"), "flaky-out")]
     assert set(routed) == set(FLAKY_SESSIONS)  # at least once: a put cut short is put again
     assert checkpoints_and_lease(endpoint) == ["shardId-000000000000"]
@@ -620,11 +621,13 @@ resources:
   streams:
     source: {name: race-in, shards: 1}
     out: {name: race-out, shards: 1}
+    rejects: {name: race-rejects, shards: 1}
 source: {stream: source}
 route:
   partition_key: key
   cases:
     - to: out
+dead_letter: {stream: rejects}
 """
 
 

@@ -494,13 +494,20 @@ def test_a_stop_from_another_thread_ends_a_wait_promptly(tmp_path):
 # The run lock on AWS.
 
 
+# The aws target needs a dead letter off the machine.
+MINIMAL_WITH_DEAD_LETTER = (
+    MINIMAL.replace("    other:", "    rejects: {name: shop-rejects, shards: 1}\n    other:")
+    + "dead_letter: {stream: rejects}\n"
+)
+
+
 @pytest.fixture
 def on_aws(aws_env, tmp_path):
     """conftest's MINIMAL spec applied on moto, and a clock for the runs' leases; at the end the
     clock runs out, so that renewal threads still waiting on it wake, see their run ended and
     stop."""
     path = tmp_path / "shop.yaml"
-    path.write_text(MINIMAL)
+    path.write_text(MINIMAL_WITH_DEAD_LETTER)
     clock = VirtualClock()
     with mock_aws():
         apply(spec.load(path), lease_on(clock), lambda line: None)
@@ -546,9 +553,15 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
     second_run = contextlib.ExitStack()
     taken = []
 
+    writes = []
+
     def take_over(**_):
-        # a and b are checkpointed; c and d arrive; the first run's renewals hang, and the
-        # second run takes its lease over once it has seen it unchanged for 60 s.
+        # a and b are checkpointed (after where the shard starts); c and d arrive; the first
+        # run's renewals hang, and the second run takes its lease over once it has seen it
+        # unchanged for 60 s.
+        writes.append(True)
+        if len(writes) < 2:
+            return  # where the shard starts, recorded before its records are read
         dynamodb.meta.events.unregister("after-call.dynamodb.TransactWriteItems", take_over)
         second.put_records("in", sessions("c", "d"))
         taken.append(second_run.enter_context(second.running("shop")))
@@ -565,7 +578,7 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
     assert re.sub(r" \| took [0-9.]+ s", "", result.stderr) == (
         "[shop] reading in on the aws target (Ctrl-C stops cleanly)\n"
         "[shop] no checkpoints for pipeline shop: starting at trim_horizon\n"
-        f"[shop] dead letter: file {state}/dead-letter/shop.jsonl\n"
+        "[shop] dead letter: stream shop-rejects\n"
         "[shop] in 2 | out other 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms\n"
         "[shop] stopped by an error: in 2 | out other 2 | dead-lettered 0 | filtered 0 | "
         "dropped 0 | lag 0 ms\n"
@@ -601,7 +614,7 @@ def test_a_run_started_while_another_finishes_reads_the_checkpoints_it_leaves(on
         f"[shop] waiting for the run lease held by {owner} (free in 60 s unless renewed)",
         "[shop] reading in on the aws target (Ctrl-C stops cleanly)",
         "[shop] resuming from checkpoints of 1 shard",
-        f"[shop] dead letter: file {tmp_path}/state/dead-letter/shop.jsonl",
+        "[shop] dead letter: stream shop-rejects",
         "[shop] in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
         "[shop] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]
