@@ -29,9 +29,9 @@ from pathlib import Path
 
 from runner import spec as spec_module
 from runner.backends.local import LocalBackend
-from runner.produce import synthetic_sessions
-from runner.provision import apply
-from runner.record import Journey
+from runner.commands.produce import synthetic_sessions
+from runner.commands.provision import apply
+from runner.records.processor import Journey
 
 REPO = Path(__file__).resolve().parents[1]
 # Its own copy of the scenario: a user editing pipelines/ecommerce.yaml changes no figure.

@@ -12,17 +12,18 @@ from typing import Any
 
 import click
 
-from runner import consume as consume_module
-from runner import engine, provision
-from runner import produce as produce_module
 from runner import spec as spec_module
 from runner.backends import TARGETS
 from runner.backends.base import BackendError
-from runner.expressions import ExpressionError
-from runner.expressions import compile as compile_expression
-from runner.preview import preview as preview_records
+from runner.commands import consume as consume_module
+from runner.commands import produce as produce_module
+from runner.commands import provision
+from runner.commands.preview import preview as preview_records
+from runner.commands.target import Target
+from runner.loop import engine
+from runner.records.expressions import ExpressionError
+from runner.records.expressions import compile as compile_expression
 from runner.spec import SpecError
-from runner.target import Target
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 

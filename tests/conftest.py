@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import expressions
+from runner.records import expressions
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"

@@ -1,4 +1,4 @@
-from runner import access
+from runner.backends.aws import policies as access
 from runner.spec import load
 
 SPEC = """\

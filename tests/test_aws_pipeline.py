@@ -23,12 +23,13 @@ from conftest import PIPELINES, REPO
 from fakes import HungRenewals, VirtualClock, wait_until
 from moto.server import ThreadedMotoServer
 
-from runner import engine, spec
+from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.base import LeaseLost
 from runner.cli import cli
-from runner.produce import synthetic_sessions
-from runner.provision import apply
+from runner.commands.produce import synthetic_sessions
+from runner.commands.provision import apply
+from runner.loop import engine
 
 ACCOUNT = "123456789012"  # moto's account
 SOURCE = "de-c2w2lab1-kinesis-data-stream"

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from jmespath.functions import Functions, signature
 from jmespath.visitor import TreeInterpreter
 
-from runner import expressions
 from runner.compiler import CompileError, Function, SearchError, compile
+from runner.records import expressions
 
 # The official suite lies beside the repository (as CI lays it out); only its cases are
 # skipped where it is absent, the other tests here always run.

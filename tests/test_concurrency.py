@@ -14,7 +14,7 @@ from conftest import PIPELINES, REPO, session_ids
 
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.produce import synthetic_sessions
+from runner.commands.produce import synthetic_sessions
 
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
 USA = "de-c2w2lab1-usa-data-stream"

@@ -13,8 +13,8 @@ from conftest import REPO
 
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.consume import consume, position
-from runner.reader import Position
+from runner.commands.consume import consume, position
+from runner.loop.reader import Position
 
 STREAM = "events"
 UTC = datetime.timezone.utc

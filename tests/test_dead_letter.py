@@ -10,14 +10,15 @@ from conftest import MINIMAL, read_stream
 from fakes import PIPELINE, FailingDisk, with_own_mounts
 from moto import mock_aws
 
-from runner import engine, spec
+from runner import spec
 from runner.backends.aws import AwsBackend
 from runner.backends.base import BackendError, Record, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.dead_letter import DeadLetter
-from runner.patience import Patience
-from runner.provision import apply
+from runner.commands.provision import apply
+from runner.loop import engine
+from runner.loop.dead_letter import DeadLetter
+from runner.loop.patience import Patience
 
 ARRIVAL = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
 WITH_STREAM = (

@@ -2,8 +2,8 @@ import uuid
 
 import pytest
 
-from runner import expressions
-from runner.expressions import ExpressionError, SearchError
+from runner.records import expressions
+from runner.records.expressions import ExpressionError, SearchError
 
 
 def test_added_functions_give_time_ids_and_case(fixed_clock):

@@ -16,12 +16,13 @@ from botocore.exceptions import (
 from conftest import PIPELINES, read_stream, session_ids
 from moto import mock_aws as mock_aws_factory
 
-from runner import engine, spec
+from runner import spec
 from runner.backends.aws import AwsBackend
 from runner.backends.base import IteratorExpired, PutResult, Throttled
 from runner.backends.local import LocalBackend
-from runner.produce import synthetic_sessions
-from runner.provision import apply
+from runner.commands.produce import synthetic_sessions
+from runner.commands.provision import apply
+from runner.loop import engine
 
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
 mock_aws = mock_aws_factory()

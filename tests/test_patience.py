@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from runner.backends.base import Throttled
-from runner.patience import Abandoned, GaveUp, Patience
+from runner.loop.patience import Abandoned, GaveUp, Patience
 
 LOST = Throttled("stream 'out': Could not connect to the endpoint URL: \"http://127.0.0.1:9/\"")
 

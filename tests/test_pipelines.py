@@ -13,11 +13,12 @@ from itertools import islice
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO, read_stream, removed_state
 
-from runner import engine, spec
+from runner import spec
 from runner.backends.base import is_start_mark
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.produce import synthetic_sessions
+from runner.commands.produce import synthetic_sessions
+from runner.loop import engine
 
 ECOMMERCE = str(PIPELINES / "ecommerce.yaml")
 SOURCE = "de-c2w2lab1-kinesis-data-stream"

@@ -10,8 +10,15 @@ from conftest import PIPELINES, removed_state
 from runner.backends.base import MAX_RECORD_BYTES, BackendError
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.expressions import compile as compile_expression
-from runner.produce import ABROAD, USA_CITIES, json_lines, main, produce, synthetic_sessions
+from runner.commands.produce import (
+    ABROAD,
+    USA_CITIES,
+    json_lines,
+    main,
+    produce,
+    synthetic_sessions,
+)
+from runner.records.expressions import compile as compile_expression
 
 STREAM = "events"
 SAMPLE = (PIPELINES / "samples" / "session.json").read_text().strip()

@@ -19,13 +19,15 @@ from conftest import MINIMAL, read_stream, removed_state, session_ids
 from fakes import HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
-from runner import engine, spec, target
+from runner import spec
 from runner.backends.base import SHARD_END, BackendError, PutResult, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.provision import apply
-from runner.record import parse_json
-from runner.sink import Sink
+from runner.commands import target
+from runner.commands.provision import apply
+from runner.loop import engine
+from runner.loop.sink import Sink
+from runner.records.processor import parse_json
 
 HEADER = """\
 pipeline: review

@@ -2,9 +2,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES
 
-from runner import provision, spec
+from runner import spec
 from runner.backends.local import LocalBackend
 from runner.cli import cli
+from runner.commands import provision
 
 ECOMMERCE = PIPELINES / "ecommerce.yaml"
 SOURCE = "de-c2w2lab1-kinesis-data-stream"

@@ -1,6 +1,6 @@
 import pytest
 
-from runner.record import BadRecord, parse_json, parse_record
+from runner.records.processor import BadRecord, parse_json, parse_record
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,13 @@ from click.testing import CliRunner
 from conftest import read_stream
 from moto import mock_aws
 
-from runner import engine, spec
+from runner import spec
 from runner.backends.aws import AwsBackend
 from runner.backends.base import SHARD_END, BackendError
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.provision import apply
+from runner.commands.provision import apply
+from runner.loop import engine
 
 SPEC = """\
 pipeline: shop

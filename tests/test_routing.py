@@ -1,7 +1,7 @@
 import pytest
 
-from runner import expressions
-from runner.routing import Case, Route, RouteError
+from runner.records import expressions
+from runner.records.routing import Case, Route, RouteError
 
 
 def route(*cases, key="session_id"):

@@ -7,7 +7,7 @@ from runner.backends.base import (
     StreamNotFound,
     Throttled,
 )
-from runner.sink import Sink, batches, waves
+from runner.loop.sink import Sink, batches, waves
 
 MIB = 1024 * 1024
 THROTTLED = "ProvisionedThroughputExceededException"

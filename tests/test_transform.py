@@ -1,7 +1,7 @@
 import pytest
 
-from runner import expressions, transform
-from runner.transform import (
+from runner.records import expressions, transform
+from runner.records.transform import (
     Filtered,
     FilterStep,
     RemoveStep,

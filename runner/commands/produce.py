@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import IO
 
 from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, StateLost
-from runner.expressions import Expression
-from runner.record import BadRecord, encode, parse_record
-from runner.routing import RouteError, partition_key
-from runner.sink import Sink
+from runner.loop.sink import Sink
+from runner.records.expressions import Expression
+from runner.records.processor import BadRecord, encode, parse_record
+from runner.records.routing import RouteError, partition_key
 
 BATCH = 500
 SCENARIO_MEAN_GAP_S = 10.0

@@ -25,12 +25,12 @@ from runner.backends.base import (
     PutResult,
     Record,
 )
-from runner.dead_letter import DeadLetter, run_refusal
-from runner.delivery import Delivery
-from runner.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
-from runner.reader import Position, ShardBatch, StreamReader, stored_checkpoints
-from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.sink import Sink
+from runner.loop.dead_letter import DeadLetter, run_refusal
+from runner.loop.delivery import Delivery
+from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
+from runner.loop.reader import Position, ShardBatch, StreamReader, stored_checkpoints
+from runner.loop.sink import Sink
+from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec, SpecError, parse_timestamp
 
 STATUS_EVERY_S = 5.0

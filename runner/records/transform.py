@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.expressions import Expression, SearchError, is_true
+from runner.records.expressions import Expression, SearchError, is_true
 
 
 class TransformError(ValueError):

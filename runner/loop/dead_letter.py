@@ -29,9 +29,9 @@ from pathlib import Path
 
 from runner.backends import CHECKPOINTS_OFF_MACHINE
 from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record, disk_errors
-from runner.delivery import object_key
-from runner.patience import Patience
-from runner.sink import Sink
+from runner.loop.delivery import object_key
+from runner.loop.patience import Patience
+from runner.loop.sink import Sink
 from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
 
 

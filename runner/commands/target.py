@@ -9,7 +9,7 @@ from pathlib import Path
 from runner import spec as spec_module
 from runner.backends import open_backend
 from runner.backends.base import Backend
-from runner.dead_letter import run_refusal
+from runner.loop.dead_letter import run_refusal
 
 
 @dataclass

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from runner.backends.base import SHARD_END, Backend, BackendError
-from runner.reader import StreamReader, stored_checkpoints
+from runner.loop.reader import StreamReader, stored_checkpoints
 from runner.spec import Firehose, Spec
 
 # Records per GetRecords call: about a 1 MB buffer of the scenario's records, so that a

@@ -16,9 +16,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from runner import expressions
 from runner.backends.base import DEFAULT_REGION
-from runner.document import (
+from runner.records import expressions
+from runner.records.routing import Case, Route
+from runner.records.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
+from runner.spec.document import (
     Interpolator,
     Reader,
     SpecError,
@@ -27,8 +29,6 @@ from runner.document import (
     schema,
     validate_shape,
 )
-from runner.routing import Case, Route
-from runner.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
 
 __all__ = [
     "Spec",

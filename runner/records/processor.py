@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 from runner.backends.base import MAX_RECORD_BYTES
-from runner.expressions import json_type
-from runner.routing import RouteError
+from runner.records.expressions import json_type
+from runner.records.routing import RouteError
+from runner.records.transform import Filtered, TransformError
 from runner.spec import Spec
-from runner.transform import Filtered, TransformError
 
 ROUTED, FILTERED, DEAD_LETTER, DROPPED = "routed", "filtered", "dead_letter", "dropped"
 

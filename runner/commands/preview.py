@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import IO
 
-from runner.record import DEAD_LETTER, DROPPED, FILTERED, Journey
+from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec, SpecError
 
 

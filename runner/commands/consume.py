@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import IO
 
 from runner.backends.base import Backend, Record
-from runner.engine import start_position
-from runner.reader import Position, StreamReader
-from runner.record import BadRecord, parse_json
+from runner.loop.engine import start_position
+from runner.loop.reader import Position, StreamReader
+from runner.records.processor import BadRecord, parse_json
 
 SEQUENCE_TYPES = ("at_sequence_number", "after_sequence_number")
 

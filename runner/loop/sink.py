@@ -19,7 +19,7 @@ from runner.backends.base import (
     BackendError,
     Throttled,
 )
-from runner.patience import Patience, backoff_cap
+from runner.loop.patience import Patience, backoff_cap
 
 Entry = tuple[bytes, str]  # (data, partition key)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from runner import access
+from runner.backends.aws import policies as access
 from runner.backends.base import AlreadyExists, Backend, FirehoseDescription
 from runner.spec import Firehose, Spec
 

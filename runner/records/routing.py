@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.backends.base import MAX_PARTITION_KEY_CHARS
-from runner.expressions import Expression, SearchError, is_true, json_type
+from runner.records.expressions import Expression, SearchError, is_true, json_type
 
 
 class RouteError(ValueError):

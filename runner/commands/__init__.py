@@ -1,0 +1,1 @@
+"""One module per command: the work of each `pipeline` command, callable without click."""

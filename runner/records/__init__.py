@@ -1,0 +1,1 @@
+"""Pure per-record logic: expressions, transform steps, routing and the processor."""
