@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, removed_state
 
-from runner.backends.base import MAX_RECORD_BYTES, BackendError
+from runner.backends.base import BackendError
+from runner.backends.limits import MAX_RECORD_BYTES
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands.produce import (

@@ -2,7 +2,8 @@ import datetime
 
 import pytest
 
-from runner.backends.base import MAX_GET_RECORDS, SHARD_END, Throttled
+from runner.backends.base import SHARD_END, Throttled
+from runner.backends.limits import MAX_GET_RECORDS
 from runner.backends.local import LocalBackend
 from runner.loop.reader import Position, StreamReader
 

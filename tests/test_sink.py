@@ -1,12 +1,7 @@
 import pytest
 
-from runner.backends.base import (
-    MAX_BATCH_BYTES,
-    BackendError,
-    PutResult,
-    StreamNotFound,
-    Throttled,
-)
+from runner.backends.base import BackendError, PutResult, StreamNotFound, Throttled
+from runner.backends.limits import MAX_BATCH_BYTES
 from runner.loop.sink import Sink, batches, waves
 
 MIB = 1024 * 1024

@@ -35,7 +35,6 @@ from pathlib import Path
 from runner.backends.base import (
     DEFAULT_REGION,
     ITERATOR_TYPES,
-    MAX_GET_RECORDS,
     SHARD_END,
     AlreadyExists,
     Backend,
@@ -51,11 +50,10 @@ from runner.backends.base import (
     StateLost,
     StreamDescription,
     StreamNotFound,
-    check_batch,
-    check_shard_count,
     disk_errors,
     is_start_mark,
 )
+from runner.backends.limits import MAX_GET_RECORDS, check_batch, check_shard_count
 
 HASH_SPACE = 2**128
 ITERATOR_TTL_S = 300

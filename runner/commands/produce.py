@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, StateLost
+from runner.backends.base import Backend, BackendError, StateLost
+from runner.backends.limits import MAX_RECORD_BYTES
 from runner.loop.sink import Sink
 from runner.records.expressions import Expression
 from runner.records.processor import BadRecord, encode, parse_record

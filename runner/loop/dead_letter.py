@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.backends import CHECKPOINTS_OFF_MACHINE
-from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, Record, disk_errors
+from runner.backends.base import Backend, BackendError, Record, disk_errors
+from runner.backends.limits import MAX_RECORD_BYTES
 from runner.loop.delivery import object_key
 from runner.loop.patience import Patience
 from runner.loop.sink import Sink

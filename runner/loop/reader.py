@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from runner.backends.base import (
-    MAX_GET_RECORDS,
     SHARD_END,
     Backend,
     BackendError,
@@ -29,6 +28,7 @@ from runner.backends.base import (
     parse_start_mark,
     start_mark,
 )
+from runner.backends.limits import MAX_GET_RECORDS
 
 MIN_CALL_INTERVAL_S = 0.2  # GetRecords: at most 5 calls per second per shard
 EMPTY_INTERVAL_S = 1.0  # an empty shard is asked again after this long

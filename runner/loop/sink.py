@@ -12,13 +12,8 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from runner.backends.base import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_RECORDS,
-    Backend,
-    BackendError,
-    Throttled,
-)
+from runner.backends.base import Backend, BackendError, Throttled
+from runner.backends.limits import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
 from runner.loop.patience import Patience, backoff_cap
 
 Entry = tuple[bytes, str]  # (data, partition key)

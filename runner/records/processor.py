@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from runner.backends.base import MAX_RECORD_BYTES
+from runner.backends.limits import MAX_RECORD_BYTES
 from runner.records.expressions import json_type
 from runner.records.routing import RouteError
 from runner.records.transform import Filtered, TransformError

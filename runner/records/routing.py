@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runner.backends.base import MAX_PARTITION_KEY_CHARS
+from runner.backends.limits import MAX_PARTITION_KEY_CHARS
 from runner.records.expressions import Expression, SearchError, is_true, json_type
 
 

@@ -12,7 +12,6 @@ from runner.backends.aws.errors import backend_errors, complete
 from runner.backends.aws.session import AwsSession
 from runner.backends.base import (
     ITERATOR_TYPES,
-    MAX_GET_RECORDS,
     BackendError,
     PutResult,
     Record,
@@ -20,10 +19,9 @@ from runner.backends.base import (
     Shard,
     StreamDescription,
     StreamNotFound,
-    check_batch,
-    check_shard_count,
     start_mark,
 )
+from runner.backends.limits import MAX_GET_RECORDS, check_batch, check_shard_count
 
 SHARDS_PER_PAGE = 1000
 # How far apart the arrival times that Kinesis' hosts stamp may be: a restart from a LATEST

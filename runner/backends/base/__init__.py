@@ -1,0 +1,101 @@
+"""The interface the engine, provisioning and produce/consume use, whatever the target.
+
+A backend speaks Kinesis' vocabulary (streams, shards, iterators, sequence numbers) so that the
+engine is written once. `local.py` keeps these semantics in one SQLite file; `aws/` maps them
+onto boto3. `Backend` is composed of one part per concern: streams and records (streams.py),
+checkpoints and the run lease (checkpoints.py), buckets, firehoses, and the roles and log
+groups only AWS has (access.py); errors.py holds what they raise. Callers import it all from
+here.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from runner.backends.base.access import Access, RoleDescription
+from runner.backends.base.buckets import Buckets
+from runner.backends.base.checkpoints import (
+    SHARD_END,
+    START_MARK,
+    Checkpoints,
+    Lease,
+    is_start_mark,
+    parse_start_mark,
+    start_mark,
+)
+from runner.backends.base.errors import (
+    AlreadyExists,
+    BackendError,
+    EarlierStream,
+    IteratorExpired,
+    LeaseLost,
+    StateLost,
+    StreamNotFound,
+    Throttled,
+    disk_errors,
+)
+from runner.backends.base.firehoses import FirehoseDescription, Firehoses
+from runner.backends.base.streams import (
+    ITERATOR_TYPES,
+    PutResult,
+    Record,
+    RecordBatch,
+    Shard,
+    StreamDescription,
+    Streams,
+)
+
+__all__ = [
+    "DEFAULT_REGION",
+    "ITERATOR_TYPES",
+    "SHARD_END",
+    "START_MARK",
+    "AlreadyExists",
+    "Backend",
+    "BackendError",
+    "EarlierStream",
+    "FirehoseDescription",
+    "IteratorExpired",
+    "Lease",
+    "LeaseLost",
+    "PutResult",
+    "Record",
+    "RecordBatch",
+    "RoleDescription",
+    "Shard",
+    "StateLost",
+    "StreamDescription",
+    "StreamNotFound",
+    "Throttled",
+    "disk_errors",
+    "is_start_mark",
+    "parse_start_mark",
+    "start_mark",
+]
+
+# Where a target acts when neither the command line, the spec nor the AWS configuration says.
+DEFAULT_REGION = "us-east-1"
+
+
+class Backend(Streams, Checkpoints, Buckets, Firehoses, Access):
+    """What every target offers. Names are resource names, never spec keys."""
+
+    name: str  # "local" or "aws"
+    region: str
+    partition: str = "aws"  # the region's ARN partition: aws, aws-cn, aws-us-gov, ...
+    # True when the target delivers Firehose streams itself (AWS); otherwise `run` does it.
+    delivers_firehoses: bool
+    # How many shards a reader may ask at once: network targets gain from asking in parallel.
+    read_workers: int = 1
+
+    @property
+    @abc.abstractmethod
+    def account_id(self) -> str: ...
+
+    @property
+    def location(self) -> str:
+        """Where this target looks, for messages: `the local target in .pipeline`."""
+        return f"the {self.name} target"
+
+    def close(self) -> None:
+        """Release connections; the default has nothing to release."""

@@ -1,0 +1,103 @@
+"""Checkpoints, where they are kept, and the run lease that fences a pipeline's writes.
+
+A checkpoint is the last sequence number of a shard that is durably handled. Each belongs to
+one life of its stream: the one there when they were read, else when written.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import datetime
+from collections.abc import Callable, Iterator
+
+from runner.backends.base.errors import LeaseLost
+
+# A checkpoint value meaning "this closed shard was read to its end".
+SHARD_END = "SHARD_END"
+
+# A checkpoint may also mark where a run began reading a shard, before any of its records was
+# handled: "#trim_horizon", "#at_timestamp:ISO". "#" sorts before digits and SHARD_END, so any
+# sequence number replaces a mark, and a mark is written only where no checkpoint is.
+START_MARK = "#"
+
+
+def start_mark(
+    iterator_type: str, sequence: str | None = None, timestamp: datetime.datetime | None = None
+) -> str:
+    """The checkpoint marking a start at this position (see START_MARK)."""
+    if iterator_type == "AFTER_SEQUENCE_NUMBER" and sequence is not None:
+        return sequence  # a plain checkpoint says just that
+    mark = START_MARK + iterator_type.lower()
+    if timestamp is not None:
+        return f"{mark}:{timestamp.astimezone(datetime.timezone.utc).isoformat()}"
+    return f"{mark}:{sequence}" if sequence else mark
+
+
+def parse_start_mark(mark: str) -> tuple[str, str | None, datetime.datetime | None]:
+    """A start mark's iterator type, sequence number and timestamp."""
+    kind, _, argument = mark.removeprefix(START_MARK).partition(":")
+    iterator_type = kind.upper()
+    if iterator_type == "AT_TIMESTAMP":
+        return iterator_type, None, datetime.datetime.fromisoformat(argument)
+    return iterator_type, argument or None, None
+
+
+def is_start_mark(checkpoint: str) -> bool:
+    return checkpoint.startswith(START_MARK)
+
+
+class Lease:
+    """A run's hold on its pipeline, which the loop checks before every write and checkpoint.
+
+    This one, the local lock's, holds for as long as its run goes: the OS keeps a file lock
+    until its process ends. A lease that must be renewed (AWS) says when it may be lapsing."""
+
+    def held(self) -> bool:
+        """Whether the run may still write: a cheap local check, no call to the target."""
+        return True
+
+    def check(self) -> None:
+        """Raise LeaseLost, saying why, unless the run may still write."""
+        if not self.held():
+            raise LeaseLost("lost the run lease: stopped without writing or checkpointing further")
+
+
+class Checkpoints(abc.ABC):
+    """The pipelines' checkpoints, the store that keeps them, and each pipeline's run lock."""
+
+    @abc.abstractmethod
+    def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
+        """shard id -> sequence number (or SHARD_END, or a start mark) for every checkpointed
+        shard. Raises EarlierStream when they belong to an earlier stream of that name."""
+
+    @abc.abstractmethod
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        """Record progress; a checkpoint never moves backwards (an older one is ignored), and a
+        start mark is written only where there is no checkpoint."""
+
+    @abc.abstractmethod
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+
+    # Only a target whose checkpoints live off the machine needs a store made for them: a
+    # DynamoDB table on AWS.
+    def checkpoint_store_exists(self, pipeline: str) -> bool:
+        """Whether the pipeline's checkpoints have somewhere to go (the local file always)."""
+        return True
+
+    def create_checkpoint_store(self, pipeline: str) -> None:
+        """Make room for the pipeline's checkpoints (a DynamoDB table on AWS)."""
+
+    def delete_checkpoint_store(self, pipeline: str) -> None:
+        """Remove the pipeline's checkpoints and their store."""
+
+    @contextlib.contextmanager
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> Iterator[Lease]:
+        """Hold the pipeline's run lock while the block runs: a second run of it at once would
+        write everything twice. Yields the Lease the run checks before each write; raises
+        BackendError when another run holds it; `report` gets a line while it waits for one.
+        The default locks nothing."""
+        yield Lease()

@@ -1,0 +1,130 @@
+"""Streams, their shards, iterators and records, as every target offers them."""
+
+from __future__ import annotations
+
+import abc
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runner.backends.base.errors import StreamNotFound
+from runner.backends.limits import MAX_GET_RECORDS
+
+ITERATOR_TYPES = (
+    "TRIM_HORIZON",
+    "LATEST",
+    "AT_SEQUENCE_NUMBER",
+    "AFTER_SEQUENCE_NUMBER",
+    "AT_TIMESTAMP",
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    starting_hash_key: int
+    ending_hash_key: int
+    starting_sequence: str
+    ending_sequence: str | None = None  # set once the shard is closed
+    parent_shard_id: str | None = None
+    adjacent_parent_shard_id: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ending_sequence is None
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    name: str
+    status: str  # CREATING, ACTIVE, UPDATING, DELETING
+    open_shard_count: int
+    retention_hours: int
+
+
+@dataclass(frozen=True)
+class Record:
+    sequence: str
+    partition_key: str
+    data: bytes
+    arrival: datetime.datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    records: list[Record]
+    next_iterator: str | None  # None once a closed shard has been read to its end
+    millis_behind: int
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """One entry of a PutRecords answer: a sequence number, or an error for that entry only."""
+
+    shard_id: str | None = None
+    sequence: str | None = None
+    error_code: str | None = None  # e.g. ProvisionedThroughputExceededException
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+
+class Streams(abc.ABC):
+    """Kinesis streams: creating, resharding and deleting them, reading and writing records."""
+
+    location: str  # where the target looks, for messages (Backend.location)
+
+    @abc.abstractmethod
+    def describe_stream(self, name: str) -> StreamDescription | None: ...
+
+    @abc.abstractmethod
+    def create_stream(self, name: str, shards: int) -> None:
+        """Create the stream and return once it is ACTIVE."""
+
+    @abc.abstractmethod
+    def update_shard_count(self, name: str, shards: int) -> None:
+        """Reshard to `shards` open shards; the old ones close and become parents."""
+
+    @abc.abstractmethod
+    def delete_stream(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_shards(self, stream: str) -> list[Shard]:
+        """Every shard the stream still retains, open and closed, parents before children."""
+
+    @abc.abstractmethod
+    def get_shard_iterator(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> str: ...
+
+    @abc.abstractmethod
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        """A LATEST iterator, and a checkpoint at or before its position (a sequence number or
+        a start mark), from which a restart reads every record put after it."""
+
+    @abc.abstractmethod
+    def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
+        """Raises IteratorExpired, Throttled or StreamNotFound."""
+
+    @abc.abstractmethod
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        """Put (data, partition_key) entries; one result per entry, in order.
+
+        Raises BackendError for a request Kinesis would refuse whole (too many entries, too
+        many bytes, a record over 1 MiB) and Throttled when the whole call is throttled.
+        """
+
+    def require_stream(self, name: str) -> None:
+        """Raise StreamNotFound, saying what to do, unless the stream exists."""
+        if self.describe_stream(name) is None:
+            raise StreamNotFound(
+                f"stream '{name}' not found on {self.location} (--stream takes the "
+                "stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)"
+            )
