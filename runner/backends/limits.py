@@ -12,11 +12,22 @@ MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 5 * 1024 * 1024
 MAX_PARTITION_KEY_CHARS = 256
 MAX_GET_RECORDS = 10_000
+MAX_GET_BYTES = 10 * 1024 * 1024  # in one GetRecords answer
+
+
+def entry_size(data: bytes, key: str) -> int:
+    """What a record counts against the limits above: its data and its partition key."""
+    return len(data) + len(key.encode())
 
 
 def check_shard_count(stream: str, shards: int) -> None:
     if shards < 1:
         raise BackendError(f"stream '{stream}' needs at least 1 shard, got {shards}")
+
+
+def check_get_records_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_GET_RECORDS:
+        raise BackendError(f"get_records limit must be 1 to {MAX_GET_RECORDS}, got {limit}")
 
 
 def check_batch(stream: str, entries: Sequence[tuple[bytes, str]]) -> None:
@@ -31,7 +42,7 @@ def check_batch(stream: str, entries: Sequence[tuple[bytes, str]]) -> None:
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_PARTITION_KEY_CHARS:
             limit = MAX_PARTITION_KEY_CHARS
             raise BackendError(f"{where}: entry {i}: partition key must be 1 to {limit} characters")
-        size = len(data) + len(key.encode())
+        size = entry_size(data, key)
         if size > MAX_RECORD_BYTES:
             raise BackendError(
                 f"{where}: entry {i} is {size} bytes with its partition key, "

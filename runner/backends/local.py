@@ -53,11 +53,17 @@ from runner.backends.base import (
     disk_errors,
     is_start_mark,
 )
-from runner.backends.limits import MAX_GET_RECORDS, check_batch, check_shard_count
+from runner.backends.limits import (
+    MAX_GET_BYTES,
+    MAX_GET_RECORDS,
+    check_batch,
+    check_get_records_limit,
+    check_shard_count,
+    entry_size,
+)
 
 HASH_SPACE = 2**128
 ITERATOR_TTL_S = 300
-MAX_GET_BYTES = 10 * 1024 * 1024
 TRIM_INTERVAL_S = 60
 DEFAULT_RETENTION_HOURS = 24
 
@@ -281,8 +287,7 @@ class LocalBackend(Backend):
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records (and about 10 MiB) after the iterator's position."""
-        if not 1 <= limit <= MAX_GET_RECORDS:
-            raise BackendError(f"get_records limit must be 1 to {MAX_GET_RECORDS}, got {limit}")
+        check_get_records_limit(limit)
         stream, shard_id, after, issued = _decode_iterator(iterator)
         if self._clock() - issued > ITERATOR_TTL_S:
             raise IteratorExpired(
@@ -300,7 +305,7 @@ class LocalBackend(Backend):
             records: list[Record] = []
             size = last_arrival_ms = 0
             for number, key, data, arrival_ms in rows:
-                size += len(data) + len(key.encode())
+                size += entry_size(data, key)
                 if records and size > MAX_GET_BYTES:
                     break
                 records.append(Record(str(number), key, data, _utc(arrival_ms)))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from runner.backends.base import Backend, BackendError, StateLost
-from runner.backends.limits import MAX_RECORD_BYTES
+from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.loop.sink import Sink
 from runner.records.expressions import Expression
 from runner.records.processor import BadRecord, encode, parse_record
@@ -164,7 +164,7 @@ def _entry(label: str, record: dict | bytes | BadLine, key: Expression) -> tuple
             entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
         except RouteError as error:
             return f"{label}: {error}"
-    size = len(entry[0]) + len(entry[1].encode("utf-8"))
+    size = entry_size(*entry)
     if size > MAX_RECORD_BYTES:
         # Kinesis would refuse the whole batch for it; skip this line, send the others.
         return (

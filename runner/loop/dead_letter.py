@@ -29,7 +29,7 @@ from pathlib import Path
 
 from runner.backends import CHECKPOINTS_OFF_MACHINE
 from runner.backends.base import Backend, BackendError, Record, disk_errors
-from runner.backends.limits import MAX_RECORD_BYTES
+from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.loop.delivery import object_key
 from runner.loop.patience import Patience
 from runner.loop.sink import Sink
@@ -259,4 +259,4 @@ def _line(found: dict) -> bytes:
 
 def _fits(data: bytes, partition_key: str) -> bool:
     """Whether an entry fits one stream record with its partition key."""
-    return len(data) + len(partition_key.encode()) <= MAX_RECORD_BYTES
+    return entry_size(data, partition_key) <= MAX_RECORD_BYTES

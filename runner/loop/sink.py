@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from runner.backends.base import Backend, BackendError, Throttled
-from runner.backends.limits import MAX_BATCH_BYTES, MAX_BATCH_RECORDS
+from runner.backends.limits import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, entry_size
 from runner.loop.patience import Patience, backoff_cap
 
 Entry = tuple[bytes, str]  # (data, partition key)
@@ -27,12 +27,12 @@ def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
     batch: list[Entry] = []
     size = 0
     for data, key in entries:
-        entry_size = len(data) + len(key.encode("utf-8"))
-        if batch and (len(batch) == MAX_BATCH_RECORDS or size + entry_size > MAX_BATCH_BYTES):
+        entry_bytes = entry_size(data, key)
+        if batch and (len(batch) == MAX_BATCH_RECORDS or size + entry_bytes > MAX_BATCH_BYTES):
             yield batch
             batch, size = [], 0
         batch.append((data, key))
-        size += entry_size
+        size += entry_bytes
     if batch:
         yield batch
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from runner.backends.limits import MAX_RECORD_BYTES
+from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.records.expressions import json_type
 from runner.records.routing import RouteError
 from runner.records.transform import Filtered, TransformError
@@ -65,7 +65,7 @@ class Journey:
             return Outcome(DROPPED if self.drop_unmatched else DEAD_LETTER, reason=reason)
         try:
             payload = encode(record) + self.ending
-            size = len(payload) + len(key.encode("utf-8"))
+            size = entry_size(payload, key)
         except ValueError as error:  # e.g. a lone surrogate, an infinite number
             return Outcome(DEAD_LETTER, reason=f"cannot be written as JSON: {error}")
         if size > MAX_RECORD_BYTES:

@@ -21,7 +21,12 @@ from runner.backends.base import (
     StreamNotFound,
     start_mark,
 )
-from runner.backends.limits import MAX_GET_RECORDS, check_batch, check_shard_count
+from runner.backends.limits import (
+    MAX_GET_RECORDS,
+    check_batch,
+    check_get_records_limit,
+    check_shard_count,
+)
 
 SHARDS_PER_PAGE = 1000
 # How far apart the arrival times that Kinesis' hosts stamp may be: a restart from a LATEST
@@ -145,8 +150,7 @@ class StreamsMixin(AwsSession):
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records; raises IteratorExpired, Throttled or StreamNotFound."""
-        if not 1 <= limit <= MAX_GET_RECORDS:
-            raise BackendError(f"get_records limit must be 1 to {MAX_GET_RECORDS}, got {limit}")
+        check_get_records_limit(limit)
         with backend_errors("shard iterator", missing=StreamNotFound, during_run=True):
             answer = self._client("kinesis", data_plane=True).get_records(
                 ShardIterator=iterator, Limit=limit
