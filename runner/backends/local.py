@@ -34,7 +34,6 @@ from pathlib import Path
 
 from runner.backends.base import (
     DEFAULT_REGION,
-    ITERATOR_TYPES,
     SHARD_END,
     AlreadyExists,
     Backend,
@@ -50,6 +49,7 @@ from runner.backends.base import (
     StateLost,
     StreamDescription,
     StreamNotFound,
+    check_iterator,
     disk_errors,
     is_start_mark,
 )
@@ -255,9 +255,7 @@ class LocalBackend(Backend):
         timestamp: datetime.datetime | None = None,
     ) -> str:
         """An opaque iterator, valid for 300 s, positioned as `iterator_type` says."""
-        if iterator_type not in ITERATOR_TYPES:
-            expected = ", ".join(ITERATOR_TYPES)
-            raise BackendError(f"unknown iterator type '{iterator_type}' (expected {expected})")
+        check_iterator(iterator_type, timestamp)
         with self._tx() as db:
             self._shard(db, stream, shard_id)
             if iterator_type == "TRIM_HORIZON":
@@ -265,8 +263,6 @@ class LocalBackend(Backend):
             elif iterator_type == "LATEST":
                 after = self._latest(db)
             elif iterator_type == "AT_TIMESTAMP":
-                if timestamp is None or timestamp.tzinfo is None:
-                    raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
                 row = db.execute(
                     "SELECT sequence FROM records WHERE stream = ? AND shard_id = ? "
                     "AND arrival_ms >= ? ORDER BY sequence LIMIT 1",

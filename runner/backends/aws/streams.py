@@ -11,7 +11,6 @@ from typing import Any
 from runner.backends.aws.errors import backend_errors, complete
 from runner.backends.aws.session import AwsSession
 from runner.backends.base import (
-    ITERATOR_TYPES,
     BackendError,
     PutResult,
     Record,
@@ -19,6 +18,7 @@ from runner.backends.base import (
     Shard,
     StreamDescription,
     StreamNotFound,
+    check_iterator,
     start_mark,
 )
 from runner.backends.limits import (
@@ -108,14 +108,12 @@ class StreamsMixin(AwsSession):
         timestamp: datetime.datetime | None = None,
     ) -> str:
         """An iterator positioned as `iterator_type` says; AWS keeps it valid for 5 minutes."""
+        check_iterator(iterator_type, timestamp)
         params: dict[str, Any] = {
             "StreamName": stream,
             "ShardId": shard_id,
             "ShardIteratorType": iterator_type,
         }
-        if iterator_type not in ITERATOR_TYPES:
-            expected = ", ".join(ITERATOR_TYPES)
-            raise BackendError(f"unknown iterator type '{iterator_type}' (expected {expected})")
         if iterator_type in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
             if not sequence:
                 raise BackendError(
@@ -123,8 +121,6 @@ class StreamsMixin(AwsSession):
                 )
             params["StartingSequenceNumber"] = sequence
         elif iterator_type == "AT_TIMESTAMP":
-            if timestamp is None or timestamp.tzinfo is None:
-                raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
             params["Timestamp"] = timestamp
         return self._iterator_answer(params)["ShardIterator"]
 

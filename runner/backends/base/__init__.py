@@ -43,6 +43,7 @@ from runner.backends.base.streams import (
     Shard,
     StreamDescription,
     Streams,
+    check_iterator,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "StreamDescription",
     "StreamNotFound",
     "Throttled",
+    "check_iterator",
     "disk_errors",
     "is_start_mark",
     "parse_start_mark",

@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runner.backends.base.errors import StreamNotFound
+from runner.backends.base.errors import BackendError, StreamNotFound
 from runner.backends.limits import MAX_GET_RECORDS
 
 ITERATOR_TYPES = (
@@ -17,6 +17,16 @@ ITERATOR_TYPES = (
     "AFTER_SEQUENCE_NUMBER",
     "AT_TIMESTAMP",
 )
+
+
+def check_iterator(iterator_type: str, timestamp: datetime.datetime | None) -> None:
+    """Refuse an iterator type Kinesis does not know, and AT_TIMESTAMP without a
+    timezone-aware timestamp, before asking the target."""
+    if iterator_type not in ITERATOR_TYPES:
+        expected = ", ".join(ITERATOR_TYPES)
+        raise BackendError(f"unknown iterator type '{iterator_type}' (expected {expected})")
+    if iterator_type == "AT_TIMESTAMP" and (timestamp is None or timestamp.tzinfo is None):
+        raise BackendError("AT_TIMESTAMP needs a timezone-aware timestamp")
 
 
 @dataclass(frozen=True)
