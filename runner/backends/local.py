@@ -34,6 +34,7 @@ from pathlib import Path
 
 from runner.backends.base import (
     DEFAULT_REGION,
+    LOCAL_ACCOUNT_ID,
     SHARD_END,
     AlreadyExists,
     Backend,
@@ -175,7 +176,7 @@ class LocalBackend(Backend):
 
     @property
     def account_id(self) -> str:
-        return "000000000000"
+        return LOCAL_ACCOUNT_ID
 
     def close(self) -> None:
         """Close the SQLite connection."""

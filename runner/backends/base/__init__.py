@@ -49,6 +49,7 @@ from runner.backends.base.streams import (
 __all__ = [
     "DEFAULT_REGION",
     "ITERATOR_TYPES",
+    "LOCAL_ACCOUNT_ID",
     "SHARD_END",
     "START_MARK",
     "AlreadyExists",
@@ -77,6 +78,9 @@ __all__ = [
 
 # Where a target acts when neither the command line, the spec nor the AWS configuration says.
 DEFAULT_REGION = "us-east-1"
+
+# The account id the local target answers with, as the one ${account_id} names resolve to.
+LOCAL_ACCOUNT_ID = "000000000000"
 
 
 class Backend(Streams, Checkpoints, Buckets, Firehoses, Access):
