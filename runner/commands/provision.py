@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from runner.backends.aws import policies as access
-from runner.backends.base import AlreadyExists, Backend, FirehoseDescription
+from runner.backends.base import AlreadyExists, Backend, FirehoseDescription, checkpoint_table
 from runner.spec import Firehose, Spec
 
 CREATE, CHANGE, UNCHANGED = "+", "~", " "
@@ -157,7 +157,7 @@ def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, C
     if backend.delivers_firehoses and spec.route is not None:
         yield (
             "checkpoint table",
-            f"{spec.pipeline}-checkpoints",
+            checkpoint_table(spec.pipeline),
             lambda: backend.checkpoint_store_exists(spec.pipeline),
             lambda: backend.delete_checkpoint_store(spec.pipeline),
         )
@@ -254,7 +254,7 @@ def _firehoses(spec: Spec, backend: Backend) -> Iterator[Change]:
 
 
 def _checkpoint_store(spec: Spec, backend: Backend) -> Iterator[Change]:
-    name = f"{spec.pipeline}-checkpoints"
+    name = checkpoint_table(spec.pipeline)
     if backend.checkpoint_store_exists(spec.pipeline):
         yield Change(UNCHANGED, "checkpoint table", name, "exists", _nothing)
     else:

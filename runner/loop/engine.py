@@ -24,6 +24,7 @@ from runner.backends.base import (
     Lease,
     PutResult,
     Record,
+    checkpoint_table,
 )
 from runner.loop.dead_letter import DeadLetter, run_refusal
 from runner.loop.delivery import Delivery
@@ -321,7 +322,7 @@ def check_resources(spec: Spec, backend: Backend) -> None:
         if not backend.bucket_exists(spec.buckets[key].name)
     ]
     if not backend.checkpoint_store_exists(spec.pipeline):
-        missing.append(f"checkpoint table {spec.pipeline}-checkpoints")
+        missing.append(f"checkpoint table {checkpoint_table(spec.pipeline)}")
     if missing:
         raise BackendError(
             f"{', '.join(missing)} not found on {backend.location}: "

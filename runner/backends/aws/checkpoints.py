@@ -31,6 +31,7 @@ from runner.backends.base import (
     EarlierStream,
     StreamNotFound,
     Throttled,
+    checkpoint_table,
     is_start_mark,
 )
 
@@ -51,11 +52,11 @@ class CheckpointsMixin(AwsSession):
 
     def checkpoint_store_exists(self, pipeline: str) -> bool:
         """Whether the pipeline's checkpoint table exists."""
-        return self._table_status(_table(pipeline)) is not None
+        return self._table_status(checkpoint_table(pipeline)) is not None
 
     def create_checkpoint_store(self, pipeline: str) -> None:
         """Create the pipeline's on-demand checkpoint table; return once it is ACTIVE."""
-        table = _table(pipeline)
+        table = checkpoint_table(pipeline)
         with backend_errors(f"checkpoint table '{table}'"):
             self._client("dynamodb").create_table(
                 TableName=table,
@@ -73,7 +74,7 @@ class CheckpointsMixin(AwsSession):
 
     def delete_checkpoint_store(self, pipeline: str) -> None:
         """Delete the pipeline's checkpoint table, if it exists; return once it is gone."""
-        table = _table(pipeline)
+        table = checkpoint_table(pipeline)
         try:
             with backend_errors(f"checkpoint table '{table}'"):
                 self._client("dynamodb").delete_table(TableName=table)
@@ -273,7 +274,7 @@ class CheckpointsMixin(AwsSession):
 
     @contextlib.contextmanager
     def _checkpoint_table(self, pipeline: str, during_run: bool = False) -> Iterator[str]:
-        table = _table(pipeline)
+        table = checkpoint_table(pipeline)
         try:
             with backend_errors(f"checkpoint table '{table}'", during_run=during_run):
                 yield table
@@ -282,10 +283,6 @@ class CheckpointsMixin(AwsSession):
                 f"checkpoint table '{table}' does not exist in {self.region}: "
                 f"run `pipeline apply` to create it"
             ) from error
-
-
-def _table(pipeline: str) -> str:
-    return f"{pipeline}-checkpoints"
 
 
 _LIFE_NAMES = {"#arn": "stream_arn", "#created": "stream_created"}

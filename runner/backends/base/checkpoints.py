@@ -47,6 +47,12 @@ def is_start_mark(checkpoint: str) -> bool:
     return checkpoint.startswith(START_MARK)
 
 
+def checkpoint_table(pipeline: str) -> str:
+    """The table a target that keeps checkpoints off the machine (DynamoDB on AWS) keeps the
+    pipeline's checkpoints and run lease in."""
+    return f"{pipeline}-checkpoints"
+
+
 class Lease:
     """A run's hold on its pipeline, which the loop checks before every write and checkpoint.
 
