@@ -1,30 +1,23 @@
 from runner.backends.aws import policies as access
-from runner.spec import load
+from runner.backends.base import FirehoseDescription
 
-SPEC = """\
-pipeline: shop
-region: cn-north-1
-resources:
-  streams:
-    orders: {name: shop-orders, shards: 1}
-  buckets:
-    archive: {name: shop-archive}
-  firehoses:
-    archive:
-      name: shop-archive-delivery
-      from: orders
-      to: archive
-      role: shop-firehose-role
-      logging: {group: shop-delivery-log-group, stream: shop-delivery-log-stream}
-source:
-  stream: orders
-"""
+ARCHIVE = FirehoseDescription(
+    name="shop-archive-delivery",
+    stream="shop-orders",
+    bucket="shop-archive",
+    prefix="",
+    error_prefix="errors/",
+    buffer_size_mb=5,
+    buffer_interval_s=300,
+    compression="UNCOMPRESSED",
+    role="shop-firehose-role",
+    log_group="shop-delivery-log-group",
+    log_stream="shop-delivery-log-stream",
+)
 
 
-def test_the_delivery_policy_names_resources_in_the_region_partition(write_spec):
-    spec = load(write_spec(SPEC))
-
-    (role,) = access.roles(spec, "123456789012", "cn-north-1", "aws-cn")
+def test_the_delivery_policy_names_resources_in_the_region_partition():
+    (role,) = access.roles([ARCHIVE], "123456789012", "cn-north-1", "aws-cn")
 
     assert role.name == "shop-firehose-role"
     assert role.policies == {

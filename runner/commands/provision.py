@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from runner.backends.aws import policies as access
 from runner.backends.base import AlreadyExists, Backend, FirehoseDescription, checkpoint_table
 from runner.spec import Firehose, Spec
 
@@ -268,7 +267,8 @@ def _checkpoint_store(spec: Spec, backend: Backend) -> Iterator[Change]:
 
 
 def _roles(spec: Spec, backend: Backend) -> Iterator[Change]:
-    for wanted in access.roles(spec, backend.account_id, backend.region, backend.partition):
+    firehoses = [description(spec, firehose) for firehose in spec.firehoses.values()]
+    for wanted in backend.delivery_roles(firehoses):
         current = backend.describe_role(wanted.name)
         if current is None:
             action, detail = CREATE, "assumed by Firehose"

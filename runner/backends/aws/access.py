@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Sequence
 
 from botocore.exceptions import ClientError
 
+from runner.backends.aws import policies
 from runner.backends.aws.errors import Missing, backend_errors, error_code
 from runner.backends.aws.session import AwsSession
-from runner.backends.base import RoleDescription
+from runner.backends.base import FirehoseDescription, RoleDescription
 
 
 class AccessMixin(AwsSession):
     """The roles Firehose assumes, and the log groups where it writes delivery errors."""
+
+    def delivery_roles(self, firehoses: Sequence[FirehoseDescription]) -> list[RoleDescription]:
+        """The roles these delivery streams assume, least privilege (policies.py)."""
+        return policies.roles(firehoses, self.account_id, self.region, self.partition)
 
     def describe_role(self, name: str) -> RoleDescription | None:
         """The role's trust policy and inline policies, or None if it does not exist."""

@@ -3,25 +3,28 @@ read its source streams, write its buckets and log to its log groups."""
 
 from __future__ import annotations
 
-from runner.backends.base import RoleDescription
-from runner.spec import Spec
+from collections.abc import Sequence
+
+from runner.backends.base import FirehoseDescription, RoleDescription
 
 POLICY_NAME = "pipeline-firehose-delivery"
 
 
-def roles(spec: Spec, account_id: str, region: str, partition: str) -> list[RoleDescription]:
-    """One role per distinct `role` name of the spec's firehoses, covering all that use it;
+def roles(
+    firehoses: Sequence[FirehoseDescription], account_id: str, region: str, partition: str
+) -> list[RoleDescription]:
+    """One role per distinct `role` name of the firehoses, covering all that use it;
     `partition` is the region's ARN partition (aws, aws-cn, aws-us-gov)."""
-    by_role: dict[str, list] = {}
-    for firehose in spec.firehoses.values():
+    by_role: dict[str, list[FirehoseDescription]] = {}
+    for firehose in firehoses:
         by_role.setdefault(firehose.role, []).append(firehose)
     return [
         RoleDescription(
             name=name,
             trust_policy=trust_policy(account_id),
-            policies={POLICY_NAME: delivery_policy(spec, firehoses, account_id, region, partition)},
+            policies={POLICY_NAME: delivery_policy(users, account_id, region, partition)},
         )
-        for name, firehoses in by_role.items()
+        for name, users in by_role.items()
     ]
 
 
@@ -41,10 +44,11 @@ def trust_policy(account_id: str) -> dict:
 
 
 def delivery_policy(
-    spec: Spec, firehoses: list, account_id: str, region: str, partition: str
+    firehoses: Sequence[FirehoseDescription], account_id: str, region: str, partition: str
 ) -> dict:
-    streams = sorted({spec.streams[f.stream].name for f in firehoses})
-    buckets = sorted({spec.buckets[f.bucket].name for f in firehoses})
+    """Read the firehoses' source streams, write their buckets, log to their log groups."""
+    streams = sorted({f.stream for f in firehoses})
+    buckets = sorted({f.bucket for f in firehoses})
     groups = sorted({f.log_group for f in firehoses if f.log_group})
     statements = [
         {

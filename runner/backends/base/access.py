@@ -3,9 +3,11 @@ and the log groups it writes delivery errors to. Other targets have neither."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runner.backends.base.errors import BackendError
+from runner.backends.base.firehoses import FirehoseDescription
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,11 @@ class Access:
     """IAM roles and CloudWatch log groups; by default, a target without them."""
 
     name: str  # the target's, for messages (Backend.name)
+
+    def delivery_roles(self, firehoses: Sequence[FirehoseDescription]) -> list[RoleDescription]:
+        """The roles these delivery streams assume, one per role name, each allowed only what
+        the delivery streams using it need."""
+        raise BackendError(f"the {self.name} target has no IAM roles")
 
     def describe_role(self, name: str) -> RoleDescription | None:
         raise BackendError(f"the {self.name} target has no IAM roles")
