@@ -1,8 +1,13 @@
+import copy
+
 import pytest
+import yaml
 from conftest import MINIMAL, PIPELINES
 
 from runner import spec
+from runner.records import expressions
 from runner.spec import SpecError, check_prefix
+from runner.spec.document import Reader
 
 
 def problems(path, **kwargs):
@@ -603,3 +608,102 @@ def test_a_dead_letter_stream_that_a_route_also_writes_is_warned_of(write_spec):
     )
     own = MINIMAL.replace("    other:", "    rejects: {name: bad, shards: 1}\n    other:")
     assert spec.load(write_spec(own + "dead_letter: {stream: rejects}\n", "ok.yaml")).warnings == ()
+
+
+EVERY_PART = """\
+pipeline: shop
+region: us-east-1
+vars: {n: 2}
+resources:
+  streams:
+    source: {name: in, shards: 1}
+    usa: {name: usa-out, shards: 2}
+    rejects: {name: rejects, shards: 1}
+  buckets:
+    usa: {name: shop-usa}
+  firehoses:
+    usa:
+      name: shop-usa
+      from: usa
+      to: usa
+      prefix: firehose/
+      error_prefix: errors/
+      buffer: {size_mb: 1, interval_s: 60}
+      compression: GZIP
+      role: shop-role
+      logging: {group: g, stream: s}
+source: {stream: source, start: latest}
+transform:
+  - set: {n: length(items)}
+  - remove: [a]
+  - rename: {b: c}
+  - filter: n > `0`
+route:
+  partition_key: session_id
+  cases:
+    - {when: country == 'USA', to: usa, continue: true}
+    - to: rejects
+  unmatched: drop
+  newline: false
+dead_letter: {stream: rejects}
+"""
+
+
+def every_part(value, path=()):
+    """The path of every value in a document, the document itself first."""
+    yield path
+    if isinstance(value, (dict, list)):
+        for key, child in value.items() if isinstance(value, dict) else enumerate(value):
+            yield from every_part(child, path + (key,))
+
+
+def changed(document, path, value):
+    """A copy of `document` with `value` at `path`, or without that part if `value` is None."""
+    document = copy.deepcopy(document)
+    if not path:
+        return value
+    *above, last = path
+    holder = document
+    for key in above:
+        holder = holder[key]
+    if value is None:
+        del holder[last]
+    else:
+        holder[last] = value
+    return document
+
+
+def test_a_part_of_any_wrong_type_or_missing_anywhere_is_reported_not_a_crash(
+    write_spec, monkeypatch
+):
+    path = write_spec(EVERY_PART)
+    assert spec.load(path).route.unmatched == "drop"
+    document = yaml.safe_load(EVERY_PART)
+    for part in every_part(document):
+        for wrong in ("five", 5, [5], None):  # None: the part is missing
+            # The documents are handed over as read, since reading YAML is most of the time.
+            read = changed(document, part, wrong)
+            monkeypatch.setattr(Reader, "read", lambda self, read=read: read)
+            try:
+                spec.load(path)
+            except SpecError:
+                pass
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        MINIMAL.replace("{name: in, shards: 1}", "{name: in, shards: two}"),
+        MINIMAL.replace("source:\n  stream: source\n", ""),
+    ],
+    ids=["a wrong value", "a missing part"],
+)
+def test_a_schema_error_does_not_hide_a_bug_in_the_parts_it_leaves_right(
+    write_spec, monkeypatch, wrong
+):
+    def broken(text):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(expressions, "compile", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        spec.load(write_spec(wrong))

@@ -215,17 +215,22 @@ class _Builder:
         self.resources = resources_ if isinstance(resources_, dict) else {}
 
     @contextlib.contextmanager
-    def tolerant(self) -> Iterator[None]:
-        """Skip a part the schema already found wrong; anything else is a bug, so it raises."""
+    def tolerant(self, path: SpecPath) -> Iterator[None]:
+        """Skip the part at `path` if the schema found it wrong, or a part of it, or a part
+        holding it (its schema error says why); elsewhere such an error is a bug, so it raises."""
         try:
             yield
         except (KeyError, TypeError, AttributeError, ValueError):
-            if not self.wrong:
+            if not (self.is_wrong(path) or self.is_within_wrong(path)):
                 raise
 
     def is_wrong(self, path: SpecPath) -> bool:
         """Whether the schema found a problem at or below `path`."""
         return any(wrong[: len(path)] == path for wrong in self.wrong)
+
+    def is_within_wrong(self, path: SpecPath) -> bool:
+        """Whether the schema found a problem in a part holding `path`."""
+        return any(path[: len(wrong)] == wrong for wrong in self.wrong)
 
     def declared(self, kind: str) -> dict:
         value = self.resources.get(kind, {})
@@ -235,7 +240,7 @@ class _Builder:
         """make(key, raw) for every resource of a kind that can be made."""
         made = {}
         for key, raw in self.declared(kind).items():
-            with self.tolerant():
+            with self.tolerant(("resources", kind, key)):
                 made[key] = make(key, raw)
         return made
 
@@ -258,7 +263,7 @@ class _Builder:
             self.name_length(("pipeline",), doc["pipeline"], 64)
 
         source = None
-        with self.tolerant():
+        with self.tolerant(("source",)):
             raw = doc["source"]
             source = Source(raw["stream"], raw.get("start", "trim_horizon"))
             self.reference(("source", "stream"), source.stream, "streams")
@@ -270,19 +275,19 @@ class _Builder:
 
         dead_letter = None
         if "dead_letter" in doc:
-            with self.tolerant():
+            with self.tolerant(("dead_letter",)):
                 dead_letter = self.dead_letter(doc["dead_letter"], streams, source)
 
         steps = []
-        with self.tolerant():
+        with self.tolerant(("transform",)):
             for index, raw in enumerate(doc.get("transform", [])):
-                with self.tolerant():
+                with self.tolerant(("transform", index)):
                     step = self.step(index, raw)
                     if step is not None:
                         steps.append(step)
         route = None
         if "route" in doc:
-            with self.tolerant():
+            with self.tolerant(("route",)):
                 route = self.route(doc["route"], streams, source)
         if dead_letter and dead_letter.stream and not self.is_wrong(("dead_letter",)):
             self.dead_letter_shared(dead_letter.stream, route, firehoses)
@@ -319,22 +324,26 @@ class _Builder:
     def unique_names(self, kind: str, declared: Mapping[str, Any]) -> None:
         seen: dict[str, str] = {}
         for key, resource in declared.items():
-            if resource.name in seen:
-                self.reader.problem(
-                    ("resources", kind, key, "name"),
-                    f"name '{resource.name}' is already used by "
-                    f"resources.{kind}.{seen[resource.name]}",
-                )
-            seen.setdefault(resource.name, key)
+            path = ("resources", kind, key, "name")
+            with self.tolerant(path):
+                if resource.name in seen:
+                    self.reader.problem(
+                        path,
+                        f"name '{resource.name}' is already used by "
+                        f"resources.{kind}.{seen[resource.name]}",
+                    )
+                seen.setdefault(resource.name, key)
 
     def name_length(self, path: SpecPath, name: str, limit: int) -> None:
-        if len(name) > limit:
-            self.reader.problem(path, f"'{name}' is {len(name)} characters, at most {limit}")
+        with self.tolerant(path):
+            if len(name) > limit:
+                self.reader.problem(path, f"'{name}' is {len(name)} characters, at most {limit}")
 
     def bucket_name(self, path: SpecPath, name: str) -> None:
-        for broken, rule in _BUCKET_FORBIDDEN:
-            if broken(name):
-                self.reader.problem(path, f"'{name}' is not a valid S3 bucket name: {rule}")
+        with self.tolerant(path):
+            for broken, rule in _BUCKET_FORBIDDEN:
+                if broken(name):
+                    self.reader.problem(path, f"'{name}' is not a valid S3 bucket name: {rule}")
 
     def reference(self, path: SpecPath, key: Any, kind: str) -> bool:
         """Whether `key` names a declared resource of `kind`; if not, say what exists."""
@@ -355,7 +364,8 @@ class _Builder:
         return False
 
     def not_source(self, path: SpecPath, key: str, source, streams, what: str) -> None:
-        if source is None or key not in streams or source.stream not in streams:
+        known = source is not None and not self.is_wrong(("source", "stream"))
+        if not known or key not in streams or source.stream not in streams:
             return
         if streams[key].name == streams[source.stream].name:
             self.reader.problem(
@@ -435,7 +445,7 @@ class _Builder:
         cases = []
         for index, case in enumerate(raw["cases"]):
             path = ("route", "cases", index)
-            with self.tolerant():
+            with self.tolerant(path):
                 if self.reference(path + ("to",), case.get("to"), "streams"):
                     self.not_source(path + ("to",), case["to"], source, streams, "a route")
                 if "when" not in case and index != len(raw["cases"]) - 1:

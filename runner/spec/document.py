@@ -359,14 +359,20 @@ def _type_word(value: Any) -> str:
 
 
 def validate_shape(reader: Reader, document: Any) -> set[SpecPath]:
-    """Report every schema error; returns the paths of the nodes found wrong."""
+    """Report every schema error; returns the paths of the nodes found wrong (for a missing
+    key, the path it would have)."""
     validator = jsonschema.Draft202012Validator(schema())
     wrong: set[SpecPath] = set()
     for error in validator.iter_errors(document):
         path = tuple(error.absolute_path)
-        for message, problem_path, at_key in _describe(error, path):
+        described = list(_describe(error, path))
+        for message, problem_path, at_key in described:
             reader.problem(problem_path, message, at_key=at_key)
-            wrong.add(problem_path)
+        if error.validator == "required":  # the missing keys are wrong, not their whole mapping
+            missing = [key for key in error.validator_value if key not in error.instance]
+            wrong.update(path + (key,) for key in missing)
+        else:
+            wrong.update(problem_path for _, problem_path, _ in described)
     return wrong
 
 
