@@ -6,8 +6,7 @@ from conftest import MINIMAL, PIPELINES
 
 from runner import spec
 from runner.records import expressions
-from runner.spec import SpecError, check_prefix
-from runner.spec.document import Reader
+from runner.spec import SpecError, check_prefix, document
 
 
 def problems(path, **kwargs):
@@ -481,6 +480,68 @@ def test_a_dead_letter_names_one_declared_place_and_a_prefix_keys_can_start_with
     assert problems(path) == [f"{path}:{message}"]
 
 
+ALL_DEFAULTED = (
+    WITH_BUCKETS.replace(
+        "source:\n  stream",
+        "  firehoses:\n    usa: {name: shop-usa, from: usa, to: raw}\nsource:\n  stream",
+    )
+    + "dead_letter: {bucket: rejects}\n"
+)
+
+
+def defaulted(loaded):
+    """What a spec that leaves every setting out gets."""
+    usa = loaded.firehoses["usa"]
+    return {
+        "firehose": (
+            usa.prefix,
+            usa.error_prefix,
+            usa.buffer_size_mb,
+            usa.buffer_interval_s,
+            usa.compression,
+        ),
+        "start": loaded.source.start,
+        "dead_letter prefix": loaded.dead_letter.prefix,
+        "route": (loaded.route.unmatched, loaded.route.newline),
+        "continue": [case.continue_ for case in loaded.route.cases],
+    }
+
+
+def test_a_setting_left_out_takes_the_schemas_default(write_spec):
+    assert defaulted(spec.load(write_spec(ALL_DEFAULTED))) == {
+        "firehose": ("", "errors/", 5, 300, "UNCOMPRESSED"),
+        "start": "trim_horizon",
+        "dead_letter prefix": "dead-letter/",
+        "route": ("dead_letter", True),
+        "continue": [False, False],
+    }
+
+
+def test_the_defaults_are_read_from_the_schema_alone(write_spec, monkeypatch):
+    shape = spec.schema()
+    properties = shape["properties"]
+    firehose = shape["$defs"]["firehose"]["properties"]
+    firehose["prefix"]["default"] = "delivered/"
+    firehose["error_prefix"]["default"] = "failed/"
+    firehose["buffer"]["properties"]["size_mb"]["default"] = 7
+    firehose["buffer"]["properties"]["interval_s"]["default"] = 70
+    firehose["compression"]["default"] = "GZIP"
+    properties["source"]["properties"]["start"]["default"] = "latest"
+    properties["dead_letter"]["properties"]["prefix"]["default"] = "rejected/"
+    properties["route"]["properties"]["unmatched"]["default"] = "drop"
+    properties["route"]["properties"]["newline"]["default"] = False
+    shape["$defs"]["case"]["properties"]["continue"]["default"] = True
+    monkeypatch.setattr(document, "schema", lambda: shape)
+
+    assert defaulted(spec.load(write_spec(ALL_DEFAULTED))) == {
+        "firehose": ("delivered/", "failed/", 7, 70, "GZIP"),
+        "start": "latest",
+        "dead_letter prefix": "rejected/",
+        "route": ("drop", False),
+        "continue": [True, True],
+    }
+
+
 @pytest.mark.parametrize("prefix", ["", "dead-letter/", "a/b-", "a..b/", "x/.hidden-"])
 def test_check_prefix_accepts_what_s3_and_a_bucket_folder_can_both_hold(prefix):
     assert spec.check_prefix(prefix) is None
@@ -678,12 +739,12 @@ def test_a_part_of_any_wrong_type_or_missing_anywhere_is_reported_not_a_crash(
 ):
     path = write_spec(EVERY_PART)
     assert spec.load(path).route.unmatched == "drop"
-    document = yaml.safe_load(EVERY_PART)
-    for part in every_part(document):
+    parsed = yaml.safe_load(EVERY_PART)
+    for part in every_part(parsed):
         for wrong in ("five", 5, [5], None):  # None: the part is missing
             # The documents are handed over as read, since reading YAML is most of the time.
-            read = changed(document, part, wrong)
-            monkeypatch.setattr(Reader, "read", lambda self, read=read: read)
+            read = changed(parsed, part, wrong)
+            monkeypatch.setattr(document.Reader, "read", lambda self, read=read: read)
             try:
                 spec.load(path)
             except SpecError:

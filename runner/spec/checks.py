@@ -25,6 +25,7 @@ from runner.spec.document import (
     Reader,
     SpecError,
     SpecPath,
+    fill_defaults,
     format_path,
     schema,
     validate_shape,
@@ -153,6 +154,7 @@ def load(
     interpolator = Interpolator(reader, document, region, account_id, environ, configured_region)
     document = interpolator.run()
     wrong = validate_shape(reader, document)
+    fill_defaults(document)
     declared = document.get("region") if isinstance(document, dict) else None
     resolved = region or (declared if isinstance(declared, str) else None) or interpolator.region
     return _Builder(reader, document, resolved, wrong).build(strict)
@@ -265,7 +267,7 @@ class _Builder:
         source = None
         with self.tolerant(("source",)):
             raw = doc["source"]
-            source = Source(raw["stream"], raw.get("start", "trim_horizon"))
+            source = Source(raw["stream"], raw["start"])
             self.reference(("source", "stream"), source.stream, "streams")
             if source.start.startswith("at_timestamp:"):
                 try:
@@ -381,7 +383,7 @@ class _Builder:
                 self.not_source(path, raw["stream"], source, streams, "the dead letter")
             return DeadLetterDestination(stream=raw["stream"])
         self.reference(("dead_letter", "bucket"), raw["bucket"], "buckets")
-        prefix = raw.get("prefix", "dead-letter/")
+        prefix = raw["prefix"]
         problem = check_prefix(prefix) if isinstance(prefix, str) else None
         if problem:
             self.reader.problem(("dead_letter", "prefix"), problem)
@@ -395,18 +397,18 @@ class _Builder:
             text = value.get(field)
             if isinstance(text, str) and (problem := check_prefix(text)):
                 self.reader.problem(path + (field,), problem)
-        buffer = value.get("buffer", {})
         logging = value.get("logging") or {}
         return Firehose(
             key=key,
             name=value["name"],
             stream=value["from"],
             bucket=value["to"],
-            prefix=value.get("prefix", ""),
-            error_prefix=value.get("error_prefix", "errors/"),
-            buffer_size_mb=buffer.get("size_mb", 5),
-            buffer_interval_s=buffer.get("interval_s", 300),
-            compression=value.get("compression", "UNCOMPRESSED"),
+            prefix=value["prefix"],
+            error_prefix=value["error_prefix"],
+            buffer_size_mb=value["buffer"]["size_mb"],
+            buffer_interval_s=value["buffer"]["interval_s"],
+            compression=value["compression"],
+            # Not a schema default: it is made of the pipeline's name.
             role=value.get("role", f"{self.document.get('pipeline')}-firehose-role"),
             log_group=logging.get("group"),
             log_stream=logging.get("stream"),
@@ -455,12 +457,12 @@ class _Builder:
                             "a case without 'when' takes every record, so it must be the last case",
                         )
                 when = self.expression(path + ("when",), case.get("when"))
-                cases.append(Case(case["to"], when, case.get("continue", False)))
+                cases.append(Case(case["to"], when, case["continue"]))
         return Route(
             partition_key=self.expression(("route", "partition_key"), raw.get("partition_key")),
             cases=tuple(cases),
-            unmatched=raw.get("unmatched", "dead_letter"),
-            newline=raw.get("newline", True),
+            unmatched=raw["unmatched"],
+            newline=raw["newline"],
         )
 
 

@@ -4,6 +4,7 @@ and the shape checked against the JSON Schema. Every problem names FILE:LINE:COL
 
 from __future__ import annotations
 
+import copy
 import datetime
 import difflib
 import json
@@ -374,6 +375,31 @@ def validate_shape(reader: Reader, document: Any) -> set[SpecPath]:
         else:
             wrong.update(problem_path for _, problem_path, _ in described)
     return wrong
+
+
+def fill_defaults(document: Any) -> None:
+    """Put the schema's `default` of every key missing from a mapping of the document, so that
+    the checks read defaults from the schema, their one source. Parts of the wrong type are
+    left as they are (validate_shape reported them)."""
+    shape = schema()
+
+    def fill(node: dict, value: Any) -> None:
+        if "$ref" in node:  # "#/$defs/NAME", the only references the schema holds
+            node = shape["$defs"][node["$ref"].removeprefix("#/$defs/")]
+        if isinstance(value, dict):
+            properties = node.get("properties", {})
+            for key, property_ in properties.items():
+                if key not in value and "default" in property_:
+                    value[key] = copy.deepcopy(property_["default"])
+            for key, item in value.items():
+                below = properties.get(key, node.get("additionalProperties"))
+                if isinstance(below, dict):
+                    fill(below, item)
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                fill(node["items"], item)
+
+    fill(shape, document)
 
 
 def _describe(
