@@ -1,4 +1,5 @@
 import copy
+import datetime
 
 import pytest
 import yaml
@@ -48,7 +49,7 @@ def test_the_scenario_spec_declares_every_name_and_setting_of_the_scenario():
         "de-c2w2lab1-international-firehose-log-stream",
     )
     assert {f.role for f in loaded.firehoses.values()} == {"de-c2w2lab1-firehose-role"}
-    assert loaded.source.stream == "source" and loaded.source.start == "trim_horizon"
+    assert loaded.source == spec.Source("source", spec.Position("TRIM_HORIZON"))
     assert [case.to for case in loaded.route.cases] == ["usa", "international"]
     assert loaded.route.partition_key.text == "session_id"
 
@@ -337,6 +338,18 @@ def test_firehose_prefixes_are_checked_at_validate_time(write_spec):
     ]
 
 
+def test_a_start_is_read_as_a_position(write_spec):
+    path = write_spec(
+        MINIMAL.replace(
+            "  stream: source", "  stream: source\n  start: at_timestamp:2026-11-26T14:30:00+02:00"
+        )
+    )
+    assert spec.load(path).source.start == spec.Position(
+        "AT_TIMESTAMP",
+        timestamp=datetime.datetime(2026, 11, 26, 12, 30, tzinfo=datetime.timezone.utc),
+    )
+
+
 def test_a_start_timestamp_must_parse(write_spec):
     path = write_spec(
         MINIMAL.replace("  stream: source", "  stream: source\n  start: at_timestamp:soon")
@@ -500,7 +513,7 @@ def defaulted(loaded):
             usa.buffer_interval_s,
             usa.compression,
         ),
-        "start": loaded.source.start,
+        "start": str(loaded.source.start),
         "dead_letter prefix": loaded.dead_letter.prefix,
         "route": (loaded.route.unmatched, loaded.route.newline),
         "continue": [case.continue_ for case in loaded.route.cases],

@@ -28,10 +28,10 @@ from runner.backends.base import (
 from runner.loop.dead_letter import DeadLetter, run_refusal
 from runner.loop.delivery import Delivery
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
-from runner.loop.reader import Position, ShardBatch, StreamReader, stored_checkpoints
+from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.sink import Sink
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.spec import Spec, SpecError, parse_timestamp
+from runner.spec import Spec, SpecError
 
 STATUS_EVERY_S = 5.0
 MAX_SLEEP_S = 0.5
@@ -64,13 +64,6 @@ class Counts:
             f"in {self.records_in} | out {routes} | dead-lettered {self.dead_lettered} | "
             f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms{rate}"
         )
-
-
-def start_position(start: str) -> Position:
-    """The spec's source.start (or consume's --from without a sequence) as a Position."""
-    if start.startswith("at_timestamp:"):
-        return Position("AT_TIMESTAMP", timestamp=parse_timestamp(start.partition(":")[2]))
-    return Position(start.upper())
 
 
 class Engine:
@@ -130,13 +123,13 @@ class Engine:
         self.reader = StreamReader(
             backend,
             self.source,
-            start=start_position(spec.source.start),
+            start=spec.source.start,
             checkpoints=stored_checkpoints(
                 backend,
                 spec.pipeline,
                 self.source,
                 who=f"pipeline {spec.pipeline}",
-                start=spec.source.start,
+                start=str(spec.source.start),
                 forget=options.forget_old_checkpoints,
             ),
             clock=clock,

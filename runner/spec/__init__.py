@@ -1,7 +1,7 @@
 """Specs: the YAML document with the position of every value (`document`), and the checks
 (`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in."""
 
-from runner.spec.checks import LOCAL_ACCOUNT_ID, check_prefix, load, parse_timestamp
+from runner.spec.checks import LOCAL_ACCOUNT_ID, check_prefix, load
 from runner.spec.document import SpecError, schema
 from runner.spec.model import (
     Bucket,
@@ -13,12 +13,14 @@ from runner.spec.model import (
     dead_letter_off_machine,
     needs_dead_letter_off_machine,
 )
+from runner.spec.position import Position, parse_position, parse_timestamp
 
 __all__ = [
     "LOCAL_ACCOUNT_ID",
     "Bucket",
     "DeadLetterDestination",
     "Firehose",
+    "Position",
     "Source",
     "Spec",
     "SpecError",
@@ -27,6 +29,7 @@ __all__ = [
     "dead_letter_off_machine",
     "load",
     "needs_dead_letter_off_machine",
+    "parse_position",
     "parse_timestamp",
     "schema",
 ]

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -28,8 +27,9 @@ from runner.spec.document import (
     validate_shape,
 )
 from runner.spec.model import Bucket, DeadLetterDestination, Firehose, Source, Spec, Stream
+from runner.spec.position import Position, parse_position
 
-__all__ = ["LOCAL_ACCOUNT_ID", "check_prefix", "load", "parse_timestamp"]
+__all__ = ["LOCAL_ACCOUNT_ID", "check_prefix", "load"]
 
 LOCAL_ACCOUNT_ID = "000000000000"
 
@@ -166,13 +166,8 @@ class _Builder:
         source = None
         with self.tolerant(("source",)):
             raw = doc["source"]
-            source = Source(raw["stream"], raw["start"])
+            source = Source(raw["stream"], self.position(("source", "start"), raw["start"]))
             self.reference(("source", "stream"), source.stream, "streams")
-            if source.start.startswith("at_timestamp:"):
-                try:
-                    parse_timestamp(source.start.partition(":")[2])
-                except ValueError as error:
-                    self.reader.problem(("source", "start"), str(error))
 
         dead_letter = None
         if "dead_letter" in doc:
@@ -206,6 +201,16 @@ class _Builder:
             dead_letter=dead_letter,
             warnings=self.reader.warning_lines(),
         )
+
+    def position(self, path: SpecPath, text: str) -> Position:
+        """Where `text` says to start. If it says nothing valid, the spec is refused (the
+        schema or this says why) and the default stands in until then."""
+        if not self.is_wrong(path):
+            try:
+                return parse_position(text)
+            except ValueError as error:
+                self.reader.problem(path, str(error))
+        return Position()
 
     def dead_letter_shared(self, key: str, route: Route | None, firehoses: Mapping) -> None:
         """Warn of a dead-letter stream that routed records or a delivery also use."""
@@ -363,16 +368,3 @@ class _Builder:
             unmatched=raw["unmatched"],
             newline=raw["newline"],
         )
-
-
-def parse_timestamp(text: str) -> datetime.datetime:
-    """ISO-8601 to an aware UTC datetime; a time without a zone is taken as UTC."""
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"'{text}' is not an ISO-8601 timestamp such as 2026-01-31T12:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc)

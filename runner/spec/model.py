@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runner.records.routing import Route
 from runner.records.transform import Step
+from runner.spec.position import Position
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def needs_dead_letter_off_machine(where: str) -> str:
 @dataclass(frozen=True)
 class Source:
     stream: str  # a key of streams
-    start: str  # trim_horizon, latest or at_timestamp:ISO
+    start: Position  # where a shard without a checkpoint starts
 
 
 @dataclass(frozen=True)
