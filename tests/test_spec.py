@@ -6,6 +6,8 @@ import yaml
 from conftest import MINIMAL, PIPELINES
 
 from runner import spec
+from runner.backends.base import LOCAL_ACCOUNT_ID
+from runner.backends.local import LocalBackend
 from runner.records import expressions
 from runner.spec import SpecError, check_prefix, document
 
@@ -204,6 +206,14 @@ def test_account_id_is_only_looked_up_when_the_spec_uses_it(write_spec):
         raise AssertionError("account id looked up")
 
     assert spec.load(write_spec(MINIMAL), account_id=account_id).pipeline == "shop"
+
+
+def test_without_a_target_account_id_is_the_local_targets(write_spec, tmp_path):
+    path = write_spec(MINIMAL.replace("name: in,", "name: 'in-${account_id}',"))
+    backend = LocalBackend(tmp_path / "state")
+    assert spec.load(path).streams["source"].name == f"in-{backend.account_id}"
+    assert backend.account_id == LOCAL_ACCOUNT_ID
+    backend.close()
 
 
 def test_account_id_is_asked_in_the_region_the_spec_resolves_to(write_spec):

@@ -22,6 +22,8 @@ MAX_GET_RECORDS = 10_000
 
 # Where a target acts when neither the command line, the spec nor the AWS configuration says.
 DEFAULT_REGION = "us-east-1"
+# The account of the local target (the one LocalStack and moto report too).
+LOCAL_ACCOUNT_ID = "000000000000"
 
 # A checkpoint value meaning "this closed shard was read to its end".
 SHARD_END = "SHARD_END"

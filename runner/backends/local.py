@@ -35,6 +35,7 @@ from pathlib import Path
 from runner.backends.base import (
     DEFAULT_REGION,
     ITERATOR_TYPES,
+    LOCAL_ACCOUNT_ID,
     MAX_GET_RECORDS,
     SHARD_END,
     AlreadyExists,
@@ -171,7 +172,7 @@ class LocalBackend(Backend):
 
     @property
     def account_id(self) -> str:
-        return "000000000000"
+        return LOCAL_ACCOUNT_ID
 
     def close(self) -> None:
         """Close the SQLite connection."""

@@ -1,7 +1,7 @@
 """Specs: the YAML document with the position of every value (`document`), and the checks
 (`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in."""
 
-from runner.spec.checks import LOCAL_ACCOUNT_ID, check_prefix, load
+from runner.spec.checks import check_prefix, load
 from runner.spec.document import SpecError, schema
 from runner.spec.model import (
     Bucket,
@@ -16,7 +16,6 @@ from runner.spec.model import (
 from runner.spec.position import Position, parse_position, parse_timestamp
 
 __all__ = [
-    "LOCAL_ACCOUNT_ID",
     "Bucket",
     "DeadLetterDestination",
     "Firehose",

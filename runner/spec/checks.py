@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from runner.backends.base import DEFAULT_REGION
+from runner.backends.base import DEFAULT_REGION, LOCAL_ACCOUNT_ID
 from runner.records import expressions
 from runner.records.routing import Case, Route
 from runner.records.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
@@ -29,9 +29,7 @@ from runner.spec.document import (
 from runner.spec.model import Bucket, DeadLetterDestination, Firehose, Source, Spec, Stream
 from runner.spec.position import Position, parse_position
 
-__all__ = ["LOCAL_ACCOUNT_ID", "check_prefix", "load"]
-
-LOCAL_ACCOUNT_ID = "000000000000"
+__all__ = ["check_prefix", "load"]
 
 
 def load(
