@@ -89,7 +89,7 @@ class Engine:
         self.report = report
         self.clock = clock
         self.sleep = sleep
-        self.journey = Journey(spec)
+        self.journey = Journey(spec.transform, spec.route)
         self.source = spec.streams[spec.source.stream].name
         self._stopping = threading.Event()
         self.patience = Patience(
