@@ -131,7 +131,8 @@ def hand_loop(backend: LocalBackend) -> tuple[int, float]:
 
 def per_record(records: list[bytes]) -> tuple[float, float]:
     """Nanoseconds per record of transform and route: through runner, by hand (best of 5)."""
-    journey = Journey(spec_module.load(SPEC))
+    loaded = spec_module.load(SPEC)
+    journey = Journey(loaded.transform, loaded.route)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
 
     def best(work) -> float:

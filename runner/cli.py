@@ -23,7 +23,7 @@ from runner.commands.target import Target
 from runner.loop import engine
 from runner.records.expressions import ExpressionError
 from runner.records.expressions import compile as compile_expression
-from runner.spec import SpecError
+from runner.spec import SpecError, parse_position
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
@@ -303,7 +303,7 @@ class PositionType(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         try:
-            return consume_module.position(value)
+            return parse_position(value, sequences=True)
         except ValueError as error:
             self.fail(str(error), param, ctx)
 

@@ -1,4 +1,3 @@
-import datetime
 import io
 import json
 import os
@@ -13,11 +12,10 @@ from conftest import REPO
 
 from runner.backends.local import LocalBackend
 from runner.cli import cli
-from runner.commands.consume import consume, position
-from runner.loop.reader import Position
+from runner.commands.consume import consume
+from runner.spec.position import Position
 
 STREAM = "events"
-UTC = datetime.timezone.utc
 
 
 @pytest.fixture
@@ -47,76 +45,13 @@ def arrivals(backend):
     return times
 
 
-# --from
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("trim_horizon", Position("TRIM_HORIZON")),
-        ("latest", Position("LATEST")),
-        ("TRIM_HORIZON", Position("TRIM_HORIZON")),
-        ("at_sequence_number:4953", Position("AT_SEQUENCE_NUMBER", sequence="4953")),
-        ("after_sequence_number:17", Position("AFTER_SEQUENCE_NUMBER", sequence="17")),
-        (
-            "at_timestamp:2026-11-26T12:00:00Z",
-            Position("AT_TIMESTAMP", timestamp=datetime.datetime(2026, 11, 26, 12, tzinfo=UTC)),
-        ),
-        (
-            "at_timestamp:2026-11-26T14:30:00+02:00",
-            Position("AT_TIMESTAMP", timestamp=datetime.datetime(2026, 11, 26, 12, 30, tzinfo=UTC)),
-        ),
-        (
-            "at_timestamp:2026-11-26T12:00:00",
-            Position("AT_TIMESTAMP", timestamp=datetime.datetime(2026, 11, 26, 12, tzinfo=UTC)),
-        ),
-    ],
-)
-def test_every_from_form_is_understood(text, expected):
-    assert position(text) == expected
+# --from (parse_position's forms are in test_position.py)
 
 
 EXPECTED_FORMS = (
     "expected trim_horizon, latest, at_timestamp:ISO, at_sequence_number:SEQ or "
     "after_sequence_number:SEQ"
 )
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("", f"'': {EXPECTED_FORMS}"),
-        ("yesterday", f"'yesterday': {EXPECTED_FORMS}"),
-        ("TRIM_HORIZON:x", f"'TRIM_HORIZON:x': {EXPECTED_FORMS}"),
-        ("latest:5", f"'latest:5': {EXPECTED_FORMS}"),
-        ("trim_horizon:0", f"'trim_horizon:0': {EXPECTED_FORMS}"),
-        ("at_timestamp:", f"'at_timestamp:': {EXPECTED_FORMS}"),
-        (
-            "at_timestamp:soon",
-            "'soon' is not an ISO-8601 timestamp such as 2026-01-31T12:00:00Z",
-        ),
-        (
-            "at_sequence_number",
-            "at_sequence_number needs a sequence number, e.g. at_sequence_number:4953",
-        ),
-        (
-            "at_sequence_number:12a",
-            "at_sequence_number needs a sequence number, e.g. at_sequence_number:4953",
-        ),
-        (
-            "after_sequence_number:-1",
-            "after_sequence_number needs a sequence number, e.g. after_sequence_number:4953",
-        ),
-        (
-            "after_sequence_number:²",
-            "after_sequence_number needs a sequence number, e.g. after_sequence_number:4953",
-        ),
-    ],
-)
-def test_a_bad_from_is_refused_with_what_was_expected(text, message):
-    with pytest.raises(ValueError) as raised:
-        position(text)
-    assert str(raised.value) == message
 
 
 def test_a_bad_from_exits_2_on_the_command_line(backend):

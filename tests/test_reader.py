@@ -5,7 +5,8 @@ import pytest
 from runner.backends.base import SHARD_END, Throttled
 from runner.backends.limits import MAX_GET_RECORDS
 from runner.backends.local import LocalBackend
-from runner.loop.reader import Position, StreamReader
+from runner.loop.reader import StreamReader
+from runner.spec.position import Position
 
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 UTC = datetime.timezone.utc

@@ -1,6 +1,17 @@
 import pytest
 
-from runner.records.processor import BadRecord, parse_json, parse_record
+from runner.records import expressions
+from runner.records.processor import (
+    DEAD_LETTER,
+    DROPPED,
+    ROUTED,
+    BadRecord,
+    Journey,
+    parse_json,
+    parse_record,
+)
+from runner.records.routing import Case, Route
+from runner.records.transform import SetStep
 
 
 @pytest.mark.parametrize(
@@ -24,3 +35,21 @@ def test_the_depth_limit_is_the_same_wherever_it_is_checked_and_ignores_text():
     assert parse_json(b"[" * 512 + b"]" * 512) is not None
     brackets_in_text = b'{"x": "' + b"[{" * 600 + b'", "y": "\\"]"}'
     assert parse_record(brackets_in_text)["y"] == '"]'
+
+
+def test_a_journey_takes_the_transform_steps_and_the_route_alone():
+    count = SetStep("transform[0].set", (("n", expressions.compile("length(items)")),))
+    route = Route(expressions.compile("id"), (Case("out", expressions.compile("n > `1`")),))
+    journey = Journey([count], route)
+
+    routed = journey.process(b'{"id": "a", "items": [1, 2]}')
+    assert (routed.kind, routed.sinks, routed.partition_key, routed.payload) == (
+        ROUTED,
+        ["out"],
+        "a",
+        b'{"id":"a","items":[1,2],"n":2}\n',
+    )
+    assert journey.process(b'{"id": "b", "items": [1]}').kind == DEAD_LETTER
+    dropping = Journey([count], Route(route.partition_key, route.cases, "drop", newline=False))
+    assert dropping.process(b'{"id": "b", "items": [1]}').kind == DROPPED
+    assert dropping.process(b'{"id": "a", "items": [1, 2]}').payload.endswith(b"}")

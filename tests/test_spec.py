@@ -1,8 +1,15 @@
+import copy
+import datetime
+
 import pytest
+import yaml
 from conftest import MINIMAL, PIPELINES
 
 from runner import spec
-from runner.spec import SpecError, check_prefix
+from runner.backends.base import LOCAL_ACCOUNT_ID
+from runner.backends.local import LocalBackend
+from runner.records import expressions
+from runner.spec import SpecError, check_prefix, document
 
 
 def problems(path, **kwargs):
@@ -44,7 +51,7 @@ def test_the_scenario_spec_declares_every_name_and_setting_of_the_scenario():
         "de-c2w2lab1-international-firehose-log-stream",
     )
     assert {f.role for f in loaded.firehoses.values()} == {"de-c2w2lab1-firehose-role"}
-    assert loaded.source.stream == "source" and loaded.source.start == "trim_horizon"
+    assert loaded.source == spec.Source("source", spec.Position("TRIM_HORIZON"))
     assert [case.to for case in loaded.route.cases] == ["usa", "international"]
     assert loaded.route.partition_key.text == "session_id"
 
@@ -201,6 +208,14 @@ def test_account_id_is_only_looked_up_when_the_spec_uses_it(write_spec):
     assert spec.load(write_spec(MINIMAL), account_id=account_id).pipeline == "shop"
 
 
+def test_without_a_target_account_id_is_the_local_targets(write_spec, tmp_path):
+    path = write_spec(MINIMAL.replace("name: in,", "name: 'in-${account_id}',"))
+    backend = LocalBackend(tmp_path / "state")
+    assert spec.load(path).streams["source"].name == f"in-{backend.account_id}"
+    assert backend.account_id == LOCAL_ACCOUNT_ID
+    backend.close()
+
+
 def test_account_id_is_asked_in_the_region_the_spec_resolves_to(write_spec):
     asked = []
     spec_text = MINIMAL.replace("name: in,", "name: 'in-${account_id}',")
@@ -331,6 +346,18 @@ def test_firehose_prefixes_are_checked_at_validate_time(write_spec):
         f"{path}:10:69: resources.firehoses.usa.error_prefix: '/errors/' cannot begin an object "
         "key: it starts with '/'",
     ]
+
+
+def test_a_start_is_read_as_a_position(write_spec):
+    path = write_spec(
+        MINIMAL.replace(
+            "  stream: source", "  stream: source\n  start: at_timestamp:2026-11-26T14:30:00+02:00"
+        )
+    )
+    assert spec.load(path).source.start == spec.Position(
+        "AT_TIMESTAMP",
+        timestamp=datetime.datetime(2026, 11, 26, 12, 30, tzinfo=datetime.timezone.utc),
+    )
 
 
 def test_a_start_timestamp_must_parse(write_spec):
@@ -476,6 +503,68 @@ def test_a_dead_letter_names_one_declared_place_and_a_prefix_keys_can_start_with
     assert problems(path) == [f"{path}:{message}"]
 
 
+ALL_DEFAULTED = (
+    WITH_BUCKETS.replace(
+        "source:\n  stream",
+        "  firehoses:\n    usa: {name: shop-usa, from: usa, to: raw}\nsource:\n  stream",
+    )
+    + "dead_letter: {bucket: rejects}\n"
+)
+
+
+def defaulted(loaded):
+    """What a spec that leaves every setting out gets."""
+    usa = loaded.firehoses["usa"]
+    return {
+        "firehose": (
+            usa.prefix,
+            usa.error_prefix,
+            usa.buffer_size_mb,
+            usa.buffer_interval_s,
+            usa.compression,
+        ),
+        "start": str(loaded.source.start),
+        "dead_letter prefix": loaded.dead_letter.prefix,
+        "route": (loaded.route.unmatched, loaded.route.newline),
+        "continue": [case.continue_ for case in loaded.route.cases],
+    }
+
+
+def test_a_setting_left_out_takes_the_schemas_default(write_spec):
+    assert defaulted(spec.load(write_spec(ALL_DEFAULTED))) == {
+        "firehose": ("", "errors/", 5, 300, "UNCOMPRESSED"),
+        "start": "trim_horizon",
+        "dead_letter prefix": "dead-letter/",
+        "route": ("dead_letter", True),
+        "continue": [False, False],
+    }
+
+
+def test_the_defaults_are_read_from_the_schema_alone(write_spec, monkeypatch):
+    shape = spec.schema()
+    properties = shape["properties"]
+    firehose = shape["$defs"]["firehose"]["properties"]
+    firehose["prefix"]["default"] = "delivered/"
+    firehose["error_prefix"]["default"] = "failed/"
+    firehose["buffer"]["properties"]["size_mb"]["default"] = 7
+    firehose["buffer"]["properties"]["interval_s"]["default"] = 70
+    firehose["compression"]["default"] = "GZIP"
+    properties["source"]["properties"]["start"]["default"] = "latest"
+    properties["dead_letter"]["properties"]["prefix"]["default"] = "rejected/"
+    properties["route"]["properties"]["unmatched"]["default"] = "drop"
+    properties["route"]["properties"]["newline"]["default"] = False
+    shape["$defs"]["case"]["properties"]["continue"]["default"] = True
+    monkeypatch.setattr(document, "schema", lambda: shape)
+
+    assert defaulted(spec.load(write_spec(ALL_DEFAULTED))) == {
+        "firehose": ("delivered/", "failed/", 7, 70, "GZIP"),
+        "start": "latest",
+        "dead_letter prefix": "rejected/",
+        "route": ("drop", False),
+        "continue": [True, True],
+    }
+
+
 @pytest.mark.parametrize("prefix", ["", "dead-letter/", "a/b-", "a..b/", "x/.hidden-"])
 def test_check_prefix_accepts_what_s3_and_a_bucket_folder_can_both_hold(prefix):
     assert spec.check_prefix(prefix) is None
@@ -603,3 +692,102 @@ def test_a_dead_letter_stream_that_a_route_also_writes_is_warned_of(write_spec):
     )
     own = MINIMAL.replace("    other:", "    rejects: {name: bad, shards: 1}\n    other:")
     assert spec.load(write_spec(own + "dead_letter: {stream: rejects}\n", "ok.yaml")).warnings == ()
+
+
+EVERY_PART = """\
+pipeline: shop
+region: us-east-1
+vars: {n: 2}
+resources:
+  streams:
+    source: {name: in, shards: 1}
+    usa: {name: usa-out, shards: 2}
+    rejects: {name: rejects, shards: 1}
+  buckets:
+    usa: {name: shop-usa}
+  firehoses:
+    usa:
+      name: shop-usa
+      from: usa
+      to: usa
+      prefix: firehose/
+      error_prefix: errors/
+      buffer: {size_mb: 1, interval_s: 60}
+      compression: GZIP
+      role: shop-role
+      logging: {group: g, stream: s}
+source: {stream: source, start: latest}
+transform:
+  - set: {n: length(items)}
+  - remove: [a]
+  - rename: {b: c}
+  - filter: n > `0`
+route:
+  partition_key: session_id
+  cases:
+    - {when: country == 'USA', to: usa, continue: true}
+    - to: rejects
+  unmatched: drop
+  newline: false
+dead_letter: {stream: rejects}
+"""
+
+
+def every_part(value, path=()):
+    """The path of every value in a document, the document itself first."""
+    yield path
+    if isinstance(value, (dict, list)):
+        for key, child in value.items() if isinstance(value, dict) else enumerate(value):
+            yield from every_part(child, path + (key,))
+
+
+def changed(document, path, value):
+    """A copy of `document` with `value` at `path`, or without that part if `value` is None."""
+    document = copy.deepcopy(document)
+    if not path:
+        return value
+    *above, last = path
+    holder = document
+    for key in above:
+        holder = holder[key]
+    if value is None:
+        del holder[last]
+    else:
+        holder[last] = value
+    return document
+
+
+def test_a_part_of_any_wrong_type_or_missing_anywhere_is_reported_not_a_crash(
+    write_spec, monkeypatch
+):
+    path = write_spec(EVERY_PART)
+    assert spec.load(path).route.unmatched == "drop"
+    parsed = yaml.safe_load(EVERY_PART)
+    for part in every_part(parsed):
+        for wrong in ("five", 5, [5], None):  # None: the part is missing
+            # The documents are handed over as read, since reading YAML is most of the time.
+            read = changed(parsed, part, wrong)
+            monkeypatch.setattr(document.Reader, "read", lambda self, read=read: read)
+            try:
+                spec.load(path)
+            except SpecError:
+                pass
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        MINIMAL.replace("{name: in, shards: 1}", "{name: in, shards: two}"),
+        MINIMAL.replace("source:\n  stream: source\n", ""),
+    ],
+    ids=["a wrong value", "a missing part"],
+)
+def test_a_schema_error_does_not_hide_a_bug_in_the_parts_it_leaves_right(
+    write_spec, monkeypatch, wrong
+):
+    def broken(text):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(expressions, "compile", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        spec.load(write_spec(wrong))

@@ -8,29 +8,9 @@ from collections.abc import Callable
 from typing import IO
 
 from runner.backends.base import Backend, Record
-from runner.loop.engine import start_position
-from runner.loop.reader import Position, StreamReader
+from runner.loop.reader import StreamReader
 from runner.records.processor import BadRecord, parse_json
-
-SEQUENCE_TYPES = ("at_sequence_number", "after_sequence_number")
-
-
-def position(text: str) -> Position:
-    """--from: trim_horizon, latest, at_timestamp:ISO, at/after_sequence_number:SEQ."""
-    kind, _, argument = text.partition(":")
-    kind = kind.lower()  # TRIM_HORIZON, as Kinesis spells it, works too
-    if kind in SEQUENCE_TYPES:
-        if not (argument.isascii() and argument.isdigit()):
-            raise ValueError(f"{kind} needs a sequence number, e.g. {kind}:4953")
-        return Position(kind.upper(), sequence=argument)
-    if kind in ("trim_horizon", "latest") and not argument:
-        return Position(kind.upper())
-    if kind == "at_timestamp" and argument:
-        return start_position(text)
-    raise ValueError(
-        f"{text!r}: expected trim_horizon, latest, at_timestamp:ISO, "
-        "at_sequence_number:SEQ or after_sequence_number:SEQ"
-    )
+from runner.spec.position import Position
 
 
 def readable(shard_id: str, record: Record) -> str:

@@ -16,7 +16,7 @@ def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = F
     line number as `pipeline produce` does; returns 0."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to preview"])
-    journey = Journey(spec)
+    journey = Journey(spec.transform, spec.route)
     counts: Counter[str] = Counter()
     records = 0
     for number, line in enumerate(lines, start=1):

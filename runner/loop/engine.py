@@ -29,10 +29,10 @@ from runner.backends.base import (
 from runner.loop.dead_letter import DeadLetter, run_refusal
 from runner.loop.delivery import Delivery
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
-from runner.loop.reader import Position, ShardBatch, StreamReader, stored_checkpoints
+from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.sink import Sink
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.spec import Spec, SpecError, parse_timestamp
+from runner.spec import Spec, SpecError
 
 STATUS_EVERY_S = 5.0
 MAX_SLEEP_S = 0.5
@@ -67,13 +67,6 @@ class Counts:
         )
 
 
-def start_position(start: str) -> Position:
-    """The spec's source.start (or consume's --from without a sequence) as a Position."""
-    if start.startswith("at_timestamp:"):
-        return Position("AT_TIMESTAMP", timestamp=parse_timestamp(start.partition(":")[2]))
-    return Position(start.upper())
-
-
 class Engine:
     def __init__(
         self,
@@ -97,7 +90,7 @@ class Engine:
         self.report = report
         self.clock = clock
         self.sleep = sleep
-        self.journey = Journey(spec)
+        self.journey = Journey(spec.transform, spec.route)
         self.source = spec.streams[spec.source.stream].name
         self._stopping = threading.Event()
         self.patience = Patience(
@@ -131,13 +124,13 @@ class Engine:
         self.reader = StreamReader(
             backend,
             self.source,
-            start=start_position(spec.source.start),
+            start=spec.source.start,
             checkpoints=stored_checkpoints(
                 backend,
                 spec.pipeline,
                 self.source,
                 who=f"pipeline {spec.pipeline}",
-                start=spec.source.start,
+                start=str(spec.source.start),
                 forget=options.forget_old_checkpoints,
             ),
             clock=clock,

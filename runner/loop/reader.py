@@ -9,7 +9,6 @@ the checkpoints to start from and records progress itself; the reader only tells
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,21 +28,13 @@ from runner.backends.base import (
     start_mark,
 )
 from runner.backends.limits import MAX_GET_RECORDS
+from runner.spec.position import Position
 
 MIN_CALL_INTERVAL_S = 0.2  # GetRecords: at most 5 calls per second per shard
 EMPTY_INTERVAL_S = 1.0  # an empty shard is asked again after this long
 MAX_THROTTLE_WAIT_S = 10.0
 SHARD_REFRESH_S = 30.0  # look for new shards (a reshard) this often
 FORGET_OPTION = "--forget-old-checkpoints"  # of `pipeline run`
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a shard without a checkpoint starts: an iterator type and its argument."""
-
-    iterator_type: str = "TRIM_HORIZON"
-    sequence: str | None = None
-    timestamp: datetime.datetime | None = None
 
 
 def stored_checkpoints(

@@ -6,12 +6,12 @@ The engine and `preview` both use `Journey.process`, so what preview shows is wh
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.records.expressions import json_type
-from runner.records.routing import RouteError
-from runner.records.transform import Filtered, TransformError
-from runner.spec import Spec
+from runner.records.routing import Route, RouteError
+from runner.records.transform import Filtered, Step, TransformError
 
 ROUTED, FILTERED, DEAD_LETTER, DROPPED = "routed", "filtered", "dead_letter", "dropped"
 
@@ -38,13 +38,14 @@ class Outcome:
 
 
 class Journey:
-    """Everything a record needs from the spec, prepared once."""
+    """Everything a record needs from the spec, its transform steps and its route, prepared
+    once."""
 
-    def __init__(self, spec: Spec) -> None:
-        self.steps = spec.transform
-        self.route = spec.route
-        self.ending = b"\n" if spec.route.newline else b""
-        self.drop_unmatched = spec.route.unmatched == "drop"
+    def __init__(self, steps: Sequence[Step], route: Route) -> None:
+        self.steps = tuple(steps)
+        self.route = route
+        self.ending = b"\n" if route.newline else b""
+        self.drop_unmatched = route.unmatched == "drop"
 
     def process(self, data: bytes) -> Outcome:
         """Decide what happens to one record; never raises for anything in `data`."""

@@ -1,27 +1,25 @@
-"""Specs: the YAML document with the position of every value (`document`), and the checks that
-turn it into the frozen model (`checks`). `load(path)` is the one way in."""
+"""Specs: the YAML document with the position of every value (`document`), and the checks
+(`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in."""
 
-from runner.spec.checks import (
-    LOCAL_ACCOUNT_ID,
+from runner.spec.checks import check_prefix, load
+from runner.spec.document import SpecError, schema
+from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
     Firehose,
     Source,
     Spec,
     Stream,
-    check_prefix,
     dead_letter_off_machine,
-    load,
     needs_dead_letter_off_machine,
-    parse_timestamp,
 )
-from runner.spec.document import SpecError, schema
+from runner.spec.position import Position, parse_position, parse_timestamp
 
 __all__ = [
-    "LOCAL_ACCOUNT_ID",
     "Bucket",
     "DeadLetterDestination",
     "Firehose",
+    "Position",
     "Source",
     "Spec",
     "SpecError",
@@ -30,6 +28,7 @@ __all__ = [
     "dead_letter_off_machine",
     "load",
     "needs_dead_letter_off_machine",
+    "parse_position",
     "parse_timestamp",
     "schema",
 ]

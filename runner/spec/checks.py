@@ -7,131 +7,29 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from runner.backends.base import DEFAULT_REGION
+from runner.backends.base import DEFAULT_REGION, LOCAL_ACCOUNT_ID
 from runner.records import expressions
 from runner.records.routing import Case, Route
 from runner.records.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
 from runner.spec.document import (
     Interpolator,
     Reader,
-    SpecError,
     SpecPath,
+    fill_defaults,
     format_path,
-    schema,
     validate_shape,
 )
+from runner.spec.model import Bucket, DeadLetterDestination, Firehose, Source, Spec, Stream
+from runner.spec.position import Position, parse_position
 
-__all__ = [
-    "Spec",
-    "SpecError",
-    "check_prefix",
-    "dead_letter_off_machine",
-    "load",
-    "needs_dead_letter_off_machine",
-    "schema",
-]
-
-LOCAL_ACCOUNT_ID = "000000000000"
-
-
-@dataclass(frozen=True)
-class Stream:
-    key: str
-    name: str
-    shards: int
-
-
-@dataclass(frozen=True)
-class Bucket:
-    key: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Firehose:
-    key: str
-    name: str
-    stream: str  # a key of streams
-    bucket: str  # a key of buckets
-    prefix: str
-    error_prefix: str
-    buffer_size_mb: int
-    buffer_interval_s: int
-    compression: str
-    role: str
-    log_group: str | None
-    log_stream: str | None
-
-
-@dataclass(frozen=True)
-class DeadLetterDestination:
-    """Where bad records go: a declared stream or a declared bucket (exactly one)."""
-
-    stream: str | None = None  # a key of streams
-    bucket: str | None = None  # a key of buckets
-    prefix: str = ""  # with a bucket: the start of its objects' keys
-
-
-def dead_letter_off_machine(dead_letter: DeadLetterDestination | None) -> bool:
-    """Whether bad records go where they outlive the machine running the pipeline: a declared
-    stream or bucket, not the state folder's file. Where the checkpoints live off that machine
-    (the aws target, Lambda), the dead letter must too, or losing the machine loses the records
-    the checkpoints moved past."""
-    return dead_letter is not None
-
-
-def needs_dead_letter_off_machine(where: str) -> str:
-    """Why a spec run `where` (e.g. 'on the aws target') needs a stream or bucket dead letter,
-    and what to add."""
-    return (
-        f"{where} the dead letter must be a stream or a bucket, since the checkpoints outlive "
-        "this machine and its state folder: add dead_letter: {bucket: KEY} with a key of "
-        "resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
-    )
-
-
-@dataclass(frozen=True)
-class Source:
-    stream: str  # a key of streams
-    start: str  # trim_horizon, latest or at_timestamp:ISO
-
-
-@dataclass(frozen=True)
-class Spec:
-    path: Path
-    pipeline: str
-    region: str
-    streams: Mapping[str, Stream]
-    buckets: Mapping[str, Bucket]
-    firehoses: Mapping[str, Firehose]
-    source: Source | None  # None only while a spec is being built
-    transform: tuple[Step, ...]
-    route: Route | None  # None: the spec only declares resources
-    dead_letter: DeadLetterDestination | None  # None: a file in the state folder
-    warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
-
-    def summary(self) -> str:
-        """One line saying the spec is valid and what it declares."""
-
-        def count(number: int, what: str) -> str:
-            return f"{number} {what}{'' if number == 1 else 's'}"
-
-        return (
-            f"{self.path}: ok: pipeline {self.pipeline}, "
-            f"{count(len(self.streams), 'stream')}, {count(len(self.buckets), 'bucket')}, "
-            f"{count(len(self.firehoses), 'firehose')}, "
-            f"{count(len(self.transform), 'transform step')}, "
-            + (f"{count(len(self.route.cases), 'route case')}" if self.route else "no route")
-        )
+__all__ = ["check_prefix", "load"]
 
 
 def load(
@@ -153,6 +51,7 @@ def load(
     interpolator = Interpolator(reader, document, region, account_id, environ, configured_region)
     document = interpolator.run()
     wrong = validate_shape(reader, document)
+    fill_defaults(document)
     declared = document.get("region") if isinstance(document, dict) else None
     resolved = region or (declared if isinstance(declared, str) else None) or interpolator.region
     return _Builder(reader, document, resolved, wrong).build(strict)
@@ -215,17 +114,22 @@ class _Builder:
         self.resources = resources_ if isinstance(resources_, dict) else {}
 
     @contextlib.contextmanager
-    def tolerant(self) -> Iterator[None]:
-        """Skip a part the schema already found wrong; anything else is a bug, so it raises."""
+    def tolerant(self, path: SpecPath) -> Iterator[None]:
+        """Skip the part at `path` if the schema found it wrong, or a part of it, or a part
+        holding it (its schema error says why); elsewhere such an error is a bug, so it raises."""
         try:
             yield
         except (KeyError, TypeError, AttributeError, ValueError):
-            if not self.wrong:
+            if not (self.is_wrong(path) or self.is_within_wrong(path)):
                 raise
 
     def is_wrong(self, path: SpecPath) -> bool:
         """Whether the schema found a problem at or below `path`."""
         return any(wrong[: len(path)] == path for wrong in self.wrong)
+
+    def is_within_wrong(self, path: SpecPath) -> bool:
+        """Whether the schema found a problem in a part holding `path`."""
+        return any(path[: len(wrong)] == wrong for wrong in self.wrong)
 
     def declared(self, kind: str) -> dict:
         value = self.resources.get(kind, {})
@@ -235,7 +139,7 @@ class _Builder:
         """make(key, raw) for every resource of a kind that can be made."""
         made = {}
         for key, raw in self.declared(kind).items():
-            with self.tolerant():
+            with self.tolerant(("resources", kind, key)):
                 made[key] = make(key, raw)
         return made
 
@@ -258,31 +162,26 @@ class _Builder:
             self.name_length(("pipeline",), doc["pipeline"], 64)
 
         source = None
-        with self.tolerant():
+        with self.tolerant(("source",)):
             raw = doc["source"]
-            source = Source(raw["stream"], raw.get("start", "trim_horizon"))
+            source = Source(raw["stream"], self.position(("source", "start"), raw["start"]))
             self.reference(("source", "stream"), source.stream, "streams")
-            if source.start.startswith("at_timestamp:"):
-                try:
-                    parse_timestamp(source.start.partition(":")[2])
-                except ValueError as error:
-                    self.reader.problem(("source", "start"), str(error))
 
         dead_letter = None
         if "dead_letter" in doc:
-            with self.tolerant():
+            with self.tolerant(("dead_letter",)):
                 dead_letter = self.dead_letter(doc["dead_letter"], streams, source)
 
         steps = []
-        with self.tolerant():
+        with self.tolerant(("transform",)):
             for index, raw in enumerate(doc.get("transform", [])):
-                with self.tolerant():
+                with self.tolerant(("transform", index)):
                     step = self.step(index, raw)
                     if step is not None:
                         steps.append(step)
         route = None
         if "route" in doc:
-            with self.tolerant():
+            with self.tolerant(("route",)):
                 route = self.route(doc["route"], streams, source)
         if dead_letter and dead_letter.stream and not self.is_wrong(("dead_letter",)):
             self.dead_letter_shared(dead_letter.stream, route, firehoses)
@@ -300,6 +199,16 @@ class _Builder:
             dead_letter=dead_letter,
             warnings=self.reader.warning_lines(),
         )
+
+    def position(self, path: SpecPath, text: str) -> Position:
+        """Where `text` says to start. If it says nothing valid, the spec is refused (the
+        schema or this says why) and the default stands in until then."""
+        if not self.is_wrong(path):
+            try:
+                return parse_position(text)
+            except ValueError as error:
+                self.reader.problem(path, str(error))
+        return Position()
 
     def dead_letter_shared(self, key: str, route: Route | None, firehoses: Mapping) -> None:
         """Warn of a dead-letter stream that routed records or a delivery also use."""
@@ -319,22 +228,26 @@ class _Builder:
     def unique_names(self, kind: str, declared: Mapping[str, Any]) -> None:
         seen: dict[str, str] = {}
         for key, resource in declared.items():
-            if resource.name in seen:
-                self.reader.problem(
-                    ("resources", kind, key, "name"),
-                    f"name '{resource.name}' is already used by "
-                    f"resources.{kind}.{seen[resource.name]}",
-                )
-            seen.setdefault(resource.name, key)
+            path = ("resources", kind, key, "name")
+            with self.tolerant(path):
+                if resource.name in seen:
+                    self.reader.problem(
+                        path,
+                        f"name '{resource.name}' is already used by "
+                        f"resources.{kind}.{seen[resource.name]}",
+                    )
+                seen.setdefault(resource.name, key)
 
     def name_length(self, path: SpecPath, name: str, limit: int) -> None:
-        if len(name) > limit:
-            self.reader.problem(path, f"'{name}' is {len(name)} characters, at most {limit}")
+        with self.tolerant(path):
+            if len(name) > limit:
+                self.reader.problem(path, f"'{name}' is {len(name)} characters, at most {limit}")
 
     def bucket_name(self, path: SpecPath, name: str) -> None:
-        for broken, rule in _BUCKET_FORBIDDEN:
-            if broken(name):
-                self.reader.problem(path, f"'{name}' is not a valid S3 bucket name: {rule}")
+        with self.tolerant(path):
+            for broken, rule in _BUCKET_FORBIDDEN:
+                if broken(name):
+                    self.reader.problem(path, f"'{name}' is not a valid S3 bucket name: {rule}")
 
     def reference(self, path: SpecPath, key: Any, kind: str) -> bool:
         """Whether `key` names a declared resource of `kind`; if not, say what exists."""
@@ -355,7 +268,8 @@ class _Builder:
         return False
 
     def not_source(self, path: SpecPath, key: str, source, streams, what: str) -> None:
-        if source is None or key not in streams or source.stream not in streams:
+        known = source is not None and not self.is_wrong(("source", "stream"))
+        if not known or key not in streams or source.stream not in streams:
             return
         if streams[key].name == streams[source.stream].name:
             self.reader.problem(
@@ -371,7 +285,7 @@ class _Builder:
                 self.not_source(path, raw["stream"], source, streams, "the dead letter")
             return DeadLetterDestination(stream=raw["stream"])
         self.reference(("dead_letter", "bucket"), raw["bucket"], "buckets")
-        prefix = raw.get("prefix", "dead-letter/")
+        prefix = raw["prefix"]
         problem = check_prefix(prefix) if isinstance(prefix, str) else None
         if problem:
             self.reader.problem(("dead_letter", "prefix"), problem)
@@ -385,18 +299,18 @@ class _Builder:
             text = value.get(field)
             if isinstance(text, str) and (problem := check_prefix(text)):
                 self.reader.problem(path + (field,), problem)
-        buffer = value.get("buffer", {})
         logging = value.get("logging") or {}
         return Firehose(
             key=key,
             name=value["name"],
             stream=value["from"],
             bucket=value["to"],
-            prefix=value.get("prefix", ""),
-            error_prefix=value.get("error_prefix", "errors/"),
-            buffer_size_mb=buffer.get("size_mb", 5),
-            buffer_interval_s=buffer.get("interval_s", 300),
-            compression=value.get("compression", "UNCOMPRESSED"),
+            prefix=value["prefix"],
+            error_prefix=value["error_prefix"],
+            buffer_size_mb=value["buffer"]["size_mb"],
+            buffer_interval_s=value["buffer"]["interval_s"],
+            compression=value["compression"],
+            # Not a schema default: it is made of the pipeline's name.
             role=value.get("role", f"{self.document.get('pipeline')}-firehose-role"),
             log_group=logging.get("group"),
             log_stream=logging.get("stream"),
@@ -435,7 +349,7 @@ class _Builder:
         cases = []
         for index, case in enumerate(raw["cases"]):
             path = ("route", "cases", index)
-            with self.tolerant():
+            with self.tolerant(path):
                 if self.reference(path + ("to",), case.get("to"), "streams"):
                     self.not_source(path + ("to",), case["to"], source, streams, "a route")
                 if "when" not in case and index != len(raw["cases"]) - 1:
@@ -445,23 +359,10 @@ class _Builder:
                             "a case without 'when' takes every record, so it must be the last case",
                         )
                 when = self.expression(path + ("when",), case.get("when"))
-                cases.append(Case(case["to"], when, case.get("continue", False)))
+                cases.append(Case(case["to"], when, case["continue"]))
         return Route(
             partition_key=self.expression(("route", "partition_key"), raw.get("partition_key")),
             cases=tuple(cases),
-            unmatched=raw.get("unmatched", "dead_letter"),
-            newline=raw.get("newline", True),
+            unmatched=raw["unmatched"],
+            newline=raw["newline"],
         )
-
-
-def parse_timestamp(text: str) -> datetime.datetime:
-    """ISO-8601 to an aware UTC datetime; a time without a zone is taken as UTC."""
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"'{text}' is not an ISO-8601 timestamp such as 2026-01-31T12:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc)

@@ -4,6 +4,7 @@ and the shape checked against the JSON Schema. Every problem names FILE:LINE:COL
 
 from __future__ import annotations
 
+import copy
 import datetime
 import difflib
 import json
@@ -359,15 +360,46 @@ def _type_word(value: Any) -> str:
 
 
 def validate_shape(reader: Reader, document: Any) -> set[SpecPath]:
-    """Report every schema error; returns the paths of the nodes found wrong."""
+    """Report every schema error; returns the paths of the nodes found wrong (for a missing
+    key, the path it would have)."""
     validator = jsonschema.Draft202012Validator(schema())
     wrong: set[SpecPath] = set()
     for error in validator.iter_errors(document):
         path = tuple(error.absolute_path)
-        for message, problem_path, at_key in _describe(error, path):
+        described = list(_describe(error, path))
+        for message, problem_path, at_key in described:
             reader.problem(problem_path, message, at_key=at_key)
-            wrong.add(problem_path)
+        if error.validator == "required":  # the missing keys are wrong, not their whole mapping
+            missing = [key for key in error.validator_value if key not in error.instance]
+            wrong.update(path + (key,) for key in missing)
+        else:
+            wrong.update(problem_path for _, problem_path, _ in described)
     return wrong
+
+
+def fill_defaults(document: Any) -> None:
+    """Put the schema's `default` of every key missing from a mapping of the document, so that
+    the checks read defaults from the schema, their one source. Parts of the wrong type are
+    left as they are (validate_shape reported them)."""
+    shape = schema()
+
+    def fill(node: dict, value: Any) -> None:
+        if "$ref" in node:  # "#/$defs/NAME", the only references the schema holds
+            node = shape["$defs"][node["$ref"].removeprefix("#/$defs/")]
+        if isinstance(value, dict):
+            properties = node.get("properties", {})
+            for key, property_ in properties.items():
+                if key not in value and "default" in property_:
+                    value[key] = copy.deepcopy(property_["default"])
+            for key, item in value.items():
+                below = properties.get(key, node.get("additionalProperties"))
+                if isinstance(below, dict):
+                    fill(below, item)
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                fill(node["items"], item)
+
+    fill(shape, document)
 
 
 def _describe(

@@ -1,0 +1,103 @@
+"""The frozen model of a spec: what `load` returns, checked and compiled, for the layers above
+to use without looking at the YAML again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.records.routing import Route
+from runner.records.transform import Step
+from runner.spec.position import Position
+
+
+@dataclass(frozen=True)
+class Stream:
+    key: str
+    name: str
+    shards: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Firehose:
+    key: str
+    name: str
+    stream: str  # a key of streams
+    bucket: str  # a key of buckets
+    prefix: str
+    error_prefix: str
+    buffer_size_mb: int
+    buffer_interval_s: int
+    compression: str
+    role: str
+    log_group: str | None
+    log_stream: str | None
+
+
+@dataclass(frozen=True)
+class DeadLetterDestination:
+    """Where bad records go: a declared stream or a declared bucket (exactly one)."""
+
+    stream: str | None = None  # a key of streams
+    bucket: str | None = None  # a key of buckets
+    prefix: str = ""  # with a bucket: the start of its objects' keys
+
+
+def dead_letter_off_machine(dead_letter: DeadLetterDestination | None) -> bool:
+    """Whether bad records go where they outlive the machine running the pipeline: a declared
+    stream or bucket, not the state folder's file. Where the checkpoints live off that machine
+    (the aws target, Lambda), the dead letter must too, or losing the machine loses the records
+    the checkpoints moved past."""
+    return dead_letter is not None
+
+
+def needs_dead_letter_off_machine(where: str) -> str:
+    """Why a spec run `where` (e.g. 'on the aws target') needs a stream or bucket dead letter,
+    and what to add."""
+    return (
+        f"{where} the dead letter must be a stream or a bucket, since the checkpoints outlive "
+        "this machine and its state folder: add dead_letter: {bucket: KEY} with a key of "
+        "resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+    )
+
+
+@dataclass(frozen=True)
+class Source:
+    stream: str  # a key of streams
+    start: Position  # where a shard without a checkpoint starts
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    pipeline: str
+    region: str
+    streams: Mapping[str, Stream]
+    buckets: Mapping[str, Bucket]
+    firehoses: Mapping[str, Firehose]
+    source: Source | None  # None only while a spec is being built
+    transform: tuple[Step, ...]
+    route: Route | None  # None: the spec only declares resources
+    dead_letter: DeadLetterDestination | None  # None: a file in the state folder
+    warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
+
+    def summary(self) -> str:
+        """One line saying the spec is valid and what it declares."""
+
+        def count(number: int, what: str) -> str:
+            return f"{number} {what}{'' if number == 1 else 's'}"
+
+        return (
+            f"{self.path}: ok: pipeline {self.pipeline}, "
+            f"{count(len(self.streams), 'stream')}, {count(len(self.buckets), 'bucket')}, "
+            f"{count(len(self.firehoses), 'firehose')}, "
+            f"{count(len(self.transform), 'transform step')}, "
+            + (f"{count(len(self.route.cases), 'route case')}" if self.route else "no route")
+        )
