@@ -18,6 +18,7 @@ from runner.backends.base import BackendError
 from runner.commands import consume as consume_module
 from runner.commands import produce as produce_module
 from runner.commands import provision
+from runner.commands import run as run_command
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
 from runner.loop import engine
@@ -295,7 +296,7 @@ def run(
         forget_old_checkpoints=forget_old_checkpoints,
         give_up_after=give_up_after,
     )
-    return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
+    return run_command.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
 
 
 class PositionType(click.ParamType):
