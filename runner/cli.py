@@ -19,6 +19,7 @@ from runner.commands import consume as consume_module
 from runner.commands import produce as produce_module
 from runner.commands import provision
 from runner.commands import run as run_command
+from runner.commands import validate as validate_command
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
 from runner.loop import engine
@@ -168,17 +169,7 @@ def cli() -> None:
 @reports_errors
 def validate(specs: tuple[str, ...], strict: bool, target: Target) -> int:
     """Check specs (schema, references, expressions), warn of likely mistakes; touches nothing."""
-    problems: list[str] = []
-    for path in specs:
-        try:
-            loaded = target.load(path, strict=strict, warn=say)
-            target.check_run(loaded, strict=strict, warn=say)
-            click.echo(loaded.summary())
-        except SpecError as error:
-            problems.extend(error.problems)
-    if problems:
-        raise SpecError(problems)
-    return EXIT_OK
+    return validate_command.validate(specs, target, strict=strict, out=click.echo, warn=say)
 
 
 @cli.command()
