@@ -375,20 +375,17 @@ def produce(
     with click.progressbar(
         length=count or 0, label="producing", file=sys.stderr, hidden=not watched
     ) as bar:
-        return produce_module.main(
-            target.backend(),
-            stream,
+        options = produce_module.ProduceOptions(
+            partition_key,
             json_text=json_text,
             file=file,
             synthetic=synthetic,
             count=count,
             mean_gap=mean_gap,
             seed=seed,
-            key=partition_key,
-            warn=say,
-            progress=bar.update,
             raw=raw,
         )
+        return produce_module.main(target.backend(), stream, options, warn=say, progress=bar.update)
 
 
 @cli.command()
