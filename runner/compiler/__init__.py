@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.compiler.checks import parse, quoted_operands
-from runner.compiler.codegen import _Generator
+from runner.compiler.codegen import Generator
 from runner.compiler.errors import CompileError, SearchError
-from runner.compiler.folding import _fold
+from runner.compiler.folding import fold
 from runner.compiler.functions import BUILTIN_FUNCTIONS, Function
 
 __all__ = [
@@ -53,7 +53,7 @@ def compile(text: str, functions: Mapping[str, Function] | None = None) -> Compi
     table = {**BUILTIN_FUNCTIONS, **(functions or {})}
     try:
         tree = parse(text, table)
-        search, source = _Generator(table).build(_fold(tree, table))
+        search, source = Generator(table).build(fold(tree, table))
     except RecursionError:
         raise CompileError("expression is nested too deeply", 1) from None
     return Compiled(text, search, source)

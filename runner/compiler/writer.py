@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from runner.compiler.errors import CompileError, SearchError, _unexpected
-from runner.compiler.functions import _failed, _type_error
-from runner.compiler.values import _copy, _equal, _is_array_of
+from runner.compiler.errors import CompileError, SearchError, unexpected
+from runner.compiler.functions import failed, type_error
+from runner.compiler.values import deep_copy, equal, is_array_of
 
 # Indentation depth at which a subexpression moves into a function of its own,
 # well below Python's limit of 20 statically nested blocks.
@@ -30,7 +30,7 @@ _BLOCKS = {
 }
 
 
-class _Writer:
+class Writer:
     """Writes the source of a function, line by line, and builds it.
 
     `emit` writes the code of a node by calling the method `_<node type>`,
@@ -40,12 +40,12 @@ class _Writer:
     def __init__(self) -> None:
         self.namespace: dict[str, Any] = {
             "SearchError": SearchError,
-            "_copy": _copy,
-            "_equal": _equal,
-            "_failed": _failed,
-            "_is_array_of": _is_array_of,
-            "_type_error": _type_error,
-            "_unexpected": _unexpected,
+            "deep_copy": deep_copy,
+            "equal": equal,
+            "failed": failed,
+            "is_array_of": is_array_of,
+            "type_error": type_error,
+            "unexpected": unexpected,
         }
         self.names: dict[int, str] = {}
         self.definitions: list[str] = []
@@ -61,7 +61,7 @@ class _Writer:
             "def search(value):\n    try:\n"
             + "\n".join(self.lines)
             + "\n    except SearchError:\n        raise\n"
-            + "    except Exception as error:\n        raise _unexpected(error) from error"
+            + "    except Exception as error:\n        raise unexpected(error) from error"
         )
         source = "\n\n".join(self.definitions)
         try:
