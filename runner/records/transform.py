@@ -6,9 +6,7 @@ since each record is freshly decoded and owned by its journey.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from runner.records.expressions import Expression, SearchError, is_true
 
@@ -86,10 +84,3 @@ class FilterStep:
 
 
 Step = SetStep | RemoveStep | RenameStep | FilterStep
-
-
-def apply(steps: Sequence[Step], record: dict) -> dict[str, Any]:
-    """Run every step on `record`; raises TransformError or Filtered."""
-    for step in steps:
-        step.apply(record)
-    return record
