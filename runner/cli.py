@@ -23,6 +23,7 @@ from runner.commands import validate as validate_command
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
 from runner.loop import engine
+from runner.plural import count
 from runner.records.expressions import ExpressionError
 from runner.records.expressions import compile as compile_expression
 from runner.spec import SpecError
@@ -237,8 +238,7 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
             )
         ),
     )
-    plural = "" if removed == 1 else "s"
-    click.echo(f"Destroyed {removed} resource{plural}." if removed else "Nothing to destroy.")
+    click.echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
     return EXIT_OK
 
 

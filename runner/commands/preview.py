@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import IO
 
+from runner.plural import count
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec, SpecError
 
@@ -62,10 +63,6 @@ def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = F
         else:
             out.write(text + "\n")
     if not jsonl:
-        tally = ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
-        out.write(
-            f"{records} record{'' if records == 1 else 's'}"
-            + (f": {tally}" if tally else "")
-            + "\n"
-        )
+        tally = ", ".join(f"{number} {what}" for what, number in sorted(counts.items()))
+        out.write(count(records, "record") + (f": {tally}" if tally else "") + "\n")
     return 0

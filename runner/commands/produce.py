@@ -17,6 +17,7 @@ from typing import IO
 
 from runner.backends.base import MAX_RECORD_BYTES, Backend, BackendError, StateLost
 from runner.loop.sink import Sink
+from runner.plural import count
 from runner.records.expressions import Expression
 from runner.records.processor import BadRecord, encode, parse_record
 from runner.records.routing import RouteError, partition_key
@@ -233,24 +234,16 @@ def main(
         # Said so that the user resends only what is not in yet.
         through = f" (through {result.last})" if result.last else ""
         warn(
-            f"stopped by an error after putting {_records(result.sent)} into {stream}{through}: "
-            f"{result.error}"
+            f"stopped by an error after putting {count(result.sent, 'record')} into "
+            f"{stream}{through}: {result.error}"
         )
         return 1
     warn(
         ("stopped: " if result.interrupted else "")
-        + f"put {_records(result.sent)} into {stream}"
-        + (
-            f"; {result.bad_lines} line{'' if result.bad_lines == 1 else 's'} not sent"
-            if result.bad_lines
-            else ""
-        )
+        + f"put {count(result.sent, 'record')} into {stream}"
+        + (f"; {count(result.bad_lines, 'line')} not sent" if result.bad_lines else "")
     )
     if result.interrupted:
         # Ctrl-C is how an endless producer is meant to stop; anything else was cut short.
         return 0 if options.synthetic and options.count is None else 130
     return 1 if result.bad_lines else 0
-
-
-def _records(count: int) -> str:
-    return f"{count} record{'' if count == 1 else 's'}"

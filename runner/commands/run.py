@@ -13,6 +13,7 @@ from runner.backends.base import Backend, BackendError
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Engine, RunOptions
 from runner.loop.patience import GaveUp
+from runner.plural import count
 from runner.spec import Spec, SpecError
 
 
@@ -50,10 +51,7 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
     # Said at once, so that a renamed `pipeline:` (new checkpoints) does not pass unnoticed.
     resumed = len(engine.reader.checkpoints)
     if resumed:
-        report(
-            f"[{spec.pipeline}] resuming from checkpoints of {resumed} "
-            f"shard{'' if resumed == 1 else 's'}"
-        )
+        report(f"[{spec.pipeline}] resuming from checkpoints of {count(resumed, 'shard')}")
     else:
         report(
             f"[{spec.pipeline}] no checkpoints for pipeline {spec.pipeline}: "
@@ -77,11 +75,10 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         raise
     report(f"[{spec.pipeline}] done: {counts.line()}")
     for delivery in engine.deliveries:
-        objects = len(delivery.objects)
         report(
-            f"[{spec.pipeline}] firehose {delivery.firehose.name}: {delivery.records} "
-            f"record{'' if delivery.records == 1 else 's'} "
-            f"in {objects} object{'' if objects == 1 else 's'} to bucket {delivery.bucket}"
+            f"[{spec.pipeline}] firehose {delivery.firehose.name}: "
+            f"{count(delivery.records, 'record')} in {count(len(delivery.objects), 'object')} "
+            f"to bucket {delivery.bucket}"
         )
     if engine.dead_letter.count:
         report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.summary()}")
