@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO
 
 from runner.plural import count
@@ -12,12 +13,19 @@ from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec, SpecError
 
 
-def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = False) -> int:
+def preview(
+    spec: Spec,
+    lines: Iterable[bytes],
+    out: IO[str],
+    *,
+    jsonl: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> int:
     """Run every non-blank line through the spec and describe its fate, naming each by its
-    line number as `pipeline produce` does; returns 0."""
+    line number as `pipeline produce` does; `clock` (seconds since 1970) gives now(). Returns 0."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to preview"])
-    journey = Journey(spec)
+    journey = Journey(spec, clock)
     counts: Counter[str] = Counter()
     records = 0
     for number, line in enumerate(lines, start=1):

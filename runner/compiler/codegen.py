@@ -152,10 +152,24 @@ class Generator(Conditions):
             self.line(f"{result} = {brackets.format(', '.join(items))}")
         return result
 
+    def expref(self, node: dict) -> str:
+        """Write a function of its own for an `&expression` argument; return the source of
+        a one-argument function evaluating it, in the search's context where it needs one."""
+        name = self.define(node)
+        if not self.uses_context(node):
+            return name
+        return f"(lambda value: {name}(value, context))"
+
+    def uses_context(self, node: dict) -> bool:
+        """Whether `node` calls a contextual function."""
+        if node["type"] == "function_expression" and self.functions[node["value"]].contextual:
+            return True
+        return any(self.uses_context(child) for child in children_of(node))
+
     def _function_expression(self, node: dict, value: str) -> str:
         function = self.functions[node["value"]]
         args = [
-            self.define(arg["children"][0]) if arg["type"] == "expref" else self.emit(arg, value)
+            self.expref(arg["children"][0]) if arg["type"] == "expref" else self.emit(arg, value)
             for arg in node["children"]
         ]
         described = self.constant(function)
@@ -176,7 +190,8 @@ class Generator(Conditions):
             test = _type_test(param, name)
             if test is not None:
                 self.line(f"if not {test}: {fail}")
-        call = f"{self.constant(function.call)}({', '.join(args)})"
+        passed = ["context", *args] if function.contextual else args
+        call = f"{self.constant(function.call)}({', '.join(passed)})"
         if function is BUILTIN_FUNCTIONS.get(node["value"]):
             return self.assign(call)
         result = self.temp()

@@ -27,7 +27,8 @@ class Function:
     (an `&expr` argument, passed to `call` as a one-argument Python function),
     or several of them joined with `|`. The parameters after the first
     `min_args` (default: all) may be left out, and with `variadic` the last one
-    may repeat. `call` receives the arguments once they have passed the checks.
+    may repeat. `call` receives the arguments once they have passed the checks,
+    and with `contextual` the search's context before them (see `Compiled`).
     """
 
     name: str
@@ -35,6 +36,7 @@ class Function:
     params: tuple[str, ...] = ()
     min_args: int | None = None
     variadic: bool = False
+    contextual: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(self.params))

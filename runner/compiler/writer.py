@@ -53,12 +53,13 @@ class Writer:
         self.level = 0
         self.count = 0
 
-    def build(self, node: dict) -> tuple[Callable[[Any], Any], str]:
-        """Return a function evaluating the tree `node`, and its source."""
+    def build(self, node: dict, context: Any = None) -> tuple[Callable[..., Any], str]:
+        """Return a function `search(value, context=context)` evaluating the tree `node`, and
+        its source."""
         self.lines, self.level = [], 2
         self.finish(self.emit(node, "value"))
         self.definitions.append(
-            "def search(value):\n    try:\n"
+            f"def search(value, context={self.constant(context)}):\n    try:\n"
             + "\n".join(self.lines)
             + "\n    except SearchError:\n        raise\n"
             + "    except Exception as error:\n        raise unexpected(error) from error"
@@ -77,7 +78,7 @@ class Writer:
         self.lines, self.level = [], 1
         name = self.temp()
         self.finish(self.emit(node, "value"))
-        self.definitions.append(f"def {name}(value):\n" + "\n".join(self.lines))
+        self.definitions.append(f"def {name}(value, context=None):\n" + "\n".join(self.lines))
         self.lines, self.level = saved
         return name
 
@@ -122,5 +123,5 @@ class Writer:
     def emit(self, node: dict, value: str) -> str:
         """Write code evaluating `node` on the variable `value`; return the result's variable."""
         if self.level >= _MAX_NESTING and node["type"] in _BLOCKS:
-            return self.assign(f"{self.define(node)}({value})")
+            return self.assign(f"{self.define(node)}({value}, context)")
         return getattr(self, f"_{node['type']}")(node, value)

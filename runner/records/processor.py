@@ -6,9 +6,11 @@ The engine and `preview` both use `Journey.process`, so what preview shows is wh
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 from runner.backends.base import MAX_RECORD_BYTES
-from runner.records.expressions import json_type
+from runner.records.expressions import Clock, json_type
 from runner.records.routing import RouteError
 from runner.records.transform import Filtered, TransformError
 from runner.spec import Spec
@@ -40,7 +42,8 @@ class Outcome:
 class Journey:
     """Everything a record needs from the spec, prepared once."""
 
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, spec: Spec, clock: Callable[[], float] = time.time) -> None:
+        self.clock = Clock(clock)  # what now(), epoch() and epoch_ms() give; seconds since 1970
         self.steps = spec.transform
         self.route = spec.route
         self.ending = b"\n" if spec.route.newline else b""
@@ -54,8 +57,8 @@ class Journey:
             return Outcome(DEAD_LETTER, reason=str(error))
         try:
             for step in self.steps:
-                step.apply(record)
-            sinks, key = self.route.decide(record)
+                step.apply(record, self.clock)
+            sinks, key = self.route.decide(record, self.clock)
         except Filtered:
             return Outcome(FILTERED)
         except (TransformError, RouteError) as error:
