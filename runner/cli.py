@@ -18,9 +18,12 @@ from runner.backends.base import BackendError
 from runner.commands import consume as consume_module
 from runner.commands import produce as produce_module
 from runner.commands import provision
+from runner.commands import run as run_command
+from runner.commands import validate as validate_command
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
 from runner.loop import engine
+from runner.plural import count
 from runner.records.expressions import ExpressionError
 from runner.records.expressions import compile as compile_expression
 from runner.spec import SpecError, parse_position
@@ -167,17 +170,7 @@ def cli() -> None:
 @reports_errors
 def validate(specs: tuple[str, ...], strict: bool, target: Target) -> int:
     """Check specs (schema, references, expressions), warn of likely mistakes; touches nothing."""
-    problems: list[str] = []
-    for path in specs:
-        try:
-            loaded = target.load(path, strict=strict, warn=say)
-            target.check_run(loaded, strict=strict, warn=say)
-            click.echo(loaded.summary())
-        except SpecError as error:
-            problems.extend(error.problems)
-    if problems:
-        raise SpecError(problems)
-    return EXIT_OK
+    return validate_command.validate(specs, target, strict=strict, out=click.echo, warn=say)
 
 
 @cli.command()
@@ -245,8 +238,7 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
             )
         ),
     )
-    plural = "" if removed == 1 else "s"
-    click.echo(f"Destroyed {removed} resource{plural}." if removed else "Nothing to destroy.")
+    click.echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
     return EXIT_OK
 
 
@@ -295,7 +287,7 @@ def run(
         forget_old_checkpoints=forget_old_checkpoints,
         give_up_after=give_up_after,
     )
-    return engine.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
+    return run_command.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
 
 
 class PositionType(click.ParamType):
@@ -383,20 +375,17 @@ def produce(
     with click.progressbar(
         length=count or 0, label="producing", file=sys.stderr, hidden=not watched
     ) as bar:
-        return produce_module.main(
-            target.backend(),
-            stream,
+        options = produce_module.ProduceOptions(
+            partition_key,
             json_text=json_text,
             file=file,
             synthetic=synthetic,
             count=count,
             mean_gap=mean_gap,
             seed=seed,
-            key=partition_key,
-            warn=say,
-            progress=bar.update,
             raw=raw,
         )
+        return produce_module.main(target.backend(), stream, options, warn=say, progress=bar.update)
 
 
 @cli.command()

@@ -5,18 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.records import expressions
-
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
 FIXED_NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.timezone.utc)
-
-
-@pytest.fixture
-def fixed_clock(monkeypatch):
-    """now(), epoch() and epoch_ms() give 2026-11-26T12:00:00.000+00:00."""
-    monkeypatch.setattr(expressions, "clock", FIXED_NOW.timestamp)
-    return FIXED_NOW
 
 
 @pytest.fixture

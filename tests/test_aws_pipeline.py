@@ -27,9 +27,10 @@ from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.base import LeaseLost
 from runner.cli import cli
+from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
-from runner.loop import engine
+from runner.loop.engine import RunOptions
 
 ACCOUNT = "123456789012"  # moto's account
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
@@ -672,10 +673,10 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
     ended = {}
 
     def run(name):
-        options = engine.RunOptions(max_records=10)
+        options = RunOptions(max_records=10)
         try:
             state = tmp_path / name  # each run on a machine of its own
-            ended[name] = engine.run(loaded, runs[name], state, options, lines[name].append)
+            ended[name] = run_command.run(loaded, runs[name], state, options, lines[name].append)
         except LeaseLost as lost:
             ended[name] = str(lost)
 

@@ -342,6 +342,25 @@ def test_custom_function_is_called_on_every_search():
     assert [compiled.search(None), compiled.search(None)] == [0, 1]
 
 
+CONTEXTUAL = {
+    "tag": Function("tag", lambda context, text: f"{context}:{text}", ("string",), contextual=True)
+}
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "tag(name)",
+        "map(&tag(@), [name])[0]",  # in an &expression
+        "[" * 11 + "tag(name)" + "]" * 11 + "[0]" * 11,  # deep: in a function of its own
+    ],
+)
+def test_a_contextual_function_gets_the_searchs_context_else_the_compiled_one(expression):
+    compiled = compile(expression, CONTEXTUAL, context="default")
+    assert compiled.search({"name": "ada"}) == "default:ada"
+    assert compiled.search({"name": "ada"}, "given") == "given:ada"
+
+
 def test_custom_function_failure_is_a_search_error():
     def explode(text):
         raise KeyError(text)

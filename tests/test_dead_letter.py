@@ -15,9 +15,10 @@ from runner.backends.aws import AwsBackend
 from runner.backends.base import BackendError, Record, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
+from runner.commands import run as run_command
 from runner.commands.provision import apply
-from runner.loop import engine
 from runner.loop.dead_letter import DeadLetter
+from runner.loop.engine import RunOptions
 from runner.loop.patience import Patience
 
 ARRIVAL = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.timezone.utc)
@@ -170,7 +171,7 @@ def test_the_run_says_at_start_where_the_dead_letter_goes(write_spec, tmp_path):
         loaded = spec.load(write_spec(WITH_BUCKET + text))
         apply(loaded, backend, lambda line: None)
         lines = []
-        engine.run(loaded, backend, state, engine.RunOptions(until_idle=0), lines.append)
+        run_command.run(loaded, backend, state, RunOptions(until_idle=0), lines.append)
         assert lines[:3:2] == [  # the line between says where it starts (test_cli.py)
             "[shop] reading in on the local target (Ctrl-C stops cleanly)",
             f"[shop] dead letter: {where}",
@@ -208,7 +209,7 @@ def test_an_aws_run_puts_bad_records_in_an_object_of_the_bucket(write_spec, tmp_
         backend.put_records("in", BAD + GOOD)
         lines = []
 
-        engine.run(loaded, backend, tmp_path, engine.RunOptions(until_idle=0), lines.append)
+        run_command.run(loaded, backend, tmp_path, RunOptions(until_idle=0), lines.append)
 
         written = objects(backend, "shop-rejects")
         backend.close()
@@ -227,14 +228,14 @@ def test_a_run_needs_the_dead_letter_bucket_on_either_target(write_spec, tmp_pat
     apply(loaded, local, lambda line: None)
     local.delete_bucket("shop-rejects")
     with pytest.raises(BackendError) as caught:
-        engine.check_resources(loaded, local)
+        run_command.check_resources(loaded, local)
     assert str(caught.value) == missing.format(f"local target in {tmp_path / 'state'}")
     with mock_aws():
         backend = AwsBackend("us-east-1", poll_s=0)
         apply(loaded, backend, lambda line: None)
         backend.delete_bucket("shop-rejects")
         with pytest.raises(BackendError) as caught:
-            engine.check_resources(loaded, backend)
+            run_command.check_resources(loaded, backend)
         backend.close()
     assert str(caught.value) == missing.format("aws target in us-east-1")
 
@@ -253,12 +254,12 @@ def test_no_checkpoint_moves_past_bad_records_before_their_object_is_written(wri
         def put_object(self, bucket, key, body):
             raise BackendError(f"cannot write object '{key}' to bucket '{bucket}': disk full")
 
-    options = engine.RunOptions(until_idle=0)
+    options = RunOptions(until_idle=0)
     with pytest.raises(BackendError, match="disk full"):
-        engine.run(loaded, FailingWrites(), state, options, lambda line: None)
+        run_command.run(loaded, FailingWrites(), state, options, lambda line: None)
     assert backend.get_checkpoints("shop", "in") == {"shardId-000000000000": "#trim_horizon"}
 
-    engine.run(loaded, backend, state, options, lambda line: None)
+    run_command.run(loaded, backend, state, options, lambda line: None)
 
     ((key, entries),) = objects(backend, "shop-rejects").items()
     assert what_and_why(entries) == BAD_ENTRIES
@@ -297,7 +298,7 @@ def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
         backend.put_records("in", BAD + GOOD)
         spy = Spy(backend)
         with pytest.raises(spec.SpecError) as caught:
-            engine.run(loaded, spy, tmp_path, engine.RunOptions(until_idle=0), print)
+            run_command.run(loaded, spy, tmp_path, RunOptions(until_idle=0), print)
 
         result = CliRunner().invoke(cli, ["run", str(path), "--target", "aws"])
 
@@ -323,7 +324,7 @@ def aws_run_with_a_stream_dead_letter(write_spec, tmp_path, records):
         apply(loaded, backend, lambda line: None)
         backend.put_records("in", records)
         try:
-            engine.run(loaded, backend, tmp_path, engine.RunOptions(until_idle=0), print)
+            run_command.run(loaded, backend, tmp_path, RunOptions(until_idle=0), print)
             error = None
         except BackendError as stopped:
             error = str(stopped)

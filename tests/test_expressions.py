@@ -1,20 +1,39 @@
 import uuid
 
 import pytest
+from conftest import FIXED_NOW
 
 from runner.records import expressions
-from runner.records.expressions import ExpressionError, SearchError
+from runner.records.expressions import Clock, ExpressionError, SearchError
 
 
-def test_added_functions_give_time_ids_and_case(fixed_clock):
+def test_added_functions_give_time_ids_and_case():
     record = {"city": "Washington"}
-    assert expressions.compile("now()").search(record) == "2026-11-26T12:00:00.000+00:00"
-    assert expressions.compile("epoch()").search(record) == 1795694400
-    assert expressions.compile("epoch_ms()").search(record) == 1795694400000
+    clock = Clock(FIXED_NOW.timestamp)
+    assert expressions.compile("now()").search(record, clock) == "2026-11-26T12:00:00.000+00:00"
+    assert expressions.compile("epoch()").search(record, clock) == 1795694400
+    assert expressions.compile("epoch_ms()").search(record, clock) == 1795694400000
     assert expressions.compile("upper(city)").search(record) == "WASHINGTON"
     assert expressions.compile("lower(city)").search(record) == "washington"
     first, second = (expressions.compile("uuid()").search(record) for _ in range(2))
     assert uuid.UUID(first).version == 4 and first != second
+
+
+def test_each_search_reads_the_clock_it_is_given():
+    seconds = [1795694400.0004, 1795694400.0009, 1795694400.0011]
+    ticking = Clock(lambda: seconds.pop(0))
+    stopped = Clock(FIXED_NOW.timestamp)
+    now = expressions.compile("now()")
+
+    first, same_millisecond, next_millisecond = (now.search({}, ticking) for _ in range(3))
+
+    assert first == "2026-11-26T12:00:00.000+00:00" and same_millisecond is first  # formatted once
+    assert next_millisecond == "2026-11-26T12:00:00.001+00:00"
+    assert now.search({}, stopped) == "2026-11-26T12:00:00.000+00:00"
+    assert expressions.compile("{a: epoch_ms(), b: [now()]}").search({}, Clock(lambda: 1.5)) == {
+        "a": 1500,
+        "b": ["1970-01-01T00:00:01.500+00:00"],
+    }
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from runner import spec
 from runner.backends.base import is_start_mark
 from runner.backends.local import LocalBackend
 from runner.cli import cli
+from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
-from runner.loop import engine
+from runner.loop.engine import RunOptions
 
 ECOMMERCE = str(PIPELINES / "ecommerce.yaml")
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
@@ -70,8 +71,8 @@ def run_until_idle(state, **options):
     loaded = spec.load(ECOMMERCE)
     backend = LocalBackend(state)
     lines = []
-    options = engine.RunOptions(until_idle=options.pop("until_idle", 0.5), **options)
-    assert engine.run(loaded, backend, state, options, lines.append) == 0
+    options = RunOptions(until_idle=options.pop("until_idle", 0.5), **options)
+    assert run_command.run(loaded, backend, state, options, lines.append) == 0
     return lines
 
 

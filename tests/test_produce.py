@@ -14,6 +14,7 @@ from runner.cli import cli
 from runner.commands.produce import (
     ABROAD,
     USA_CITIES,
+    ProduceOptions,
     json_lines,
     main,
     produce,
@@ -159,18 +160,8 @@ def test_a_missing_stream_exits_1(state):
 
 def put_lines(backend, lines, warn):
     """What `pipeline produce --stream events --file F` does with these lines."""
-    return main(
-        backend,
-        STREAM,
-        json_text=None,
-        file=lines,
-        synthetic=False,
-        count=None,
-        mean_gap=None,
-        seed=None,
-        key=compile_expression("session_id"),
-        warn=warn,
-    )
+    options = ProduceOptions(compile_expression("session_id"), file=lines)
+    return main(backend, STREAM, options, warn=warn)
 
 
 def test_a_state_folder_removed_while_producing_fails_and_reports_nothing_as_put(backend, state):
@@ -410,3 +401,10 @@ def test_an_option_that_would_be_ignored_is_refused(backend, args, message):
     assert message in result.stderr
     assert backend.describe_stream(STREAM) is not None
     assert stream_records(backend) == []
+
+
+def test_the_mean_gap_is_the_scenarios_for_synthetic_sessions_unless_given():
+    key = compile_expression("session_id")
+    assert ProduceOptions(key, synthetic=True).gap == 10.0
+    assert ProduceOptions(key, synthetic=True, mean_gap=0.5).gap == 0.5
+    assert ProduceOptions(key, file=[]).gap == 0.0

@@ -23,6 +23,7 @@ from runner import spec
 from runner.backends.base import SHARD_END, BackendError, PutResult, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
+from runner.commands import run as run_command
 from runner.commands import target
 from runner.commands.provision import apply
 from runner.loop import engine
@@ -610,7 +611,7 @@ def test_a_run_started_while_another_finishes_reads_the_checkpoints_it_leaves(on
 
     second, lines = lease_on(clock, first_finishes), []
     options = engine.RunOptions(until_idle=0)
-    assert engine.run(spec.load(path), second, tmp_path / "state", options, lines.append) == 0
+    assert run_command.run(spec.load(path), second, tmp_path / "state", options, lines.append) == 0
 
     assert [re.sub(r" \| took [0-9.]+ s", "", line) for line in lines] == [
         f"[shop] waiting for the run lease held by {owner} (free in 60 s unless renewed)",

@@ -14,8 +14,9 @@ from runner.backends.aws import AwsBackend
 from runner.backends.base import SHARD_END, BackendError
 from runner.backends.local import LocalBackend
 from runner.cli import cli
+from runner.commands import run as run_command
 from runner.commands.provision import apply
-from runner.loop import engine
+from runner.loop.engine import RunOptions
 
 SPEC = """\
 pipeline: shop
@@ -56,8 +57,8 @@ def load(tmp_path, start):
 def run(loaded, backend, state, **options):
     """What `pipeline run --until-idle 0` says, without the time it took."""
     lines = []
-    options = engine.RunOptions(until_idle=0, **options)
-    assert engine.run(loaded, backend, state, options, lines.append) == 0
+    options = RunOptions(until_idle=0, **options)
+    assert run_command.run(loaded, backend, state, options, lines.append) == 0
     return [re.sub(r" \| took [0-9.]+ s$", "", line) for line in lines]
 
 

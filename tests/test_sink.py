@@ -97,7 +97,6 @@ def test_only_the_failed_entries_are_sent_again_in_order():
     assert kinesis.calls == [[b"a", b"b", b"c", b"d", b"e"], [b"b", b"d", b"e"], [b"e"]]
     assert sorted(kinesis.accepted) == [b"a", b"b", b"c", b"d", b"e"]
     assert len(waits) == 2
-    assert sink.retries == 4
 
 
 def test_retried_entries_keep_their_partition_keys():
@@ -176,7 +175,7 @@ def test_nothing_is_slept_when_every_entry_is_accepted():
 
     sink.put(entries("a", "b"))
 
-    assert waits == [] and sink.retries == 0
+    assert waits == [] and kinesis.calls == [[b"a", b"b"]]
 
 
 @pytest.mark.parametrize(
@@ -226,7 +225,7 @@ def test_a_later_entry_of_a_key_waits_until_the_earlier_one_is_accepted():
 
     assert kinesis.calls == [[b"a1", b"b1"], [b"a1"], [b"a2", b"b2"], [b"a3"]]
     assert kinesis.accepted == [b"b1", b"a1", b"a2", b"b2", b"a3"]
-    assert len(waits) == 1 and sink.retries == 1
+    assert len(waits) == 1
 
 
 class Flaky:

@@ -9,6 +9,7 @@ from typing import IO
 
 from runner.backends.base import Backend, Record
 from runner.loop.reader import StreamReader
+from runner.plural import count
 from runner.records.processor import BadRecord, parse_json
 from runner.spec.position import Position
 
@@ -71,11 +72,8 @@ def consume(
             if not any(batch.records for batch in batches):
                 if not waiting and reader.caught_up:
                     waiting = True  # so a user watching an empty stream knows it is alive
-                    shards = reader.shard_count
-                    say(
-                        f"waiting for records on {shards} shard{'' if shards == 1 else 's'} "
-                        "(Ctrl-C stops)"
-                    )
+                    shards = count(reader.shard_count, "shard")
+                    say(f"waiting for records on {shards} (Ctrl-C stops)")
                 sleep(reader.wait_time())
     except KeyboardInterrupt:
         return printed  # Ctrl-C is how a following consumer is meant to stop

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO
 
+from runner.plural import count
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec, SpecError
 
 
-def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = False) -> int:
+def preview(
+    spec: Spec,
+    lines: Iterable[bytes],
+    out: IO[str],
+    *,
+    jsonl: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> int:
     """Run every non-blank line through the spec and describe its fate, naming each by its
-    line number as `pipeline produce` does; returns 0."""
+    line number as `pipeline produce` does; `clock` (seconds since 1970) gives now(). Returns 0."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to preview"])
-    journey = Journey(spec.transform, spec.route)
+    journey = Journey(spec.transform, spec.route, clock)
     counts: Counter[str] = Counter()
     records = 0
     for number, line in enumerate(lines, start=1):
@@ -62,10 +71,6 @@ def preview(spec: Spec, lines: Iterable[bytes], out: IO[str], *, jsonl: bool = F
         else:
             out.write(text + "\n")
     if not jsonl:
-        tally = ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
-        out.write(
-            f"{records} record{'' if records == 1 else 's'}"
-            + (f": {tally}" if tally else "")
-            + "\n"
-        )
+        tally = ", ".join(f"{number} {what}" for what, number in sorted(counts.items()))
+        out.write(count(records, "record") + (f": {tally}" if tally else "") + "\n")
     return 0

@@ -18,6 +18,7 @@ from typing import IO
 from runner.backends.base import Backend, BackendError, StateLost
 from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.loop.sink import Sink
+from runner.plural import count
 from runner.records.expressions import Expression
 from runner.records.processor import BadRecord, encode, parse_record
 from runner.records.routing import RouteError, partition_key
@@ -174,64 +175,76 @@ def _entry(label: str, record: dict | bytes | BadLine, key: Expression) -> tuple
     return entry
 
 
+@dataclass(frozen=True)
+class ProduceOptions:
+    """What `pipeline produce` puts: one of `json_text`, `file` or `synthetic`, and how."""
+
+    key: Expression  # each record's partition key
+    json_text: str | None = None  # this one JSON record
+    file: IO[bytes] | None = None  # every line of this JSON Lines file
+    synthetic: bool = False  # scenario-shaped browsing sessions
+    count: int | None = None  # how many synthetic sessions; None: endless
+    mean_gap: float | None = None  # None: the scenario's with `synthetic`, else none at all
+    seed: int | None = None  # of the synthetic sessions and the gaps
+    raw: bool = False  # each line of `json_text` or `file` as it is, keyed by its line
+
+    @property
+    def gap(self) -> float:
+        """The mean gap between records, in seconds; 0: as fast as possible."""
+        if self.mean_gap is not None:
+            return self.mean_gap
+        return SCENARIO_MEAN_GAP_S if self.synthetic else 0.0
+
+
 def main(
     backend: Backend,
     stream: str,
+    options: ProduceOptions,
     *,
-    json_text: str | None,
-    file: IO[bytes] | None,
-    synthetic: bool,
-    count: int | None,
-    mean_gap: float | None,
-    seed: int | None,
-    key: Expression,
     warn: Callable[[str], None],
     progress: Callable[[int], None] = lambda sent: None,
-    raw: bool = False,
 ) -> int:
     """`pipeline produce`: put the chosen records; 1 when a line could not be sent."""
-    lines_of = raw_lines if raw else json_lines
-    if json_text is not None:
+    lines_of = raw_lines if options.raw else json_lines
+    if options.json_text is not None:
         records: Iterable[tuple[str, dict | bytes | BadLine]] = lines_of(
-            [json_text.encode("utf-8")], label=lambda number: "--json"
+            [options.json_text.encode("utf-8")], label=lambda number: "--json"
         )
-    elif file is not None:
-        records = lines_of(file, label=lambda number: f"line {number}")
+    elif options.file is not None:
+        records = lines_of(options.file, label=lambda number: f"line {number}")
     else:
-        sessions = synthetic_sessions(seed)
-        chosen = sessions if count is None else itertools.islice(sessions, count)
+        sessions = synthetic_sessions(options.seed)
+        chosen = sessions if options.count is None else itertools.islice(sessions, options.count)
         records = ((f"session {number}", session) for number, session in enumerate(chosen, 1))
-    gap = mean_gap if mean_gap is not None else (SCENARIO_MEAN_GAP_S if synthetic else 0.0)
+    gap = options.gap
     backend.require_stream(stream)
-    if count is None and gap > 0:
+    if options.count is None and gap > 0:
         # An endless trickle shows each record as it goes, as the scenario's producer does.
         numbers = itertools.count(1)
         progress = lambda sent: warn(f"put record {next(numbers)} into {stream}")  # noqa: E731
     result = produce(
-        Sink(backend, stream), records, key, mean_gap=gap, seed=seed, warn=warn, progress=progress
+        Sink(backend, stream),
+        records,
+        options.key,
+        mean_gap=gap,
+        seed=options.seed,
+        warn=warn,
+        progress=progress,
     )
     if result.error is not None:
         # Said so that the user resends only what is not in yet.
         through = f" (through {result.last})" if result.last else ""
         warn(
-            f"stopped by an error after putting {_records(result.sent)} into {stream}{through}: "
-            f"{result.error}"
+            f"stopped by an error after putting {count(result.sent, 'record')} into "
+            f"{stream}{through}: {result.error}"
         )
         return 1
     warn(
         ("stopped: " if result.interrupted else "")
-        + f"put {_records(result.sent)} into {stream}"
-        + (
-            f"; {result.bad_lines} line{'' if result.bad_lines == 1 else 's'} not sent"
-            if result.bad_lines
-            else ""
-        )
+        + f"put {count(result.sent, 'record')} into {stream}"
+        + (f"; {count(result.bad_lines, 'line')} not sent" if result.bad_lines else "")
     )
     if result.interrupted:
         # Ctrl-C is how an endless producer is meant to stop; anything else was cut short.
-        return 0 if synthetic and count is None else 130
+        return 0 if options.synthetic and options.count is None else 130
     return 1 if result.bad_lines else 0
-
-
-def _records(count: int) -> str:
-    return f"{count} record{'' if count == 1 else 's'}"

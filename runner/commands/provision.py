@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from runner.backends.base import AlreadyExists, Backend, FirehoseDescription, checkpoint_table
+from runner.plural import count
 from runner.spec import Firehose, Spec
 
 CREATE, CHANGE, UNCHANGED = "+", "~", " "
@@ -162,10 +163,6 @@ def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, C
         )
 
 
-def _plural(count: int, what: str) -> str:
-    return f"{count} {what}{'' if count == 1 else 's'}"
-
-
 def _streams(spec: Spec, backend: Backend) -> Iterator[Change]:
     for stream in spec.streams.values():
         current = backend.describe_stream(stream.name)
@@ -174,7 +171,7 @@ def _streams(spec: Spec, backend: Backend) -> Iterator[Change]:
                 CREATE,
                 "stream",
                 stream.name,
-                _plural(stream.shards, "shard"),
+                count(stream.shards, "shard"),
                 lambda s=stream: backend.create_stream(s.name, s.shards),
             )
         elif current.open_shard_count != stream.shards:
@@ -186,9 +183,7 @@ def _streams(spec: Spec, backend: Backend) -> Iterator[Change]:
                 lambda s=stream: backend.update_shard_count(s.name, s.shards),
             )
         else:
-            yield Change(
-                UNCHANGED, "stream", stream.name, _plural(stream.shards, "shard"), _nothing
-            )
+            yield Change(UNCHANGED, "stream", stream.name, count(stream.shards, "shard"), _nothing)
 
 
 def _buckets(spec: Spec, backend: Backend) -> Iterator[Change]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.compiler.checks import parse, quoted_operands
-from runner.compiler.codegen import _Generator
+from runner.compiler.codegen import Generator
 from runner.compiler.errors import CompileError, SearchError
-from runner.compiler.folding import _fold
+from runner.compiler.folding import fold
 from runner.compiler.functions import BUILTIN_FUNCTIONS, Function
 
 __all__ = [
@@ -35,25 +35,30 @@ __all__ = [
 class Compiled:
     """A compiled expression: `search(value)` evaluates it on a JSON value.
 
-    On a JSON value, `search` raises no error but SearchError, as when a
-    function meets an argument of the wrong type. `source` is the generated
-    Python, for debugging.
+    `search(value, context)` passes `context` to the contextual functions it
+    calls (such as a clock to functions giving the time); without it, they
+    receive the context given to `compile`. On a JSON value, `search` raises
+    no error but SearchError, as when a function meets an argument of the
+    wrong type. `source` is the generated Python, for debugging.
     """
 
     text: str
-    search: Callable[[Any], Any] = field(repr=False, compare=False)
+    search: Callable[..., Any] = field(repr=False, compare=False)
     source: str = field(repr=False, compare=False)
 
 
-def compile(text: str, functions: Mapping[str, Function] | None = None) -> Compiled:
+def compile(
+    text: str, functions: Mapping[str, Function] | None = None, context: Any = None
+) -> Compiled:
     """Compile a JMESPath expression, or raise CompileError saying what is wrong and where.
 
-    `functions` adds to the built-in functions, by name, or replaces them.
+    `functions` adds to the built-in functions, by name, or replaces them; `context` is
+    what searches pass to contextual functions unless given another.
     """
     table = {**BUILTIN_FUNCTIONS, **(functions or {})}
     try:
         tree = parse(text, table)
-        search, source = _Generator(table).build(_fold(tree, table))
+        search, source = Generator(table).build(fold(tree, table), context)
     except RecursionError:
         raise CompileError("expression is nested too deeply", 1) from None
     return Compiled(text, search, source)

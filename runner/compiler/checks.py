@@ -13,7 +13,7 @@ from jmespath import exceptions as jmespath_errors
 from jmespath.lexer import Lexer
 from jmespath.parser import Parser
 
-from runner.compiler.errors import CompileError, _words
+from runner.compiler.errors import CompileError, words
 from runner.compiler.functions import Function
 
 
@@ -128,7 +128,7 @@ def _check_literals(text: str, tokens: list[dict]) -> None:
                 raise CompileError("literal is not valid JSON", start + 1) from None
 
 
-def _children(node: dict) -> list[dict]:
+def children_of(node: dict) -> list[dict]:
     """Return the child nodes of a node in the order they appear in the text."""
     children = [child for child in node["children"] if isinstance(child, dict)]
     if node["type"] == "filter_projection":
@@ -139,7 +139,7 @@ def _children(node: dict) -> list[dict]:
 
 def _walk(node: dict, parent: dict | None = None) -> Iterator[tuple[dict, dict | None]]:
     yield node, parent
-    for child in _children(node):
+    for child in children_of(node):
         yield from _walk(child, node)
 
 
@@ -181,14 +181,14 @@ def _check_call(function: Function | None, name: str, args: list[dict], column: 
     if len(args) < function.min_args or (
         function.variadic is False and len(args) > function.max_args
     ):
-        raise CompileError(f"{function._arity()}, got {len(args)}", column)
+        raise CompileError(f"{function.arity()}, got {len(args)}", column)
     for index, arg in enumerate(args):
-        wanted = function._param(index)
+        wanted = function.param(index)
         if arg["type"] == "expref" and "expression" not in wanted.split("|"):
-            got = _words(wanted.split("|"), "or")
-            raise CompileError(f"{function._label(index)} expects {got}, got expression", column)
+            got = words(wanted.split("|"), "or")
+            raise CompileError(f"{function.label(index)} expects {got}, got expression", column)
         if arg["type"] != "expref" and wanted == "expression":
-            raise CompileError(f"{function._label(index)} expects expression (&...)", column)
+            raise CompileError(f"{function.label(index)} expects expression (&...)", column)
 
 
 def _is_slice(tokens: list[dict], index: int) -> bool:

@@ -6,20 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 
-from runner.compiler.checks import _children
-from runner.compiler.conditions import _Conditions
+from runner.compiler.checks import children_of
+from runner.compiler.conditions import Conditions
 from runner.compiler.functions import BUILTIN_FUNCTIONS, Function
-from runner.compiler.values import _IS_ARRAY, _IS_OBJECT, _TYPE_TESTS
+from runner.compiler.values import IS_ARRAY, IS_OBJECT, TYPE_TESTS
 
 # Nodes whose code is a few lines without blocks.
 _STRAIGHT = {"field", "index", "slice", "identity", "current", "subexpression", "index_expression"}
 
 
 def _is_straight(node: dict) -> bool:
-    return node["type"] in _STRAIGHT and all(_is_straight(c) for c in _children(node))
+    return node["type"] in _STRAIGHT and all(_is_straight(c) for c in children_of(node))
 
 
-class _Generator(_Conditions):
+class Generator(Conditions):
     """Writes the Python source of an expression, node by node.
 
     Each `_<node type>` method writes the statements that evaluate a node on
@@ -36,7 +36,7 @@ class _Generator(_Conditions):
         # changes one result does not change the next.
         constant = node["value"]
         if isinstance(constant, (list, dict)):
-            return self.assign(f"_copy({self.constant(constant)})")
+            return self.assign(f"deep_copy({self.constant(constant)})")
         return self.assign(self.constant(constant))
 
     def _identity(self, node: dict, value: str) -> str:
@@ -46,7 +46,7 @@ class _Generator(_Conditions):
 
     def _field(self, node: dict, value: str) -> str:
         key = repr(node["value"])
-        return self.assign(f"{value}.get({key}) if {_IS_OBJECT.format(value)} else None")
+        return self.assign(f"{value}.get({key}) if {IS_OBJECT.format(value)} else None")
 
     def _subexpression(self, node: dict, value: str) -> str:
         for child in node["children"]:
@@ -58,11 +58,11 @@ class _Generator(_Conditions):
     def _index(self, node: dict, value: str) -> str:
         index = node["value"]
         within = f"len({value}) > {index}" if index >= 0 else f"len({value}) >= {-index}"
-        return self.assign(f"{value}[{index}] if {_IS_ARRAY.format(value)} and {within} else None")
+        return self.assign(f"{value}[{index}] if {IS_ARRAY.format(value)} and {within} else None")
 
     def _slice(self, node: dict, value: str) -> str:
         bounds = ":".join("" if part is None else str(part) for part in node["children"])
-        return self.assign(f"{value}[{bounds}] if {_IS_ARRAY.format(value)} else None")
+        return self.assign(f"{value}[{bounds}] if {IS_ARRAY.format(value)} else None")
 
     def _projection(self, node: dict, value: str) -> str:
         left, right = node["children"]
@@ -92,7 +92,7 @@ class _Generator(_Conditions):
         """Write a loop collecting the non-null results of `right` on the items of the
         array `base` (or the values of the object `base`) that pass `condition`."""
         result, item = self.temp(), self.temp()
-        test = (_IS_OBJECT if values else _IS_ARRAY).format(base)
+        test = (IS_OBJECT if values else IS_ARRAY).format(base)
         items = f"{base}.values()" if values else base
         with self.block(f"if {test}:"):
             if right["type"] == "identity" and condition is None and not flatten:
@@ -123,7 +123,7 @@ class _Generator(_Conditions):
     def _flatten(self, node: dict, value: str) -> str:
         base = self.emit(node["children"][0], value)
         result, item = self.temp(), self.temp()
-        with self.block(f"if {_IS_ARRAY.format(base)}:"):
+        with self.block(f"if {IS_ARRAY.format(base)}:"):
             self.line(f"{result} = []")
             with self.block(f"for {item} in {base}:"):
                 self.line(f"if isinstance({item}, list): {result}.extend({item})")
@@ -152,31 +152,46 @@ class _Generator(_Conditions):
             self.line(f"{result} = {brackets.format(', '.join(items))}")
         return result
 
+    def expref(self, node: dict) -> str:
+        """Write a function of its own for an `&expression` argument; return the source of
+        a one-argument function evaluating it, in the search's context where it needs one."""
+        name = self.define(node)
+        if not self.uses_context(node):
+            return name
+        return f"(lambda value: {name}(value, context))"
+
+    def uses_context(self, node: dict) -> bool:
+        """Whether `node` calls a contextual function."""
+        if node["type"] == "function_expression" and self.functions[node["value"]].contextual:
+            return True
+        return any(self.uses_context(child) for child in children_of(node))
+
     def _function_expression(self, node: dict, value: str) -> str:
         function = self.functions[node["value"]]
         args = [
-            self.define(arg["children"][0]) if arg["type"] == "expref" else self.emit(arg, value)
+            self.expref(arg["children"][0]) if arg["type"] == "expref" else self.emit(arg, value)
             for arg in node["children"]
         ]
         described = self.constant(function)
         for index, (arg, name) in enumerate(zip(node["children"], args, strict=True)):
-            param = function._param(index)
-            fail = f"_type_error({described}, {index}, {name})"
+            param = function.param(index)
+            fail = f"type_error({described}, {index}, {name})"
             if arg["type"] == "expref":
                 continue
             if param.startswith("array[") and "|" not in param:
                 # The common sum(), avg(), join(): check the items inline.
                 item = self.temp()
-                with self.block(f"if {_IS_ARRAY.format(name)}:"):
+                with self.block(f"if {IS_ARRAY.format(name)}:"):
                     with self.block(f"for {item} in {name}:"):
-                        self.line(f"if not {_TYPE_TESTS[param[6:-1]].format(item)}: {fail}")
+                        self.line(f"if not {TYPE_TESTS[param[6:-1]].format(item)}: {fail}")
                 with self.block("else:"):
                     self.line(fail)
                 continue
             test = _type_test(param, name)
             if test is not None:
                 self.line(f"if not {test}: {fail}")
-        call = f"{self.constant(function.call)}({', '.join(args)})"
+        passed = ["context", *args] if function.contextual else args
+        call = f"{self.constant(function.call)}({', '.join(passed)})"
         if function is BUILTIN_FUNCTIONS.get(node["value"]):
             return self.assign(call)
         result = self.temp()
@@ -185,7 +200,7 @@ class _Generator(_Conditions):
         with self.block("except SearchError:"):
             self.line("raise")
         with self.block("except Exception as error:"):
-            self.line(f"raise _failed({described}, error) from error")
+            self.line(f"raise failed({described}, error) from error")
         return result
 
 
@@ -196,7 +211,7 @@ def _type_test(param: str, name: str) -> str | None:
         if alternative in ("any", "expression"):
             return None
         if alternative.startswith("array["):
-            tests.append(f"_is_array_of({name}, {alternative[6:-1]!r})")
+            tests.append(f"is_array_of({name}, {alternative[6:-1]!r})")
         else:
-            tests.append(_TYPE_TESTS[alternative].format(name))
+            tests.append(TYPE_TESTS[alternative].format(name))
     return f"({' or '.join(tests)})"

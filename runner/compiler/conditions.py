@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.compiler.values import _TYPE_TESTS, _kind, _truthy_test
-from runner.compiler.writer import _Writer
+from runner.compiler.values import TYPE_TESTS, kind_of, truthy_test
+from runner.compiler.writer import Writer
 
 _ORDERINGS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
-class _Conditions(_Writer):
+class Conditions(Writer):
     """Writes the code of comparisons and of the logical operators."""
 
     def condition(self, node: dict, value: str) -> str:
@@ -19,7 +19,7 @@ class _Conditions(_Writer):
             return f"(not {self.condition(node['children'][0], value)})"
         if node["type"] == "comparator":
             return self.comparison(node, value)
-        return _truthy_test(self.emit(node, value))
+        return truthy_test(self.emit(node, value))
 
     def comparison(self, node: dict, value: str) -> str:
         """Write code evaluating a comparator's operands; return a test of its result."""
@@ -33,7 +33,7 @@ class _Conditions(_Writer):
     def equality(self, node: dict, value: str) -> str:
         nodes = node["children"]
         names = [self.operand(child, value) for child in nodes]
-        test = f"({names[0]} == {names[1]} and _equal({names[0]}, {names[1]}))"
+        test = f"({names[0]} == {names[1]} and equal({names[0]}, {names[1]}))"
         for child, other in zip(nodes, reversed(names), strict=True):
             if child["type"] == "literal":
                 test = _equal_constant_test(other, child["value"], self.constant(child["value"]))
@@ -48,8 +48,8 @@ class _Conditions(_Writer):
         guards: list[str] | None = []
         for child, name in zip(nodes, names, strict=True):
             if child["type"] != "literal":
-                guards.append(_TYPE_TESTS["number"].format(name))
-            elif _kind(child["value"]) != "number":
+                guards.append(TYPE_TESTS["number"].format(name))
+            elif kind_of(child["value"]) != "number":
                 guards = None
                 break
         return f"{names[0]} {_ORDERINGS[node['value']]} {names[1]}", guards
@@ -66,7 +66,7 @@ class _Conditions(_Writer):
         left, right = node["children"]
         result = self.assign(self.emit(left, value))
         negation = "not " if node["type"] == "or_expression" else ""
-        with self.block(f"if {negation}{_truthy_test(result)}:"):
+        with self.block(f"if {negation}{truthy_test(result)}:"):
             self.line(f"{result} = {self.emit(right, value)}")
         return result
 
@@ -89,11 +89,11 @@ class _Conditions(_Writer):
 
 def _equal_constant_test(name: str, constant: Any, source: str) -> str:
     """Return a Python test of JMESPath equality between `name` and a constant."""
-    kind = _kind(constant)
+    kind = kind_of(constant)
     if kind in ("null", "boolean"):
         return f"({name} is {source})"
     if kind == "string":
         return f"({name} == {source})"
     if kind == "number":
         return f"({name} == {source} and type({name}) is not bool)"
-    return f"_equal({name}, {source})"
+    return f"equal({name}, {source})"

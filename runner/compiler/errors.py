@@ -16,11 +16,13 @@ class SearchError(ValueError):
     """A search that hit a value of the wrong type, e.g. `sum()` of strings."""
 
 
-def _words(items: list[str], conjunction: str) -> str:
+def words(items: list[str], conjunction: str) -> str:
+    """'a', 'a or b', 'a, b or c': items joined for a message."""
     if len(items) == 1:
         return items[0]
     return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
-def _unexpected(error: Exception) -> SearchError:
+def unexpected(error: Exception) -> SearchError:
+    """A SearchError for an error the generated code did not foresee."""
     return SearchError(f"{type(error).__name__}: {error}")

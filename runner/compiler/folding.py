@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from runner.compiler.checks import _children
-from runner.compiler.codegen import _Generator
+from runner.compiler.checks import children_of
+from runner.compiler.codegen import Generator
 from runner.compiler.errors import SearchError
 from runner.compiler.functions import BUILTIN_FUNCTIONS, Function
-from runner.compiler.values import _truthy
+from runner.compiler.values import truthy
 
 # Nodes evaluated on the result of their first child.
 _CHAINS = {
@@ -32,13 +32,13 @@ def _is_pure(node: dict, functions: Mapping[str, Function]) -> bool:
     # Custom functions may be impure, like now() or uuid().
     if node["type"] == "function_expression" and not _is_builtin(node, functions):
         return False
-    return all(_is_pure(child, functions) for child in _children(node))
+    return all(_is_pure(child, functions) for child in children_of(node))
 
 
 def _is_constant(node: dict, functions: Mapping[str, Function]) -> bool:
     """Whether a node evaluates to the same value whatever the searched value."""
     kind = node["type"]
-    children = _children(node)
+    children = children_of(node)
     if kind == "literal":
         return True
     if kind in _CHAINS:
@@ -56,20 +56,20 @@ def _is_constant(node: dict, functions: Mapping[str, Function]) -> bool:
     return False
 
 
-def _fold(node: dict, functions: Mapping[str, Function]) -> dict:
+def fold(node: dict, functions: Mapping[str, Function]) -> dict:
     """Return the tree with constant subexpressions replaced by their values."""
     if node["type"] != "literal" and _is_constant(node, functions):
         try:
-            value = _Generator(functions).build(node)[0](None)
+            value = Generator(functions).build(node)[0](None)
         except SearchError:
             pass  # left in place, to fail only if a search reaches it
         else:
             return {"type": "literal", "value": value, "children": []}
     children = [
-        _fold(child, functions) if isinstance(child, dict) else child for child in node["children"]
+        fold(child, functions) if isinstance(child, dict) else child for child in node["children"]
     ]
     node = {**node, "children": children}
     if node["type"] in ("or_expression", "and_expression") and children[0]["type"] == "literal":
-        left_wins = (node["type"] == "or_expression") == _truthy(children[0]["value"])
+        left_wins = (node["type"] == "or_expression") == truthy(children[0]["value"])
         return children[0] if left_wins else children[1]
     return node

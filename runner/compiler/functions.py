@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from runner.compiler.errors import SearchError, _words
-from runner.compiler.values import _TYPE_TESTS, _equal, _kind
+from runner.compiler.errors import SearchError, words
+from runner.compiler.values import TYPE_TESTS, equal, kind_of
 
 # The types a parameter may name.
-_TYPES = {*_TYPE_TESTS, *(f"array[{kind}]" for kind in _TYPE_TESTS), "any", "expression"}
+_TYPES = {*TYPE_TESTS, *(f"array[{kind}]" for kind in TYPE_TESTS), "any", "expression"}
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Function:
     (an `&expr` argument, passed to `call` as a one-argument Python function),
     or several of them joined with `|`. The parameters after the first
     `min_args` (default: all) may be left out, and with `variadic` the last one
-    may repeat. `call` receives the arguments once they have passed the checks.
+    may repeat. `call` receives the arguments once they have passed the checks,
+    and with `contextual` the search's context before them (see `Compiled`).
     """
 
     name: str
@@ -35,6 +36,7 @@ class Function:
     params: tuple[str, ...] = ()
     min_args: int | None = None
     variadic: bool = False
+    contextual: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(self.params))
@@ -54,15 +56,18 @@ class Function:
         """The most arguments the function takes, or None if it is variadic."""
         return None if self.variadic else len(self.params)
 
-    def _param(self, index: int) -> str:
+    def param(self, index: int) -> str:
+        """The type of argument `index` (the last parameter's past the end: variadic)."""
         return self.params[min(index, len(self.params) - 1)]
 
-    def _label(self, index: int) -> str:
+    def label(self, index: int) -> str:
+        """How messages name argument `index`: 'sum()' or 'join() argument 2'."""
         if self.max_args == 1:
             return f"{self.name}()"
         return f"{self.name}() argument {index + 1}"
 
-    def _arity(self) -> str:
+    def arity(self) -> str:
+        """How many arguments the function takes, in words."""
         low, high = self.min_args, self.max_args
         if high is None:
             count = f"at least {low}"
@@ -74,15 +79,17 @@ class Function:
         return f"{self.name}() takes {count} {noun}"
 
 
-def _type_error(function: Function, index: int, value: Any) -> NoReturn:
-    alternatives = function._param(index).split("|")
-    got = _kind(value)
+def type_error(function: Function, index: int, value: Any) -> NoReturn:
+    """Raise the SearchError of argument `index` having the wrong type."""
+    alternatives = function.param(index).split("|")
+    got = kind_of(value)
     if got == "array" and value and any(a.startswith("array[") for a in alternatives):
-        got = f"array containing {_words(list(dict.fromkeys(map(_kind, value))), 'and')}"
-    raise SearchError(f"{function._label(index)} expects {_words(alternatives, 'or')}, got {got}")
+        got = f"array containing {words(list(dict.fromkeys(map(kind_of, value))), 'and')}"
+    raise SearchError(f"{function.label(index)} expects {words(alternatives, 'or')}, got {got}")
 
 
-def _failed(function: Function, error: Exception) -> SearchError:
+def failed(function: Function, error: Exception) -> SearchError:
+    """The SearchError of a custom function that raised `error`."""
     return SearchError(f"{function.name}() failed: {error}")
 
 
@@ -93,7 +100,7 @@ def _avg(numbers: list) -> Any:
 def _contains(subject: Any, search: Any) -> bool:
     if type(subject) is str:
         return type(search) is str and search in subject
-    return any(_equal(item, search) for item in subject)
+    return any(equal(item, search) for item in subject)
 
 
 def _map(expression: Callable[[Any], Any], items: list) -> list:
@@ -110,11 +117,11 @@ def _min(items: list) -> Any:
 
 def _keys_of(name: str, items: list, expression: Callable[[Any], Any]) -> list:
     keys = [expression(item) for item in items]
-    kinds = list(dict.fromkeys(map(_kind, keys)))
+    kinds = list(dict.fromkeys(map(kind_of, keys)))
     if kinds and kinds != ["number"] and kinds != ["string"]:
         raise SearchError(
             f"{name}() expects the expression to return only numbers or only strings,"
-            f" got {_words(kinds, 'and')}"
+            f" got {words(kinds, 'and')}"
         )
     return keys
 
@@ -167,7 +174,7 @@ _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
 def _to_number(value: Any) -> Any:
-    kind = _kind(value)
+    kind = kind_of(value)
     if kind == "number":
         return value
     if kind == "string":
@@ -209,7 +216,7 @@ BUILTIN_FUNCTIONS: Mapping[str, Function] = MappingProxyType(
             Function("to_array", _to_array, ("any",)),
             Function("to_number", _to_number, ("any",)),
             Function("to_string", _to_string, ("any",)),
-            Function("type", _kind, ("any",)),
+            Function("type", kind_of, ("any",)),
             Function("values", _values, ("object",)),
         )
     }

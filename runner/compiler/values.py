@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # JMESPath type names of JSON values; other types come from json's hooks or
-# from custom functions and are classified by `_kind`.
+# from custom functions and are classified by `kind_of`.
 _KINDS: dict[type, str] = {
     type(None): "null",
     bool: "boolean",
@@ -22,8 +22,8 @@ _KINDS: dict[type, str] = {
 }
 
 # Python source testing a variable (`{0}`) for each JMESPath type; these agree
-# with `_kind`. The exact type is tried first as it is the quickest test.
-_TYPE_TESTS = {
+# with `kind_of`. The exact type is tried first as it is the quickest test.
+TYPE_TESTS = {
     "null": "{0} is None",
     "boolean": "({0} is True or {0} is False)",
     "number": "(type({0}) is int or type({0}) is float)",
@@ -31,10 +31,10 @@ _TYPE_TESTS = {
     "array": "(type({0}) is list or isinstance({0}, list))",
     "object": "(type({0}) is dict or isinstance({0}, dict))",
 }
-_IS_ARRAY, _IS_OBJECT = _TYPE_TESTS["array"], _TYPE_TESTS["object"]
+IS_ARRAY, IS_OBJECT = TYPE_TESTS["array"], TYPE_TESTS["object"]
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """Return the JMESPath type of a value: null, boolean, number, string, array or object."""
     kind = _KINDS.get(type(value))
     if kind is None:
@@ -44,42 +44,46 @@ def _kind(value: Any) -> str:
     return kind
 
 
-def _is_array_of(value: Any, kind: str) -> bool:
+def is_array_of(value: Any, kind: str) -> bool:
+    """Whether `value` is an array whose items are all of the JMESPath type `kind`."""
     if not isinstance(value, list):
         return False
     for item in value:
-        if (_KINDS.get(type(item)) or _kind(item)) != kind:
+        if (_KINDS.get(type(item)) or kind_of(item)) != kind:
             return False
     return True
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
+    """JMESPath truth."""
     # Only null, false and empty strings, arrays and objects are false: 0 is true.
     return bool(value) or type(value) is int or type(value) is float
 
 
-def _truthy_test(name: str) -> str:
+def truthy_test(name: str) -> str:
+    """Python source testing the JMESPath truth of the variable `name`, as `truthy`."""
     return f"({name} or type({name}) is int or type({name}) is float)"
 
 
-def _equal(left: Any, right: Any) -> bool:
+def equal(left: Any, right: Any) -> bool:
     """JMESPath equality: deep, and a boolean never equals a number."""
     if isinstance(left, list):
-        return isinstance(right, list) and len(left) == len(right) and all(map(_equal, left, right))
+        return isinstance(right, list) and len(left) == len(right) and all(map(equal, left, right))
     if isinstance(left, dict):
         return (
             isinstance(right, dict)
             and left.keys() == right.keys()
-            and all(_equal(item, right[key]) for key, item in left.items())
+            and all(equal(item, right[key]) for key, item in left.items())
         )
     if type(left) is bool or type(right) is bool:
         return left is right
     return left == right
 
 
-def _copy(value: Any) -> Any:
+def deep_copy(value: Any) -> Any:
+    """A copy of a JSON value whose arrays and objects are new, all the way down."""
     if isinstance(value, list):
-        return [_copy(item) for item in value]
+        return [deep_copy(item) for item in value]
     if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
+        return {key: deep_copy(item) for key, item in value.items()}
     return value

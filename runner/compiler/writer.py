@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from runner.compiler.errors import CompileError, SearchError, _unexpected
-from runner.compiler.functions import _failed, _type_error
-from runner.compiler.values import _copy, _equal, _is_array_of
+from runner.compiler.errors import CompileError, SearchError, unexpected
+from runner.compiler.functions import failed, type_error
+from runner.compiler.values import deep_copy, equal, is_array_of
 
 # Indentation depth at which a subexpression moves into a function of its own,
 # well below Python's limit of 20 statically nested blocks.
@@ -30,7 +30,7 @@ _BLOCKS = {
 }
 
 
-class _Writer:
+class Writer:
     """Writes the source of a function, line by line, and builds it.
 
     `emit` writes the code of a node by calling the method `_<node type>`,
@@ -40,12 +40,12 @@ class _Writer:
     def __init__(self) -> None:
         self.namespace: dict[str, Any] = {
             "SearchError": SearchError,
-            "_copy": _copy,
-            "_equal": _equal,
-            "_failed": _failed,
-            "_is_array_of": _is_array_of,
-            "_type_error": _type_error,
-            "_unexpected": _unexpected,
+            "deep_copy": deep_copy,
+            "equal": equal,
+            "failed": failed,
+            "is_array_of": is_array_of,
+            "type_error": type_error,
+            "unexpected": unexpected,
         }
         self.names: dict[int, str] = {}
         self.definitions: list[str] = []
@@ -53,15 +53,16 @@ class _Writer:
         self.level = 0
         self.count = 0
 
-    def build(self, node: dict) -> tuple[Callable[[Any], Any], str]:
-        """Return a function evaluating the tree `node`, and its source."""
+    def build(self, node: dict, context: Any = None) -> tuple[Callable[..., Any], str]:
+        """Return a function `search(value, context=context)` evaluating the tree `node`, and
+        its source."""
         self.lines, self.level = [], 2
         self.finish(self.emit(node, "value"))
         self.definitions.append(
-            "def search(value):\n    try:\n"
+            f"def search(value, context={self.constant(context)}):\n    try:\n"
             + "\n".join(self.lines)
             + "\n    except SearchError:\n        raise\n"
-            + "    except Exception as error:\n        raise _unexpected(error) from error"
+            + "    except Exception as error:\n        raise unexpected(error) from error"
         )
         source = "\n\n".join(self.definitions)
         try:
@@ -77,7 +78,7 @@ class _Writer:
         self.lines, self.level = [], 1
         name = self.temp()
         self.finish(self.emit(node, "value"))
-        self.definitions.append(f"def {name}(value):\n" + "\n".join(self.lines))
+        self.definitions.append(f"def {name}(value, context=None):\n" + "\n".join(self.lines))
         self.lines, self.level = saved
         return name
 
@@ -122,5 +123,5 @@ class _Writer:
     def emit(self, node: dict, value: str) -> str:
         """Write code evaluating `node` on the variable `value`; return the result's variable."""
         if self.level >= _MAX_NESTING and node["type"] in _BLOCKS:
-            return self.assign(f"{self.define(node)}({value})")
+            return self.assign(f"{self.define(node)}({value}, context)")
         return getattr(self, f"_{node['type']}")(node, value)

@@ -33,6 +33,7 @@ from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.loop.delivery import object_key
 from runner.loop.patience import Patience
 from runner.loop.sink import Sink
+from runner.plural import count
 from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
 
 
@@ -112,10 +113,9 @@ class DeadLetter:
 
     def summary(self) -> str:
         """Where the dead-lettered records are, e.g. '3 records in stream rejects'."""
-        records = f"{self.count} record{'' if self.count == 1 else 's'}"
+        records = count(self.count, "record")
         if self.bucket is not None:
-            objects = len(self.objects)
-            return f"{records} in {objects} object{'' if objects == 1 else 's'} in {self.where()}"
+            return f"{records} in {count(len(self.objects), 'object')} in {self.where()}"
         in_stream = self.count - self.in_file
         places = [(in_stream, f"stream {self.sink.stream}")] if in_stream else []
         if self.in_file:
@@ -123,7 +123,7 @@ class DeadLetter:
             places.append((self.in_file, f"{self.path}{too_big}"))
         if len(places) == 1:
             return f"{records} in {places[0][1]}"
-        return f"{records}: " + ", ".join(f"{count} in {where}" for count, where in places)
+        return f"{records}: " + ", ".join(f"{number} in {where}" for number, where in places)
 
     def add(self, reason: str, stream: str, shard_id: str, record: Record) -> None:
         found = entry(reason, self.pipeline, stream, shard_id, record)

@@ -115,8 +115,3 @@ class Delivery:
         for shard_id, sequence in self._pending.items():
             self.backend.set_checkpoint(self.checkpoint_name, self.stream, shard_id, sequence)
         self._pending.clear()
-
-    @property
-    def idle(self) -> bool:
-        """Nothing buffered and the stream read to its end."""
-        return not self._buffer and self.reader.caught_up

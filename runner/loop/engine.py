@@ -20,19 +20,17 @@ from typing import Any
 from runner.backends.base import (
     SHARD_END,
     Backend,
-    BackendError,
     Lease,
     PutResult,
     Record,
-    checkpoint_table,
 )
-from runner.loop.dead_letter import DeadLetter, run_refusal
+from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.sink import Sink
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
-from runner.spec import Spec, SpecError
+from runner.spec import Spec
 
 STATUS_EVERY_S = 5.0
 MAX_SLEEP_S = 0.5
@@ -299,30 +297,6 @@ class _Fenced:
         self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
 
 
-def check_resources(spec: Spec, backend: Backend) -> None:
-    """Refuse to run when a stream or bucket the run uses does not exist."""
-    missing = [
-        f"stream {stream.name}"
-        for stream in spec.streams.values()
-        if backend.describe_stream(stream.name) is None
-    ]
-    buckets = [] if backend.delivers_firehoses else [f.bucket for f in spec.firehoses.values()]
-    if spec.dead_letter and spec.dead_letter.bucket:
-        buckets.append(spec.dead_letter.bucket)
-    missing += [
-        f"bucket {spec.buckets[key].name}"
-        for key in dict.fromkeys(buckets)
-        if not backend.bucket_exists(spec.buckets[key].name)
-    ]
-    if not backend.checkpoint_store_exists(spec.pipeline):
-        missing.append(f"checkpoint table {checkpoint_table(spec.pipeline)}")
-    if missing:
-        raise BackendError(
-            f"{', '.join(missing)} not found on {backend.location}: "
-            f"run `pipeline apply {spec.path}` first"
-        )
-
-
 def _routed(spec: Spec) -> list[str]:
     return list(dict.fromkeys(case.to for case in spec.route.cases)) if spec.route else []
 
@@ -350,75 +324,3 @@ class _StopOnSignals:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def run(
-    spec: Spec,
-    backend: Backend,
-    state_dir: Path,
-    options: RunOptions,
-    report: Callable[[str], None],
-) -> int:
-    """`pipeline run`: check the resources, take the run lock, run the loop, report what it
-    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock."""
-    if spec.route is None:
-        raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
-    refusal = run_refusal(spec, backend.name)
-    if refusal:
-        raise SpecError([f"{spec.path}: {refusal}"])
-    check_resources(spec, backend)
-    with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
-        # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
-        engine = Engine(spec, backend, state_dir, options, report, lease=lease)
-        try:
-            return _run(engine, report)
-        except GaveUp as error:
-            gave_up = error  # raised once the run lock is let go, as at a normal end
-    raise gave_up
-
-
-def _run(engine: Engine, report: Callable[[str], None]) -> int:
-    spec, backend = engine.spec, engine.backend
-    report(
-        f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
-        f"(Ctrl-C stops cleanly)"
-    )
-    # Said at once, so that a renamed `pipeline:` (new checkpoints) does not pass unnoticed.
-    resumed = len(engine.reader.checkpoints)
-    if resumed:
-        report(
-            f"[{spec.pipeline}] resuming from checkpoints of {resumed} "
-            f"shard{'' if resumed == 1 else 's'}"
-        )
-    else:
-        report(
-            f"[{spec.pipeline}] no checkpoints for pipeline {spec.pipeline}: "
-            f"starting at {spec.source.start}"
-        )
-    report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.where()}")
-    try:
-        counts = engine.run()
-    except KeyboardInterrupt:  # a second Ctrl-C
-        report(
-            f"[{spec.pipeline}] stopped at once: what was read since the last checkpoint "
-            "is read again by the next run"
-        )
-        return 130
-    except GaveUp:
-        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
-        raise
-    except Exception:
-        # What was done until then; the error itself is said last, by the caller.
-        report(f"[{spec.pipeline}] stopped by an error: {engine.counts.line()}")
-        raise
-    report(f"[{spec.pipeline}] done: {counts.line()}")
-    for delivery in engine.deliveries:
-        objects = len(delivery.objects)
-        report(
-            f"[{spec.pipeline}] firehose {delivery.firehose.name}: {delivery.records} "
-            f"record{'' if delivery.records == 1 else 's'} "
-            f"in {objects} object{'' if objects == 1 else 's'} to bucket {delivery.bucket}"
-        )
-    if engine.dead_letter.count:
-        report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.summary()}")
-    return 0

@@ -162,11 +162,6 @@ class StreamReader:
                 return False
         return True
 
-    def expect_more(self) -> None:
-        """Forget that shards were at their end: records were written since they were asked."""
-        for state in self._shards.values():
-            state.at_end = False
-
     @property
     def shard_count(self) -> int:
         """How many shards this reader reads now (finished ones left out)."""

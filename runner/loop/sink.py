@@ -71,7 +71,6 @@ class Sink:
         self.jitter = jitter
         # How long calls that fail whole are retried; by default, for as long as they fail.
         self.patience = patience or Patience(sleep=sleep)
-        self.retries = 0  # entries or calls retried, for the run's report
         self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
 
     def put(self, entries: Sequence[Entry]) -> None:
@@ -90,7 +89,6 @@ class Sink:
             failed, failure = self._try_put(pending)
             if not failed:
                 return
-            self.retries += len(failed)
             wait = self._backoff(attempt)
             attempt += 1
             if len(failed) < len(pending):  # some went in: a busy stream, not a failing one

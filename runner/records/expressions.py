@@ -18,6 +18,7 @@ import json
 import re
 import time
 import uuid as uuid_module
+from collections.abc import Callable
 from typing import Any
 
 from runner import compiler
@@ -25,6 +26,8 @@ from runner.compiler import Compiled as Expression
 from runner.compiler import Function, SearchError
 
 __all__ = [
+    "SYSTEM_CLOCK",
+    "Clock",
     "Expression",
     "ExpressionError",
     "SearchError",
@@ -39,28 +42,41 @@ class ExpressionError(ValueError):
     """An expression that cannot compile: bad syntax, an unknown function, a wrong arity."""
 
 
-# now(), epoch() and epoch_ms() read this (seconds since 1970) at each call; tests replace it.
-clock = time.time
+class Clock:
+    """The time now(), epoch() and epoch_ms() give: `read()`, seconds since 1970, at each call.
 
-_last_now: tuple[int, str] = (-1, "")
+    A search is given one (a record's journey has its own), else it uses SYSTEM_CLOCK."""
+
+    def __init__(self, read: Callable[[], float] = time.time) -> None:
+        self.read = read
+        self._last_now: tuple[int, str] = (-1, "")
+
+    def now(self) -> str:
+        """The time in UTC to the millisecond, ISO-8601: 2026-11-26T13:33:50.123+00:00."""
+        # Records handled within the same millisecond share one timestamp, formatted once.
+        millis = int(self.read() * 1000)
+        if millis != self._last_now[0]:
+            moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
+            self._last_now = (millis, moment.isoformat(timespec="milliseconds"))
+        return self._last_now[1]
+
+    def epoch(self) -> int:
+        """Whole seconds since 1970-01-01 UTC."""
+        return int(self.read())
+
+    def epoch_ms(self) -> int:
+        """Milliseconds since 1970-01-01 UTC."""
+        return int(self.read() * 1000)
 
 
-def _now() -> str:
-    # Records handled within the same millisecond share one timestamp, formatted once.
-    global _last_now
-    millis = int(clock() * 1000)
-    if millis != _last_now[0]:
-        moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
-        _last_now = (millis, moment.isoformat(timespec="milliseconds"))
-    return _last_now[1]
-
+SYSTEM_CLOCK = Clock()
 
 ADDED = {
     function.name: function
     for function in (
-        Function("now", _now),
-        Function("epoch", lambda: int(clock())),
-        Function("epoch_ms", lambda: int(clock() * 1000)),
+        Function("now", Clock.now, contextual=True),
+        Function("epoch", Clock.epoch, contextual=True),
+        Function("epoch_ms", Clock.epoch_ms, contextual=True),
         Function("uuid", lambda: str(uuid_module.uuid4())),
         Function("upper", str.upper, ("string",)),
         Function("lower", str.lower, ("string",)),
@@ -70,9 +86,10 @@ FUNCTIONS = {**compiler.BUILTIN_FUNCTIONS, **ADDED}
 
 
 def compile(text: str) -> Expression:  # noqa: A001 - the name JMESPath users expect
-    """Compile `text` once; raises ExpressionError for syntax, unknown functions and arity."""
+    """Compile `text` once; raises ExpressionError for syntax, unknown functions and arity.
+    `search(record, clock)` gives the time functions that Clock, else SYSTEM_CLOCK."""
     try:
-        return compiler.compile(text, ADDED)
+        return compiler.compile(text, ADDED, SYSTEM_CLOCK)
     except compiler.CompileError as error:
         raise ExpressionError(f"{error}{_suggestion(error.reason)}") from None
 

@@ -6,10 +6,11 @@ The engine and `preview` both use `Journey.process`, so what preview shows is wh
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from runner.backends.limits import MAX_RECORD_BYTES, entry_size
-from runner.records.expressions import json_type
+from runner.records.expressions import Clock, json_type
 from runner.records.routing import Route, RouteError
 from runner.records.transform import Filtered, Step, TransformError
 
@@ -41,7 +42,10 @@ class Journey:
     """Everything a record needs from the spec, its transform steps and its route, prepared
     once."""
 
-    def __init__(self, steps: Sequence[Step], route: Route) -> None:
+    def __init__(
+        self, steps: Sequence[Step], route: Route, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.clock = Clock(clock)  # what now(), epoch() and epoch_ms() give; seconds since 1970
         self.steps = tuple(steps)
         self.route = route
         self.ending = b"\n" if route.newline else b""
@@ -55,8 +59,8 @@ class Journey:
             return Outcome(DEAD_LETTER, reason=str(error))
         try:
             for step in self.steps:
-                step.apply(record)
-            sinks, key = self.route.decide(record)
+                step.apply(record, self.clock)
+            sinks, key = self.route.decide(record, self.clock)
         except Filtered:
             return Outcome(FILTERED)
         except (TransformError, RouteError) as error:

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.backends.limits import MAX_PARTITION_KEY_CHARS
-from runner.records.expressions import Expression, SearchError, is_true, json_type
+from runner.records.expressions import (
+    SYSTEM_CLOCK,
+    Clock,
+    Expression,
+    SearchError,
+    is_true,
+    json_type,
+)
 
 
 class RouteError(ValueError):
@@ -27,13 +34,14 @@ class Route:
     unmatched: str = "dead_letter"  # or "drop"
     newline: bool = True
 
-    def decide(self, record: Any) -> tuple[list[str], str]:
-        """The sink stream keys the record goes to (empty: no case took it) and its key."""
+    def decide(self, record: Any, clock: Clock = SYSTEM_CLOCK) -> tuple[list[str], str]:
+        """The sink stream keys the record goes to (empty: no case took it) and its key;
+        `clock` gives the time functions of the expressions."""
         sinks = []
         for index, case in enumerate(self.cases):
             if case.when is not None:
                 try:
-                    taken = is_true(case.when.search(record))
+                    taken = is_true(case.when.search(record, clock))
                 except SearchError as error:
                     raise RouteError(f"route.cases[{index}].when: {error}") from None
                 if not taken:
@@ -43,13 +51,18 @@ class Route:
                 break
         if not sinks:
             return sinks, ""
-        return sinks, partition_key(self.partition_key, record)
+        return sinks, partition_key(self.partition_key, record, clock=clock)
 
 
-def partition_key(expression: Expression, record: Any, what: str = "route.partition_key") -> str:
+def partition_key(
+    expression: Expression,
+    record: Any,
+    what: str = "route.partition_key",
+    clock: Clock = SYSTEM_CLOCK,
+) -> str:
     """A record's partition key: the expression's text or number, 1-256 characters."""
     try:
-        value = expression.search(record)
+        value = expression.search(record, clock)
     except SearchError as error:
         raise RouteError(f"{what}: {error}") from None
     if isinstance(value, str):

@@ -6,11 +6,9 @@ since each record is freshly decoded and owned by its journey.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from runner.records.expressions import Expression, SearchError, is_true
+from runner.records.expressions import SYSTEM_CLOCK, Clock, Expression, SearchError, is_true
 
 
 class TransformError(ValueError):
@@ -33,18 +31,18 @@ class SetStep:
         object.__setattr__(self, "_names", tuple(name for name, _ in self.assignments))
         object.__setattr__(self, "_searches", tuple(e.search for _, e in self.assignments))
 
-    def apply(self, record: dict) -> None:
+    def apply(self, record: dict, clock: Clock = SYSTEM_CLOCK) -> None:
         try:
-            values = [search(record) for search in self._searches]
+            values = [search(record, clock) for search in self._searches]
         except SearchError:
-            raise TransformError(self._failure(record)) from None
+            raise TransformError(self._failure(record, clock)) from None
         record.update(zip(self._names, values))
 
-    def _failure(self, record: dict) -> str:
+    def _failure(self, record: dict, clock: Clock) -> str:
         """Which assignment failed, and why."""
         for name, expression in self.assignments:
             try:
-                expression.search(record)
+                expression.search(record, clock)
             except SearchError as error:
                 return f"{self.path}.{name}: {error}"
         return f"{self.path}: an expression failed"
@@ -55,7 +53,7 @@ class RemoveStep:
     path: str
     names: tuple[str, ...]
 
-    def apply(self, record: dict) -> None:
+    def apply(self, record: dict, clock: Clock = SYSTEM_CLOCK) -> None:
         for name in self.names:
             record.pop(name, None)
 
@@ -65,7 +63,7 @@ class RenameStep:
     path: str
     names: tuple[tuple[str, str], ...]  # (old, new)
 
-    def apply(self, record: dict) -> None:
+    def apply(self, record: dict, clock: Clock = SYSTEM_CLOCK) -> None:
         for old, new in self.names:
             if old in record:
                 record[new] = record.pop(old)
@@ -76,9 +74,9 @@ class FilterStep:
     path: str
     condition: Expression
 
-    def apply(self, record: dict) -> None:
+    def apply(self, record: dict, clock: Clock = SYSTEM_CLOCK) -> None:
         try:
-            keep = is_true(self.condition.search(record))
+            keep = is_true(self.condition.search(record, clock))
         except SearchError as error:
             raise TransformError(f"{self.path}: {error}") from None
         if not keep:
@@ -86,10 +84,3 @@ class FilterStep:
 
 
 Step = SetStep | RemoveStep | RenameStep | FilterStep
-
-
-def apply(steps: Sequence[Step], record: dict) -> dict[str, Any]:
-    """Run every step on `record`; raises TransformError or Filtered."""
-    for step in steps:
-        step.apply(record)
-    return record

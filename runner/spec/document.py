@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from runner.plural import count
+
 SCHEMA_FILE = "pipeline.schema.json"
 MAX_SPEC_BYTES = 1024 * 1024
 # Bounds that no real spec nears and that refuse a "YAML bomb" before it is expanded: aliases
@@ -442,7 +444,7 @@ def _describe(
         # Of a mapping with unknown keys, or no mapping at all, the error naming the unknown
         # key or the type at the same node says what is wrong.
         if isinstance(instance, dict) and set(instance) <= set(subschema.get("properties", {})):
-            keys = f"{len(instance)} key{'' if len(instance) == 1 else 's'}: " + ", ".join(instance)
+            keys = f"{count(len(instance), 'key')}: " + ", ".join(instance)
             yield f"expected {title}, got {keys if instance else 'an empty mapping'}", path, False
     elif title:
         yield f"expected {title}, got {_type_word(instance)}", path, False

@@ -1,0 +1,109 @@
+"""`pipeline run`: check the resources, take the run lock, run the loop and report what it did.
+
+The loop itself is `runner.loop.engine.Engine`; this module says what a user sees around it:
+the start lines, the refusals, the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from runner.backends.base import Backend, BackendError, checkpoint_table
+from runner.loop.dead_letter import run_refusal
+from runner.loop.engine import Engine, RunOptions
+from runner.loop.patience import GaveUp
+from runner.plural import count
+from runner.spec import Spec, SpecError
+
+
+def run(
+    spec: Spec,
+    backend: Backend,
+    state_dir: Path,
+    options: RunOptions,
+    report: Callable[[str], None],
+) -> int:
+    """`pipeline run`: check the resources, take the run lock, run the loop, report what it
+    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock."""
+    if spec.route is None:
+        raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
+    refusal = run_refusal(spec, backend.name)
+    if refusal:
+        raise SpecError([f"{spec.path}: {refusal}"])
+    check_resources(spec, backend)
+    with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
+        # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
+        engine = Engine(spec, backend, state_dir, options, report, lease=lease)
+        try:
+            return _run(engine, report)
+        except GaveUp as error:
+            gave_up = error  # raised once the run lock is let go, as at a normal end
+    raise gave_up
+
+
+def _run(engine: Engine, report: Callable[[str], None]) -> int:
+    spec, backend = engine.spec, engine.backend
+    report(
+        f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
+        f"(Ctrl-C stops cleanly)"
+    )
+    # Said at once, so that a renamed `pipeline:` (new checkpoints) does not pass unnoticed.
+    resumed = len(engine.reader.checkpoints)
+    if resumed:
+        report(f"[{spec.pipeline}] resuming from checkpoints of {count(resumed, 'shard')}")
+    else:
+        report(
+            f"[{spec.pipeline}] no checkpoints for pipeline {spec.pipeline}: "
+            f"starting at {spec.source.start}"
+        )
+    report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.where()}")
+    try:
+        counts = engine.run()
+    except KeyboardInterrupt:  # a second Ctrl-C
+        report(
+            f"[{spec.pipeline}] stopped at once: what was read since the last checkpoint "
+            "is read again by the next run"
+        )
+        return 130
+    except GaveUp:
+        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
+        raise
+    except Exception:
+        # What was done until then; the error itself is said last, by the caller.
+        report(f"[{spec.pipeline}] stopped by an error: {engine.counts.line()}")
+        raise
+    report(f"[{spec.pipeline}] done: {counts.line()}")
+    for delivery in engine.deliveries:
+        report(
+            f"[{spec.pipeline}] firehose {delivery.firehose.name}: "
+            f"{count(delivery.records, 'record')} in {count(len(delivery.objects), 'object')} "
+            f"to bucket {delivery.bucket}"
+        )
+    if engine.dead_letter.count:
+        report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.summary()}")
+    return 0
+
+
+def check_resources(spec: Spec, backend: Backend) -> None:
+    """Refuse to run when a stream or bucket the run uses does not exist."""
+    missing = [
+        f"stream {stream.name}"
+        for stream in spec.streams.values()
+        if backend.describe_stream(stream.name) is None
+    ]
+    buckets = [] if backend.delivers_firehoses else [f.bucket for f in spec.firehoses.values()]
+    if spec.dead_letter and spec.dead_letter.bucket:
+        buckets.append(spec.dead_letter.bucket)
+    missing += [
+        f"bucket {spec.buckets[key].name}"
+        for key in dict.fromkeys(buckets)
+        if not backend.bucket_exists(spec.buckets[key].name)
+    ]
+    if not backend.checkpoint_store_exists(spec.pipeline):
+        missing.append(f"checkpoint table {checkpoint_table(spec.pipeline)}")
+    if missing:
+        raise BackendError(
+            f"{', '.join(missing)} not found on {backend.location}: "
+            f"run `pipeline apply {spec.path}` first"
+        )

@@ -1,0 +1,6 @@
+from runner.plural import count
+
+
+def test_a_count_names_its_noun_in_the_plural_unless_it_is_one():
+    assert [count(n, "record") for n in (0, 1, 2)] == ["0 records", "1 record", "2 records"]
+    assert count(3, "route case") == "3 route cases"
