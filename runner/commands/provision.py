@@ -127,10 +127,9 @@ def summary(changes: list[Change], *, done: bool, pruned: bool = False) -> str:
     else:
         text = f"{'Applied' if done else 'Plan'}: {', '.join(counts)}, {unchanged} unchanged."
     if left:
-        are, them = ("is", "it") if left == 1 else ("are", "them")
+        noun, are, them = ("resource", "is", "it") if left == 1 else ("resources", "are", "them")
         text += (
-            f"\n{_plural(left, 'resource')} {are} no longer in the spec: "
-            f"pipeline apply --prune deletes {them}"
+            f"\n{left} {noun} {are} no longer in the spec: pipeline apply --prune deletes {them}"
         )
     return text
 
