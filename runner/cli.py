@@ -203,16 +203,38 @@ def plan(spec: str, strict: bool, target: Target) -> int:
     return EXIT_OK
 
 
+def _confirm_deleting(yes: bool, verb: str, pipeline: str, target: Target) -> Callable[[], bool]:
+    """Yes with --yes, else the user's answer to whether to delete what was listed; a no
+    aborts (exit 1)."""
+    question = (
+        f"{verb} these resources of {pipeline} on the {target.name} target, "
+        "with the records and objects in them?"
+    )
+    return lambda: yes or click.confirm(question, abort=True)
+
+
 @cli.command()
 @spec_argument
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also delete what this pipeline created that the spec no longer declares (asks first).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --prune).")
 @strict_option
 @target_options
 @reports_errors
-def apply(spec: str, strict: bool, target: Target) -> int:
-    """Create what is missing and fix what differs; never deletes."""
+def apply(spec: str, prune: bool, yes: bool, strict: bool, target: Target) -> int:
+    """Create what is missing and fix what differs; deletes only with --prune."""
     loaded = target.load(spec, strict=strict, warn=say)
-    changes = provision.apply(loaded, target.backend(loaded.region), click.echo)
-    click.echo(provision.summary(changes, done=True))
+    changes = provision.apply(
+        loaded,
+        target.backend(loaded.region),
+        click.echo,
+        prune=prune,
+        confirm=_confirm_deleting(yes, "Delete", loaded.pipeline, target),
+    )
+    click.echo(provision.summary(changes, done=True, pruned=prune))
     return EXIT_OK
 
 
@@ -223,20 +245,13 @@ def apply(spec: str, strict: bool, target: Target) -> int:
 @target_options
 @reports_errors
 def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
-    """Delete the spec's resources, with the records and objects in them, after asking."""
+    """Delete what the pipeline created, with the records and objects in them, after asking."""
     loaded = target.load(spec, strict=strict, warn=say)
     removed = provision.destroy(
         loaded,
         target.backend(loaded.region),
         click.echo,
-        confirm=lambda: (
-            yes
-            or click.confirm(
-                f"Destroy these resources of {loaded.pipeline} on the {target.name} target, "
-                "with the records and objects in them?",
-                abort=True,
-            )
-        ),
+        confirm=_confirm_deleting(yes, "Destroy", loaded.pipeline, target),
     )
     click.echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
     return EXIT_OK

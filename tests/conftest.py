@@ -40,6 +40,21 @@ route:
 """
 
 
+def without_usa(spec_text):
+    """The ecommerce spec's text without its USA route, stream, bucket and firehose."""
+    start = spec_text.index("    usa:\n      name:")
+    firehose = spec_text[start : spec_text.index("    international:\n      name:")]
+    for gone in (
+        '    usa:           {name: "${prefix}-usa-data-stream", shards: 2}\n',
+        '    usa:           {name: "${prefix}-${account_id}-usa"}\n',
+        firehose,
+        "    - when: country == 'USA'\n      to: usa\n",
+    ):
+        assert gone in spec_text
+        spec_text = spec_text.replace(gone, "")
+    return spec_text
+
+
 @pytest.fixture
 def state(tmp_path, monkeypatch):
     """A fresh local state folder, used by the CLI through PIPELINE_STATE_DIR."""

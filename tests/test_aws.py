@@ -600,6 +600,51 @@ def test_log_groups(backend):
     assert backend.describe_log_group("shop-other") == ["s"]
 
 
+# Which pipeline created what: a tag pipeline=NAME
+
+
+def test_what_is_created_for_a_pipeline_is_tagged_as_its_own(backend):
+    found = RoleDescription("found-role", TRUST, {"read": policy("kinesis:GetRecords")})
+    backend.put_role(found)  # there before apply, which then puts it again: adopted
+    backend.create_log_stream("found-group", "s")
+    for i in range(11):  # more than one page of ListStreams
+        backend.create_stream(f"filler-{i}", 1, "shop" if i == 10 else None)
+    backend.create_stream(USA.stream, 2, "shop")
+    backend.create_stream("audit-in", 1, "audit")
+    backend.create_bucket(USA.bucket, "shop")
+    backend.create_bucket("shop-by-hand")
+    backend.put_role(RoleDescription(USA.role, TRUST, {"delivery": policy("s3:PutObject")}), "shop")
+    backend.put_role(found, "shop")
+    backend.create_log_stream(USA.log_group, USA.log_stream, "shop")
+    backend.create_log_stream("found-group", "t", "shop")
+    backend.create_firehose(USA, "shop")
+    backend.create_checkpoint_store("shop")
+    backend.create_checkpoint_store("audit")
+
+    owned = backend.owned("shop")
+
+    assert sorted(owned) == [
+        ("bucket", USA.bucket),
+        ("checkpoint table", "shop-checkpoints"),
+        ("firehose", USA.name),
+        ("log group", USA.log_group),
+        ("role", USA.role),
+        ("stream", "filler-10"),
+        ("stream", USA.stream),
+    ]
+    assert sorted(backend.owned("audit")) == [
+        ("checkpoint table", "audit-checkpoints"),
+        ("stream", "audit-in"),
+    ]
+    kinesis = boto3.client("kinesis", region_name="us-east-1")
+    assert kinesis.list_tags_for_stream(StreamName=USA.stream)["Tags"] == [
+        {"Key": "pipeline", "Value": "shop"}
+    ]
+    backend.delete_firehose(USA.name)
+    backend.delete_stream(USA.stream)
+    assert ("stream", USA.stream) not in backend.owned("shop")
+
+
 # Checkpoints
 
 

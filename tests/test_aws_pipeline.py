@@ -19,7 +19,7 @@ from itertools import islice
 import boto3
 import pytest
 from click.testing import CliRunner
-from conftest import PIPELINES, REPO
+from conftest import PIPELINES, REPO, without_usa
 from fakes import HungRenewals, VirtualClock, wait_until
 from moto.server import ThreadedMotoServer
 
@@ -283,6 +283,89 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     printed = [json.loads(line) for line in consumed.stdout.splitlines()]
     assert {p["data"]["session_id"] for p in printed} == set(routed[USA])
     assert {p["shard"] for p in printed} <= {"shardId-000000000000", "shardId-000000000001"}
+
+
+def stream_exists(kinesis, name):
+    try:
+        kinesis.describe_stream_summary(StreamName=name)
+    except kinesis.exceptions.ResourceNotFoundException:
+        return False
+    return True
+
+
+def test_what_the_spec_no_longer_declares_is_pruned_if_apply_created_it(aws, tmp_path):
+    client, pipeline = aws
+    kinesis, s3, logs = client("kinesis"), client("s3"), client("logs")
+    adopted = "de-c2w2lab1-audit-stream"
+    kinesis.create_stream(StreamName=adopted, ShardCount=1)  # there before apply
+    text = (PIPELINES / "ecommerce.yaml").read_text()
+    with_audit = text.replace(
+        "  buckets:\n", f'    audit:         {{name: "{adopted}", shards: 1}}\n  buckets:\n', 1
+    )
+    spec = tmp_path / "ecommerce.yaml"
+    spec.write_text(with_audit)
+    pipeline("apply", str(spec))
+    tag = {"Key": "pipeline", "Value": "de-c2w2lab1-etl"}
+    usa_bucket = f"de-c2w2lab1-{ACCOUNT}-usa"
+    usa_group = "de-c2w2lab1-firehose-usa-log-group"
+    (group,) = logs.describe_log_groups(logGroupNamePrefix=usa_group)["logGroups"]
+    table = client("dynamodb").describe_table(TableName="de-c2w2lab1-etl-checkpoints")["Table"]
+
+    assert kinesis.list_tags_for_stream(StreamName=USA)["Tags"] == [tag]
+    assert kinesis.list_tags_for_stream(StreamName=adopted)["Tags"] == []
+    assert s3.get_bucket_tagging(Bucket=usa_bucket)["TagSet"] == [tag]
+    assert client("firehose").list_tags_for_delivery_stream(
+        DeliveryStreamName="de-c2w2lab1-firehose-usa"
+    )["Tags"] == [tag]
+    assert client("iam").list_role_tags(RoleName="de-c2w2lab1-firehose-role")["Tags"] == [tag]
+    assert logs.list_tags_for_resource(resourceArn=group["logGroupArn"])["tags"] == {
+        "pipeline": "de-c2w2lab1-etl"
+    }
+    assert client("dynamodb").list_tags_of_resource(ResourceArn=table["TableArn"])["Tags"] == [tag]
+
+    spec.write_text(without_usa(text))  # and without the audit stream
+    planned = pipeline("plan", str(spec))
+    left = pipeline("apply", str(spec))
+    still_there = stream_exists(kinesis, USA)
+    pruned = pipeline("apply", str(spec), "--prune", "--yes")
+
+    deletions = [
+        "- delete firehose de-c2w2lab1-firehose-usa (no longer in the spec)",
+        f"- delete log group {usa_group} (no longer in the spec)",
+        f"- delete stream {USA} (no longer in the spec)",
+        f"- delete bucket {usa_bucket} (no longer in the spec)",
+    ]
+    assert [line for line in planned.stdout.splitlines() if line[0] in "-~"] == [
+        "~ change role de-c2w2lab1-firehose-role (trust or inline policy differs)",
+        *deletions,
+    ]
+    assert planned.stdout.splitlines()[-1] == (
+        "Plan: 0 to create, 1 to change, 4 to delete, 7 unchanged."
+    )
+    assert left.stdout.splitlines()[-2:] == [
+        "Applied: 0 created, 1 changed, 7 unchanged.",
+        "4 resources are no longer in the spec: pipeline apply --prune deletes them",
+    ]
+    assert still_there
+    assert pruned.stdout.splitlines() == [
+        *deletions,
+        "Applied: 0 created, 0 changed, 4 deleted, 8 unchanged.",
+    ]
+    assert not stream_exists(kinesis, USA)
+    assert usa_bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert logs.describe_log_groups(logGroupNamePrefix=usa_group)["logGroups"] == []
+    assert stream_exists(kinesis, adopted)
+
+    spec.write_text(without_usa(with_audit))
+    destroyed = pipeline("destroy", str(spec), "--yes")
+
+    assert destroyed.stdout.splitlines()[0] == (
+        f"  keep stream {adopted} (not created by this pipeline)"
+    )
+    assert destroyed.stdout.splitlines()[-1] == "Destroyed 8 resources."
+    assert stream_exists(kinesis, adopted)
+    assert not stream_exists(kinesis, SOURCE)
+    kinesis.delete_stream(StreamName=adopted)
 
 
 @pytest.mark.parametrize(

@@ -580,6 +580,43 @@ def test_firehose_metadata_round_trips(backend):
         backend.delete_firehose("usa-lake")
 
 
+# Which pipeline created what
+
+
+def test_what_apply_created_for_a_pipeline_is_its_own_until_deleted(backend, tmp_path):
+    lake = FirehoseDescription("usa-lake", "usa", "lake", "usa/", "errors/", 5, 60, "GZIP")
+    backend.create_stream("events", 1, "shop")
+    backend.create_stream("audit", 1, "other")
+    backend.create_stream("by-hand", 1)
+    backend.create_bucket("lake", "shop")
+    backend.create_bucket("swept", "shop")
+    backend.create_firehose(lake, "shop")
+    shutil.rmtree(tmp_path / "state" / "buckets" / "swept")  # removed by hand
+
+    owned = backend.owned("shop")
+    backend.delete_stream("events")
+    backend.delete_bucket("lake")
+    backend.delete_firehose("usa-lake")
+    backend.create_stream("events", 1)  # made again, by hand this time
+
+    assert owned == [("bucket", "lake"), ("firehose", "usa-lake"), ("stream", "events")]
+    assert backend.owned("shop") == []
+    assert backend.owned("other") == [("stream", "audit")]
+
+
+def test_a_read_only_state_of_the_previous_version_owns_nothing(tmp_path, monkeypatch):
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        db.executescript(PREVIOUS_SCHEMA)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and access(path, mode))
+
+    reader = LocalBackend(tmp_path)
+
+    assert reader.read_only
+    assert reader.owned("shop") == []
+    reader.close()
+
+
 # Several processes at once
 
 

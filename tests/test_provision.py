@@ -1,6 +1,6 @@
 import pytest
 from click.testing import CliRunner
-from conftest import PIPELINES
+from conftest import MINIMAL, PIPELINES, without_usa
 
 from runner import spec
 from runner.backends.local import LocalBackend
@@ -210,10 +210,10 @@ class CreatingMeanwhile:
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
-    def create_stream(self, name, shards):
+    def create_stream(self, name, shards, *owner):
         other, self._other = self._other, lambda: None
         other()
-        self._backend.create_stream(name, shards)
+        self._backend.create_stream(name, shards, *owner)
 
 
 @pytest.mark.parametrize(
@@ -246,3 +246,153 @@ def test_two_applies_at_once_both_succeed(state, backend, write_spec, others_sha
     assert pipeline("plan", ECOMMERCE).stdout == (
         "".join(UNCHANGED.values()) + "No changes: 8 resources up to date.\n"
     )
+
+
+# What the spec no longer declares: plan shows it, apply --prune and destroy delete it, if the
+# pipeline created it
+
+WITHOUT_USA = MINIMAL.replace("    usa: {name: usa-out, shards: 2}\n", "").replace(
+    "    - when: country == 'USA'\n      to: usa\n", ""
+)
+KEPT = "  unchanged stream in (1 shard)\n  unchanged stream other-out (1 shard)\n"
+GONE = "- delete stream usa-out (no longer in the spec)\n"
+WITH_LAKE = MINIMAL.replace("source:\n", "  buckets:\n    lake: {name: shop-lake}\nsource:\n", 1)
+
+
+def test_a_stream_removed_from_the_spec_is_planned_left_by_apply_and_pruned(
+    state, backend, write_spec
+):
+    spec = write_spec(MINIMAL)
+    pipeline("apply", spec)
+    others = write_spec(
+        MINIMAL.replace("shop", "audit").replace("name: in", "name: audit-in"), "a.yaml"
+    )
+    pipeline("apply", others)  # another pipeline's streams are not shop's to delete
+    write_spec(WITHOUT_USA)
+
+    planned = pipeline("plan", spec)
+    applied = pipeline("apply", spec)
+    still_there = backend.describe_stream("usa-out") is not None
+    pruned = pipeline("apply", spec, "--prune", "--yes")
+
+    assert (
+        planned.stdout
+        == KEPT + GONE + "Plan: 0 to create, 0 to change, 1 to delete, 2 unchanged.\n"
+    )
+    assert applied.stdout == (
+        "No changes: 2 resources up to date.\n"
+        "1 resource is no longer in the spec: pipeline apply --prune deletes it\n"
+    )
+    assert still_there
+    assert pruned.stdout == GONE + "Applied: 0 created, 0 changed, 1 deleted, 2 unchanged.\n"
+    assert backend.describe_stream("usa-out") is None
+    assert pipeline("plan", spec).stdout == KEPT + "No changes: 2 resources up to date.\n"
+    assert backend.describe_stream("audit-in") is not None
+
+
+def test_apply_prune_asks_before_touching_anything(state, backend, write_spec):
+    spec = write_spec(MINIMAL)
+    pipeline("apply", spec)
+    write_spec(
+        WITHOUT_USA.replace("    other:", "    extra: {name: extra-out, shards: 1}\n    other:")
+    )
+    prompt = (
+        "Delete these resources of shop on the local target, "
+        "with the records and objects in them? [y/N]: "
+    )
+
+    declined = pipeline("apply", spec, "--prune", input="n\n", exit_code=1)
+    untouched = [backend.describe_stream(s) is not None for s in ("usa-out", "extra-out")]
+    accepted = pipeline("apply", spec, "--prune", input="y\n")
+
+    assert declined.stdout == GONE + prompt + "n\n"
+    assert declined.stderr == "Aborted!\n"
+    assert untouched == [True, False]
+    assert accepted.stdout == (
+        GONE
+        + prompt
+        + "y\n+ create stream extra-out (1 shard)\n"
+        + "Applied: 1 created, 0 changed, 1 deleted, 2 unchanged.\n"
+    )
+    assert [backend.describe_stream(s) is not None for s in ("usa-out", "extra-out")] == [
+        False,
+        True,
+    ]
+
+
+def test_pruning_a_route_deletes_its_firehose_before_its_stream_and_bucket(
+    state, backend, write_spec
+):
+    pipeline("apply", ECOMMERCE)
+    backend.put_object(USA_BUCKET, "firehose/old.json", b"{}\n")
+    spec = write_spec(without_usa(ECOMMERCE.read_text()), "ecommerce.yaml")
+    deletions = (
+        f"- delete firehose {USA_FIREHOSE} (no longer in the spec)\n"
+        f"- delete stream {USA} (no longer in the spec)\n"
+        f"- delete bucket {USA_BUCKET} (no longer in the spec)\n"
+    )
+    kept = [
+        UNCHANGED[name]
+        for name in (SOURCE, INTERNATIONAL, INT_BUCKET, DEAD_LETTER_BUCKET, INT_FIREHOSE)
+    ]
+
+    planned = pipeline("plan", spec)
+    pruned = pipeline("apply", spec, "--prune", "--yes")
+
+    assert planned.stdout == (
+        "".join(kept) + deletions + "Plan: 0 to create, 0 to change, 3 to delete, 5 unchanged.\n"
+    )
+    assert pruned.stdout == deletions + "Applied: 0 created, 0 changed, 3 deleted, 5 unchanged.\n"
+    assert backend.describe_firehose(USA_FIREHOSE) is None
+    assert backend.describe_stream(USA) is None
+    assert not backend.bucket_exists(USA_BUCKET)
+    assert backend.describe_firehose(INT_FIREHOSE).stream == INTERNATIONAL
+
+
+def test_destroy_also_removes_what_the_pipeline_owns_and_the_spec_no_longer_declares(
+    state, backend, write_spec
+):
+    spec = write_spec(MINIMAL)
+    pipeline("apply", spec)
+    write_spec(WITHOUT_USA)
+
+    destroyed = pipeline("destroy", spec, "--yes")
+
+    assert destroyed.stdout == (
+        "- destroy stream in\n"
+        "- destroy stream other-out\n"
+        "- destroy stream usa-out (no longer in the spec)\n"
+        "Destroyed 3 resources.\n"
+    )
+    assert all(backend.describe_stream(s) is None for s in ("in", "usa-out", "other-out"))
+
+
+def test_a_resource_apply_found_there_is_never_pruned_nor_destroyed(state, backend, write_spec):
+    backend.create_stream("usa-out", 2)  # made before apply, by hand or another tool
+    backend.create_bucket("shop-lake")
+    spec = write_spec(WITH_LAKE)
+    applied = pipeline("apply", spec)
+    write_spec(WITHOUT_USA)
+
+    planned = pipeline("plan", spec)
+    pruned = pipeline("apply", spec, "--prune", "--yes")
+    write_spec(WITH_LAKE)
+    destroyed = pipeline("destroy", spec, "--yes")
+
+    assert applied.stdout == (
+        "+ create stream in (1 shard)\n"
+        "+ create stream other-out (1 shard)\n"
+        "Applied: 2 created, 0 changed, 2 unchanged.\n"
+    )
+    assert planned.stdout == KEPT + "No changes: 2 resources up to date.\n"
+    assert pruned.stdout == "No changes: 2 resources up to date.\n"
+    assert destroyed.stdout == (
+        "  keep stream usa-out (not created by this pipeline)\n"
+        "  keep bucket shop-lake (not created by this pipeline)\n"
+        "- destroy stream in\n"
+        "- destroy stream other-out\n"
+        "Destroyed 2 resources.\n"
+    )
+    assert backend.describe_stream("usa-out").open_shard_count == 2
+    assert backend.bucket_exists("shop-lake")
+    assert backend.describe_stream("in") is None

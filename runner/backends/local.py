@@ -5,6 +5,8 @@ Streams, shards, records, checkpoints and Firehose metadata live in `<state_dir>
 folder this process may not write is opened read-only: reads work, writes are refused in one
 line. A failure of the disk (full, read-only) is one line naming the path and the cause.
 
+Its `owned` table says which pipeline's apply created which stream, bucket and firehose.
+
 Sequence numbers are rowids of one global records table. SQLite lets one writer commit at a
 time and AUTOINCREMENT never reuses a rowid, so numbers rise within every shard and become
 visible in order: a reader polling "after sequence N" never skips a record. A closed shard's
@@ -95,6 +97,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER,
     PRIMARY KEY (pipeline, stream, shard_id));
 CREATE TABLE IF NOT EXISTS firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owned (
+    kind TEXT NOT NULL, name TEXT NOT NULL, pipeline TEXT NOT NULL, PRIMARY KEY (kind, name));
 """
 
 
@@ -195,7 +199,7 @@ class LocalBackend(Backend):
             ).fetchone()
         return StreamDescription(name, row[0], row[2], row[1]) if row else None
 
-    def create_stream(self, name: str, shards: int) -> None:
+    def create_stream(self, name: str, shards: int, owner: str | None = None) -> None:
         """Create an ACTIVE stream whose shards split the hash space evenly."""
         if not _STREAM_NAME.fullmatch(name):
             raise BackendError(f"invalid stream name '{name}': use 1 to 128 of a-z A-Z 0-9 _ . -")
@@ -209,6 +213,7 @@ class LocalBackend(Backend):
                 (name, DEFAULT_RETENTION_HOURS, uuid.uuid4().hex, self._now_ms()),
             )
             self._open_shards(db, name, shards, parents=[])
+            _own(db, "stream", name, owner)
 
     def update_shard_count(self, name: str, shards: int) -> None:
         """Close every open shard and open `shards` new ones; a no-op if the count is unchanged."""
@@ -238,6 +243,7 @@ class LocalBackend(Backend):
             for table in ("records", "shards", "checkpoints"):
                 db.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
             db.execute("DELETE FROM streams WHERE name = ?", (name,))
+            _own(db, "stream", name, None)
 
     def list_shards(self, stream: str) -> list[Shard]:
         """Every retained shard, in creation order, so parents come before children."""
@@ -404,7 +410,7 @@ class LocalBackend(Backend):
     def bucket_exists(self, name: str) -> bool:
         return self._bucket_dir(name).is_dir()
 
-    def create_bucket(self, name: str) -> None:
+    def create_bucket(self, name: str, owner: str | None = None) -> None:
         path = self._bucket_dir(name)
         self._check_writable()
         with disk_errors(path, "create"):
@@ -412,6 +418,8 @@ class LocalBackend(Backend):
                 path.mkdir(parents=True)
             except FileExistsError:
                 raise AlreadyExists(f"bucket '{name}' already exists") from None
+        with self._tx(write=True) as db:
+            _own(db, "bucket", name, owner)
 
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
@@ -419,6 +427,8 @@ class LocalBackend(Backend):
         self._check_writable()
         with disk_errors(path, "delete"):
             shutil.rmtree(path)
+        with self._tx(write=True) as db:
+            _own(db, "bucket", name, None)
 
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         """Write the object atomically: readers see the old file or the whole new one."""
@@ -462,7 +472,7 @@ class LocalBackend(Backend):
             row = db.execute("SELECT settings FROM firehoses WHERE name = ?", (name,)).fetchone()
         return FirehoseDescription(**json.loads(row[0])) if row else None
 
-    def create_firehose(self, firehose: FirehoseDescription) -> None:
+    def create_firehose(self, firehose: FirehoseDescription, owner: str | None = None) -> None:
         with self._tx(write=True) as db:
             if db.execute("SELECT 1 FROM firehoses WHERE name = ?", (firehose.name,)).fetchone():
                 raise AlreadyExists(f"firehose '{firehose.name}' already exists")
@@ -470,6 +480,7 @@ class LocalBackend(Backend):
             db.execute(
                 "INSERT INTO firehoses (name, settings) VALUES (?, ?)", (firehose.name, settings)
             )
+            _own(db, "firehose", firehose.name, owner)
 
     def update_firehose(self, firehose: FirehoseDescription) -> None:
         with self._tx(write=True) as db:
@@ -482,6 +493,21 @@ class LocalBackend(Backend):
         with self._tx(write=True) as db:
             if db.execute("DELETE FROM firehoses WHERE name = ?", (name,)).rowcount == 0:
                 raise BackendError(f"firehose '{name}' does not exist")
+            _own(db, "firehose", name, None)
+
+    # Ownership: a row per resource created for a pipeline, gone with the resource.
+
+    def owned(self, pipeline: str) -> list[tuple[str, str]]:
+        """(kind, name) of every existing stream, bucket and firehose created for the pipeline."""
+        with self._tx() as db:
+            # A state of an earlier version, opened read-only, has no such table yet.
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'owned'").fetchone():
+                return []
+            rows = db.execute(
+                "SELECT kind, name FROM owned WHERE pipeline = ? ORDER BY kind, name", (pipeline,)
+            ).fetchall()
+        # A bucket's folder may have been removed by hand, leaving its row behind.
+        return [(kind, name) for kind, name in rows if kind != "bucket" or self.bucket_exists(name)]
 
     # Run locks: a file per pipeline, locked while a run holds it; the OS frees it if it dies.
 
@@ -688,6 +714,14 @@ def _migrate(db: sqlite3.Connection) -> None:
         "UPDATE checkpoints SET stream_uid = "
         "(SELECT uid FROM streams WHERE name = checkpoints.stream)"
     )
+
+
+def _own(db: sqlite3.Connection, kind: str, name: str, owner: str | None) -> None:
+    """Record that the resource just created is `owner`'s, or, without one (created by hand,
+    or deleted), that it is no pipeline's."""
+    db.execute("DELETE FROM owned WHERE kind = ? AND name = ?", (kind, name))
+    if owner is not None:
+        db.execute("INSERT INTO owned (kind, name, pipeline) VALUES (?, ?, ?)", (kind, name, owner))
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:

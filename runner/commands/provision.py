@@ -1,7 +1,10 @@
 """plan / apply / destroy: make the spec's resources exist on a target, and say what changes.
 
-Apply creates what is missing and fixes what differs, never deletes; a second apply changes
-nothing, and two at once both succeed. Destroy removes what the spec declares, dependants first.
+Apply creates what is missing, as the pipeline's own (backends/base/ownership.py), and fixes
+what differs; a second apply changes nothing, and two at once both succeed. What the pipeline
+owns and its spec no longer declares is planned for deletion, which apply does only when told
+to prune. Destroy removes everything the pipeline owns, dependants first. A resource apply found
+there and did not create (adopted) is never deleted.
 """
 
 from __future__ import annotations
@@ -9,32 +12,45 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from runner.backends.base import AlreadyExists, Backend, FirehoseDescription, checkpoint_table
+from runner.backends.base import (
+    KINDS,
+    AlreadyExists,
+    Backend,
+    FirehoseDescription,
+    checkpoint_table,
+)
 from runner.plural import count
 from runner.spec import Firehose, Spec
 
-CREATE, CHANGE, UNCHANGED = "+", "~", " "
+CREATE, CHANGE, DELETE, UNCHANGED = "+", "~", "-", " "
+_VERBS = {CREATE: "create", CHANGE: "change", DELETE: "delete", UNCHANGED: "unchanged"}
 
 
 @dataclass(frozen=True)
 class Change:
     """One resource: what apply would do to it and why."""
 
-    action: str  # CREATE, CHANGE or UNCHANGED
-    kind: str  # stream, bucket, firehose
+    action: str  # CREATE, CHANGE, DELETE or UNCHANGED
+    kind: str  # stream, bucket, firehose, ...
     name: str
     detail: str  # e.g. "2 shards" or "shards 2 -> 4"
     apply: Callable[[], None]
 
     def line(self) -> str:
-        verb = {CREATE: "create", CHANGE: "change", UNCHANGED: "unchanged"}[self.action]
+        verb = _VERBS[self.action]
         return f"{self.action} {verb} {self.kind} {self.name} ({self.detail})"
 
 
 def plan(spec: Spec, backend: Backend) -> list[Change]:
     """Compare the spec with the target, resource by resource; touches nothing.
 
-    In the order apply must follow: what a firehose needs comes before it."""
+    In the order apply must follow: what a firehose needs comes before it; last, what the
+    pipeline owns and the spec no longer declares, each deleted before what it uses."""
+    return [*_wanted(spec, backend), *_unclaimed(spec, backend)]
+
+
+def _wanted(spec: Spec, backend: Backend) -> list[Change]:
+    """What the spec declares, compared with the target."""
     kinds = [_streams, _buckets]
     if backend.delivers_firehoses:
         kinds += [_roles, _log_groups]
@@ -44,11 +60,32 @@ def plan(spec: Spec, backend: Backend) -> list[Change]:
     return [change for kind in kinds for change in kind(spec, backend)]
 
 
-def apply(spec: Spec, backend: Backend, report: Callable[[str], None]) -> list[Change]:
-    """Create what is missing and fix what differs, reporting each change as it is made."""
+def apply(
+    spec: Spec,
+    backend: Backend,
+    report: Callable[[str], None],
+    *,
+    prune: bool = False,
+    confirm: Callable[[], bool] = lambda: True,
+) -> list[Change]:
+    """Create what is missing and fix what differs, reporting each change as it is made.
+
+    What the pipeline owns and the spec no longer declares is left as it is, unless `prune`:
+    then it is listed and `confirm` asked before anything is touched (declined: nothing is,
+    and no change returned); once the rest is applied, it is deleted, each before what it uses."""
+    planned = plan(spec, backend)
+    deletions = [change for change in planned if change.action == DELETE]
+    if prune and deletions:
+        for change in deletions:
+            report(change.line())
+        if not confirm():
+            return []
     changes = []
-    for change in plan(spec, backend):
-        if change.action != UNCHANGED:
+    for change in planned:
+        if change.action == DELETE:
+            if prune:
+                change.apply()
+        elif change.action != UNCHANGED:
             change = _make(change, spec, backend)
             if change.action != UNCHANGED:
                 report(change.line())
@@ -65,22 +102,37 @@ def _make(change: Change, spec: Spec, backend: Backend) -> Change:
     except AlreadyExists:
         if change.action != CREATE:
             raise
-    now = next(c for c in plan(spec, backend) if (c.kind, c.name) == (change.kind, change.name))
+    now = next(c for c in _wanted(spec, backend) if (c.kind, c.name) == (change.kind, change.name))
     if now.action != UNCHANGED:
         now.apply()
     return now
 
 
-def summary(changes: list[Change], *, done: bool) -> str:
-    """'Plan: 2 to create, 1 to change, 4 unchanged.' or, after apply, what was done."""
+def summary(changes: list[Change], *, done: bool, pruned: bool = False) -> str:
+    """'Plan: 2 to create, 1 to change, 4 unchanged.' or, after apply, what was done; after an
+    apply that did not prune, a second line says how many resources it left."""
     created = sum(c.action == CREATE for c in changes)
     changed = sum(c.action == CHANGE for c in changes)
-    unchanged = len(changes) - created - changed
-    if created == changed == 0:
-        return f"No changes: {unchanged} resources up to date."
+    deleted = sum(c.action == DELETE for c in changes)
+    unchanged = len(changes) - created - changed - deleted
+    left = deleted if done and not pruned else 0
+    deleted -= left
     if done:
-        return f"Applied: {created} created, {changed} changed, {unchanged} unchanged."
-    return f"Plan: {created} to create, {changed} to change, {unchanged} unchanged."
+        counts = [f"{created} created", f"{changed} changed", f"{deleted} deleted"]
+    else:
+        counts = [f"{created} to create", f"{changed} to change", f"{deleted} to delete"]
+    if not deleted:
+        counts.pop()
+    if created == changed == deleted == 0:
+        text = f"No changes: {unchanged} resources up to date."
+    else:
+        text = f"{'Applied' if done else 'Plan'}: {', '.join(counts)}, {unchanged} unchanged."
+    if left:
+        noun, are, them = ("resource", "is", "it") if left == 1 else ("resources", "are", "them")
+        text += (
+            f"\n{left} {noun} {are} no longer in the spec: pipeline apply --prune deletes {them}"
+        )
+    return text
 
 
 def destroy(
@@ -89,78 +141,91 @@ def destroy(
     report: Callable[[str], None],
     confirm: Callable[[], bool] = lambda: True,
 ) -> int:
-    """List the spec's resources that exist, ask `confirm`, then delete them, each before
-    what it depends on; returns how many were deleted."""
-    existing = [
-        (kind, name, delete) for kind, name, exists, delete in _owned(spec, backend) if exists()
-    ]
-    if not existing:
+    """List what the pipeline owns, whether its spec still declares it or not, ask `confirm`,
+    then delete it, each before what it uses; returns how many were deleted. What the spec
+    declares but the pipeline did not create is kept, and listed as kept."""
+    declared = _declared(spec, backend)
+    exists, delete = _kinds(spec, backend)
+    owned = _in_order(backend.owned(spec.pipeline), declared)
+    for kind, name in declared:
+        if (kind, name) not in owned and exists[kind](name):
+            report(f"  keep {kind} {name} (not created by this pipeline)")
+    for kind, name in owned:
+        notes = ["and every object in it"] if kind == "bucket" else []
+        if (kind, name) not in declared:
+            notes.append("no longer in the spec")
+        report(f"- destroy {kind} {name}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if not owned or not confirm():
         return 0
-    for kind, name, _ in existing:
-        report(f"- destroy {kind} {name}")
-    if not confirm():
-        return 0
-    for _, _, delete in existing:
-        delete()
-    return len(existing)
+    for kind, name in owned:
+        delete[kind](name)
+    return len(owned)
 
 
-def _owned(spec: Spec, backend: Backend) -> Iterator[tuple[str, str, Callable, Callable]]:
-    """(kind, name, exists, delete) for every resource of the spec, dependants first."""
+def _declared(spec: Spec, backend: Backend) -> list[tuple[str, str]]:
+    """(kind, name) of every resource of the spec on this target, each before what it uses."""
     firehoses = spec.firehoses.values()
-    described = [
-        (
-            "firehose",
-            [f.name for f in firehoses],
-            backend.describe_firehose,
-            backend.delete_firehose,
-        )
-    ]
+    declared = {
+        "firehose": [f.name for f in firehoses],
+        "stream": [s.name for s in spec.streams.values()],
+        "bucket": [b.name for b in spec.buckets.values()],
+    }
     if backend.delivers_firehoses:
-        described += [
-            (
-                "log group",
-                sorted({f.log_group for f in firehoses if f.log_group}),
-                backend.describe_log_group,
-                backend.delete_log_group,
-            ),
-            (
-                "role",
-                sorted({f.role for f in firehoses}),
-                backend.describe_role,
-                backend.delete_role,
-            ),
-        ]
-    described.append(
-        (
-            "stream",
-            [s.name for s in spec.streams.values()],
-            backend.describe_stream,
-            backend.delete_stream,
-        )
-    )
-    for kind, names, describe, delete in described:
-        for name in names:
-            yield (
+        declared["log group"] = sorted({f.log_group for f in firehoses if f.log_group})
+        declared["role"] = sorted({f.role for f in firehoses})
+        if spec.route is not None:  # a spec without a route never runs, so never checkpoints
+            declared["checkpoint table"] = [checkpoint_table(spec.pipeline)]
+    return [(kind, name) for kind in KINDS for name in declared.get(kind, [])]
+
+
+def _unclaimed(spec: Spec, backend: Backend) -> Iterator[Change]:
+    """What the pipeline owns and the spec no longer declares, to delete."""
+    declared = _declared(spec, backend)
+    _, delete = _kinds(spec, backend)
+    for kind, name in _in_order(backend.owned(spec.pipeline), declared):
+        if (kind, name) not in declared:
+            yield Change(
+                DELETE,
                 kind,
                 name,
-                lambda describe=describe, name=name: describe(name) is not None,
-                lambda delete=delete, name=name: delete(name),
+                "no longer in the spec",
+                lambda kind=kind, name=name: delete[kind](name),
             )
-    for b in spec.buckets.values():
-        yield (
-            "bucket",
-            f"{b.name} (and every object in it)",
-            lambda b=b: backend.bucket_exists(b.name),
-            lambda b=b: backend.delete_bucket(b.name),
-        )
-    if backend.delivers_firehoses and spec.route is not None:
-        yield (
-            "checkpoint table",
-            checkpoint_table(spec.pipeline),
-            lambda: backend.checkpoint_store_exists(spec.pipeline),
-            lambda: backend.delete_checkpoint_store(spec.pipeline),
-        )
+
+
+def _in_order(
+    resources: list[tuple[str, str]], declared: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The resources in the order of deletion: kind by kind (KINDS), each kind's in the spec's
+    order, then those it no longer declares, by name."""
+    position = {resource: i for i, resource in enumerate(declared)}
+    return sorted(
+        resources, key=lambda r: (KINDS.index(r[0]), position.get(r, len(position)), r[1])
+    )
+
+
+def _kinds(
+    spec: Spec, backend: Backend
+) -> tuple[dict[str, Callable[[str], bool]], dict[str, Callable[[str], None]]]:
+    """For each kind of resource, whether one of a name exists, and how to delete it."""
+    pipeline = spec.pipeline
+    exists: dict[str, Callable[[str], bool]] = {
+        "firehose": lambda name: backend.describe_firehose(name) is not None,
+        "log group": lambda name: backend.describe_log_group(name) is not None,
+        "role": lambda name: backend.describe_role(name) is not None,
+        "stream": lambda name: backend.describe_stream(name) is not None,
+        "bucket": backend.bucket_exists,
+        "checkpoint table": lambda _: backend.checkpoint_store_exists(pipeline),
+    }
+    delete: dict[str, Callable[[str], None]] = {
+        "firehose": backend.delete_firehose,
+        "log group": backend.delete_log_group,
+        "role": backend.delete_role,
+        "stream": backend.delete_stream,
+        "bucket": backend.delete_bucket,
+        "checkpoint table": lambda _: backend.delete_checkpoint_store(pipeline),
+    }
+    return exists, delete
 
 
 def _streams(spec: Spec, backend: Backend) -> Iterator[Change]:
@@ -172,7 +237,7 @@ def _streams(spec: Spec, backend: Backend) -> Iterator[Change]:
                 "stream",
                 stream.name,
                 count(stream.shards, "shard"),
-                lambda s=stream: backend.create_stream(s.name, s.shards),
+                lambda s=stream: backend.create_stream(s.name, s.shards, spec.pipeline),
             )
         elif current.open_shard_count != stream.shards:
             yield Change(
@@ -196,7 +261,7 @@ def _buckets(spec: Spec, backend: Backend) -> Iterator[Change]:
                 "bucket",
                 bucket.name,
                 "new",
-                lambda b=bucket: backend.create_bucket(b.name),
+                lambda b=bucket: backend.create_bucket(b.name, spec.pipeline),
             )
 
 
@@ -228,7 +293,7 @@ def _firehoses(spec: Spec, backend: Backend) -> Iterator[Change]:
                 "firehose",
                 firehose.name,
                 source,
-                lambda w=wanted: backend.create_firehose(w),
+                lambda w=wanted: backend.create_firehose(w, spec.pipeline),
             )
         elif current != wanted:
             differences = ", ".join(
@@ -272,7 +337,13 @@ def _roles(spec: Spec, backend: Backend) -> Iterator[Change]:
         else:
             yield Change(UNCHANGED, "role", wanted.name, "assumed by Firehose", _nothing)
             continue
-        yield Change(action, "role", wanted.name, detail, lambda w=wanted: backend.put_role(w))
+        yield Change(
+            action,
+            "role",
+            wanted.name,
+            detail,
+            lambda w=wanted: backend.put_role(w, spec.pipeline),
+        )
 
 
 def _log_groups(spec: Spec, backend: Backend) -> Iterator[Change]:
@@ -290,7 +361,7 @@ def _log_groups(spec: Spec, backend: Backend) -> Iterator[Change]:
                 "log stream",
                 name,
                 "delivery errors",
-                lambda g=group, s=stream: backend.create_log_stream(g, s),
+                lambda g=group, s=stream: backend.create_log_stream(g, s, spec.pipeline),
             )
 
 

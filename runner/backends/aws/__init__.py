@@ -20,6 +20,9 @@ __all__ = ["AwsBackend", "LeaseTiming"]
 class AwsBackend(StreamsMixin, CheckpointsMixin, BucketsMixin, FirehosesMixin, AccessMixin):
     """Streams, buckets, delivery streams, roles, log groups and checkpoints on AWS.
 
+    A resource created for a pipeline is tagged pipeline=NAME; `owned` gathers, mixin by mixin,
+    each service's resources so tagged.
+
     `AwsBackend(region, profile, endpoint_url, poll_s, lease=LeaseTiming(...))`: `lease` sets
     the run lease's length, clock and sleep (60 s, the monotonic clock, time.sleep)."""
 

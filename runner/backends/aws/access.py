@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from runner.backends.aws import policies
 from runner.backends.aws.errors import Missing, backend_errors, error_code
-from runner.backends.aws.session import AwsSession
+from runner.backends.aws.session import OWNER_TAG, AwsSession, owner_tags
 from runner.backends.base import FirehoseDescription, RoleDescription
 
 
@@ -37,13 +37,16 @@ class AccessMixin(AwsSession):
             return None
         return RoleDescription(name, _policy(role["AssumeRolePolicyDocument"]), policies)
 
-    def put_role(self, role: RoleDescription) -> None:
-        """Create the role, or set its trust policy; then make its inline policies exactly these."""
+    def put_role(self, role: RoleDescription, owner: str | None = None) -> None:
+        """Create the role, tagged pipeline=OWNER, or set the trust policy of the one there;
+        then make its inline policies exactly these."""
         iam = self._client("iam")
         trust = json.dumps(role.trust_policy)
         with backend_errors(f"role '{role.name}'"):
             try:
-                iam.create_role(RoleName=role.name, AssumeRolePolicyDocument=trust)
+                iam.create_role(
+                    RoleName=role.name, AssumeRolePolicyDocument=trust, **owner_tags(owner)
+                )
             except ClientError as error:
                 if error_code(error) != "EntityAlreadyExists":
                     raise
@@ -75,12 +78,14 @@ class AccessMixin(AwsSession):
             pages = logs.get_paginator("describe_log_streams").paginate(logGroupName=group)
             return [s["logStreamName"] for p in pages for s in p["logStreams"]]
 
-    def create_log_stream(self, group: str, stream: str) -> None:
-        """Create the stream, and its group when missing; either may exist already."""
+    def create_log_stream(self, group: str, stream: str, owner: str | None = None) -> None:
+        """Create the stream, and its group when missing, tagged pipeline=OWNER; either may
+        exist already."""
         logs = self._client("logs")
+        tags = {} if owner is None else {"tags": {OWNER_TAG: owner}}
         with backend_errors(f"log group '{group}'"):
             for create in (
-                lambda: logs.create_log_group(logGroupName=group),
+                lambda: logs.create_log_group(logGroupName=group, **tags),
                 lambda: logs.create_log_stream(logGroupName=group, logStreamName=stream),
             ):
                 try:
@@ -93,6 +98,38 @@ class AccessMixin(AwsSession):
         """Delete the log group and its streams."""
         with backend_errors(f"log group '{group}'"):
             self._client("logs").delete_log_group(logGroupName=group)
+
+    def owned(self, pipeline: str) -> list[tuple[str, str]]:
+        """The roles and the region's log groups tagged pipeline=PIPELINE, with what the
+        other services own."""
+        iam, logs = self._client("iam"), self._client("logs")
+        with backend_errors("the list of roles"):
+            pages = iam.get_paginator("list_roles").paginate()
+            role_names = [role["RoleName"] for page in pages for role in page["Roles"]]
+        with backend_errors("the list of log groups"):
+            pages = logs.get_paginator("describe_log_groups").paginate()
+            groups = {
+                group["logGroupName"]: group.get("logGroupArn") or group["arn"].removesuffix(":*")
+                for page in pages
+                for group in page["logGroups"]
+            }
+
+        def role_tags(name: str) -> dict[str, str]:
+            pages = iam.get_paginator("list_role_tags").paginate(RoleName=name)
+            return {tag["Key"]: tag["Value"] for page in pages for tag in page["Tags"]}
+
+        roles = self._owned_by(pipeline, "role", role_names, role_tags)
+        log_groups = self._owned_by(
+            pipeline,
+            "log group",
+            groups,
+            lambda name: logs.list_tags_for_resource(resourceArn=groups[name])["tags"],
+        )
+        return [
+            *super().owned(pipeline),
+            *(("role", name) for name in roles),
+            *(("log group", name) for name in log_groups),
+        ]
 
     def _inline_policies(self, role: str) -> list[str]:
         pages = self._client("iam").get_paginator("list_role_policies").paginate(RoleName=role)

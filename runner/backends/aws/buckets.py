@@ -7,7 +7,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from runner.backends.aws.errors import Missing, backend_errors, error_code
-from runner.backends.aws.session import AwsSession
+from runner.backends.aws.session import AwsSession, owner_tags
 from runner.backends.base import BackendError
 
 
@@ -32,8 +32,9 @@ class BucketsMixin(AwsSession):
             return False
         return True
 
-    def create_bucket(self, name: str) -> None:
-        """Create a private bucket in the region, encrypted with S3-managed keys (SSE-S3)."""
+    def create_bucket(self, name: str, owner: str | None = None) -> None:
+        """Create a private bucket in the region, encrypted with S3-managed keys (SSE-S3),
+        tagged pipeline=OWNER."""
         params: dict[str, Any] = {"Bucket": name}
         # us-east-1 is S3's default location and refuses to be named as a constraint.
         if self.region != "us-east-1":
@@ -56,6 +57,8 @@ class BucketsMixin(AwsSession):
                     "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
                 },
             )
+            if owner is not None:
+                s3.put_bucket_tagging(Bucket=name, Tagging=owner_tags(owner, "TagSet"))
 
     def delete_bucket(self, name: str) -> None:
         """Delete every object (every version, every delete marker), then the bucket."""
@@ -77,6 +80,25 @@ class BucketsMixin(AwsSession):
                         f"{len(answer['Errors']) - 1} more"
                     )
             s3.delete_bucket(Bucket=name)
+
+    def owned(self, pipeline: str) -> list[tuple[str, str]]:
+        """The region's buckets tagged pipeline=PIPELINE, with what the other services own."""
+        s3 = self._client("s3")
+        with backend_errors("the list of buckets"):
+            pages = s3.get_paginator("list_buckets").paginate(BucketRegion=self.region)
+            names = [bucket["Name"] for page in pages for bucket in page.get("Buckets", [])]
+
+        def tags(name: str) -> dict[str, str]:
+            try:
+                tag_set = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+            except ClientError as error:
+                if error_code(error) != "NoSuchTagSet":
+                    raise
+                return {}
+            return {tag["Key"]: tag["Value"] for tag in tag_set}
+
+        buckets = self._owned_by(pipeline, "bucket", names, tags)
+        return [*super().owned(pipeline), *(("bucket", name) for name in buckets)]
 
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         """Write the object; S3 makes it visible whole or not at all."""

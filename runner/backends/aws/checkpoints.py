@@ -24,7 +24,7 @@ from runner.backends.aws.lease import (
     new_owner,
     take,
 )
-from runner.backends.aws.session import AwsSession
+from runner.backends.aws.session import AwsSession, owner_tags
 from runner.backends.base import (
     SHARD_END,
     BackendError,
@@ -55,7 +55,8 @@ class CheckpointsMixin(AwsSession):
         return self._table_status(checkpoint_table(pipeline)) is not None
 
     def create_checkpoint_store(self, pipeline: str) -> None:
-        """Create the pipeline's on-demand checkpoint table; return once it is ACTIVE."""
+        """Create the pipeline's on-demand checkpoint table, tagged pipeline=PIPELINE;
+        return once it is ACTIVE."""
         table = checkpoint_table(pipeline)
         with backend_errors(f"checkpoint table '{table}'"):
             self._client("dynamodb").create_table(
@@ -69,8 +70,22 @@ class CheckpointsMixin(AwsSession):
                     {"AttributeName": "shard_id", "KeyType": "RANGE"},
                 ],
                 BillingMode="PAY_PER_REQUEST",
+                **owner_tags(pipeline),
             )
         self._wait(f"checkpoint table '{table}'", lambda: self._table_status(table), "ACTIVE")
+
+    def owned(self, pipeline: str) -> list[tuple[str, str]]:
+        """The pipeline's checkpoint table if tagged as its own, with what the other services
+        own."""
+        dynamodb = self._client("dynamodb")
+
+        def tags(table: str) -> dict[str, str]:
+            arn = dynamodb.describe_table(TableName=table)["Table"]["TableArn"]
+            pages = dynamodb.get_paginator("list_tags_of_resource").paginate(ResourceArn=arn)
+            return {tag["Key"]: tag["Value"] for page in pages for tag in page.get("Tags", [])}
+
+        tables = self._owned_by(pipeline, "checkpoint table", [checkpoint_table(pipeline)], tags)
+        return [*super().owned(pipeline), *(("checkpoint table", name) for name in tables)]
 
     def delete_checkpoint_store(self, pipeline: str) -> None:
         """Delete the pipeline's checkpoint table, if it exists; return once it is gone."""

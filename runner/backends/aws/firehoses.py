@@ -9,7 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from runner.backends.aws.errors import Missing, backend_errors, error_code, one_line
-from runner.backends.aws.session import AwsSession
+from runner.backends.aws.session import AwsSession, exclusive_pages, owner_tags, tag_pages
 from runner.backends.base import BackendError, FirehoseDescription
 
 ROLE_PROPAGATION_S = 60
@@ -49,8 +49,9 @@ class FirehosesMixin(AwsSession):
             log_stream=logging.get("LogStreamName") if logged else None,
         )
 
-    def create_firehose(self, firehose: FirehoseDescription) -> None:
-        """Create a delivery stream from the Kinesis stream to S3; return once it is ACTIVE."""
+    def create_firehose(self, firehose: FirehoseDescription, owner: str | None = None) -> None:
+        """Create a delivery stream from the Kinesis stream to S3, tagged pipeline=OWNER;
+        return once it is ACTIVE."""
         destination = self._destination(firehose)
         source = {
             "KinesisStreamARN": self._arn("kinesis", f"stream/{firehose.stream}"),
@@ -63,6 +64,7 @@ class FirehosesMixin(AwsSession):
                 DeliveryStreamType="KinesisStreamAsSource",
                 KinesisStreamSourceConfiguration=source,
                 ExtendedS3DestinationConfiguration=destination,
+                **owner_tags(owner),
             ),
         )
         self._wait_for_firehose(firehose.name, "ACTIVE")
@@ -97,6 +99,25 @@ class FirehosesMixin(AwsSession):
         with backend_errors(f"firehose '{name}'"):
             self._client("firehose").delete_delivery_stream(DeliveryStreamName=name)
         self._wait_for_firehose(name, None)
+
+    def owned(self, pipeline: str) -> list[tuple[str, str]]:
+        """The delivery streams tagged pipeline=PIPELINE, with what the other services own."""
+        firehose = self._client("firehose")
+        with backend_errors("the list of firehoses"):
+            names = exclusive_pages(
+                firehose.list_delivery_streams,
+                "DeliveryStreamNames",
+                "HasMoreDeliveryStreams",
+                "ExclusiveStartDeliveryStreamName",
+                DeliveryStreamType="KinesisStreamAsSource",
+            )
+        firehoses = self._owned_by(
+            pipeline,
+            "firehose",
+            names,
+            lambda name: tag_pages(firehose.list_tags_for_delivery_stream, DeliveryStreamName=name),
+        )
+        return [*super().owned(pipeline), *(("firehose", name) for name in firehoses)]
 
     def _delivery_stream(self, name: str) -> dict | None:
         try:

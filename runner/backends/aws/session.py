@@ -11,13 +11,13 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from runner.backends.aws.errors import ENDPOINT_SETTINGS, backend_errors
+from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors
 from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
 # Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
@@ -28,6 +28,43 @@ _DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=10)
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900
+
+# The tag marking a resource as a pipeline's own (base/ownership.py): pipeline=NAME.
+OWNER_TAG = "pipeline"
+
+
+def owner_tags(owner: str | None, key: str = "Tags") -> dict[str, list[dict[str, str]]]:
+    """The owner's tag as a parameter most services take, `{key: [{Key, Value}]}`, or no
+    parameter without an owner."""
+    return {} if owner is None else {key: [{"Key": OWNER_TAG, "Value": owner}]}
+
+
+def exclusive_pages(
+    call: Callable[..., dict],
+    items: str,
+    more: str,
+    start: str,
+    key: Callable[[Any], str] = str,
+    **params: Any,
+) -> list:
+    """Every item of `items` a Kinesis or Firehose list call answers with, page after page:
+    each page says whether `more` follow, which are asked for from `start`, the `key` of the
+    last item so far."""
+    found: list = []
+    while True:
+        answer = call(**params)
+        found += answer[items]
+        if not answer.get(more) or not answer[items]:
+            return found
+        params[start] = key(answer[items][-1])
+
+
+def tag_pages(call: Callable[..., dict], **params: Any) -> dict[str, str]:
+    """Every tag a Kinesis or Firehose ListTags call answers with."""
+    tags = exclusive_pages(
+        call, "Tags", "HasMoreTags", "ExclusiveStartTagKey", lambda tag: tag["Key"], **params
+    )
+    return {tag["Key"]: tag["Value"] for tag in tags}
 
 
 class AwsSession(Backend):
@@ -99,6 +136,24 @@ class AwsSession(Backend):
                 f"the {service} endpoint: {error}; an endpoint is a URL with its scheme, "
                 f"e.g. http://127.0.0.1:5000: check {ENDPOINT_SETTINGS}"
             ) from error
+
+    def _owned_by(
+        self,
+        pipeline: str,
+        what: str,
+        names: Iterable[str],
+        tags: Callable[[str], dict[str, str]],
+    ) -> Iterator[str]:
+        """Those of `names` whose `tags` mark them as the pipeline's own, asking each one's
+        tags in turn; one deleted meanwhile is passed over."""
+        for name in names:
+            try:
+                with backend_errors(f"{what} '{name}'"):
+                    found = tags(name)
+            except Missing:
+                continue
+            if found.get(OWNER_TAG) == pipeline:
+                yield name
 
     def _arn(self, service: str, resource: str) -> str:
         return f"arn:{self.partition}:{service}:{self.region}:{self.account_id}:{resource}"

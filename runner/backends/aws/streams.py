@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runner.backends.aws.errors import backend_errors, complete
-from runner.backends.aws.session import AwsSession
+from runner.backends.aws.session import OWNER_TAG, AwsSession, exclusive_pages, tag_pages
 from runner.backends.base import (
     BackendError,
     PutResult,
@@ -52,12 +52,17 @@ class StreamsMixin(AwsSession):
             retention_hours=summary["RetentionPeriodHours"],
         )
 
-    def create_stream(self, name: str, shards: int) -> None:
-        """Create a provisioned stream and return once it is ACTIVE."""
+    def create_stream(self, name: str, shards: int, owner: str | None = None) -> None:
+        """Create a provisioned stream, tagged pipeline=OWNER, and return once it is ACTIVE."""
         check_shard_count(name, shards)
+        tags = {} if owner is None else {"Tags": {OWNER_TAG: owner}}
+        kinesis = self._client("kinesis")
         with backend_errors(f"stream '{name}'"):
-            self._client("kinesis").create_stream(StreamName=name, ShardCount=shards)
+            kinesis.create_stream(StreamName=name, ShardCount=shards, **tags)
         self._active_stream(name)
+        if tags:  # again, for the endpoints that ignore CreateStream's tags (moto)
+            with backend_errors(f"stream '{name}'"):
+                kinesis.add_tags_to_stream(StreamName=name, **tags)
 
     def update_shard_count(self, name: str, shards: int) -> None:
         """Reshard with uniform scaling, at most doubling or halving per call as Kinesis allows."""
@@ -79,6 +84,21 @@ class StreamsMixin(AwsSession):
         with backend_errors(f"stream '{name}'", missing=StreamNotFound):
             self._client("kinesis").delete_stream(StreamName=name, EnforceConsumerDeletion=True)
         self._wait(f"stream '{name}'", lambda: self._stream_status(name), None)
+
+    def owned(self, pipeline: str) -> list[tuple[str, str]]:
+        """The streams tagged pipeline=PIPELINE, with what the other services own."""
+        kinesis = self._client("kinesis")
+        with backend_errors("the list of streams"):
+            names = exclusive_pages(
+                kinesis.list_streams, "StreamNames", "HasMoreStreams", "ExclusiveStartStreamName"
+            )
+        streams = self._owned_by(
+            pipeline,
+            "stream",
+            names,
+            lambda name: tag_pages(kinesis.list_tags_for_stream, StreamName=name),
+        )
+        return [*super().owned(pipeline), *(("stream", name) for name in streams)]
 
     def list_shards(self, stream: str) -> list[Shard]:
         """Every retained shard, in the order Kinesis lists them: parents before children."""

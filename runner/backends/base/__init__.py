@@ -5,7 +5,7 @@ engine is written once. `local.py` keeps these semantics in one SQLite file; `aw
 onto boto3. `Backend` is composed of one part per concern: streams and records (streams.py),
 checkpoints and the run lease (checkpoints.py), buckets, firehoses, and the roles and log
 groups only AWS has (access.py); errors.py holds what they raise. Callers import it all from
-here.
+here. Which resources a pipeline owns, and how that is found, is in ownership.py.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from runner.backends.base.errors import (
     disk_errors,
 )
 from runner.backends.base.firehoses import FirehoseDescription, Firehoses
+from runner.backends.base.ownership import KINDS, Ownership
 from runner.backends.base.streams import (
     ITERATOR_TYPES,
     PutResult,
@@ -50,6 +51,7 @@ from runner.backends.base.streams import (
 __all__ = [
     "DEFAULT_REGION",
     "ITERATOR_TYPES",
+    "KINDS",
     "LOCAL_ACCOUNT_ID",
     "SHARD_END",
     "START_MARK",
@@ -85,7 +87,7 @@ DEFAULT_REGION = "us-east-1"
 LOCAL_ACCOUNT_ID = "000000000000"
 
 
-class Backend(Streams, Checkpoints, Buckets, Firehoses, Access):
+class Backend(Streams, Checkpoints, Buckets, Firehoses, Access, Ownership):
     """What every target offers. Names are resource names, never spec keys."""
 
     name: str  # "local" or "aws"

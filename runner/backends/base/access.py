@@ -32,8 +32,9 @@ class Access:
     def describe_role(self, name: str) -> RoleDescription | None:
         raise BackendError(f"the {self.name} target has no IAM roles")
 
-    def put_role(self, role: RoleDescription) -> None:
-        """Create the role, or set its trust policy and inline policies to these."""
+    def put_role(self, role: RoleDescription, owner: str | None = None) -> None:
+        """Create the role, as the `owner` pipeline's own (ownership.py), or set the trust
+        policy and inline policies of the one there to these."""
         raise BackendError(f"the {self.name} target has no IAM roles")
 
     def delete_role(self, name: str) -> None:
@@ -43,8 +44,8 @@ class Access:
         """The log group's stream names, or None when the group does not exist."""
         raise BackendError(f"the {self.name} target has no log groups")
 
-    def create_log_stream(self, group: str, stream: str) -> None:
-        """Create the stream, and its group when missing."""
+    def create_log_stream(self, group: str, stream: str, owner: str | None = None) -> None:
+        """Create the stream, and its group when missing, as the `owner` pipeline's own."""
         raise BackendError(f"the {self.name} target has no log groups")
 
     def delete_log_group(self, group: str) -> None:

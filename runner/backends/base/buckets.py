@@ -12,7 +12,8 @@ class Buckets(abc.ABC):
     def bucket_exists(self, name: str) -> bool: ...
 
     @abc.abstractmethod
-    def create_bucket(self, name: str) -> None: ...
+    def create_bucket(self, name: str, owner: str | None = None) -> None:
+        """Create the bucket, as the `owner` pipeline's own (ownership.py)."""
 
     @abc.abstractmethod
     def delete_bucket(self, name: str) -> None:

@@ -93,7 +93,7 @@ class Checkpoints(abc.ABC):
         return True
 
     def create_checkpoint_store(self, pipeline: str) -> None:
-        """Make room for the pipeline's checkpoints (a DynamoDB table on AWS)."""
+        """Make room for the pipeline's checkpoints (a DynamoDB table on AWS), as its own."""
 
     def delete_checkpoint_store(self, pipeline: str) -> None:
         """Remove the pipeline's checkpoints and their store."""

@@ -29,7 +29,8 @@ class Firehoses(abc.ABC):
     def describe_firehose(self, name: str) -> FirehoseDescription | None: ...
 
     @abc.abstractmethod
-    def create_firehose(self, firehose: FirehoseDescription) -> None: ...
+    def create_firehose(self, firehose: FirehoseDescription, owner: str | None = None) -> None:
+        """Create the delivery stream, as the `owner` pipeline's own (ownership.py)."""
 
     @abc.abstractmethod
     def update_firehose(self, firehose: FirehoseDescription) -> None: ...

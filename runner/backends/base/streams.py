@@ -90,8 +90,9 @@ class Streams(abc.ABC):
     def describe_stream(self, name: str) -> StreamDescription | None: ...
 
     @abc.abstractmethod
-    def create_stream(self, name: str, shards: int) -> None:
-        """Create the stream and return once it is ACTIVE."""
+    def create_stream(self, name: str, shards: int, owner: str | None = None) -> None:
+        """Create the stream, as the `owner` pipeline's own (ownership.py), and return once
+        it is ACTIVE."""
 
     @abc.abstractmethod
     def update_shard_count(self, name: str, shards: int) -> None:
