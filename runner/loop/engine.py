@@ -30,6 +30,7 @@ from runner.loop.dead_letter import DeadLetter, run_refusal
 from runner.loop.delivery import Delivery
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
+from runner.loop.run_info import record_spec_version
 from runner.loop.sink import Sink
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec, SpecError
@@ -368,6 +369,7 @@ def run(
         raise SpecError([f"{spec.path}: {refusal}"])
     check_resources(spec, backend)
     with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
+        record_spec_version(backend, spec)  # for `pipeline status`
         # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
         engine = Engine(spec, backend, state_dir, options, report, lease=lease)
         try:
