@@ -59,7 +59,7 @@ def test_reset_to_trim_horizon_makes_the_next_run_read_everything_again(cli_targ
     assert moved.exit_code == 0, moved.output
     assert moved.stdout.splitlines() == [
         *shown,
-        "Moved 2 checkpoints: the next run of shop reads them from trim_horizon.",
+        "Moved 2 checkpoints to trim_horizon: the next run of shop reads from there.",
     ]
     assert backend.get_checkpoints("shop", "shop-in") == dict.fromkeys(SHARDS, "#trim_horizon")
     status = json.loads(cli_target.invoke("status", str(path), "--json").stdout)
@@ -126,7 +126,7 @@ def test_reset_of_one_shard_moves_only_its_checkpoint(cli_target, tmp_path):
     assert moved.stdout.splitlines() == [
         "Checkpoints of pipeline shop on stream shop-in, to move to trim_horizon:",
         f"  {SHARDS[1]}: {last[SHARDS[1]]} -> trim_horizon",
-        "Moved 1 checkpoint: the next run of shop reads them from trim_horizon.",
+        "Moved 1 checkpoint to trim_horizon: the next run of shop reads from there.",
     ]
     assert backend.get_checkpoints("shop", "shop-in") == {
         SHARDS[0]: last[SHARDS[0]],
@@ -160,7 +160,7 @@ def test_reset_at_a_timestamp_reads_what_arrived_from_that_moment(cli_target, tm
     assert moved.exit_code == 0, moved.output
     assert (
         moved.stdout.splitlines()[-1]
-        == f"Moved 2 checkpoints: the next run of shop reads them from {at}."
+        == f"Moved 2 checkpoints to {at}: the next run of shop reads from there."
     )
     status = json.loads(cli_target.invoke("status", str(path), "--json").stdout)
     assert [s["starts_at"] for s in status["shards"]] == [at, at]
@@ -189,7 +189,7 @@ def test_reset_to_latest_skips_what_the_stream_holds_and_finishes_closed_shards(
         f"  {SHARDS[0]}: {last[SHARDS[0]]} -> latest",
         f"  {SHARDS[1]}: {last[SHARDS[1]]} -> latest",
         f"  {child}: no checkpoint -> latest",
-        "Moved 3 checkpoints: the next run of shop reads them from latest.",
+        "Moved 3 checkpoints to latest: the next run of shop reads from there.",
     ]
     checkpoints = backend.get_checkpoints("shop", "shop-in")
     assert [checkpoints[shard] for shard in SHARDS] == [SHARD_END, SHARD_END]

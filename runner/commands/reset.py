@@ -69,7 +69,7 @@ def reset(
             backend.forget_earlier_checkpoints(spec.pipeline, stream)
         moved = {each.shard_id: _checkpoint_at(backend, stream, each, to) for each in shards}
         backend.reset_checkpoints(spec.pipeline, stream, moved)
-    report(f"Moved {count}: the next run of {spec.pipeline} reads them from {to}.")
+    report(f"Moved {count} to {to}: the next run of {spec.pipeline} reads from there.")
     return len(moved)
 
 
