@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from conftest import CliTarget, sessions, shop_applied
+from conftest import SHOP, CliTarget, sessions, shop_applied
 
 from runner import spec
 from runner.backends.base import SHARD_END, BackendError
@@ -235,3 +235,13 @@ def test_reset_of_every_shard_deletes_checkpoints_kept_for_an_earlier_stream(cli
         "[shop] resuming from checkpoints of 2 shards",
         "[shop] done: in 3 | out out 3 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]
+
+
+def test_reset_of_a_spec_without_a_route_is_refused(tmp_path):
+    target = CliTarget("local", tmp_path / "state")
+    path = shop_applied(target, tmp_path, SHOP.split("route:")[0])
+
+    refused = target.invoke("reset", str(path), "--to", "latest", "--yes")
+
+    assert refused.exit_code == 2
+    assert refused.stderr == f"{path}: has no route, so no run reads it: nothing to reset\n"

@@ -235,3 +235,17 @@ def test_status_counts_the_entries_of_a_file_or_bucket_dead_letter(tmp_path, dea
     else:
         assert found == [{"where": where, "entries": 3}]
         assert status(target, path).splitlines()[-2] == f"dead letter: {where}: 3 entries"
+
+
+def test_status_of_a_spec_without_a_route_shows_its_shards_unread(cli_target, tmp_path):
+    """It never runs: on AWS apply makes it no checkpoint table, which status does not need."""
+    resources_only = SHOP.split("route:")[0]
+    path = shop_applied(cli_target, tmp_path, resources_only)
+
+    found = json.loads(status(cli_target, path, "--json"))
+
+    assert [(s["checkpoint"], s["starts_at"]) for s in found["shards"]] == [
+        (None, "trim_horizon"),
+        (None, "trim_horizon"),
+    ]
+    assert (found["running"], found["spec"]["last_run"]) == (None, None)

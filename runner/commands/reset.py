@@ -22,7 +22,7 @@ from runner.backends.base import (
 )
 from runner.commands.status import held_by, source_stream
 from runner.loop.reader import FORGET_OPTION
-from runner.spec import Position, Spec
+from runner.spec import Position, Spec, SpecError
 
 
 def reset(
@@ -39,6 +39,8 @@ def reset(
     """Show each chosen shard's checkpoint and where it moves, `confirm` (which raises to
     abort), then move them; returns how many were moved. `wait_report` gets a line while the
     run lease is waited for (AWS: one its run no longer renews)."""
+    if spec.route is None:
+        raise SpecError([f"{spec.path}: has no route, so no run reads it: nothing to reset"])
     stream = source_stream(spec, backend)
     holder = backend.run_holder(spec.pipeline)
     if holder is not None and not holder.left_over(now()):

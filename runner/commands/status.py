@@ -77,7 +77,7 @@ class Status:
                     "open": s.shard.is_open,
                     "checkpoint": s.checkpoint,
                     "starts_at": None if s.starts_at is None else str(s.starts_at),
-                    "behind": {k: v for k, v in vars(s.behind).items() if v is not None},
+                    "behind": _given(vars(s.behind)),
                     "checkpointed_at": _iso(s.checkpointed_at),
                 }
                 for s in self.shards
@@ -94,9 +94,7 @@ class Status:
                 "expires": _iso(holder.expires),
                 "left_over": holder.left_over(self.now),
             },
-            "dead_letter": [
-                {k: v for k, v in vars(place).items() if v is not None} for place in self.dead_letter
-            ],
+            "dead_letter": [_given(vars(place)) for place in self.dead_letter],
             "spec": {
                 "path": str(self.spec.path),
                 "version": self.spec.version,
@@ -185,10 +183,12 @@ def status(
     """Gather where the pipeline stands on the target; writes nothing."""
     stream = source_stream(spec, backend)
     shards = backend.list_shards(stream)
+    # None on AWS for a spec without a route: it never runs, so apply makes no table for it.
+    kept = backend.checkpoint_store_exists(spec.pipeline)
     earlier = None
     try:
-        checkpoints = backend.get_checkpoints(spec.pipeline, stream)
-        times = backend.checkpoint_times(spec.pipeline, stream)
+        checkpoints = backend.get_checkpoints(spec.pipeline, stream) if kept else {}
+        times = backend.checkpoint_times(spec.pipeline, stream) if kept else {}
     except EarlierStream as error:
         earlier = (
             f"the checkpoints are for {error.earlier}, not the one there now: "
@@ -205,9 +205,9 @@ def status(
             for shard in shards
         ],
         earlier=earlier,
-        holder=backend.run_holder(spec.pipeline),
+        holder=backend.run_holder(spec.pipeline) if kept else None,
         dead_letter=dead_letter_places(spec, backend, state_dir, sleep),
-        last_run=backend.get_run_info(spec.pipeline),
+        last_run=backend.get_run_info(spec.pipeline) if kept else None,
         now=now(),
     )
 
@@ -299,6 +299,11 @@ def _lines_in(path: Path) -> int:
         return 0
     except OSError as error:
         raise BackendError(f"cannot read {path}: {error.strerror}") from error
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that have a value: `behind` has records or millis, as the target counts."""
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def _checkpoint_text(shard: ShardStatus) -> str:
