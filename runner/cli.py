@@ -18,7 +18,9 @@ from runner.backends.base import BackendError
 from runner.commands import consume as consume_module
 from runner.commands import produce as produce_module
 from runner.commands import provision
+from runner.commands import reset as reset_module
 from runner.commands import run as run_command
+from runner.commands import status as status_module
 from runner.commands import validate as validate_command
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
@@ -308,9 +310,12 @@ def run(
 class PositionType(click.ParamType):
     name = "POSITION"
 
+    def __init__(self, sequences: bool = True) -> None:
+        self.sequences = sequences  # also at_sequence_number:SEQ and after_sequence_number:SEQ
+
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         try:
-            return parse_position(value, sequences=True)
+            return parse_position(value, sequences=self.sequences)
         except ValueError as error:
             self.fail(str(error), param, ctx)
 
@@ -455,3 +460,50 @@ def schema() -> None:
 
 def main() -> None:
     cli(prog_name="pipeline")
+
+
+@cli.command()
+@spec_argument
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@strict_option
+@target_options
+@reports_errors
+def status(spec: str, as_json: bool, strict: bool, target: Target) -> int:
+    """Where a pipeline stands: shards, checkpoints, lag, who runs it, the dead letter."""
+    loaded = target.load(spec, strict=strict, warn=say)
+    found = status_module.status(loaded, target.backend(loaded.region), target.state_dir)
+    if as_json:
+        click.echo(json.dumps(found.as_json(), indent=2))
+    else:
+        for line in found.lines():
+            click.echo(line)
+    return EXIT_OK
+
+
+@cli.command()
+@spec_argument
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=PositionType(sequences=False),
+    help="trim_horizon, latest or at_timestamp:ISO (e.g. at_timestamp:2026-11-26T12:00:00Z).",
+)
+@click.option("--shard", help="Move only this shard's checkpoint.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@strict_option
+@target_options
+@reports_errors
+def reset(spec: str, to: Any, shard: str | None, yes: bool, strict: bool, target: Target) -> int:
+    """Move the checkpoints of the source's shards, so that the next run reads from there."""
+    loaded = target.load(spec, strict=strict, warn=say)
+    reset_module.reset(
+        loaded,
+        target.backend(loaded.region),
+        to,
+        shard=shard,
+        confirm=lambda question: yes or click.confirm(question, abort=True),
+        report=click.echo,
+        wait_report=lambda line: say(f"[{loaded.pipeline}] {line}"),
+    )
+    return EXIT_OK

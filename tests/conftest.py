@@ -4,6 +4,12 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from moto import mock_aws
+
+from runner.backends.aws import AwsBackend, LeaseTiming
+from runner.backends.local import LocalBackend
+from runner.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -108,3 +114,67 @@ def aws_env(monkeypatch, tmp_path):
     for variable in (*CREDENTIALS, "AWS_SECURITY_TOKEN"):
         monkeypatch.setenv(variable, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+class CliTarget:
+    """`pipeline ARGS` through click's CliRunner on one target, with a state of its own, and
+    backends of that target for a test's own use."""
+
+    def __init__(self, name: str, state: Path) -> None:
+        self.name = name
+        self.state = state
+
+    def invoke(self, *args: str, input: str | None = None):
+        options = ["--target", self.name, "--state-dir", str(self.state)]
+        return CliRunner().invoke(cli, [*args, *options], input=input)
+
+    def backend(self, wall=None):
+        """A backend of the target; `wall` (epoch seconds) dates what it writes for people:
+        its checkpoints and run lock locally, its run lease's times on AWS."""
+        if self.name == "local":
+            return LocalBackend(self.state, **({"clock": wall} if wall else {}))
+        lease = LeaseTiming(**({"wall": wall} if wall else {}))
+        return AwsBackend("us-east-1", poll_s=0, lease=lease)
+
+
+@pytest.fixture(params=["local", "aws"])
+def cli_target(request, tmp_path):
+    """A CliTarget on the local target, and on AWS as moto fakes it in this process."""
+    target = CliTarget(request.param, tmp_path / "state")
+    if request.param == "local":
+        yield target
+        return
+    request.getfixturevalue("aws_env")
+    with mock_aws():
+        yield target
+
+
+# A pipeline of two source shards, with a dead-letter stream as the aws target needs.
+SHOP = """\
+pipeline: shop
+resources:
+  streams:
+    source: {name: shop-in, shards: 2}
+    out: {name: shop-out, shards: 1}
+    rejects: {name: shop-rejects, shards: 1}
+source: {stream: source}
+route:
+  partition_key: session_id
+  cases:
+    - to: out
+dead_letter: {stream: rejects}
+"""
+
+
+def shop_applied(target: CliTarget, tmp_path: Path, text: str = SHOP) -> Path:
+    """The spec written to tmp_path/shop.yaml and applied on the target; returns its path."""
+    path = tmp_path / "shop.yaml"
+    path.write_text(text)
+    done = target.invoke("apply", str(path))
+    assert done.exit_code == 0, done.output
+    return path
+
+
+def sessions(*ids: str) -> list[tuple[bytes, str]]:
+    """PutRecords entries of sessions with these ids, keyed by them."""
+    return [(json.dumps({"session_id": i}).encode(), i) for i in ids]

@@ -26,7 +26,7 @@ from conftest import PIPELINES
 from fakes import HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
-from runner.backends.aws import AwsBackend
+from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.base import (
     SHARD_END,
     BackendError,
@@ -35,6 +35,7 @@ from runner.backends.base import (
     IteratorExpired,
     LeaseLost,
     RoleDescription,
+    RunHolder,
     StreamDescription,
     StreamNotFound,
     Throttled,
@@ -1079,6 +1080,35 @@ def test_a_second_run_waits_and_is_refused_once_it_sees_the_holder_renew(
     assert clock.now == 20
     with other.running("shop"):  # free once the first run ends
         pass
+
+
+def test_the_lease_item_says_since_when_it_is_held_and_when_it_expires_unless_renewed(
+    backend, clock
+):
+    backend.create_checkpoint_store("shop")
+    timing = LeaseTiming(clock=clock, sleep=clock.sleep, wall=lambda: 1_800_000_000 + clock.now)
+    holder = AwsBackend("us-east-1", poll_s=0, lease=timing)
+    assert backend.run_holder("shop") is None
+
+    with holder.running("shop") as lease:
+        taken = lease_item(backend, "shop")
+        clock.advance(20)  # its first renewal is due
+        wait_until(lambda: lease_item(backend, "shop")["renewals"] == {"N": "1"})
+        found = backend.run_holder("shop")
+
+    assert (taken["since"], taken["expires"]) == (
+        {"S": "2027-01-15T08:00:00+00:00"},
+        {"S": "2027-01-15T08:01:00+00:00"},
+    )
+    assert found == RunHolder(
+        "lease",
+        lease.owner,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        since=datetime.datetime(2027, 1, 15, 8, 0, tzinfo=datetime.timezone.utc),
+        expires=datetime.datetime(2027, 1, 15, 8, 1, 20, tzinfo=datetime.timezone.utc),
+    )
+    assert backend.run_holder("shop") is None
 
 
 def test_a_lease_unchanged_for_a_whole_lease_period_is_taken_over(backend, clock):

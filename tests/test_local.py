@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -513,6 +514,44 @@ def test_a_state_file_of_the_previous_version_opens_with_its_checkpoints(tmp_pat
     assert str(error.value) == "checkpoints are for an earlier stream named events"
 
 
+# The state of the version before checkpoints were dated and runs recorded.
+UNDATED_SCHEMA = (
+    PREVIOUS_SCHEMA.replace(
+        "retention_hours INTEGER NOT NULL);",
+        "retention_hours INTEGER NOT NULL, uid TEXT, created_ms INTEGER);",
+    )
+    .replace(
+        "sequence TEXT NOT NULL, PRIMARY KEY",
+        "sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER, PRIMARY KEY",
+    )
+    .replace(
+        "VALUES ('events', 'ACTIVE', 24);", "VALUES ('events', 'ACTIVE', 24, 'u1', 1700000000000);"
+    )
+    .replace(
+        "VALUES ('shop', 'events', 'shardId-000000000000', '1');",
+        "VALUES ('shop', 'events', 'shardId-000000000000', '1', 'u1', 1700000000000);",
+    )
+)
+
+
+def test_a_state_file_of_the_version_before_dated_checkpoints_opens_and_dates_new_ones(
+    tmp_path, clock
+):
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        db.executescript(UNDATED_SCHEMA)
+    shard = "shardId-000000000000"
+
+    backend = LocalBackend(tmp_path, clock=clock)
+
+    assert backend.get_checkpoints("shop", "events") == {shard: "1"}
+    assert backend.checkpoint_times("shop", "events") == {shard: None}
+    assert backend.get_run_info("shop") is None
+    backend.set_checkpoint("shop", "events", shard, "2")
+    assert backend.checkpoint_times("shop", "events") == {
+        shard: datetime.datetime.fromtimestamp(START, datetime.timezone.utc)
+    }
+
+
 # Buckets
 
 
@@ -683,7 +722,8 @@ def test_a_pipeline_runs_once_at_a_time_on_a_state_folder(tmp_path):
         with second.running("other"):  # another pipeline is free to run
             pass
     assert str(caught.value) == (
-        f"pipeline shop is already running on {tmp_path} (pid {os.getpid()}); "
+        f"pipeline shop is already running on {tmp_path} ({socket.gethostname()} pid "
+        f"{os.getpid()}); "
         "two runs at once would write every record twice"
     )
     with second.running("shop"):  # free again once the first run ends

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -321,6 +322,7 @@ def test_a_second_run_of_the_same_pipeline_is_refused_while_one_runs(state):
     assert first.wait(timeout=30) == 0
     assert second.exit_code == 1
     assert second.stderr == (
-        f"error: pipeline de-c2w2lab1-etl is already running on {state} (pid {first.pid}); "
+        f"error: pipeline de-c2w2lab1-etl is already running on {state} "
+        f"({socket.gethostname()} pid {first.pid}); "
         "two runs at once would write every record twice\n"
     )

@@ -26,12 +26,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from runner.backends.base import (
@@ -41,6 +42,7 @@ from runner.backends.base import (
     AlreadyExists,
     Backend,
     BackendError,
+    Behind,
     EarlierStream,
     FirehoseDescription,
     IteratorExpired,
@@ -48,6 +50,8 @@ from runner.backends.base import (
     PutResult,
     Record,
     RecordBatch,
+    RunHolder,
+    RunInfo,
     Shard,
     StateLost,
     StreamDescription,
@@ -76,7 +80,8 @@ _SEQUENCE = re.compile(r"[0-9]{1,18}")  # local rowids; longer ones would overfl
 
 # Hash keys are decimal TEXT: 128-bit values overflow SQLite integers. A stream's uid tells
 # its lives apart (deleted and created again under one name); checkpoints keep the uid and the
-# creation time of the life they belong to.
+# creation time of the life they belong to, and when they were written. `runs` holds what each
+# pipeline's last run recorded for `pipeline status`.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL,
@@ -94,11 +99,13 @@ CREATE INDEX IF NOT EXISTS records_by_shard ON records (stream, shard_id, sequen
 CREATE INDEX IF NOT EXISTS records_by_arrival ON records (stream, arrival_ms);
 CREATE TABLE IF NOT EXISTS checkpoints (
     pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
-    sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER,
+    sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER, checkpointed_ms INTEGER,
     PRIMARY KEY (pipeline, stream, shard_id));
 CREATE TABLE IF NOT EXISTS firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owned (
     kind TEXT NOT NULL, name TEXT NOT NULL, pipeline TEXT NOT NULL, PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS runs (
+    pipeline TEXT PRIMARY KEY, spec_version TEXT NOT NULL, recorded_ms INTEGER NOT NULL);
 """
 
 
@@ -288,6 +295,26 @@ class LocalBackend(Backend):
             after = self._latest(db)
         return self._iterator(stream, shard_id, after), str(after)
 
+    def behind(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> Behind:
+        """How many retained records of the shard come after this position."""
+        iterator = self.get_shard_iterator(stream, shard_id, iterator_type, sequence, timestamp)
+        _, _, after, _ = _decode_iterator(iterator)
+        with self._tx() as db:
+            cutoff = self._now_ms() - self._stream(db, stream) * 3_600_000
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM records WHERE stream = ? AND shard_id = ? "
+                "AND sequence > ? AND arrival_ms >= ?",
+                (stream, shard_id, after, cutoff),
+            ).fetchone()
+        return Behind(records=count)
+
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
         """Up to `limit` records (and about 10 MiB) after the iterator's position."""
         check_get_records_limit(limit)
@@ -390,11 +417,7 @@ class LocalBackend(Backend):
             ).fetchone()
             if row is None or _is_later(sequence, row[0]):
                 life = self._lives.get(stream) or self._life(db, stream)
-                db.execute(
-                    "INSERT OR REPLACE INTO checkpoints (pipeline, stream, shard_id, sequence, "
-                    "stream_uid, stream_created_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                    (*key, sequence, *life),
-                )
+                self._write_checkpoint(db, key, sequence, life)
 
     def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
         """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
@@ -404,6 +427,58 @@ class LocalBackend(Backend):
                 "AND stream_uid IS NOT (SELECT uid FROM streams WHERE name = ?)",
                 (pipeline, stream, stream),
             )
+
+    def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
+        """shard id -> when its checkpoint was last written (None if before times were kept)."""
+        with self._tx() as db:
+            if "checkpointed_ms" not in _columns(db, "checkpoints"):
+                return {}  # an earlier version's state, opened read-only: never migrated
+            rows = db.execute(
+                "SELECT shard_id, checkpointed_ms FROM checkpoints "
+                "WHERE pipeline = ? AND stream = ?",
+                (pipeline, stream),
+            ).fetchall()
+        return {shard_id: None if ms is None else _utc(ms) for shard_id, ms in rows}
+
+    def reset_checkpoints(self, pipeline: str, stream: str, checkpoints: Mapping[str, str]) -> None:
+        """Replace these shards' checkpoints, whatever they were, in one transaction."""
+        for shard_id, sequence in checkpoints.items():
+            if sequence != SHARD_END and not is_start_mark(sequence):
+                _parse_sequence(sequence, f"checkpoint of {stream}/{shard_id}")
+        with self._tx(write=True) as db:
+            life = self._life(db, stream)  # the stream there now, whatever was read before
+            for shard_id, sequence in checkpoints.items():
+                self._write_checkpoint(db, (pipeline, stream, shard_id), sequence, life)
+
+    def _write_checkpoint(
+        self,
+        db: sqlite3.Connection,
+        key: tuple[str, str, str],
+        sequence: str,
+        life: tuple[str | None, int | None],
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO checkpoints (pipeline, stream, shard_id, sequence, "
+            "stream_uid, stream_created_ms, checkpointed_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*key, sequence, *life, self._now_ms()),
+        )
+
+    def set_run_info(self, pipeline: str, info: RunInfo) -> None:
+        with self._tx(write=True) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runs (pipeline, spec_version, recorded_ms) "
+                "VALUES (?, ?, ?)",
+                (pipeline, info.spec_version, int(info.recorded_at.timestamp() * 1000)),
+            )
+
+    def get_run_info(self, pipeline: str) -> RunInfo | None:
+        with self._tx() as db:
+            if not _columns(db, "runs"):
+                return None  # an earlier version's state, opened read-only: never migrated
+            row = db.execute(
+                "SELECT spec_version, recorded_ms FROM runs WHERE pipeline = ?", (pipeline,)
+            ).fetchone()
+        return RunInfo(row[0], _utc(row[1])) if row else None
 
     # Buckets
 
@@ -510,12 +585,13 @@ class LocalBackend(Backend):
         return [(kind, name) for kind, name in rows if kind != "bucket" or self.bucket_exists(name)]
 
     # Run locks: a file per pipeline, locked while a run holds it; the OS frees it if it dies.
+    # While locked, it names its holder: {"host": ..., "pid": ..., "since": ISO}.
 
     @contextlib.contextmanager
     def running(
         self, pipeline: str, report: Callable[[str], None] = lambda line: None
     ) -> Iterator[Lease]:
-        path = self.state_dir / "locks" / f"{pipeline}.lock"
+        path = self._lock_path(pipeline)
         self._check_writable()
         with disk_errors(path.parent, "create"):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -525,15 +601,16 @@ class LocalBackend(Backend):
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(lock, 200, 0).decode(errors="replace").strip()
+                holder = _lock_holder(os.pread(lock, _LOCK_TEXT_MAX, 0))
                 raise BackendError(
                     f"pipeline {pipeline} is already running on {self.state_dir} "
-                    f"({holder or 'another process'}); "
-                    "two runs at once would write every record twice"
+                    f"({holder.owner}); two runs at once would write every record twice"
                 ) from None
+            since = _utc(self._now_ms()).isoformat()
+            holder_text = {"host": socket.gethostname(), "pid": os.getpid(), "since": since}
             with disk_errors(path):
                 os.ftruncate(lock, 0)
-                os.pwrite(lock, f"pid {os.getpid()}".encode(), 0)
+                os.pwrite(lock, json.dumps(holder_text).encode(), 0)
             try:
                 yield Lease()  # held while the file is locked, and the OS unlocks it at exit
             finally:
@@ -541,6 +618,28 @@ class LocalBackend(Backend):
                     os.ftruncate(lock, 0)
         finally:
             os.close(lock)
+
+    def run_holder(self, pipeline: str) -> RunHolder | None:
+        """The run holding the pipeline's lock file, or None. It asks the OS for a shared lock
+        for a moment: granted only when no run holds the file, and let go at once."""
+        path = self._lock_path(pipeline)
+        with disk_errors(path, "read"):
+            try:
+                lock = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None  # never run here
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _lock_holder(os.pread(lock, _LOCK_TEXT_MAX, 0))
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(lock)
+
+    def _lock_path(self, pipeline: str) -> Path:
+        return self.state_dir / "locks" / f"{pipeline}.lock"
 
     # Internals
 
@@ -701,9 +800,11 @@ def _writable(folder: Path, db: Path) -> bool:
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a state file of an earlier version up to this schema, inside the open transaction:
-    its streams get a uid, and its checkpoints the life of the stream they were kept for."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(streams)")}
-    if "uid" in columns:
+    its streams get a uid, and its checkpoints the life of the stream they were kept for and
+    a column for when they are written (unknown for those written before)."""
+    if "checkpointed_ms" not in _columns(db, "checkpoints"):
+        db.execute("ALTER TABLE checkpoints ADD COLUMN checkpointed_ms INTEGER")
+    if "uid" in _columns(db, "streams"):
         return
     db.execute("ALTER TABLE streams ADD COLUMN uid TEXT")
     db.execute("ALTER TABLE streams ADD COLUMN created_ms INTEGER")  # unknown: left empty
@@ -722,6 +823,26 @@ def _own(db: sqlite3.Connection, kind: str, name: str, owner: str | None) -> Non
     db.execute("DELETE FROM owned WHERE kind = ? AND name = ?", (kind, name))
     if owner is not None:
         db.execute("INSERT INTO owned (kind, name, pipeline) VALUES (?, ?, ?)", (kind, name, owner))
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    """The columns of a table; none if it does not exist."""
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+_LOCK_TEXT_MAX = 1000  # bytes of a lock file read: far more than its holder's JSON
+
+
+def _lock_holder(text: bytes) -> RunHolder:
+    """Who holds a lock, from what its file says (empty while its holder is writing it)."""
+    try:
+        fields = json.loads(text)
+        host, pid = str(fields["host"]), int(fields["pid"])
+        since = datetime.datetime.fromisoformat(fields["since"])
+    except (ValueError, KeyError, TypeError):
+        # An earlier version wrote "pid N"; a holder that just took the lock, nothing yet.
+        return RunHolder("lock", text.decode(errors="replace").strip() or "another process")
+    return RunHolder("lock", f"{host} pid {pid}", host=host, pid=pid, since=since)
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:

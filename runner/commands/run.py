@@ -13,6 +13,7 @@ from runner.backends.base import Backend, BackendError, checkpoint_table
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Engine, RunOptions
 from runner.loop.patience import GaveUp
+from runner.loop.run_info import record_spec_version
 from runner.plural import count
 from runner.spec import Spec, SpecError
 
@@ -33,6 +34,7 @@ def run(
         raise SpecError([f"{spec.path}: {refusal}"])
     check_resources(spec, backend)
     with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
+        record_spec_version(backend, spec)  # for `pipeline status`
         # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
         engine = Engine(spec, backend, state_dir, options, report, lease=lease)
         try:

@@ -198,6 +198,7 @@ class _Builder:
             route=route,
             dead_letter=dead_letter,
             warnings=self.reader.warning_lines(),
+            version=self.reader.version,
         )
 
     def position(self, path: SpecPath, text: str) -> Position:

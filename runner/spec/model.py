@@ -87,6 +87,7 @@ class Spec:
     route: Route | None  # None: the spec only declares resources
     dead_letter: DeadLetterDestination | None  # None: a file in the state folder
     warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
+    version: str = ""  # a short hash of the file's bytes as loaded (spec_version)
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""

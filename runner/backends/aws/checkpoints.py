@@ -3,14 +3,16 @@
 Checkpoints are keyed by stream and shard, their sequence numbers zero-padded to 64 digits so
 that a conditional write can keep them from moving backwards by comparing text. Each keeps the
 ARN and creation time of the stream it was written for: a stream deleted and created again
-keeps its ARN, and its old checkpoints must not be taken for the new one's.
+keeps its ARN, and its old checkpoints must not be taken for the new one's; and when it was
+written. Beside them, items no stream is named like: the run lease (`#run-lock`) and what the
+last run recorded for `pipeline status` (`#run-info`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -21,6 +23,7 @@ from runner.backends.aws.lease import (
     LEASE_KEY,
     LeaseTiming,
     RunLease,
+    lease_holder,
     new_owner,
     take,
 )
@@ -29,6 +32,8 @@ from runner.backends.base import (
     SHARD_END,
     BackendError,
     EarlierStream,
+    RunHolder,
+    RunInfo,
     StreamNotFound,
     Throttled,
     checkpoint_table,
@@ -36,6 +41,8 @@ from runner.backends.base import (
 )
 
 SEQUENCE_DIGITS = 64
+
+RUN_INFO_KEY = {"stream": {"S": "#run-info"}, "shard_id": {"S": "#run-info"}}
 
 # Why DynamoDB may cancel a transaction that a later try can get through.
 _PASSING = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
@@ -123,37 +130,56 @@ class CheckpointsMixin(AwsSession):
         """Move the checkpoint forward; an older sequence, or any after SHARD_END, is ignored,
         and a start mark is written only where there is no checkpoint."""
         condition = "attribute_not_exists(#s) OR #s < :new"
-        if sequence == SHARD_END:
-            stored = sequence
-        elif is_start_mark(sequence):
-            stored, condition = sequence, "attribute_not_exists(#s)"
-        elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
-            stored = sequence.zfill(SEQUENCE_DIGITS)
-        else:
-            raise BackendError(
-                f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
-            )
-        update, names, values = "SET #s = :new", {"#s": "sequence"}, {":new": {"S": stored}}
+        if is_start_mark(sequence):
+            condition = "attribute_not_exists(#s)"
         life = self._lives().get(stream) or self._stream_life(stream)
-        if life is not None:
-            update += ", #arn = :arn, #created = :created"
-            names.update(_LIFE_NAMES)
-            values.update({":arn": {"S": life[0]}, ":created": {"S": life[1]}})
+        update = _checkpoint_update(stream, shard_id, sequence, life)
         with self._checkpoint_table(pipeline, during_run=True) as table:
             try:
                 self._update_checkpoint(
-                    pipeline,
-                    TableName=table,
-                    Key={"stream": {"S": stream}, "shard_id": {"S": shard_id}},
-                    UpdateExpression=update,
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
+                    pipeline, TableName=table, ConditionExpression=condition, **update
                 )
             except ClientError as error:
                 # An equal or later checkpoint is already there; keep it.
                 if error_code(error) != "ConditionalCheckFailedException":
                     raise
+
+    def reset_checkpoints(self, pipeline: str, stream: str, checkpoints: Mapping[str, str]) -> None:
+        """Replace these shards' checkpoints, whatever they were, for the stream there now;
+        while this backend holds the run lease, each only if the lease still names it."""
+        life = self._stream_life(stream)  # the stream there now, whatever was read before
+        updates = [_checkpoint_update(stream, s, seq, life) for s, seq in checkpoints.items()]
+        with self._checkpoint_table(pipeline) as table:
+            for update in updates:
+                self._update_checkpoint(pipeline, TableName=table, **update)
+
+    def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
+        """shard id -> when its checkpoint was last written (None if before times were kept)."""
+        return {
+            item["shard_id"]["S"]: (
+                datetime.datetime.fromisoformat(item["checkpointed_at"]["S"])
+                if "checkpointed_at" in item
+                else None
+            )
+            for item in self._checkpoint_items(pipeline, stream)
+        }
+
+    def set_run_info(self, pipeline: str, info: RunInfo) -> None:
+        """Write the `#run-info` item beside the checkpoints."""
+        item = {
+            **RUN_INFO_KEY,
+            "spec_version": {"S": info.spec_version},
+            "recorded_at": {"S": info.recorded_at.isoformat()},
+        }
+        with self._checkpoint_table(pipeline) as table:
+            self._client("dynamodb").put_item(TableName=table, Item=item)
+
+    def get_run_info(self, pipeline: str) -> RunInfo | None:
+        item = self._table_item(pipeline, RUN_INFO_KEY)
+        if item is None:
+            return None
+        recorded = datetime.datetime.fromisoformat(item["recorded_at"]["S"])
+        return RunInfo(item["spec_version"]["S"], recorded)
 
     def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
         """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
@@ -235,6 +261,17 @@ class CheckpointsMixin(AwsSession):
             del self._leases[pipeline]
             lease.release()
 
+    def run_holder(self, pipeline: str) -> RunHolder | None:
+        """Who the lease item names, or None when there is none; takes nothing."""
+        item = self._table_item(pipeline, LEASE_KEY)
+        return None if item is None else lease_holder(item)
+
+    def _table_item(self, pipeline: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """An item of the pipeline's checkpoint table, as last written, or None."""
+        with self._checkpoint_table(pipeline) as table:
+            dynamodb = self._client("dynamodb")
+            return dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+
     def close(self) -> None:
         with self._lock:
             if self._lease_dynamodb is not None:
@@ -301,6 +338,35 @@ class CheckpointsMixin(AwsSession):
 
 
 _LIFE_NAMES = {"#arn": "stream_arn", "#created": "stream_created"}
+
+
+def _checkpoint_update(
+    stream: str, shard_id: str, sequence: str, life: tuple[str, str] | None
+) -> dict[str, Any]:
+    """The UpdateItem parameters (but a condition) writing this checkpoint, the life of the
+    stream it is for, and now as when it was written."""
+    if sequence == SHARD_END or is_start_mark(sequence):
+        stored = sequence
+    elif sequence.isascii() and sequence.isdigit() and len(sequence) <= SEQUENCE_DIGITS:
+        stored = sequence.zfill(SEQUENCE_DIGITS)
+    else:
+        raise BackendError(
+            f"checkpoint of {stream}/{shard_id}: '{sequence}' is not a sequence number"
+        )
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    update = "SET #s = :new, #at = :at"
+    names = {"#s": "sequence", "#at": "checkpointed_at"}
+    values = {":new": {"S": stored}, ":at": {"S": now}}
+    if life is not None:
+        update += ", #arn = :arn, #created = :created"
+        names.update(_LIFE_NAMES)
+        values.update({":arn": {"S": life[0]}, ":created": {"S": life[1]}})
+    return {
+        "Key": {"stream": {"S": stream}, "shard_id": {"S": shard_id}},
+        "UpdateExpression": update,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
 
 
 def _life_of(item: dict[str, Any]) -> tuple[str, str] | None:

@@ -7,11 +7,14 @@ was a process of this machine that is gone. The holder renews it every third of 
 writes only while its last renewal began less than three quarters of a lease ago: by the time
 another run may take the lease over, the holder has stopped writing, whatever the wall clocks
 of the two machines say. Each take writes a new epoch, and checkpoints are written on the
-condition that the item still names this run and epoch (checkpoints.py).
+condition that the item still names this run and epoch (checkpoints.py). The item also says,
+for people (`pipeline status`), since when the run holds it and when it expires unless renewed,
+on the holder's wall clock; no decision is made by those times.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
@@ -26,7 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from runner.backends.aws.errors import error_code
-from runner.backends.base import BackendError, Lease, LeaseLost
+from runner.backends.base import BackendError, Lease, LeaseLost, RunHolder
 
 # The lease's item; no stream is named like this, so no checkpoint can collide with it.
 LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
@@ -41,11 +44,16 @@ _STOPPED = "stopped without writing or checkpointing further"
 @dataclass(frozen=True)
 class LeaseTiming:
     """How long a run's lease lasts after its last renewal, and the monotonic clock and the
-    sleep it is kept by (tests pass fakes)."""
+    sleep it is kept by (tests pass fakes); `wall` only dates the item for people."""
 
     seconds: float = 60.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    wall: Callable[[], float] = time.time
+
+    def expires(self) -> dict[str, Any]:
+        """The item's `expires`, as DynamoDB writes it: a lease from now, on the wall clock."""
+        return {"S": _iso(self.wall() + self.seconds)}
 
     @property
     def safe(self) -> float:
@@ -93,7 +101,7 @@ def take(
                 timing.sleep(min(timing.seconds / 12, timing.seconds - waited))
                 continue
             condition = _as_seen(found)
-        item = _item(owner)
+        item = _item(owner, timing)
         began = timing.clock()
         try:
             client.put_item(TableName=table, Item=item, **condition)
@@ -185,8 +193,12 @@ class RunLease(Lease):
                 self._client.update_item(
                     TableName=self.table,
                     Key=LEASE_KEY,
-                    UpdateExpression="SET #renewals = #renewals + :one",
-                    **_with(self.mine(), {"#renewals": "renewals"}, {":one": {"N": "1"}}),
+                    UpdateExpression="SET #renewals = #renewals + :one, #expires = :expires",
+                    **_with(
+                        self.mine(),
+                        {"#renewals": "renewals", "#expires": "expires"},
+                        {":one": {"N": "1"}, ":expires": self._timing.expires()},
+                    ),
                 )
             except ClientError as error:
                 if error_code(error) == "ConditionalCheckFailedException":
@@ -213,8 +225,9 @@ _FREE = {
 }
 
 
-def _item(owner: str) -> dict[str, Any]:
-    """The lease item of a run taking it: who it is, where its pid is numbered, a new epoch."""
+def _item(owner: str, timing: LeaseTiming) -> dict[str, Any]:
+    """The lease item of a run taking it: who it is, where its pid is numbered, a new epoch,
+    and for people since when it holds it and when it expires unless renewed."""
     return {
         **LEASE_KEY,
         "owner": {"S": owner},
@@ -223,7 +236,32 @@ def _item(owner: str) -> dict[str, Any]:
         "host": {"S": socket.gethostname()},
         "pid_namespace": {"S": _pid_namespace()},
         "pid": {"N": str(os.getpid())},
+        "since": {"S": _iso(timing.wall())},
+        "expires": timing.expires(),
     }
+
+
+def lease_holder(item: dict[str, Any]) -> RunHolder:
+    """Who a lease item names, as `pipeline status` shows it; items written before the times
+    were kept have none."""
+    pid = item.get("pid", {}).get("N")
+    return RunHolder(
+        "lease",
+        item["owner"]["S"],
+        host=item.get("host", {}).get("S"),
+        pid=None if pid is None else int(pid),
+        since=_moment(item.get("since")),
+        expires=_moment(item.get("expires")),
+        gone=_died_here(item),
+    )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
+
+
+def _moment(value: dict[str, str] | None) -> datetime.datetime | None:
+    return None if value is None else datetime.datetime.fromisoformat(value["S"])
 
 
 def _as_seen(item: dict[str, Any]) -> dict[str, Any]:

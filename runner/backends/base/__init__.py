@@ -19,6 +19,8 @@ from runner.backends.base.checkpoints import (
     START_MARK,
     Checkpoints,
     Lease,
+    RunHolder,
+    RunInfo,
     checkpoint_table,
     is_start_mark,
     parse_start_mark,
@@ -39,6 +41,7 @@ from runner.backends.base.firehoses import FirehoseDescription, Firehoses
 from runner.backends.base.ownership import KINDS, Ownership
 from runner.backends.base.streams import (
     ITERATOR_TYPES,
+    Behind,
     PutResult,
     Record,
     RecordBatch,
@@ -58,6 +61,7 @@ __all__ = [
     "AlreadyExists",
     "Backend",
     "BackendError",
+    "Behind",
     "EarlierStream",
     "FirehoseDescription",
     "IteratorExpired",
@@ -67,6 +71,8 @@ __all__ = [
     "Record",
     "RecordBatch",
     "RoleDescription",
+    "RunHolder",
+    "RunInfo",
     "Shard",
     "StateLost",
     "StreamDescription",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from runner.backends.base.errors import LeaseLost
 
@@ -53,6 +54,32 @@ def checkpoint_table(pipeline: str) -> str:
     return f"{pipeline}-checkpoints"
 
 
+@dataclass(frozen=True)
+class RunHolder:
+    """Who holds a pipeline's run lock (local) or lease (AWS), as the target tells it."""
+
+    kind: str  # "lock" or "lease"
+    owner: str  # as runs name it: "HOST pid PID" (a lock), "HOST pid PID run ID" (a lease)
+    host: str | None = None
+    pid: int | None = None
+    since: datetime.datetime | None = None  # when it was taken
+    expires: datetime.datetime | None = None  # a lease's end unless renewed; None for a lock
+    gone: bool = False  # its process is known to have ended: the next run takes it over
+
+    def left_over(self, now: datetime.datetime) -> bool:
+        """Whether no run holds it any more, only its item is left (a lease its run no longer
+        renews), as far as this machine's clock tells."""
+        return self.gone or (self.expires is not None and self.expires <= now)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the last run of a pipeline recorded for `pipeline status`."""
+
+    spec_version: str  # the spec file's version it runs (spec_version)
+    recorded_at: datetime.datetime  # when it took that version up
+
+
 class Lease:
     """A run's hold on its pipeline, which the loop checks before every write and checkpoint.
 
@@ -86,6 +113,24 @@ class Checkpoints(abc.ABC):
     def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
         """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
 
+    @abc.abstractmethod
+    def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
+        """shard id -> when its checkpoint was last written (None if before times were kept)."""
+
+    @abc.abstractmethod
+    def reset_checkpoints(self, pipeline: str, stream: str, checkpoints: Mapping[str, str]) -> None:
+        """Replace these shards' checkpoints (shard id -> sequence number, SHARD_END or a start
+        mark) whatever they were, even later ones, for the stream there now: `pipeline reset`,
+        holding the run lock."""
+
+    @abc.abstractmethod
+    def set_run_info(self, pipeline: str, info: RunInfo) -> None:
+        """Record what the pipeline's run uses now (its spec version), for `pipeline status`."""
+
+    @abc.abstractmethod
+    def get_run_info(self, pipeline: str) -> RunInfo | None:
+        """What the pipeline's last run recorded, or None if no run did."""
+
     # Only a target whose checkpoints live off the machine needs a store made for them: a
     # DynamoDB table on AWS.
     def checkpoint_store_exists(self, pipeline: str) -> bool:
@@ -107,3 +152,8 @@ class Checkpoints(abc.ABC):
         BackendError when another run holds it; `report` gets a line while it waits for one.
         The default locks nothing."""
         yield Lease()
+
+    def run_holder(self, pipeline: str) -> RunHolder | None:
+        """Who holds the pipeline's run lock or lease now, or None; takes nothing. The default
+        locks nothing, so no one holds it."""
+        return None

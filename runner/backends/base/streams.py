@@ -68,6 +68,15 @@ class RecordBatch:
 
 
 @dataclass(frozen=True)
+class Behind:
+    """How far a reader at some position is behind a shard's newest record: in records where
+    the target can count them (local), else in milliseconds (Kinesis' MillisBehindLatest)."""
+
+    records: int | None = None
+    millis: int | None = None
+
+
+@dataclass(frozen=True)
 class PutResult:
     """One entry of a PutRecords answer: a sequence number, or an error for that entry only."""
 
@@ -119,6 +128,19 @@ class Streams(abc.ABC):
     def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
         """A LATEST iterator, and a checkpoint at or before its position (a sequence number or
         a start mark), from which a restart reads every record put after it."""
+
+    def behind(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> Behind:
+        """How far a reader at this position is behind the shard's newest record. The default
+        reads one record there and takes the answer's MillisBehindLatest."""
+        iterator = self.get_shard_iterator(stream, shard_id, iterator_type, sequence, timestamp)
+        return Behind(millis=self.get_records(iterator, limit=1).millis_behind)
 
     @abc.abstractmethod
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:

@@ -1,0 +1,336 @@
+"""`pipeline status`: where a pipeline stands, on one screen or as JSON for scripts.
+
+Per source shard: open or closed, its checkpoint, how far behind it is and when it was last
+checkpointed; who holds the run lock or lease; where the dead letter is and how many entries
+wait there; and whether the spec file differs from the version the last run used.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.backends import CHECKPOINTS_OFF_MACHINE
+from runner.backends.base import (
+    SHARD_END,
+    Backend,
+    BackendError,
+    Behind,
+    EarlierStream,
+    RunHolder,
+    RunInfo,
+    Shard,
+    is_start_mark,
+    parse_start_mark,
+)
+from runner.loop.dead_letter import DeadLetter
+from runner.loop.reader import FORGET_OPTION, StreamReader
+from runner.spec import Position, Spec
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    shard: Shard
+    checkpoint: str | None  # a sequence number, SHARD_END, a start mark, or None
+    starts_at: Position | None  # where the next run reads it from, if none of it was handled
+    behind: Behind
+    checkpointed_at: datetime.datetime | None
+
+
+@dataclass(frozen=True)
+class DeadLetterPlace:
+    where: str  # e.g. "stream shop-rejects"
+    entries: int
+    objects: int | None = None  # in a bucket: how many objects hold them
+
+
+@dataclass(frozen=True)
+class Status:
+    spec: Spec
+    location: str  # where the target looks, e.g. "the local target in .pipeline"
+    stream: str
+    shards: list[ShardStatus]
+    earlier: str | None  # why the checkpoints are not shown: they are an earlier stream's
+    holder: RunHolder | None
+    dead_letter: list[DeadLetterPlace]
+    last_run: RunInfo | None
+    now: datetime.datetime
+
+    @property
+    def differs(self) -> bool | None:
+        """Whether the spec file differs from the version the last run used (None: no run)."""
+        return None if self.last_run is None else self.last_run.spec_version != self.spec.version
+
+    def as_json(self) -> dict[str, Any]:
+        holder = self.holder
+        return {
+            "pipeline": self.spec.pipeline,
+            "target": self.location,
+            "stream": self.stream,
+            "shards": [
+                {
+                    "shard": s.shard.shard_id,
+                    "open": s.shard.is_open,
+                    "checkpoint": s.checkpoint,
+                    "starts_at": None if s.starts_at is None else str(s.starts_at),
+                    "behind": _given(vars(s.behind)),
+                    "checkpointed_at": _iso(s.checkpointed_at),
+                }
+                for s in self.shards
+            ],
+            "checkpoints_error": self.earlier,
+            "running": None
+            if holder is None
+            else {
+                "by": holder.kind,
+                "owner": holder.owner,
+                "host": holder.host,
+                "pid": holder.pid,
+                "since": _iso(holder.since),
+                "expires": _iso(holder.expires),
+                "left_over": holder.left_over(self.now),
+            },
+            "dead_letter": [_given(vars(place)) for place in self.dead_letter],
+            "spec": {
+                "path": str(self.spec.path),
+                "version": self.spec.version,
+                "last_run": None
+                if self.last_run is None
+                else {
+                    "version": self.last_run.spec_version,
+                    "recorded_at": _iso(self.last_run.recorded_at),
+                },
+                "differs": self.differs,
+            },
+        }
+
+    def lines(self) -> list[str]:
+        count = len(self.shards)
+        lines = [
+            f"pipeline {self.spec.pipeline} on {self.location}",
+            f"source: stream {self.stream}, {count} shard{'' if count == 1 else 's'}",
+        ]
+        if self.earlier:
+            lines.append(f"  {self.earlier}")
+        rows = [("shard", "state", "checkpoint", "behind", "checkpointed")]
+        rows += [
+            (
+                s.shard.shard_id,
+                "open" if s.shard.is_open else "closed",
+                _checkpoint_text(s),
+                _behind_text(s.behind),
+                _when(s.checkpointed_at) if s.checkpointed_at else "-",
+            )
+            for s in self.shards
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines += ["  " + "  ".join(map(str.ljust, row, widths)) for row in rows]
+        lines.append(f"run: {self._run_text()}")
+        lines += [f"dead letter: {line}" for line in self._dead_letter_lines()]
+        lines.append(f"spec: {self._spec_text()}")
+        return [line.rstrip() for line in lines]
+
+    def _run_text(self) -> str:
+        holder = self.holder
+        if holder is None:
+            return "not running"
+        held = held_by(holder)
+        if holder.gone:
+            return f"not running ({held}, whose process is gone: the next run takes it over)"
+        if holder.left_over(self.now):
+            return (
+                f"not running ({held}, expired {_when(holder.expires)}: the next run takes it "
+                "over once it sees it unrenewed for a whole lease)"
+            )
+        expires = f", expires {_when(holder.expires)} unless renewed" if holder.expires else ""
+        return f"running ({held}{expires})"
+
+    def _dead_letter_lines(self) -> list[str]:
+        if not self.dead_letter:
+            return ["none declared (`pipeline run` refuses this spec on this target)"]
+        lines = []
+        for place in self.dead_letter:
+            entries = _count(place.entries, "entry", "entries")
+            objects = f" in {_count(place.objects, 'object')}" if place.objects is not None else ""
+            lines.append(f"{place.where}: {entries}{objects}")
+        return lines
+
+    def _spec_text(self) -> str:
+        version, last = self.spec.version, self.last_run
+        if last is None:
+            return f"{self.spec.path} version {version}; no run recorded one yet"
+        since = _when(last.recorded_at)
+        if self.differs:
+            return (
+                f"{self.spec.path} differs from what the last run used: version {version} "
+                f"on disk, {last.spec_version} used since {since}"
+            )
+        return f"{self.spec.path} version {version}, as the last run used since {since}"
+
+
+def status(
+    spec: Spec,
+    backend: Backend,
+    state_dir: Path,
+    *,
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc),
+    sleep: Callable[[float], None] = time.sleep,
+) -> Status:
+    """Gather where the pipeline stands on the target; writes nothing."""
+    stream = source_stream(spec, backend)
+    shards = backend.list_shards(stream)
+    # None on AWS for a spec without a route: it never runs, so apply makes no table for it.
+    kept = backend.checkpoint_store_exists(spec.pipeline)
+    earlier = None
+    try:
+        checkpoints = backend.get_checkpoints(spec.pipeline, stream) if kept else {}
+        times = backend.checkpoint_times(spec.pipeline, stream) if kept else {}
+    except EarlierStream as error:
+        earlier = (
+            f"the checkpoints are for {error.earlier}, not the one there now: "
+            f"`pipeline run {FORGET_OPTION}` deletes them and starts at {spec.source.start}"
+        )
+        checkpoints, times = {}, {}
+    finished = {shard for shard, value in checkpoints.items() if value == SHARD_END}
+    return Status(
+        spec=spec,
+        location=backend.location,
+        stream=stream,
+        shards=[
+            _shard_status(backend, stream, shard, checkpoints, times, spec.source.start, finished)
+            for shard in shards
+        ],
+        earlier=earlier,
+        holder=backend.run_holder(spec.pipeline) if kept else None,
+        dead_letter=dead_letter_places(spec, backend, state_dir, sleep),
+        last_run=backend.get_run_info(spec.pipeline) if kept else None,
+        now=now(),
+    )
+
+
+def source_stream(spec: Spec, backend: Backend) -> str:
+    """The name of the spec's source stream; raises, saying what to do, if it does not exist."""
+    stream = spec.streams[spec.source.stream].name
+    if backend.describe_stream(stream) is None:
+        raise BackendError(
+            f"stream {stream} not found on {backend.location}: run `pipeline apply {spec.path}` "
+            "first"
+        )
+    return stream
+
+
+def held_by(holder: RunHolder) -> str:
+    """E.g. 'lock held by host pid 12 since 2026-11-26 12:00:00 UTC'."""
+    since = f" since {_when(holder.since)}" if holder.since else ""
+    return f"{holder.kind} held by {holder.owner}{since}"
+
+
+def _shard_status(
+    backend: Backend,
+    stream: str,
+    shard: Shard,
+    checkpoints: dict[str, str],
+    times: dict[str, datetime.datetime | None],
+    start: Position,
+    finished: set[str],
+) -> ShardStatus:
+    checkpoint = checkpoints.get(shard.shard_id)
+    starts_at = None
+    if checkpoint is None:
+        # As the reader does: a child of a shard read to its end starts at its beginning.
+        parents = {shard.parent_shard_id, shard.adjacent_parent_shard_id}
+        starts_at = Position() if parents & finished else start
+    elif is_start_mark(checkpoint):
+        starts_at = Position(*parse_start_mark(checkpoint))
+    if starts_at is not None:
+        position = (starts_at.iterator_type, starts_at.sequence, starts_at.timestamp)
+    elif checkpoint == SHARD_END:
+        position = ("AFTER_SEQUENCE_NUMBER", shard.ending_sequence, None)
+    else:
+        position = ("AFTER_SEQUENCE_NUMBER", checkpoint, None)
+    behind = backend.behind(stream, shard.shard_id, *position)
+    return ShardStatus(shard, checkpoint, starts_at, behind, times.get(shard.shard_id))
+
+
+def dead_letter_places(
+    spec: Spec, backend: Backend, state_dir: Path, sleep: Callable[[float], None] = time.sleep
+) -> list[DeadLetterPlace]:
+    """Where the pipeline's dead-letter entries are, and how many: the declared bucket or
+    stream, and the file in the state folder (on the local target, where entries too large
+    for a dead-letter stream go too). None where the target allows no file and none is declared."""
+    dead_letter = DeadLetter(spec, backend, state_dir)
+    if dead_letter.bucket is not None:
+        keys = backend.list_objects(dead_letter.bucket, dead_letter.prefix)
+        lines = sum(backend.get_object(dead_letter.bucket, key).count(b"\n") for key in keys)
+        return [DeadLetterPlace(dead_letter.where(), lines, objects=len(keys))]
+    places = []
+    if dead_letter.sink is not None:
+        entries = _records_in(backend, dead_letter.sink.stream, sleep)
+        places.append(DeadLetterPlace(dead_letter.where(), entries))
+    if backend.name not in CHECKPOINTS_OFF_MACHINE:
+        in_file = _lines_in(dead_letter.path)
+        if in_file or dead_letter.sink is None:
+            places.append(DeadLetterPlace(f"file {dead_letter.path}", in_file))
+    return places
+
+
+def _records_in(backend: Backend, stream: str, sleep: Callable[[float], None]) -> int:
+    """How many records the stream holds, read from its trim horizon to its end."""
+    reader = StreamReader(backend, stream)
+    count = 0
+    while True:
+        batches = reader.poll()
+        count += sum(len(batch.records) for batch in batches)
+        if reader.caught_up or reader.done:
+            return count
+        if not any(batch.records for batch in batches):
+            sleep(reader.wait_time())
+
+
+def _lines_in(path: Path) -> int:
+    try:
+        with path.open("rb") as file:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+    except OSError as error:
+        raise BackendError(f"cannot read {path}: {error.strerror}") from error
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that have a value: `behind` has records or millis, as the target counts."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _checkpoint_text(shard: ShardStatus) -> str:
+    if shard.starts_at is None:
+        return str(shard.checkpoint)  # a sequence number or SHARD_END
+    if shard.checkpoint is None:
+        return f"none: will start at {shard.starts_at}"
+    return f"not started: will start at {shard.starts_at}"
+
+
+def _behind_text(behind: Behind) -> str:
+    if behind.records is not None:
+        return _count(behind.records, "record")
+    return f"{behind.millis} ms"
+
+
+def _count(number: int, what: str, plural: str | None = None) -> str:
+    return f"{number} {what if number == 1 else plural or what + 's'}"
+
+
+def _when(moment: datetime.datetime | None) -> str:
+    if moment is None:
+        return "?"
+    return f"{moment.astimezone(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _iso(moment: datetime.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")
