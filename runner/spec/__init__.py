@@ -12,6 +12,7 @@ from runner.spec.model import (
     Stream,
     dead_letter_off_machine,
     needs_dead_letter_off_machine,
+    version,
 )
 from runner.spec.position import Position, parse_position, parse_timestamp
 
@@ -31,4 +32,5 @@ __all__ = [
     "parse_position",
     "parse_timestamp",
     "schema",
+    "version",
 ]

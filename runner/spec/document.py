@@ -56,6 +56,7 @@ class Reader:
         self.key_marks: dict[SpecPath, tuple[int, int]] = {}
         self.problems: list[tuple[int, int, str]] = []
         self.warnings: list[tuple[int, int, str]] = []
+        self.raw = b""  # the bytes read
 
     def problem(
         self,
@@ -109,6 +110,7 @@ class Reader:
             raise SpecError([f"{self.path}: is a directory, not a spec file"]) from None
         except OSError as error:
             raise SpecError([f"{self.path}: cannot read: {error.strerror}"]) from None
+        self.raw = raw
         if len(raw) > MAX_SPEC_BYTES:
             told = f"{size} bytes" if size > MAX_SPEC_BYTES else "over 1 MiB"
             raise self.fail(
