@@ -284,6 +284,12 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     metavar="SECONDS",
     help="Fail the run when a service it needs keeps failing (or cannot be reached) this long.",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Follow edits of SPEC: swap in each valid saved version between rounds (once "
+    "`pipeline apply` made what it needs).",
+)
 @strict_option
 @target_options
 @reports_errors
@@ -293,6 +299,7 @@ def run(
     max_records: int | None,
     forget_old_checkpoints: bool,
     give_up_after: float,
+    watch: bool,
     strict: bool,
     target: Target,
 ) -> int:
@@ -304,7 +311,9 @@ def run(
         forget_old_checkpoints=forget_old_checkpoints,
         give_up_after=give_up_after,
     )
-    return run_command.run(loaded, target.backend(loaded.region), target.state_dir, options, say)
+    reload = functools.partial(target.load, spec, strict=strict, warn=say) if watch else None
+    backend = target.backend(loaded.region)
+    return run_command.run(loaded, backend, target.state_dir, options, say, reload=reload)
 
 
 class PositionType(click.ParamType):

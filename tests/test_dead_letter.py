@@ -50,6 +50,7 @@ def test_entries_go_to_the_declared_stream_and_locally_what_is_too_big_to_the_fi
     assert {k: v for k, v in entry.items() if k != "dead_lettered_at"} == {
         "reason": "not JSON: Expecting property name at column 2",
         "pipeline": "shop",
+        "spec_version": spec.version(WITH_STREAM.encode()),  # the one that judged the record
         "stream": "in",
         "shard": "shardId-0",
         "sequence": "7",

@@ -1,5 +1,6 @@
 import copy
 import datetime
+import hashlib
 
 import pytest
 import yaml
@@ -60,6 +61,15 @@ def test_the_plain_producer_consumer_spec_declares_one_stream_and_no_route():
     loaded = spec.load(PIPELINES / "cli-router.yaml")
     assert [s.name for s in loaded.streams.values()] == ["de-c2w2lab1-kinesis-data-stream-cli"]
     assert loaded.route is None
+
+
+def test_a_spec_knows_its_version_the_start_of_the_sha256_of_its_bytes(write_spec):
+    path = write_spec(MINIMAL)
+    digest = hashlib.sha256(MINIMAL.encode()).hexdigest()[:12]
+
+    assert spec.load(path).version == spec.version(path) == spec.version(MINIMAL.encode())
+    assert spec.version(path) == digest
+    assert spec.load(write_spec(MINIMAL + "# a comment\n")).version != digest
 
 
 def test_a_mistyped_key_is_named_where_it_stands_with_a_suggestion(write_spec):

@@ -13,6 +13,7 @@ from runner.backends.base import Backend, BackendError, checkpoint_table
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Engine, RunOptions
 from runner.loop.patience import GaveUp
+from runner.loop.reload import Reloads
 from runner.loop.run_info import record_spec_version
 from runner.plural import count
 from runner.spec import Spec, SpecError
@@ -24,19 +25,20 @@ def run(
     state_dir: Path,
     options: RunOptions,
     report: Callable[[str], None],
+    reload: Callable[[], Spec] | None = None,
 ) -> int:
     """`pipeline run`: check the resources, take the run lock, run the loop, report what it
-    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock."""
-    if spec.route is None:
-        raise SpecError([f"{spec.path}: has no route, so there is nothing to run"])
-    refusal = run_refusal(spec, backend.name)
-    if refusal:
-        raise SpecError([f"{spec.path}: {refusal}"])
+    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock.
+    With `reload` (`--watch`), which loads the spec file again, the run follows its edits."""
+    refused = refusal(spec, backend.name)
+    if refused:
+        raise SpecError([f"{spec.path}: {refused}"])
     check_resources(spec, backend)
+    follow = reloads(backend, reload) if reload else None
     with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
         record_spec_version(backend, spec)  # for `pipeline status`
         # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
-        engine = Engine(spec, backend, state_dir, options, report, lease=lease)
+        engine = Engine(spec, backend, state_dir, options, report, lease=lease, reloads=follow)
         try:
             return _run(engine, report)
         except GaveUp as error:
@@ -82,13 +84,41 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
             f"{count(delivery.records, 'record')} in {count(len(delivery.objects), 'object')} "
             f"to bucket {delivery.bucket}"
         )
-    if engine.dead_letter.count:
-        report(f"[{spec.pipeline}] dead letter: {engine.dead_letter.summary()}")
+    for dead_letter in engine.dead_letters:  # more than one if a reload moved it
+        if dead_letter.count:
+            report(f"[{spec.pipeline}] dead letter: {dead_letter.summary()}")
     return 0
+
+
+def reloads(backend: Backend, load: Callable[[], Spec]) -> Reloads:
+    """How a run following its spec file (`--watch`) gets a new version (`load`) and checks
+    it as a start does."""
+    return Reloads(
+        load=load,
+        refusal=lambda new: refusal(new, backend.name),
+        missing=lambda new: missing_resources(new, backend),
+    )
+
+
+def refusal(spec: Spec, target: str) -> str | None:
+    """Why `pipeline run` refuses the spec on `target` whatever exists there, or None."""
+    if spec.route is None:
+        return "has no route, so there is nothing to run"
+    return run_refusal(spec, target)
 
 
 def check_resources(spec: Spec, backend: Backend) -> None:
     """Refuse to run when a stream or bucket the run uses does not exist."""
+    missing = missing_resources(spec, backend)
+    if missing:
+        raise BackendError(
+            f"{', '.join(missing)} not found on {backend.location}: "
+            f"run `pipeline apply {spec.path}` first"
+        )
+
+
+def missing_resources(spec: Spec, backend: Backend) -> list[str]:
+    """What the run of `spec` uses that does not exist, e.g. ['stream usa-out']."""
     missing = [
         f"stream {stream.name}"
         for stream in spec.streams.values()
@@ -104,8 +134,4 @@ def check_resources(spec: Spec, backend: Backend) -> None:
     ]
     if not backend.checkpoint_store_exists(spec.pipeline):
         missing.append(f"checkpoint table {checkpoint_table(spec.pipeline)}")
-    if missing:
-        raise BackendError(
-            f"{', '.join(missing)} not found on {backend.location}: "
-            f"run `pipeline apply {spec.path}` first"
-        )
+    return missing

@@ -1,10 +1,11 @@
 """The dead letter: where a record that cannot be delivered goes, with why and where it was.
 
-Each entry holds the reason, the source stream, shard and sequence number, the partition key,
-the arrival time and the original bytes (base64, plus the text when it is UTF-8). It is a
-declared stream or a declared bucket when the spec names one, otherwise
-`<state-dir>/dead-letter/<pipeline>.jsonl`. In a bucket, each write is one JSON Lines object
-keyed like Firehose's: prefix + YYYY/MM/DD/HH/ + <pipeline>-1-YYYY-MM-DD-HH-MM-SS-<uuid>.
+Each entry holds the reason, the version of the spec that judged the record (`spec.version`),
+the source stream, shard and sequence number, the partition key, the arrival time and the
+original bytes (base64, plus the text when it is UTF-8). It is a declared stream or a declared
+bucket when the spec names one, otherwise `<state-dir>/dead-letter/<pipeline>.jsonl`. In a
+bucket, each write is one JSON Lines object keyed like Firehose's: prefix + YYYY/MM/DD/HH/ +
+<pipeline>-1-YYYY-MM-DD-HH-MM-SS-<uuid>.
 
 Where the checkpoints live off this machine (the aws target), nothing they move past may live
 only in its state folder: a run there needs a stream or a bucket, and an entry too large for a
@@ -37,8 +38,10 @@ from runner.plural import count
 from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
 
 
-def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record) -> dict:
-    """A dead-letter entry for one record."""
+def entry(
+    reason: str, pipeline: str, stream: str, shard_id: str, record: Record, spec_version: str = ""
+) -> dict:
+    """A dead-letter entry for one record, judged by the spec of `spec_version`."""
     try:
         text = record.data.decode("utf-8")
     except UnicodeDecodeError:
@@ -46,6 +49,7 @@ def entry(reason: str, pipeline: str, stream: str, shard_id: str, record: Record
     return {
         "reason": reason,
         "pipeline": pipeline,
+        "spec_version": spec_version,
         "stream": stream,
         "shard": shard_id,
         "sequence": record.sequence,
@@ -83,6 +87,7 @@ class DeadLetter:
         patience: Patience | None = None,
     ) -> None:
         self.pipeline = spec.pipeline
+        self.spec_version = spec.version  # of the spec judging the records added
         self.backend = backend
         self.now = now
         self.report = report
@@ -126,7 +131,7 @@ class DeadLetter:
         return f"{records}: " + ", ".join(f"{number} in {where}" for number, where in places)
 
     def add(self, reason: str, stream: str, shard_id: str, record: Record) -> None:
-        found = entry(reason, self.pipeline, stream, shard_id, record)
+        found = entry(reason, self.pipeline, stream, shard_id, record, self.spec_version)
         data = _line(found)
         if self.sink is not None and not _fits(data, record.partition_key):
             data = self._compacted(found, record)

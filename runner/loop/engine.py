@@ -3,6 +3,7 @@
 At-least-once: a shard's checkpoint moves only after every record before it is in a sink or in
 the dead letter, so a crash re-reads at most the batch in flight. SIGINT/SIGTERM stop reading;
 what was read is written and checkpointed, every record routed is delivered, and the run exits 0.
+A new version of the spec (`--watch`, see `reload`) is swapped in between rounds.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
+from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
+from runner.loop.run_info import record_spec_version
 from runner.loop.sink import Sink
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 from runner.spec import Spec
@@ -77,6 +80,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         lease: Lease | None = None,
+        reloads: Reloads | None = None,  # None: the run keeps its spec, saying once if it changed
     ) -> None:
         self.lease = lease or Lease()
         # The loop uses the backend through this, so that it writes (sinks, the dead letter,
@@ -100,16 +104,13 @@ class Engine:
             clock=clock,
             sleep=sleep,
         )
-        self.sinks = {
-            key: Sink(backend, spec.streams[key].name, sleep=sleep, patience=self.patience)
-            for key in _routed(spec)
-        }
-        self.dead_letter = DeadLetter(
-            spec,
-            backend,
-            state_dir,
-            report=lambda line: report(f"[{spec.pipeline}] {line}"),
-            patience=self.patience,
+        self._made_sinks: dict[str, Sink] = {}  # by stream name, also those routed no more
+        self.sinks = {key: self._sink(spec.streams[key].name) for key in routed(spec)}
+        self.state_dir = state_dir
+        self.dead_letter = self._dead_letter(spec)
+        self.dead_letters = [self.dead_letter]  # the current one last
+        self.watch = SpecWatch(
+            spec, reloads, report, clock, delivers=not backend.delivers_firehoses
         )
         self.deliveries = (
             []
@@ -151,6 +152,8 @@ class Engine:
                 handled = self._round()
                 if handled is None:
                     break
+                if new := self.watch.poll():  # between rounds: after this one's checkpoints
+                    self._swap(new)
                 if handled:
                     first_read = polled if first_read is None else first_read
                     self.counts.busy_s = self.clock() - first_read
@@ -173,6 +176,34 @@ class Engine:
             self._finish_deliveries()
         self.counts.lag_ms = self.reader.lag_ms
         return self.counts
+
+    def _sink(self, stream: str) -> Sink:
+        if stream not in self._made_sinks:
+            self._made_sinks[stream] = Sink(
+                self.backend, stream, sleep=self.sleep, patience=self.patience
+            )
+        return self._made_sinks[stream]
+
+    def _dead_letter(self, spec: Spec) -> DeadLetter:
+        return DeadLetter(
+            spec,
+            self.backend,
+            self.state_dir,
+            report=lambda line: self.report(f"[{spec.pipeline}] {line}"),
+            patience=self.patience,
+        )
+
+    def _swap(self, new: Spec) -> None:
+        """Handle the next rounds with a new version of the spec (one with the same source,
+        start and deliveries: `watch` refuses others)."""
+        self.journey = Journey(new.transform, new.route)
+        self.sinks = {key: self._sink(new.streams[key].name) for key in routed(new)}
+        if dead_letter_place(new) != dead_letter_place(self.spec):
+            self.dead_letter = self._dead_letter(new)
+            self.dead_letters.append(self.dead_letter)
+        self.dead_letter.spec_version = new.version
+        self.spec = new
+        record_spec_version(self.backend, new)  # `pipeline status` shows the version in use
 
     def _limit_reached(self) -> bool:
         limit = self.options.max_records
@@ -265,12 +296,8 @@ class Engine:
 
     def _written_to(self, stream: str) -> dict[str, int]:
         """Shard id -> highest sequence number this run put into `stream`."""
-        written: dict[str, int] = {}
-        for sink in self.sinks.values():
-            if sink.stream == stream:
-                for shard_id, sequence in sink.written.items():
-                    written[shard_id] = max(sequence, written.get(shard_id, -1))
-        return written
+        sink = self._made_sinks.get(stream)
+        return dict(sink.written) if sink else {}
 
 
 class _Fenced:
@@ -295,10 +322,6 @@ class _Fenced:
     def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
         self._lease.check()
         self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
-
-
-def _routed(spec: Spec) -> list[str]:
-    return list(dict.fromkeys(case.to for case in spec.route.cases)) if spec.route else []
 
 
 class _StopOnSignals:

@@ -2,7 +2,7 @@
 (`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in."""
 
 from runner.spec.checks import check_prefix, load
-from runner.spec.document import SpecError, schema, spec_version
+from runner.spec.document import SpecError, schema
 from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
@@ -12,6 +12,7 @@ from runner.spec.model import (
     Stream,
     dead_letter_off_machine,
     needs_dead_letter_off_machine,
+    version,
 )
 from runner.spec.position import Position, parse_position, parse_timestamp
 
@@ -31,5 +32,5 @@ __all__ = [
     "parse_position",
     "parse_timestamp",
     "schema",
-    "spec_version",
+    "version",
 ]

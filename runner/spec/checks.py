@@ -26,7 +26,15 @@ from runner.spec.document import (
     format_path,
     validate_shape,
 )
-from runner.spec.model import Bucket, DeadLetterDestination, Firehose, Source, Spec, Stream
+from runner.spec.model import (
+    Bucket,
+    DeadLetterDestination,
+    Firehose,
+    Source,
+    Spec,
+    Stream,
+    version,
+)
 from runner.spec.position import Position, parse_position
 
 __all__ = ["check_prefix", "load"]
@@ -198,7 +206,7 @@ class _Builder:
             route=route,
             dead_letter=dead_letter,
             warnings=self.reader.warning_lines(),
-            version=self.reader.version,
+            version=version(self.reader.raw),
         )
 
     def position(self, path: SpecPath, text: str) -> Position:

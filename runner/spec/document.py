@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import datetime
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -44,11 +43,6 @@ def schema() -> dict:
     return json.loads(resources.files("runner").joinpath(SCHEMA_FILE).read_text("utf-8"))
 
 
-def spec_version(text: bytes) -> str:
-    """A spec's version: a short hash of its file's bytes, which changes with any edit."""
-    return hashlib.sha256(text).hexdigest()[:12]
-
-
 def _in_order(located: list[tuple[int, int, str]]) -> list[str]:
     return list(dict.fromkeys(text for _, _, text in sorted(located)))
 
@@ -62,7 +56,7 @@ class Reader:
         self.key_marks: dict[SpecPath, tuple[int, int]] = {}
         self.problems: list[tuple[int, int, str]] = []
         self.warnings: list[tuple[int, int, str]] = []
-        self.version = ""  # of the bytes read, once read
+        self.raw = b""  # the bytes read
 
     def problem(
         self,
@@ -116,7 +110,7 @@ class Reader:
             raise SpecError([f"{self.path}: is a directory, not a spec file"]) from None
         except OSError as error:
             raise SpecError([f"{self.path}: cannot read: {error.strerror}"]) from None
-        self.version = spec_version(raw)
+        self.raw = raw
         if len(raw) > MAX_SPEC_BYTES:
             told = f"{size} bytes" if size > MAX_SPEC_BYTES else "over 1 MiB"
             raise self.fail(

@@ -3,6 +3,8 @@ to use without looking at the YAML again."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,13 @@ def needs_dead_letter_off_machine(where: str) -> str:
     )
 
 
+def version(spec: bytes | str | os.PathLike) -> str:
+    """A spec's version: the start of the sha256 of its file's bytes (given, or read from the
+    path), so that two runs, a dead-letter entry and the file on disk can be compared."""
+    data = spec if isinstance(spec, bytes) else Path(spec).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Source:
     stream: str  # a key of streams
@@ -87,7 +96,7 @@ class Spec:
     route: Route | None  # None: the spec only declares resources
     dead_letter: DeadLetterDestination | None  # None: a file in the state folder
     warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
-    version: str = ""  # a short hash of the file's bytes as loaded (spec_version)
+    version: str = ""  # version() of the bytes it was loaded from
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""
