@@ -95,6 +95,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER,
     PRIMARY KEY (pipeline, stream, shard_id));
 CREATE TABLE IF NOT EXISTS firehoses (name TEXT PRIMARY KEY, settings TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (
+    pipeline TEXT NOT NULL, name TEXT NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (pipeline, name));
 """
 
 
@@ -398,6 +401,22 @@ class LocalBackend(Backend):
                 "AND stream_uid IS NOT (SELECT uid FROM streams WHERE name = ?)",
                 (pipeline, stream, stream),
             )
+
+    def get_note(self, pipeline: str, name: str) -> str | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT text FROM notes WHERE pipeline = ? AND name = ?", (pipeline, name)
+            ).fetchone()
+        return row[0] if row else None
+
+    def set_note(self, pipeline: str, name: str, text: str | None) -> None:
+        with self._tx(write=True) as db:
+            db.execute("DELETE FROM notes WHERE pipeline = ? AND name = ?", (pipeline, name))
+            if text is not None:
+                db.execute(
+                    "INSERT INTO notes (pipeline, name, text) VALUES (?, ?, ?)",
+                    (pipeline, name, text),
+                )
 
     # Buckets
 
