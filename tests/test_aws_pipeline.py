@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO
 from fakes import HungRenewals, VirtualClock, wait_until
-from moto.server import ThreadedMotoServer
 
 from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
@@ -37,20 +36,10 @@ USA = "de-c2w2lab1-usa-data-stream"
 INTERNATIONAL = "de-c2w2lab1-international-data-stream"
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 # A moto server in a process of its own: two of them keep apart what they hold, which two
 # ThreadedMotoServers in this process would not (moto's state is global to a process).
 MOTO_SERVER = """\
 import sys
-from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print("http://%s:%d" % server.get_host_and_port(), flush=True)
