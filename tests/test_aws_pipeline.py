@@ -40,6 +40,7 @@ INTERNATIONAL = "de-c2w2lab1-international-data-stream"
 # ThreadedMotoServers in this process would not (moto's state is global to a process).
 MOTO_SERVER = """\
 import sys
+from moto.server import ThreadedMotoServer
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print("http://%s:%d" % server.get_host_and_port(), flush=True)
