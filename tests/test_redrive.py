@@ -575,3 +575,31 @@ def test_positions_in_a_dead_letter_stream_created_again_are_forgotten_not_appli
         f"[shop] done: {SUMMARY}",
     ]
     assert setup.sinks() == {"usa-out": ["a", "a1", "d"], "other-out": ["a", "a1", "b", "b1", "d"]}
+
+
+def test_a_dry_run_after_a_redrive_was_cut_short_shows_what_is_not_written_again(
+    tmp_path, monkeypatch, fixed_clock
+):
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    setup = Setup(tmp_path, "local", "file")
+    setup.dead_letter_broken()
+    killed = KilledAt(setup.backend(), 4, after=False)  # the move past its one batch
+    with pytest.raises(Killed):
+        redrive_with(setup, killed, batch_size=5)  # once it wrote to the sinks and dead letter
+
+    result = setup.cli("redrive", setup.fixed, "--dry-run")
+
+    path = setup.state / "dead-letter" / "shop.jsonl"
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"[shop] dry run, nothing is written: 6 entries wait in file {path}",
+        f"[shop] the last redrive of file {path} was cut short in a batch; of what it wrote "
+        "then, 3 records in sinks and 2 entries in the dead letter are not written again",
+        *(f"line {n}: already redriven" for n in (1, 2, 3, 4)),
+        f"line 5: dead letter: {OBJECT_KEY}",  # what it wrote to the dead letter waits
+        f"line 6: dead letter: {NOT_JSON}",
+        "6 entries: 4 already redriven, 2 dead-lettered",
+    ]
+    assert setup.cli("redrive", setup.fixed).exit_code == 0
+    assert setup.sinks() == SINKS
+    assert setup.waiting() == {f"file {path}": 2}
