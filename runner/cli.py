@@ -18,6 +18,7 @@ from runner.backends.base import BackendError
 from runner.commands import consume as consume_module
 from runner.commands import produce as produce_module
 from runner.commands import provision
+from runner.commands import redrive as redrive_module
 from runner.commands import reset as reset_module
 from runner.commands import run as run_command
 from runner.commands import status as status_module
@@ -465,6 +466,22 @@ def consume(
 def schema() -> None:
     """Print the spec's JSON Schema."""
     click.echo(json.dumps(spec_module.schema(), indent=2))
+
+
+@cli.command()
+@spec_argument
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would become of each entry; write nothing."
+)
+@strict_option
+@target_options
+@reports_errors
+def redrive(spec: str, dry_run: bool, strict: bool, target: Target) -> int:
+    """Send what waits in the dead letter through the spec again, after a fix."""
+    loaded = target.load(spec, strict=strict, warn=say)
+    backend = target.backend(loaded.region)
+    out = StandardOutput()
+    return redrive_module.redrive(loaded, backend, target.state_dir, say, out, dry_run=dry_run)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.local import LocalBackend
@@ -95,6 +96,16 @@ def removed_state(state):
         "what it wrote since is lost: start the command again "
         "(after `pipeline apply SPEC` if the state is new)"
     )
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """A moto server on 127.0.0.1, shared by the tests of a module."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")

@@ -1182,6 +1182,35 @@ def test_a_checkpoint_moves_only_while_the_lease_names_this_run(backend):
     assert lease_holder(backend, "shop") == "elsewhere.example pid 7 run 0badf00d"
 
 
+def test_a_note_is_kept_beside_the_checkpoints_and_written_only_while_the_lease_is_ours(
+    backend,
+):
+    backend.create_checkpoint_store("shop")
+    backend.set_note("shop", "redrive:rejects", '{"log": "x"}')  # no run lease held: as it is
+
+    with backend.running("shop"):
+        assert backend.get_note("shop", "redrive:rejects") == '{"log": "x"}'
+        backend.set_note("shop", "redrive:rejects", None)
+        assert backend.get_note("shop", "redrive:rejects") is None
+        backend.set_note("shop", "redrive:rejects", "kept")
+        hold_lease(backend, "shop", "elsewhere.example", 7)  # as if another run took over
+        with pytest.raises(LeaseLost) as lost:
+            backend.set_note("shop", "redrive:rejects", "not kept")
+
+    assert str(lost.value) == LOST.format("elsewhere.example pid 7 run 0badf00d")
+    assert backend.get_note("shop", "redrive:rejects") == "kept"
+
+
+def test_checkpoints_under_a_name_no_stream_has_ask_kinesis_nothing(backend):
+    backend.create_checkpoint_store("shop")
+    described = count_calls(backend._client("kinesis"), "DescribeStreamSummary")
+
+    backend.set_checkpoint("shop", "#redrive:file", "shop.jsonl@1f2e", "120")
+
+    assert backend.get_checkpoints("shop", "#redrive:file") == {"shop.jsonl@1f2e": "120"}
+    assert described == []  # AWS would refuse the name: streams have no '#'
+
+
 def test_a_lease_left_by_a_dead_run_of_this_machine_is_taken_at_once(backend):
     backend.create_checkpoint_store("shop")
     pid = gone_pid()

@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO, without_usa
 from fakes import HungRenewals, VirtualClock, wait_until
-from moto.server import ThreadedMotoServer
 
 from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
@@ -36,15 +35,6 @@ ACCOUNT = "123456789012"  # moto's account
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
 USA = "de-c2w2lab1-usa-data-stream"
 INTERNATIONAL = "de-c2w2lab1-international-data-stream"
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 # A moto server in a process of its own: two of them keep apart what they hold, which two

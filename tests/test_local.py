@@ -414,6 +414,18 @@ def test_checkpoints_never_move_backwards(backend):
     assert backend.get_checkpoints("other", "events") == {}
 
 
+def test_a_note_is_kept_beside_the_checkpoints_across_processes(backend, tmp_path):
+    backend.set_note("shop", "redrive:rejects", '{"log": "x"}')
+    backend.set_note("other", "redrive:rejects", "another pipeline's")
+
+    again = LocalBackend(tmp_path / "state")
+    assert again.get_note("shop", "redrive:rejects") == '{"log": "x"}'
+    again.set_note("shop", "redrive:rejects", None)
+    assert backend.get_note("shop", "redrive:rejects") is None
+    assert backend.get_note("other", "redrive:rejects") == "another pipeline's"
+    again.close()
+
+
 def test_a_checkpoint_must_be_a_sequence_number(backend):
     with pytest.raises(BackendError, match="'latest' is not a sequence number$"):
         backend.set_checkpoint("shop", "events", "shardId-000000000000", "latest")

@@ -106,6 +106,9 @@ CREATE TABLE IF NOT EXISTS owned (
     kind TEXT NOT NULL, name TEXT NOT NULL, pipeline TEXT NOT NULL, PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS runs (
     pipeline TEXT PRIMARY KEY, spec_version TEXT NOT NULL, recorded_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (
+    pipeline TEXT NOT NULL, name TEXT NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (pipeline, name));
 """
 
 
@@ -479,6 +482,22 @@ class LocalBackend(Backend):
                 "SELECT spec_version, recorded_ms FROM runs WHERE pipeline = ?", (pipeline,)
             ).fetchone()
         return RunInfo(row[0], _utc(row[1])) if row else None
+
+    def get_note(self, pipeline: str, name: str) -> str | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT text FROM notes WHERE pipeline = ? AND name = ?", (pipeline, name)
+            ).fetchone()
+        return row[0] if row else None
+
+    def set_note(self, pipeline: str, name: str, text: str | None) -> None:
+        with self._tx(write=True) as db:
+            db.execute("DELETE FROM notes WHERE pipeline = ? AND name = ?", (pipeline, name))
+            if text is not None:
+                db.execute(
+                    "INSERT INTO notes (pipeline, name, text) VALUES (?, ?, ?)",
+                    (pipeline, name, text),
+                )
 
     # Buckets
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import IO
 
 from runner.plural import count
-from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
+from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey, Outcome
 from runner.spec import Spec, SpecError
 
 
@@ -33,44 +33,44 @@ def preview(
         if not data.strip():
             continue
         records += 1
-        outcome = journey.process(data)
-        if outcome.kind == DEAD_LETTER:
-            counts["dead-lettered"] += 1
-            fate = {"dead_letter": outcome.reason}
-            text = f"line {number}: dead letter: {outcome.reason}"
-        elif outcome.kind == DROPPED:
-            counts["dropped"] += 1
-            fate = {"dropped": outcome.reason}
-            text = f"line {number}: dropped: {outcome.reason}"
-        elif outcome.kind == FILTERED:
-            counts["filtered"] += 1
-            fate = {"filtered": True}
-            text = f"line {number}: filtered"
-        else:
-            counts.update(f"to {sink}" for sink in outcome.sinks)
-            record = outcome.payload.decode("utf-8").rstrip("\n")
-            routes = [
-                {
-                    "to": sink,
-                    "stream": spec.streams[sink].name,
-                    "partition_key": outcome.partition_key,
-                }
-                for sink in outcome.sinks
-            ]
-            fate = {"routes": routes, "record": json.loads(record)}
-            text = (
-                "\n".join(
-                    f"line {number}: to {r['to']} ({r['stream']}), "
-                    f"partition key {r['partition_key']!r}"
-                    for r in routes
-                )
-                + f"\n  {record}"
-            )
+        counted, fate, text = describe(spec, f"line {number}", journey.process(data))
+        counts.update(counted)
         if jsonl:
             out.write(json.dumps({"line": number, **fate}, ensure_ascii=False) + "\n")
         else:
             out.write(text + "\n")
     if not jsonl:
-        tally = ", ".join(f"{number} {what}" for what, number in sorted(counts.items()))
-        out.write(count(records, "record") + (f": {tally}" if tally else "") + "\n")
+        out.write(tally(count(records, "record"), counts) + "\n")
     return 0
+
+
+def describe(spec: Spec, name: str, outcome: Outcome) -> tuple[list[str], dict, str]:
+    """A record's fate, for a person and for scripts: what it counts as, a JSON object, and
+    lines of text beginning with `name` (e.g. 'line 3')."""
+    if outcome.kind == DEAD_LETTER:
+        return (
+            ["dead-lettered"],
+            {"dead_letter": outcome.reason},
+            f"{name}: dead letter: {outcome.reason}",
+        )
+    if outcome.kind == DROPPED:
+        return ["dropped"], {"dropped": outcome.reason}, f"{name}: dropped: {outcome.reason}"
+    if outcome.kind == FILTERED:
+        return ["filtered"], {"filtered": True}, f"{name}: filtered"
+    record = outcome.payload.decode("utf-8").rstrip("\n")
+    routes = [
+        {"to": sink, "stream": spec.streams[sink].name, "partition_key": outcome.partition_key}
+        for sink in outcome.sinks
+    ]
+    text = "\n".join(
+        f"{name}: to {r['to']} ({r['stream']}), partition key {r['partition_key']!r}"
+        for r in routes
+    )
+    counted = [f"to {sink}" for sink in outcome.sinks]
+    return counted, {"routes": routes, "record": json.loads(record)}, f"{text}\n  {record}"
+
+
+def tally(total: str, counts: Counter[str]) -> str:
+    """E.g. '3 records' + ': 1 dead-lettered, 2 to usa'."""
+    fates = ", ".join(f"{count} {fate}" for fate, count in sorted(counts.items()))
+    return total + (f": {fates}" if fates else "")

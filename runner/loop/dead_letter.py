@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.backends import CHECKPOINTS_OFF_MACHINE
@@ -59,6 +60,35 @@ def entry(
         "data": text,
         "data_base64": base64.b64encode(record.data).decode("ascii"),
     }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What an entry read back holds: the original record and where it was read."""
+
+    record: Record
+    stream: str
+    shard: str
+
+    @property
+    def identity(self) -> str:
+        """The original record's place, the same in every entry made for it."""
+        return f"{self.stream} {self.shard} {self.record.sequence}"
+
+
+def read_entry(line: bytes) -> Entry | None:
+    """The entry a line of the dead letter holds, or None if it holds none."""
+    try:
+        found = json.loads(line)
+        record = Record(
+            sequence=str(found["sequence"]),
+            partition_key=str(found["partition_key"]),
+            data=base64.b64decode(found["data_base64"], validate=True),
+            arrival=datetime.datetime.fromisoformat(found["arrival"]),
+        )
+        return Entry(record, str(found["stream"]), str(found["shard"]))
+    except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
+        return None
 
 
 def run_refusal(spec: Spec, target: str) -> str | None:
@@ -104,6 +134,7 @@ class DeadLetter:
         # Only where the state folder lasts as long as the checkpoints (the local target).
         self.file_allowed = backend.name not in CHECKPOINTS_OFF_MACHINE
         self._pending: list[tuple[bytes, str]] = []
+        self._next_key: str | None = None
         self.count = 0
         self.in_file = 0  # entries written to the file, stream or not
         self.objects: list[str] = []  # keys of the objects written to the bucket
@@ -152,6 +183,13 @@ class DeadLetter:
             "no checkpoint moved past this record"
         )
 
+    def next_object(self) -> str | None:
+        """In a bucket, the key of the object the next write puts its entries in, chosen now,
+        so that a caller may note where they will be (redrive); None for other forms."""
+        if self.bucket is not None and self._next_key is None:
+            self._next_key = object_key(self.prefix, self.pipeline, self.now())
+        return self._next_key
+
     def write(self) -> None:
         """Make every added entry durable before the caller checkpoints past it."""
         if not self._pending:
@@ -159,9 +197,10 @@ class DeadLetter:
         pending, self._pending = self._pending, []
         if self.bucket is not None:
             # One object per write; an object, unlike a stream record, has no 1 MiB limit.
-            key = object_key(self.prefix, self.pipeline, self.now())
+            key = self.next_object()
             body = b"".join(data for data, _ in pending)
             self.patience.retry(lambda: self.backend.put_object(self.bucket, key, body))
+            self._next_key = None
             self.objects.append(key)
             self.count += len(pending)
             return

@@ -85,7 +85,7 @@ class Engine:
         self.lease = lease or Lease()
         # The loop uses the backend through this, so that it writes (sinks, the dead letter,
         # deliveries, checkpoints) nothing once the run no longer holds its lease.
-        backend = _Fenced(backend, self.lease)
+        backend = Fenced(backend, self.lease)
         self.spec = spec
         self.backend = backend
         self.options = options
@@ -248,7 +248,7 @@ class Engine:
         for key, entries in outgoing.items():
             if entries:
                 self.sinks[key].put(entries)
-        self.lease.check()  # the dead letter may be a local file, which _Fenced does not see
+        self.lease.check()  # the dead letter may be a local file, which Fenced does not see
         self.dead_letter.write()
         for shard_id, sequence in checkpoints:
             self._checkpoint(shard_id, sequence)
@@ -300,7 +300,7 @@ class Engine:
         return dict(sink.written) if sink else {}
 
 
-class _Fenced:
+class Fenced:
     """The backend as the loop writes to it: each write first checks the run's lease, so that a
     run that lost it, or can no longer be sure of it, writes and checkpoints nothing more."""
 

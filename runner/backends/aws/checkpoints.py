@@ -136,8 +136,8 @@ class CheckpointsMixin(AwsSession):
         update = _checkpoint_update(stream, shard_id, sequence, life)
         with self._checkpoint_table(pipeline, during_run=True) as table:
             try:
-                self._update_checkpoint(
-                    pipeline, TableName=table, ConditionExpression=condition, **update
+                self._write_fenced(
+                    pipeline, "Update", TableName=table, ConditionExpression=condition, **update
                 )
             except ClientError as error:
                 # An equal or later checkpoint is already there; keep it.
@@ -151,7 +151,7 @@ class CheckpointsMixin(AwsSession):
         updates = [_checkpoint_update(stream, s, seq, life) for s, seq in checkpoints.items()]
         with self._checkpoint_table(pipeline) as table:
             for update in updates:
-                self._update_checkpoint(pipeline, TableName=table, **update)
+                self._write_fenced(pipeline, "Update", TableName=table, **update)
 
     def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
         """shard id -> when its checkpoint was last written (None if before times were kept)."""
@@ -226,6 +226,8 @@ class CheckpointsMixin(AwsSession):
 
     def _stream_life(self, stream: str) -> tuple[str, str] | None:
         """The stream's ARN and creation time (ISO), or None if it does not exist."""
+        if stream.startswith("#"):
+            return None  # items kept beside the checkpoints, such as redrive positions
         try:
             with backend_errors(f"stream '{stream}'", missing=StreamNotFound):
                 answer = self._client("kinesis").describe_stream_summary(StreamName=stream)
@@ -286,18 +288,36 @@ class CheckpointsMixin(AwsSession):
                 self._lease_dynamodb = self._new_client("dynamodb", LEASE_CALLS)
             return self._lease_dynamodb
 
-    def _update_checkpoint(self, pipeline: str, **update: Any) -> None:
-        """UpdateItem of a checkpoint; while this backend holds the pipeline's run lease, in one
-        transaction with a check that the lease still names this run: LeaseLost if it does not,
-        and nothing if only the update's own condition fails (a later checkpoint is there)."""
+    def get_note(self, pipeline: str, name: str) -> str | None:
+        with self._checkpoint_table(pipeline) as table:
+            found = self._client("dynamodb").get_item(
+                TableName=table, Key=_note_key(name), ConsistentRead=True
+            )
+        item = found.get("Item")
+        return item["text"]["S"] if item else None
+
+    def set_note(self, pipeline: str, name: str, text: str | None) -> None:
+        with self._checkpoint_table(pipeline, during_run=True) as table:
+            if text is None:
+                self._write_fenced(pipeline, "Delete", TableName=table, Key=_note_key(name))
+            else:
+                item = {**_note_key(name), "text": {"S": text}}
+                self._write_fenced(pipeline, "Put", TableName=table, Item=item)
+
+    def _write_fenced(self, pipeline: str, kind: str, **write: Any) -> None:
+        """An Update, Put or Delete of an item of the checkpoint table; while this backend holds
+        the pipeline's run lease, in one transaction with a check that the lease still names
+        this run: LeaseLost if it does not, and nothing if only the write's own condition fails
+        (a later checkpoint is there)."""
         lease = self._leases.get(pipeline)
         if lease is None:
-            self._client("dynamodb").update_item(**update)
+            call = {"Update": "update_item", "Put": "put_item", "Delete": "delete_item"}[kind]
+            getattr(self._client("dynamodb"), call)(**write)
             return
-        mine = {"TableName": update["TableName"], "Key": LEASE_KEY, **lease.mine()}
+        mine = {"TableName": write["TableName"], "Key": LEASE_KEY, **lease.mine()}
         try:
             self._client("dynamodb").transact_write_items(
-                TransactItems=[{"ConditionCheck": mine}, {"Update": update}]
+                TransactItems=[{"ConditionCheck": mine}, {kind: write}]
             )
         except ClientError as error:
             if error_code(error) != "TransactionCanceledException":
@@ -310,7 +330,7 @@ class CheckpointsMixin(AwsSession):
                 return
             if _PASSING.intersection(codes):
                 raise Throttled(
-                    f"checkpoint table '{update['TableName']}': TransactWriteItems cancelled "
+                    f"checkpoint table '{write['TableName']}': TransactWriteItems cancelled "
                     f"({', '.join(map(str, codes))})"
                 ) from error
             raise
@@ -367,6 +387,11 @@ def _checkpoint_update(
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": values,
     }
+
+
+def _note_key(name: str) -> dict[str, Any]:
+    # No stream is named "#note", so no checkpoint can collide with a note.
+    return {"stream": {"S": "#note"}, "shard_id": {"S": name}}
 
 
 def _life_of(item: dict[str, Any]) -> tuple[str, str] | None:

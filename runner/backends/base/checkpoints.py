@@ -131,6 +131,16 @@ class Checkpoints(abc.ABC):
     def get_run_info(self, pipeline: str) -> RunInfo | None:
         """What the pipeline's last run recorded, or None if no run did."""
 
+    @abc.abstractmethod
+    def get_note(self, pipeline: str, name: str) -> str | None:
+        """The text kept under `name` beside the pipeline's checkpoints, or None."""
+
+    @abc.abstractmethod
+    def set_note(self, pipeline: str, name: str, text: str | None) -> None:
+        """Keep a small text (under 300 KB) beside the pipeline's checkpoints, where they live
+        (such as what a redrive is about to write); None deletes it. While this process holds
+        the pipeline's run lease, written only if the lease still names it, as checkpoints."""
+
     # Only a target whose checkpoints live off the machine needs a store made for them: a
     # DynamoDB table on AWS.
     def checkpoint_store_exists(self, pipeline: str) -> bool:
