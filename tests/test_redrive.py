@@ -8,7 +8,9 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -24,12 +26,12 @@ from runner.backends.aws import AwsBackend
 from runner.backends.base import BackendError, Record
 from runner.backends.local import LocalBackend
 from runner.cli import cli
+from runner.commands import run as run_command
 from runner.commands.provision import apply
 from runner.commands.redrive import redrive
 from runner.loop import engine
 from runner.loop.backlog import backlogs, entries_waiting
 from runner.loop.dead_letter import DeadLetter
-from runner.records import expressions
 from runner.records.processor import Journey
 
 SPEC = """\
@@ -121,7 +123,7 @@ class Setup:
         apply(broken, backend, lambda line: None)
         backend.put_records("in", [(r.encode(), f"line {n}") for n, r in enumerate(RECORDS, 1)])
         options = engine.RunOptions(until_idle=0)
-        assert engine.run(broken, backend, self.state, options, lambda line: None) == 0
+        assert run_command.run(broken, backend, self.state, options, lambda line: None) == 0
         assert self.entries() == BROKEN_ENTRIES
 
     def lease_holder(self):
@@ -226,7 +228,7 @@ BY_FORM = FORMS[:3] + [("aws", "stream")]
 
 
 @pytest.mark.parametrize("setup", BY_FORM, indirect=True, ids=[f"{t}-{f}" for t, f in BY_FORM])
-def test_a_dry_run_shows_each_entry_s_fate_and_writes_nothing(setup, fixed_clock):
+def test_a_dry_run_shows_each_entry_s_fate_and_writes_nothing(setup):
     setup.dead_letter_broken()
     before = setup.lines()
 
@@ -234,7 +236,7 @@ def test_a_dry_run_shows_each_entry_s_fate_and_writes_nothing(setup, fixed_clock
 
     assert result.exit_code == 0, result.output
     places = waiting_places(setup)
-    at = '"at":"2026-11-26T12:00:00.000+00:00"'
+    at = '"at":"NOW"'  # now() when the dry run transformed it
     fates = {
         RECORDS[0]: [
             "PLACE: to usa (usa-out), partition key 'a'",
@@ -248,7 +250,8 @@ def test_a_dry_run_shows_each_entry_s_fate_and_writes_nothing(setup, fixed_clock
         RECORDS[2]: [f"PLACE: dead letter: {OBJECT_KEY}"],
         RECORDS[4]: [f"PLACE: dead letter: {NOT_JSON}"],
     }
-    assert result.output.splitlines() == [
+    shown = re.sub(r'"at":"[0-9T:.+-]+"', '"at":"NOW"', result.output)
+    assert shown.splitlines() == [
         f"[shop] dry run, nothing is written: 4 entries wait in {setup.where}",
         *(line.replace("PLACE", place) for place, record in places for line in fates[record]),
         "4 entries: 2 dead-lettered, 2 to other, 1 to usa",
@@ -387,11 +390,14 @@ def killed_and_run_again(setup, monkeypatch, size, kills, recoveries):
     (None: not killed), then one that ends; each record is in its sinks once, and what
     fails again waits once."""
     ticks = iter(range(10**9))  # now() moves on: each try transforms into other bytes
-    monkeypatch.setattr(expressions, "clock", lambda: FIXED_NOW.timestamp() + next(ticks))
+
+    def now():
+        return FIXED_NOW.timestamp() + next(ticks)
+
     apply(spec.load(setup.fixed), setup.backend(), lambda line: None)
     put_dead_letters(setup, 0)
     counting = KilledAt(setup.backend(), 0, after=False)
-    redrive_with(setup, counting, batch_size=size)  # how many writes a whole redrive makes
+    redrive_with(setup, counting, batch_size=size, now=now)  # how many writes a whole redrive makes
     drain(setup)
     expected = {"usa-out": ["a0"], "other-out": ["a0", "b0"]}
     cycle = 0
@@ -399,12 +405,14 @@ def killed_and_run_again(setup, monkeypatch, size, kills, recoveries):
         cycle += 1
         put_dead_letters(setup, cycle)
         with pytest.raises(Killed):
-            redrive_with(setup, KilledAt(setup.backend(), n, after=after), batch_size=size)
+            redrive_with(setup, KilledAt(setup.backend(), n, after=after), batch_size=size, now=now)
         if again is not None:
             with contextlib.suppress(Killed):  # unless it ends before its n-th write
-                redrive_with(setup, KilledAt(setup.backend(), again, after=True), batch_size=size)
+                redrive_with(
+                    setup, KilledAt(setup.backend(), again, after=True), batch_size=size, now=now
+                )
 
-        redrive_with(setup, setup.backend(), batch_size=size)
+        redrive_with(setup, setup.backend(), batch_size=size, now=now)
 
         expected["usa-out"].append(f"a{cycle}")
         expected["other-out"] += [f"a{cycle}", f"b{cycle}"]
@@ -436,19 +444,22 @@ def test_a_redrive_is_refused_while_a_run_goes_and_a_run_while_it_goes(tmp_path,
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
     setup = Setup(tmp_path, "local", "file")
     setup.dead_letter_broken()
-    holding = "error: pipeline shop is already running on {} (pid {}); two runs at once would write every record twice"  # noqa: E501
+    holding = (
+        "error: pipeline shop is already running on {} ({} pid {}); two runs at once would "
+        "write every record twice"
+    )
 
     with setup.backend().running("shop"):
         refused = setup.cli("redrive", setup.fixed)
 
     assert refused.exit_code == 1
-    assert refused.output == holding.format(setup.state, os.getpid()) + "\n"
+    assert refused.output == holding.format(setup.state, socket.gethostname(), os.getpid()) + "\n"
     assert setup.sinks() == {"usa-out": ["d"], "other-out": ["d"]}
     runs = []
     meanwhile = Meanwhile(setup.backend(), lambda: runs.append(setup.cli("run", setup.fixed)))
     redrive_with(setup, meanwhile)
     assert [(run.exit_code, run.output) for run in runs] == [
-        (1, holding.format(setup.state, os.getpid()) + "\n")
+        (1, holding.format(setup.state, socket.gethostname(), os.getpid()) + "\n")
     ]
     assert setup.sinks() == SINKS
 
@@ -496,6 +507,7 @@ from pathlib import Path
 from runner import spec
 from runner.backends.aws import AwsBackend
 from runner.backends.local import LocalBackend
+from runner.commands import run as run_command
 from runner.commands.redrive import redrive
 
 class KilledAfterTheFirstSinkWrite:
@@ -578,7 +590,7 @@ def test_positions_in_a_dead_letter_stream_created_again_are_forgotten_not_appli
 
 
 def test_a_dry_run_after_a_redrive_was_cut_short_shows_what_is_not_written_again(
-    tmp_path, monkeypatch, fixed_clock
+    tmp_path, monkeypatch
 ):
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
     setup = Setup(tmp_path, "local", "file")

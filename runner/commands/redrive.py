@@ -18,9 +18,10 @@ from typing import IO
 
 from runner.backends.base import Backend
 from runner.commands.preview import describe, tally
+from runner.commands.run import check_resources
 from runner.loop.backlog import Waiting
 from runner.loop.dead_letter import run_refusal
-from runner.loop.engine import Fenced, check_resources
+from runner.loop.engine import Fenced
 from runner.loop.redrive import BATCH_ENTRIES, Redrive
 from runner.records.processor import Outcome
 from runner.spec import Spec, SpecError
@@ -37,9 +38,11 @@ def redrive(
     batch_size: int = BATCH_ENTRIES,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
 ) -> int:
     """`pipeline redrive`: check, take the run lock, redrive, report; returns 0. With
-    `dry_run`, each entry's fate goes to `out` and nothing is written."""
+    `dry_run`, each entry's fate goes to `out` and nothing is written. `now` is what the
+    spec's now(), epoch() and epoch_ms() give."""
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so there is nothing to redrive"])
     refusal = run_refusal(spec, backend.name)
@@ -50,7 +53,7 @@ def redrive(
     def say(line: str) -> None:
         report(f"[{spec.pipeline}] {line}")
 
-    options = {"batch_size": batch_size, "clock": clock, "sleep": sleep}
+    options = {"batch_size": batch_size, "clock": clock, "sleep": sleep, "now": now}
     if dry_run:
         return _dry_run(spec, backend, state_dir, say, out, options)
     with backend.running(spec.pipeline, say) as lease:

@@ -116,6 +116,7 @@ class Redrive:
         sleep: Callable[[float], None] = time.sleep,
         batch_size: int = BATCH_ENTRIES,
         show: Callable[[Waiting, Outcome | None], None] | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -132,7 +133,7 @@ class Redrive:
         self.clock = clock
         self.batch_size = batch_size
         self.show = show
-        self.journey = Journey(spec.transform, spec.route)
+        self.journey = Journey(spec.transform, spec.route, now)  # the records' clock
         routed = dict.fromkeys(case.to for case in spec.route.cases)
         self.sinks = {
             key: Sink(backend, spec.streams[key].name, sleep=sleep, patience=self.patience)
