@@ -1,4 +1,4 @@
-"""Fakes shared by the tests: a failing disk, a clock that moves only when told, and faults
+"""Fakes shared by the tests: a failing disk, clocks that move only when told, and faults
 of the AWS run lease."""
 
 import errno
@@ -94,19 +94,34 @@ def with_own_mounts(script: str) -> subprocess.CompletedProcess:
     )
 
 
-class VirtualClock:
-    """A monotonic clock that moves only when told. `advance` moves it on; `sleep` moves it on
-    when called in the driving thread (the one that made the clock, unless `driver` is set),
-    and in any other thread (a lease's renewals) waits until the clock has moved that far."""
+class Clock:
+    """A clock that moves only when told: `now` may be set, `advance` moves it on, and so does
+    `sleep`, by at least a hundredth of a second, so that a loop sleeping 0 still sees time
+    pass and a run takes no real time. It serves as time.time, time.monotonic and time.sleep."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.driver = threading.current_thread()
-        self.waiting = 0  # threads waiting in `sleep`
-        self._moved = threading.Condition()
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(max(seconds, 0.01))
+
+
+class VirtualClock(Clock):
+    """A Clock shared by threads. `sleep` moves it on, by exactly that much, when called in the
+    driving thread (the one that made the clock, unless `driver` is set), and in any other
+    thread (a lease's renewals) waits until the clock has moved that far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.driver = threading.current_thread()
+        self.waiting = 0  # threads waiting in `sleep`
+        self._moved = threading.Condition()
 
     def advance(self, seconds: float) -> None:
         with self._moved:

@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ReadTimeoutError
 from click.testing import CliRunner
 from conftest import MINIMAL, read_stream, removed_state, session_ids
-from fakes import HungRenewals, VirtualClock, lease_on, wait_until
+from fakes import Clock, HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
 from runner import spec
@@ -55,19 +55,6 @@ RAW_ARCHIVE = (
     "    raw: {name: review-raw-firehose, from: source, to: raw, "
     "buffer: {size_mb: 1, interval_s: 60}}\n"
 )
-
-
-class Clock:
-    """The engine's clock; its sleep moves it on, so a run takes no real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.01)
 
 
 class Wrapped:

@@ -1,6 +1,7 @@
 import datetime
 
 import pytest
+from fakes import Clock
 
 from runner.backends.base import MAX_GET_RECORDS, SHARD_END, Throttled
 from runner.backends.local import LocalBackend
@@ -9,16 +10,6 @@ from runner.loop.reader import Position, StreamReader
 START = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 UTC = datetime.timezone.utc
 KEYS = [f"user-{i}" for i in range(40)]
-
-
-class Clock:
-    """A settable clock, for the backend (time.time) and for the reader (time.monotonic)."""
-
-    def __init__(self, now=0.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class Watched:
