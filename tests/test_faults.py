@@ -14,7 +14,7 @@ from botocore.exceptions import (
     SSLError,
 )
 from conftest import PIPELINES, read_stream, session_ids
-from fakes import FaultyBackend
+from fakes import Clock, FaultyBackend
 from moto import mock_aws as mock_aws_factory
 
 from runner import spec
@@ -136,8 +136,12 @@ def put_in_source(backend, sessions):
 
 
 def run(loaded, backend, state):
+    """A run until idle, on a clock its waits move on: it takes no real time to wait."""
+    clock = Clock()
     options = engine.RunOptions(until_idle=0.3)
-    runner = engine.Engine(loaded, backend, state, options, lambda line: None, sleep=lambda s: None)
+    runner = engine.Engine(
+        loaded, backend, state, options, lambda line: None, clock=clock, sleep=clock.sleep
+    )
     return runner.run()
 
 
