@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import Processes
 
 from runner.records import expressions
 
@@ -17,6 +18,14 @@ def fixed_clock(monkeypatch):
     """now(), epoch() and epoch_ms() give 2026-11-26T12:00:00.000+00:00."""
     monkeypatch.setattr(expressions, "clock", FIXED_NOW.timestamp)
     return FIXED_NOW
+
+
+@pytest.fixture
+def processes():
+    """Starts subprocesses (`processes.start(command, **popen_options)`); whatever of them still
+    runs when the test ends, passed or failed, is killed with its process group."""
+    with Processes() as started:
+        yield started
 
 
 @pytest.fixture

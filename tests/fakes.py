@@ -6,6 +6,7 @@ import datetime
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -271,6 +272,38 @@ def full_disk(put_object, bucket: str, key: str, body: bytes) -> None:
 
 
 PIPELINE = f"{sys.executable} -m runner"
+
+
+class Processes:
+    """Subprocesses a test starts, each in a process group of its own. `end()` kills every
+    group, so that a test failing before it stops a process (an endless `run`, a `consume`
+    that follows, a moto server a shell started) leaves nothing running; the `processes`
+    fixture ends them when its test ends, and a `with` block when it ends."""
+
+    def __init__(self) -> None:
+        self._started: list[subprocess.Popen] = []
+
+    def start(self, command: Sequence[str], **options: Any) -> subprocess.Popen:
+        """subprocess.Popen(command, **options), in a new session (so a process group)."""
+        process = subprocess.Popen(command, start_new_session=True, **options)
+        self._started.append(process)
+        return process
+
+    def end(self) -> None:
+        for process in self._started:
+            with contextlib.suppress(ProcessLookupError):  # the whole group ended already
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe:
+                    pipe.close()
+        self._started.clear()
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end()
 
 
 def with_own_mounts(script: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ import boto3
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO
-from fakes import HungRenewals, VirtualClock, wait_until
+from fakes import HungRenewals, Processes, VirtualClock, wait_until
 from moto.server import ThreadedMotoServer
 
 from runner import spec
@@ -62,18 +62,15 @@ server.stop()
 @contextlib.contextmanager
 def moto_process():
     """The endpoint of a moto server running in a subprocess until the block ends."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", MOTO_SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # its request log
-        text=True,
-    )
-    try:
+    with Processes() as processes:
+        process = processes.start(
+            [sys.executable, "-c", MOTO_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its request log
+            text=True,
+        )
         yield process.stdout.readline().strip()
-    finally:
-        process.stdin.close()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -378,25 +375,20 @@ def free_port():
 @pytest.mark.parametrize(
     "preset", [{}, {"AWS_REGION": "eu-west-2"}], ids=["nothing-set", "another-region-set"]
 )
-def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path, preset):
+def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path, preset, processes):
     if not (REPO / ".venv" / "bin" / "activate").exists():
         pytest.skip("the README's block needs `make install`'s .venv")
     block = readme_block("**LocalStack or a moto server.**")
     assert block.count("5000") == 3  # the server's port, where the block waits, the endpoint
-    shell = subprocess.Popen(
+    shell = processes.start(  # ends the moto server too, if the block stopped early
         ["bash", "-e", "-c", block.replace("5000", str(free_port()))],
         cwd=REPO,
         env={"HOME": str(tmp_path), "PATH": os.environ["PATH"], **preset},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
     )
-    try:
-        out, err = shell.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(shell.pid, signal.SIGTERM)  # the moto server, if the block stopped early
+    out, err = shell.communicate(timeout=300)
 
     assert shell.returncode == 0, out + err
     lines, notes = out.splitlines(), err.splitlines()
@@ -587,10 +579,12 @@ def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_lin
     assert checkpoints_and_lease(endpoint) == []  # no checkpoint, and the run lock let go
 
 
-def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, endpoint, tmp_path):
+def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(
+    flaky, endpoint, tmp_path, processes
+):
     spec, _ = flaky
     with cutting_proxy(endpoint, {"PutRecords": -1}) as proxy:
-        run = subprocess.Popen(
+        run = processes.start(
             [sys.executable, "-m", "runner", "run", str(spec), "--endpoint-url", proxy.url],
             cwd=REPO,
             env={**os.environ, "PIPELINE_TARGET": "aws", "PIPELINE_STATE_DIR": str(tmp_path)},
@@ -598,13 +592,10 @@ def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, 
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            while len(proxy.answers_cut) < 3 and run.poll() is None:
-                time.sleep(0.05)
-            run.send_signal(signal.SIGINT)
-            out, err = run.communicate(timeout=30)
-        finally:
-            run.kill()
+        while len(proxy.answers_cut) < 3 and run.poll() is None:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=30)
 
     assert run.returncode == 0, err
     assert err.splitlines()[-2:] == [
