@@ -127,16 +127,9 @@ def aws(endpoint, tmp_path, monkeypatch):
         return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
 
     def pipeline(*args, check=True):
-        done = subprocess.run(
-            [sys.executable, "-m", "runner", *args, "--endpoint-url", endpoint],
-            cwd=REPO,
-            env=os.environ.copy(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = CliRunner().invoke(cli, [*args, "--endpoint-url", endpoint])
         if check:
-            assert done.returncode == 0, done.stdout + done.stderr
+            assert done.exit_code == 0, done.stdout + done.stderr
         return done
 
     yield client, pipeline
@@ -256,7 +249,7 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
         "--seed",
         "21",
     )
-    ran = pipeline("run", spec, "--until-idle", "2")
+    ran = pipeline("run", spec, "--until-idle", "0")
     assert "done: in 200 |" in ran.stderr
 
     routed = {
@@ -329,7 +322,7 @@ def test_a_service_endpoint_variable_beats_the_global_one(tmp_path):
             **FAKE_CREDENTIALS,
         }
         produce = ("produce", "--stream", SOURCE, "--synthetic", "--count", "20", "--mean-gap", "0")
-        for command in (("apply", spec), produce, ("run", spec, "--until-idle", "1")):
+        for command in (("apply", spec), produce, ("run", spec, "--until-idle", "0")):
             done = in_clean_env(tmp_path, *command, **env)
             assert done.returncode == 0, done.stderr
 

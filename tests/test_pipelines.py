@@ -70,7 +70,7 @@ def run_until_idle(state, **options):
     loaded = spec.load(ECOMMERCE)
     backend = LocalBackend(state)
     lines = []
-    options = engine.RunOptions(until_idle=options.pop("until_idle", 0.5), **options)
+    options = engine.RunOptions(until_idle=options.pop("until_idle", 0), **options)
     assert engine.run(loaded, backend, state, options, lines.append) == 0
     return lines
 
@@ -247,8 +247,7 @@ def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state, process
     written = len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL))
     assert 0 < written < total, "the kill should land mid-stream"
 
-    again = start_run(processes, state, "--until-idle", "1")
-    assert again.wait(timeout=120) == 0, again.stderr.read()
+    run_until_idle(state)  # started again
 
     routed = {
         r["session_id"] for r in read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)
