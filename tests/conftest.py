@@ -3,6 +3,8 @@ import json
 import os
 from pathlib import Path
 
+import botocore.loaders
+import botocore.session
 import pytest
 from fakes import Processes
 
@@ -11,6 +13,23 @@ from runner.records import expressions
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
 FIXED_NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def botocore_data_read_once():
+    """Every boto3 session of the tests reads botocore's service models and endpoint data
+    through one loader, so once: each new session (one per backend) would parse them again,
+    some 0.2 s apiece. Sessions of one process may share a loader, as their clients do."""
+    loaders = {}
+
+    def create_loader(search_path_string=None):
+        if search_path_string not in loaders:
+            loaders[search_path_string] = botocore.loaders.create_loader(search_path_string)
+        return loaders[search_path_string]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", create_loader)
+        yield
 
 
 @pytest.fixture
