@@ -4,6 +4,7 @@ faults injected, and faults of the AWS run lease."""
 import contextlib
 import datetime
 import errno
+import inspect
 import os
 import shutil
 import signal
@@ -21,7 +22,6 @@ from botocore.exceptions import ReadTimeoutError
 
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.base import (
-    MAX_GET_RECORDS,
     Backend,
     BackendError,
     FirehoseDescription,
@@ -96,6 +96,10 @@ class FailingDisk:
         if fd in self._files and self.failing:
             raise self._error()
         return self._real["pwrite"](fd, data, offset)
+
+
+# GetRecords' default limit: the interface's own, wherever its constant lives.
+GET_RECORDS_LIMIT = inspect.signature(Backend.get_records).parameters["limit"].default
 
 
 class FaultyBackend(Backend):
@@ -185,7 +189,7 @@ class FaultyBackend(Backend):
     def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
         return self._call("latest_iterator", stream, shard_id)
 
-    def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
+    def get_records(self, iterator: str, limit: int = GET_RECORDS_LIMIT) -> RecordBatch:
         return self._call("get_records", iterator, limit)
 
     def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
