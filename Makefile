@@ -20,6 +20,7 @@ test: install
 lint: install
 	$(BIN)/ruff check runner tests
 	$(BIN)/ruff format --check runner tests
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: install
 	$(BIN)/ruff format runner tests

@@ -3,8 +3,11 @@ import json
 import os
 from pathlib import Path
 
+import botocore.loaders
+import botocore.session
 import pytest
 from click.testing import CliRunner
+from fakes import Processes
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
@@ -15,6 +18,31 @@ from runner.cli import cli
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
 FIXED_NOW = datetime.datetime(2026, 11, 26, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def botocore_data_read_once():
+    """Every boto3 session of the tests reads botocore's service models and endpoint data
+    through one loader, so once: each new session (one per backend) would parse them again,
+    some 0.2 s apiece. Sessions of one process may share a loader, as their clients do."""
+    loaders = {}
+
+    def create_loader(search_path_string=None):
+        if search_path_string not in loaders:
+            loaders[search_path_string] = botocore.loaders.create_loader(search_path_string)
+        return loaders[search_path_string]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", create_loader)
+        yield
+
+
+@pytest.fixture
+def processes():
+    """Starts subprocesses (`processes.start(command, **popen_options)`); whatever of them still
+    runs when the test ends, passed or failed, is killed with its process group."""
+    with Processes() as started:
+        yield started
 
 
 @pytest.fixture

@@ -1,19 +1,37 @@
-"""Fakes shared by the tests: a failing disk, a clock that moves only when told, and faults
-of the AWS run lease."""
+"""Fakes shared by the tests: a failing disk, clocks that move only when told, a backend with
+faults injected, and faults of the AWS run lease."""
 
+import contextlib
+import datetime
 import errno
+import inspect
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
 
 from runner.backends.aws import AwsBackend, LeaseTiming
+from runner.backends.base import (
+    Backend,
+    BackendError,
+    FirehoseDescription,
+    Lease,
+    PutResult,
+    RecordBatch,
+    RoleDescription,
+    Shard,
+    StreamDescription,
+)
 
 
 class FailingDisk:
@@ -80,7 +98,246 @@ class FailingDisk:
         return self._real["pwrite"](fd, data, offset)
 
 
+# GetRecords' default limit: the interface's own, wherever its constant lives.
+GET_RECORDS_LIMIT = inspect.signature(Backend.get_records).parameters["limit"].default
+
+
+class FaultyBackend(Backend):
+    """`backend` as the code under test sees it, with faults injected: each keyword names a
+    method of Backend and gives a function called in its place as `fault(call, *arguments)`,
+    where `call` is the wrapped backend's method; it may raise, answer something else, or call
+    through. `called` counts the calls of each method.
+
+    Every method of Backend is passed on by name, not through __getattr__: an abstract method
+    added to Backend makes this fake fail to instantiate until it is passed on here too, and
+    test_fakes fails for any other."""
+
+    def __init__(self, backend: Backend, **faults: Callable[..., Any]) -> None:
+        unknown = sorted(name for name in faults if not callable(getattr(Backend, name, None)))
+        if unknown:
+            raise TypeError(f"Backend has no method {', '.join(unknown)}")
+        self.backend = backend
+        self._faults = faults
+        self.called: Counter[str] = Counter()
+        self.read_workers = backend.read_workers  # a test may change it
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.called[method] += 1
+        call = getattr(self.backend, method)
+        fault = self._faults.get(method)
+        return fault(call, *args, **kwargs) if fault else call(*args, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def region(self) -> str:
+        return self.backend.region
+
+    @property
+    def partition(self) -> str:
+        return self.backend.partition
+
+    @property
+    def delivers_firehoses(self) -> bool:
+        return self.backend.delivers_firehoses
+
+    @property
+    def location(self) -> str:
+        return self.backend.location
+
+    @property
+    def account_id(self) -> str:
+        return self.backend.account_id
+
+    def describe_stream(self, name: str) -> StreamDescription | None:
+        return self._call("describe_stream", name)
+
+    def create_stream(self, name: str, shards: int, owner: str | None = None) -> None:
+        return self._call("create_stream", name, shards, owner)
+
+    def update_shard_count(self, name: str, shards: int) -> None:
+        return self._call("update_shard_count", name, shards)
+
+    def delete_stream(self, name: str) -> None:
+        return self._call("delete_stream", name)
+
+    def require_stream(self, name: str) -> None:
+        return self._call("require_stream", name)
+
+    def list_shards(self, stream: str) -> list[Shard]:
+        return self._call("list_shards", stream)
+
+    def get_shard_iterator(
+        self,
+        stream: str,
+        shard_id: str,
+        iterator_type: str,
+        sequence: str | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> str:
+        return self._call(
+            "get_shard_iterator",
+            stream,
+            shard_id,
+            iterator_type,
+            sequence=sequence,
+            timestamp=timestamp,
+        )
+
+    def latest_iterator(self, stream: str, shard_id: str) -> tuple[str, str]:
+        return self._call("latest_iterator", stream, shard_id)
+
+    def get_records(self, iterator: str, limit: int = GET_RECORDS_LIMIT) -> RecordBatch:
+        return self._call("get_records", iterator, limit)
+
+    def put_records(self, stream: str, entries: Sequence[tuple[bytes, str]]) -> list[PutResult]:
+        return self._call("put_records", stream, entries)
+
+    def get_checkpoints(self, pipeline: str, stream: str) -> dict[str, str]:
+        return self._call("get_checkpoints", pipeline, stream)
+
+    def set_checkpoint(self, pipeline: str, stream: str, shard_id: str, sequence: str) -> None:
+        return self._call("set_checkpoint", pipeline, stream, shard_id, sequence)
+
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
+        return self._call("forget_earlier_checkpoints", pipeline, stream)
+
+    def bucket_exists(self, name: str) -> bool:
+        return self._call("bucket_exists", name)
+
+    def create_bucket(self, name: str, owner: str | None = None) -> None:
+        return self._call("create_bucket", name, owner)
+
+    def delete_bucket(self, name: str) -> None:
+        return self._call("delete_bucket", name)
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        return self._call("put_object", bucket, key, body)
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        return self._call("list_objects", bucket, prefix)
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        return self._call("get_object", bucket, key)
+
+    def describe_firehose(self, name: str) -> FirehoseDescription | None:
+        return self._call("describe_firehose", name)
+
+    def create_firehose(self, firehose: FirehoseDescription, owner: str | None = None) -> None:
+        return self._call("create_firehose", firehose, owner)
+
+    def update_firehose(self, firehose: FirehoseDescription) -> None:
+        return self._call("update_firehose", firehose)
+
+    def delete_firehose(self, name: str) -> None:
+        return self._call("delete_firehose", name)
+
+    def describe_role(self, name: str) -> RoleDescription | None:
+        return self._call("describe_role", name)
+
+    def put_role(self, role: RoleDescription, owner: str | None = None) -> None:
+        return self._call("put_role", role, owner)
+
+    def delete_role(self, name: str) -> None:
+        return self._call("delete_role", name)
+
+    def describe_log_group(self, group: str) -> list[str] | None:
+        return self._call("describe_log_group", group)
+
+    def create_log_stream(self, group: str, stream: str, owner: str | None = None) -> None:
+        return self._call("create_log_stream", group, stream, owner)
+
+    def delete_log_group(self, group: str) -> None:
+        return self._call("delete_log_group", group)
+
+    def checkpoint_store_exists(self, pipeline: str) -> bool:
+        return self._call("checkpoint_store_exists", pipeline)
+
+    def create_checkpoint_store(self, pipeline: str) -> None:
+        return self._call("create_checkpoint_store", pipeline)
+
+    def delete_checkpoint_store(self, pipeline: str) -> None:
+        return self._call("delete_checkpoint_store", pipeline)
+
+    def running(
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+    ) -> contextlib.AbstractContextManager[Lease]:
+        return self._call("running", pipeline, report)
+
+    def close(self) -> None:
+        return self._call("close")
+
+    def behind(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("behind", *args, **kwargs)
+
+    def checkpoint_times(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("checkpoint_times", *args, **kwargs)
+
+    def delivery_roles(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("delivery_roles", *args, **kwargs)
+
+    def get_note(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("get_note", *args, **kwargs)
+
+    def get_run_info(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("get_run_info", *args, **kwargs)
+
+    def owned(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("owned", *args, **kwargs)
+
+    def reset_checkpoints(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("reset_checkpoints", *args, **kwargs)
+
+    def run_holder(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("run_holder", *args, **kwargs)
+
+    def set_note(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("set_note", *args, **kwargs)
+
+    def set_run_info(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("set_run_info", *args, **kwargs)
+
+
+def full_disk(put_object, bucket: str, key: str, body: bytes) -> None:
+    """A put_object fault for FaultyBackend: no object can be written, as on a full disk."""
+    raise BackendError(f"cannot write object '{key}' to bucket '{bucket}': disk full")
+
+
 PIPELINE = f"{sys.executable} -m runner"
+
+
+class Processes:
+    """Subprocesses a test starts, each in a process group of its own. `end()` kills every
+    group, so that a test failing before it stops a process (an endless `run`, a `consume`
+    that follows, a moto server a shell started) leaves nothing running; the `processes`
+    fixture ends them when its test ends, and a `with` block when it ends."""
+
+    def __init__(self) -> None:
+        self._started: list[subprocess.Popen] = []
+
+    def start(self, command: Sequence[str], **options: Any) -> subprocess.Popen:
+        """subprocess.Popen(command, **options), in a new session (so a process group)."""
+        process = subprocess.Popen(command, start_new_session=True, **options)
+        self._started.append(process)
+        return process
+
+    def end(self) -> None:
+        for process in self._started:
+            with contextlib.suppress(ProcessLookupError):  # the whole group ended already
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe:
+                    pipe.close()
+        self._started.clear()
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end()
 
 
 def with_own_mounts(script: str) -> subprocess.CompletedProcess:
@@ -94,19 +351,34 @@ def with_own_mounts(script: str) -> subprocess.CompletedProcess:
     )
 
 
-class VirtualClock:
-    """A monotonic clock that moves only when told. `advance` moves it on; `sleep` moves it on
-    when called in the driving thread (the one that made the clock, unless `driver` is set),
-    and in any other thread (a lease's renewals) waits until the clock has moved that far."""
+class Clock:
+    """A clock that moves only when told: `now` may be set, `advance` moves it on, and so does
+    `sleep`, by at least a hundredth of a second, so that a loop sleeping 0 still sees time
+    pass and a run takes no real time. It serves as time.time, time.monotonic and time.sleep."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.driver = threading.current_thread()
-        self.waiting = 0  # threads waiting in `sleep`
-        self._moved = threading.Condition()
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(max(seconds, 0.01))
+
+
+class VirtualClock(Clock):
+    """A Clock shared by threads. `sleep` moves it on, by exactly that much, when called in the
+    driving thread (the one that made the clock, unless `driver` is set), and in any other
+    thread (a lease's renewals) waits until the clock has moved that far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.driver = threading.current_thread()
+        self.waiting = 0  # threads waiting in `sleep`
+        self._moved = threading.Condition()
 
     def advance(self, seconds: float) -> None:
         with self._moved:

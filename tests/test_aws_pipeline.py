@@ -20,7 +20,7 @@ import boto3
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO, without_usa
-from fakes import HungRenewals, VirtualClock, wait_until
+from fakes import HungRenewals, Processes, VirtualClock, wait_until
 
 from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
@@ -53,18 +53,15 @@ server.stop()
 @contextlib.contextmanager
 def moto_process():
     """The endpoint of a moto server running in a subprocess until the block ends."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", MOTO_SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # its request log
-        text=True,
-    )
-    try:
+    with Processes() as processes:
+        process = processes.start(
+            [sys.executable, "-c", MOTO_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # its request log
+            text=True,
+        )
         yield process.stdout.readline().strip()
-    finally:
-        process.stdin.close()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -121,16 +118,9 @@ def aws(endpoint, tmp_path, monkeypatch):
         return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
 
     def pipeline(*args, check=True):
-        done = subprocess.run(
-            [sys.executable, "-m", "runner", *args, "--endpoint-url", endpoint],
-            cwd=REPO,
-            env=os.environ.copy(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = CliRunner().invoke(cli, [*args, "--endpoint-url", endpoint])
         if check:
-            assert done.returncode == 0, done.stdout + done.stderr
+            assert done.exit_code == 0, done.stdout + done.stderr
         return done
 
     yield client, pipeline
@@ -250,7 +240,7 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
         "--seed",
         "21",
     )
-    ran = pipeline("run", spec, "--until-idle", "2")
+    ran = pipeline("run", spec, "--until-idle", "0")
     assert "done: in 200 |" in ran.stderr
 
     routed = {
@@ -406,7 +396,7 @@ def test_a_service_endpoint_variable_beats_the_global_one(tmp_path):
             **FAKE_CREDENTIALS,
         }
         produce = ("produce", "--stream", SOURCE, "--synthetic", "--count", "20", "--mean-gap", "0")
-        for command in (("apply", spec), produce, ("run", spec, "--until-idle", "1")):
+        for command in (("apply", spec), produce, ("run", spec, "--until-idle", "0")):
             done = in_clean_env(tmp_path, *command, **env)
             assert done.returncode == 0, done.stderr
 
@@ -453,25 +443,20 @@ def free_port():
 @pytest.mark.parametrize(
     "preset", [{}, {"AWS_REGION": "eu-west-2"}], ids=["nothing-set", "another-region-set"]
 )
-def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path, preset):
+def test_the_readme_moto_block_runs_in_a_shell_with_nothing_else_set(tmp_path, preset, processes):
     if not (REPO / ".venv" / "bin" / "activate").exists():
         pytest.skip("the README's block needs `make install`'s .venv")
     block = readme_block("**LocalStack or a moto server.**")
     assert block.count("5000") == 3  # the server's port, where the block waits, the endpoint
-    shell = subprocess.Popen(
+    shell = processes.start(  # ends the moto server too, if the block stopped early
         ["bash", "-e", "-c", block.replace("5000", str(free_port()))],
         cwd=REPO,
         env={"HOME": str(tmp_path), "PATH": os.environ["PATH"], **preset},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
     )
-    try:
-        out, err = shell.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(shell.pid, signal.SIGTERM)  # the moto server, if the block stopped early
+    out, err = shell.communicate(timeout=300)
 
     assert shell.returncode == 0, out + err
     lines, notes = out.splitlines(), err.splitlines()
@@ -664,10 +649,12 @@ def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_lin
     assert checkpoints_and_lease(endpoint) == []  # no checkpoint, and the run lock let go
 
 
-def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, endpoint, tmp_path):
+def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(
+    flaky, endpoint, tmp_path, processes
+):
     spec, _ = flaky
     with cutting_proxy(endpoint, {"PutRecords": -1}) as proxy:
-        run = subprocess.Popen(
+        run = processes.start(
             [sys.executable, "-m", "runner", "run", str(spec), "--endpoint-url", proxy.url],
             cwd=REPO,
             env={**os.environ, "PIPELINE_TARGET": "aws", "PIPELINE_STATE_DIR": str(tmp_path)},
@@ -675,13 +662,10 @@ def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, 
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            while len(proxy.answers_cut) < 3 and run.poll() is None:
-                time.sleep(0.05)
-            run.send_signal(signal.SIGINT)
-            out, err = run.communicate(timeout=30)
-        finally:
-            run.kill()
+        while len(proxy.answers_cut) < 3 and run.poll() is None:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=30)
 
     assert run.returncode == 0, err
     assert err.splitlines()[-2:] == [

@@ -3,7 +3,6 @@ scenario's three terminals."""
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ def wait_for(condition, timeout):
     return True
 
 
-def test_producer_runner_and_consumer_share_one_state_folder(tmp_path, monkeypatch):
+def test_producer_runner_and_consumer_share_one_state_folder(tmp_path, monkeypatch, processes):
     state = tmp_path / "state"
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(state))
     applied = CliRunner().invoke(cli, ["apply", str(PIPELINES / "ecommerce.yaml")])
@@ -57,30 +56,24 @@ def test_producer_runner_and_consumer_share_one_state_folder(tmp_path, monkeypat
         "runner": [*python, "run", "pipelines/ecommerce.yaml", "--until-idle", "3"],
         "consumer": [*python, "consume", "--stream", USA, "--jsonl"],
     }
-    processes = {}
-    try:
-        for name, command in commands.items():
-            with logs[name].open("w") as out, errors[name].open("w") as err:
-                processes[name] = subprocess.Popen(
-                    command, cwd=REPO, env=env, stdout=out, stderr=err
-                )
+    started = {}
+    for name, command in commands.items():
+        with logs[name].open("w") as out, errors[name].open("w") as err:
+            started[name] = processes.start(command, cwd=REPO, env=env, stdout=out, stderr=err)
 
-        assert processes["producer"].wait(timeout=60) == 0, errors["producer"].read_text()
-        assert processes["runner"].wait(timeout=60) == 0, errors["runner"].read_text()
+    assert started["producer"].wait(timeout=60) == 0, errors["producer"].read_text()
+    assert started["runner"].wait(timeout=60) == 0, errors["runner"].read_text()
 
-        sessions = list(islice(synthetic_sessions(SEED), COUNT))
-        usa = {s["session_id"] for s in sessions if s["country"] == "USA"}
-        international = {s["session_id"] for s in sessions} - usa
+    sessions = list(islice(synthetic_sessions(SEED), COUNT))
+    usa = {s["session_id"] for s in sessions if s["country"] == "USA"}
+    international = {s["session_id"] for s in sessions} - usa
 
-        def consumed():
-            return [json.loads(line) for line in logs["consumer"].read_text().splitlines()]
+    def consumed():
+        return [json.loads(line) for line in logs["consumer"].read_text().splitlines()]
 
-        wait_for(lambda: len(consumed()) >= len(usa), timeout=20)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=10)
+    wait_for(lambda: len(consumed()) >= len(usa), timeout=20)
+    started["consumer"].terminate()
+    started["consumer"].wait(timeout=10)
 
     for name in commands:
         stderr = errors[name].read_text()

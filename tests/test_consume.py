@@ -227,18 +227,16 @@ def test_following_an_empty_stream_says_once_that_it_waits(backend):
     assert said == ["waiting for records on 2 shards (Ctrl-C stops)"]
 
 
-def test_consume_on_the_command_line_says_it_waits_on_stderr(backend, state):
+def test_consume_on_the_command_line_says_it_waits_on_stderr(backend, state, processes):
     command = [sys.executable, "-m", "runner", "consume", "--stream", STREAM]
     command += ["--shard", "shardId-000000000001"]
-    with subprocess.Popen(
+    consumer = processes.start(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as consumer:
-        try:
-            said = consumer.stderr.readline()
-            consumer.send_signal(signal.SIGINT)
-            out, rest = consumer.communicate(timeout=30)
-        finally:
-            consumer.kill()
+    )
+    said = consumer.stderr.readline()
+    consumer.send_signal(signal.SIGINT)
+    out, rest = consumer.communicate(timeout=30)
+
     assert said == "waiting for records on 1 shard (Ctrl-C stops)\n"
     assert (consumer.returncode, out, rest) == (0, "", "")
 

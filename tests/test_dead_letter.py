@@ -7,7 +7,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, read_stream
-from fakes import PIPELINE, FailingDisk, with_own_mounts
+from fakes import PIPELINE, FailingDisk, FaultyBackend, full_disk, with_own_mounts
 from moto import mock_aws
 
 from runner import spec
@@ -248,16 +248,10 @@ def test_no_checkpoint_moves_past_bad_records_before_their_object_is_written(wri
     apply(loaded, backend, lambda line: None)
     backend.put_records("in", BAD + GOOD)
 
-    class FailingWrites:
-        def __getattr__(self, name):
-            return getattr(backend, name)
-
-        def put_object(self, bucket, key, body):
-            raise BackendError(f"cannot write object '{key}' to bucket '{bucket}': disk full")
-
     options = RunOptions(until_idle=0)
+    full = FaultyBackend(backend, put_object=full_disk)
     with pytest.raises(BackendError, match="disk full"):
-        run_command.run(loaded, FailingWrites(), state, options, lambda line: None)
+        run_command.run(loaded, full, state, options, lambda line: None)
     assert backend.get_checkpoints("shop", "in") == {"shardId-000000000000": "#trim_horizon"}
 
     run_command.run(loaded, backend, state, options, lambda line: None)
@@ -274,20 +268,6 @@ NO_DEAD_LETTER_ON_AWS = (
 )
 
 
-class Spy:
-    """The backend, noting the name of every method called on it."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.calls = []
-
-    def __getattr__(self, name):
-        found = getattr(self.backend, name)
-        if callable(found):
-            self.calls.append(name)
-        return found
-
-
 def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
     write_spec, tmp_path, aws_env
 ):
@@ -297,7 +277,7 @@ def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
         backend = AwsBackend("us-east-1", poll_s=0)
         apply(loaded, backend, lambda line: None)
         backend.put_records("in", BAD + GOOD)
-        spy = Spy(backend)
+        spy = FaultyBackend(backend)  # no faults: it counts the calls
         with pytest.raises(spec.SpecError) as caught:
             run_command.run(loaded, spy, tmp_path, RunOptions(until_idle=0), print)
 
@@ -306,7 +286,7 @@ def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
         checkpoints = backend.get_checkpoints("shop", "in")
         backend.close()
     assert str(caught.value) == f"{path}: {NO_DEAD_LETTER_ON_AWS}"
-    assert spy.calls == []
+    assert spy.called == {}
     assert (result.exit_code, result.stdout, result.stderr) == (
         2,
         "",

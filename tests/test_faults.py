@@ -14,6 +14,7 @@ from botocore.exceptions import (
     SSLError,
 )
 from conftest import PIPELINES, read_stream, session_ids
+from fakes import Clock, FaultyBackend
 from moto import mock_aws as mock_aws_factory
 
 from runner import spec
@@ -30,31 +31,33 @@ SINKS = ("de-c2w2lab1-usa-data-stream", "de-c2w2lab1-international-data-stream")
 ENTRY_ERRORS = ("ProvisionedThroughputExceededException", "InternalFailure")
 
 
-class Faulty:
+class Faulty(FaultyBackend):
     """A backend that misbehaves as told, then behaves like the one it wraps."""
 
     def __init__(self, backend, **faults):
-        self._backend = backend
+        super().__init__(
+            backend,
+            put_records=self._put_records,
+            set_checkpoint=self._set_checkpoint,
+            list_shards=self._list_shards,
+            get_records=self._get_records,
+        )
         self.faults = faults
         self.calls = {"put_records": 0, "get_records": 0, "set_checkpoint": 0, "list_shards": 0}
         self.seen = set()
         self.resharded = False
 
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def put_records(self, stream, entries):
+    def _put_records(self, put, stream, entries):
         self.calls["put_records"] += 1
         if self.faults.get("throttle_puts") and self.calls["put_records"] % 3 == 1:
             raise Throttled("Rate exceeded for stream")
-        results = (
-            self._backend.put_records(stream, entries)
+        return (
+            put(stream, entries)
             if not self.faults.get("fail_entries")
-            else self._partial(stream, entries)
+            else self._partial(put, stream, entries)
         )
-        return results
 
-    def _partial(self, stream, entries):
+    def _partial(self, put, stream, entries):
         # Every other entry fails the first time it is seen, throttled or by an internal
         # failure of Kinesis in turn; the rest go through.
         results, passing = [], []
@@ -67,10 +70,10 @@ class Faulty:
             else:
                 results.append(None)
                 passing.append(entry)
-        accepted = iter(self._backend.put_records(stream, passing) if passing else [])
+        accepted = iter(put(stream, passing) if passing else [])
         return [result or next(accepted) for result in results]
 
-    def set_checkpoint(self, pipeline, stream, shard_id, sequence):
+    def _set_checkpoint(self, set_checkpoint, pipeline, stream, shard_id, sequence):
         # Only the run's own checkpoints: local Firehose delivery writes SQLite, which does
         # not throttle, and on AWS Firehose delivers by itself.
         throttled = bool(self.faults.get("throttle_checkpoints")) and not pipeline.startswith(
@@ -79,17 +82,17 @@ class Faulty:
         self.calls["set_checkpoint"] += throttled
         if throttled and self.calls["set_checkpoint"] % 2 == 1:
             raise Throttled("checkpoint table: PutItem throttled")
-        self._backend.set_checkpoint(pipeline, stream, shard_id, sequence)
+        set_checkpoint(pipeline, stream, shard_id, sequence)
 
-    def list_shards(self, stream):
+    def _list_shards(self, list_shards, stream):
         # The first listings after a reshard are throttled: among them, the one made as soon
         # as the parent shard is read to its end.
         if self.resharded and self.calls["list_shards"] < self.faults.get("throttle_listings", 0):
             self.calls["list_shards"] += 1
             raise Throttled(f"stream '{stream}': ListShards throttled (LimitExceededException)")
-        return self._backend.list_shards(stream)
+        return list_shards(stream)
 
-    def get_records(self, iterator, limit=10_000):
+    def _get_records(self, get, iterator, limit):
         self.calls["get_records"] += 1
         count = self.calls["get_records"]
         if self.faults.get("expire_iterators") and count % 4 == 2:
@@ -97,9 +100,9 @@ class Faulty:
         if self.faults.get("throttle_reads") and count % 3 == 2:
             raise Throttled("Rate exceeded for shard")
         if count == self.faults.get("reshard_at"):
-            self._backend.update_shard_count(SOURCE, 3)
+            self.backend.update_shard_count(SOURCE, 3)
             self.resharded = True
-        return self._backend.get_records(iterator, min(limit, self.faults.get("read_limit", limit)))
+        return get(iterator, min(limit, self.faults.get("read_limit", limit)))
 
 
 @pytest.fixture(params=["local", "aws"])
@@ -133,8 +136,12 @@ def put_in_source(backend, sessions):
 
 
 def run(loaded, backend, state):
+    """A run until idle, on a clock its waits move on: it takes no real time to wait."""
+    clock = Clock()
     options = engine.RunOptions(until_idle=0.3)
-    runner = engine.Engine(loaded, backend, state, options, lambda line: None, sleep=lambda s: None)
+    runner = engine.Engine(
+        loaded, backend, state, options, lambda line: None, clock=clock, sleep=clock.sleep
+    )
     return runner.run()
 
 
@@ -204,18 +211,16 @@ def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario,
         pytest.skip("moto never ends a closed shard, so its parent never finishes")
     before = put_sessions(backend, 300, seed=12)
     faulty = Faulty(backend, read_limit=100, reshard_at=2, throttle_listings=throttle_listings)
-    original_get = faulty.get_records
 
-    def get_then_add_more(iterator, limit=10_000):
-        batch = original_get(iterator, limit)
+    def get_then_add_more(get, iterator, limit):
+        batch = get(iterator, limit)
         if faulty.calls["get_records"] == 3:
             after.update(put_sessions(backend, 200, seed=13))  # lands in the new shards
         return batch
 
     after: set = set()
-    faulty.get_records = get_then_add_more
 
-    run(loaded, faulty, state)
+    run(loaded, FaultyBackend(faulty, get_records=get_then_add_more), state)
 
     ids = session_ids(backend, *SINKS)
     assert sorted(ids) == sorted(before | after)

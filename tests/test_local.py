@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, removed_state
-from fakes import PIPELINE, FailingDisk, with_own_mounts
+from fakes import PIPELINE, Clock, FailingDisk, with_own_mounts
 
 from runner.backends.base import (
     SHARD_END,
@@ -30,19 +30,9 @@ from runner.cli import cli
 START = 1_800_000_000.0
 
 
-class Clock:
-    """A settable time.time() stand-in."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(START)
 
 
 @pytest.fixture

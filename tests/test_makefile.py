@@ -35,7 +35,7 @@ def test_plan_apply_produce_run_consume_and_destroy_through_make(tmp_path, env):
     )
     produced = make("produce", "STREAM=in", "COUNT=7", env=env)
     assert produced.stderr.splitlines()[-1] == "put 7 records into in"
-    ran = make("run", f"SPEC={spec}", "ARGS=--until-idle 0.5", env=env)
+    ran = make("run", f"SPEC={spec}", "ARGS=--until-idle 0", env=env)
     assert "] done: in 7 | out " in ran.stderr
     usa = make("consume", "STREAM=usa-out", "ARGS=--no-follow --jsonl", env=env).stdout
     other = make("consume", "STREAM=other-out", "ARGS=--no-follow --jsonl", env=env).stdout

@@ -72,7 +72,7 @@ def run_until_idle(state, **options):
     loaded = spec.load(ECOMMERCE)
     backend = LocalBackend(state)
     lines = []
-    options = RunOptions(until_idle=options.pop("until_idle", 0.5), **options)
+    options = RunOptions(until_idle=options.pop("until_idle", 0), **options)
     assert run_command.run(loaded, backend, state, options, lines.append) == 0
     return lines
 
@@ -211,9 +211,10 @@ def test_the_plain_producer_and_consumer_part(state):
     assert after.stdout.splitlines() == [second]
 
 
-def start_run(state, *args):
+def start_run(processes, state, *args):
+    """`pipeline run` of the scenario in a process of its own, ended when the test ends."""
     env = {**os.environ, "PIPELINE_STATE_DIR": str(state)}
-    return subprocess.Popen(
+    return processes.start(
         [sys.executable, "-m", "runner", "run", ECOMMERCE, *args],
         cwd=REPO,
         env=env,
@@ -236,20 +237,19 @@ def checkpointed(backend):
     return any(not is_start_mark(checkpoint) for checkpoint in checkpoints)
 
 
-def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state):
+def test_a_run_killed_mid_stream_loses_nothing_when_started_again(state, processes):
     pipeline("apply", ECOMMERCE)
     total = 40_000  # four GetRecords batches: the kill lands after the first
     produce_sessions(total, seed=5)
     backend = LocalBackend(state)
-    run = start_run(state)
+    run = start_run(processes, state)
     wait_for(lambda: checkpointed(backend))
     run.send_signal(signal.SIGKILL)
     run.wait()
     written = len(read_stream(backend, USA) + read_stream(backend, INTERNATIONAL))
     assert 0 < written < total, "the kill should land mid-stream"
 
-    again = start_run(state, "--until-idle", "1")
-    assert again.wait(timeout=120) == 0, again.stderr.read()
+    run_until_idle(state)  # started again
 
     routed = {
         r["session_id"] for r in read_stream(backend, USA) + read_stream(backend, INTERNATIONAL)
@@ -265,10 +265,10 @@ def bucket_records(backend, name):
     )
 
 
-def test_sigterm_stops_cleanly_with_a_summary(state):
+def test_sigterm_stops_cleanly_with_a_summary(state, processes):
     pipeline("apply", ECOMMERCE)
     produce_sessions(10)
-    run = start_run(state)
+    run = start_run(processes, state)
     backend = LocalBackend(state)
     wait_for(lambda: checkpointed(backend))
     run.send_signal(signal.SIGTERM)
@@ -279,10 +279,10 @@ def test_sigterm_stops_cleanly_with_a_summary(state):
     assert bucket_records(backend, "usa") + bucket_records(backend, "int") == 10
 
 
-def test_ctrl_c_mid_burst_delivers_every_record_the_run_routed(state):
+def test_ctrl_c_mid_burst_delivers_every_record_the_run_routed(state, processes):
     pipeline("apply", ECOMMERCE)
     produce_sessions(30_000, seed=9)  # three source reads: Ctrl-C lands while they flow
-    run = start_run(state)
+    run = start_run(processes, state)
     backend = LocalBackend(state)
     wait_for(lambda: checkpointed(backend))
     run.send_signal(signal.SIGINT)
@@ -294,25 +294,21 @@ def test_ctrl_c_mid_burst_delivers_every_record_the_run_routed(state):
     assert 0 < sum(routed.values()) < 30_000, "the Ctrl-C should land mid-burst"
 
 
-def test_a_run_stops_with_one_line_when_its_state_folder_is_removed(state):
+def test_a_run_stops_with_one_line_when_its_state_folder_is_removed(state, processes):
     pipeline("apply", ECOMMERCE)
     produce_sessions(10)
-    run = start_run(state)
+    run = start_run(processes, state)
     wait_for(lambda: LocalBackend(state).get_checkpoints("de-c2w2lab1-etl", SOURCE))
     shutil.rmtree(state)  # `rm -rf .pipeline` while it runs
-    try:
-        code = run.wait(timeout=30)
-    finally:
-        run.kill()  # no run left behind if it goes on
 
-    assert code == 1
+    assert run.wait(timeout=30) == 1
     assert run.stderr.read().splitlines()[-1] == f"error: {removed_state(state)}"
 
 
-def test_a_second_run_of_the_same_pipeline_is_refused_while_one_runs(state):
+def test_a_second_run_of_the_same_pipeline_is_refused_while_one_runs(state, processes):
     pipeline("apply", ECOMMERCE)
     produce_sessions(10)
-    first = start_run(state)
+    first = start_run(processes, state)
     backend = LocalBackend(state)
     wait_for(lambda: backend.get_checkpoints("de-c2w2lab1-etl", SOURCE))
 

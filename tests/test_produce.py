@@ -6,6 +6,7 @@ from itertools import islice
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, removed_state
+from fakes import FaultyBackend
 
 from runner.backends.base import BackendError
 from runner.backends.limits import MAX_RECORD_BYTES
@@ -179,28 +180,23 @@ def test_a_state_folder_removed_while_producing_fails_and_reports_nothing_as_put
     assert warnings == []
 
 
-class FailingAfter:
+def failing_after(backend, calls):
     """A backend whose PutRecords fails after `calls` calls, as on a disk that fills up."""
 
-    def __init__(self, backend, calls):
-        self._backend = backend
-        self.calls = calls
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def put_records(self, stream, entries):
-        if self.calls == 0:
+    def put_records(put, stream, entries):
+        if filling.called["put_records"] > calls:
             raise BackendError("local state .pipeline/pipeline.db: database or disk is full")
-        self.calls -= 1
-        return self._backend.put_records(stream, entries)
+        return put(stream, entries)
+
+    filling = FaultyBackend(backend, put_records=put_records)
+    return filling
 
 
 def test_an_error_says_how_many_records_were_put_before_it(backend):
     lines = [json.dumps({"session_id": f"s{number}"}).encode() for number in range(1, 2001)]
     warnings = []
 
-    code = put_lines(FailingAfter(backend, calls=3), [b"{oops", *lines], warnings.append)
+    code = put_lines(failing_after(backend, calls=3), [b"{oops", *lines], warnings.append)
 
     assert code == 1
     assert warnings == [

@@ -16,7 +16,15 @@ import pytest
 from botocore.exceptions import ReadTimeoutError
 from click.testing import CliRunner
 from conftest import MINIMAL, read_stream, removed_state, session_ids
-from fakes import HungRenewals, VirtualClock, lease_on, wait_until
+from fakes import (
+    Clock,
+    FaultyBackend,
+    HungRenewals,
+    VirtualClock,
+    full_disk,
+    lease_on,
+    wait_until,
+)
 from moto import mock_aws
 
 from runner import spec
@@ -58,34 +66,15 @@ RAW_ARCHIVE = (
 )
 
 
-class Clock:
-    """The engine's clock; its sleep moves it on, so a run takes no real time."""
+def before_each_get(backend, before):
+    """The local backend, calling `before(n)` before its nth GetRecords call."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def get_records(get, iterator, limit):
+        before(wrapped.called["get_records"])
+        return get(iterator, limit)
 
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.01)
-
-
-class Wrapped:
-    """The local backend, with a hook before each GetRecords call."""
-
-    def __init__(self, backend, before_get=None):
-        self._backend = backend
-        self.before_get = before_get or (lambda call: None)
-        self.get_calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def get_records(self, iterator, limit=10_000):
-        self.get_calls += 1
-        self.before_get(self.get_calls)
-        return self._backend.get_records(iterator, limit)
+    wrapped = FaultyBackend(backend, get_records=get_records)
+    return wrapped
 
 
 def setup(tmp_path, *, firehoses=""):
@@ -184,7 +173,7 @@ def busy_producer(backend, stop_at=None, engine_box=None, give_up=150):
         if call >= give_up:
             raise RuntimeError(f"still reading after {call} GetRecords calls")
 
-    return Wrapped(backend, before)
+    return before_each_get(backend, before)
 
 
 def test_a_stop_during_the_final_delivery_drain_ends_the_run(tmp_path):
@@ -225,7 +214,7 @@ def test_a_second_stop_signal_during_the_final_delivery_stops_at_once(tmp_path):
         if call in (1, 3):  # the first source read, then the delivery's second read
             os.kill(os.getpid(), signal.SIGINT)
 
-    run = make_engine(loaded, Wrapped(backend, ctrl_c), state, until_idle=None)
+    run = make_engine(loaded, before_each_get(backend, ctrl_c), state, until_idle=None)
 
     with pytest.raises(KeyboardInterrupt):
         run.run()
@@ -252,7 +241,7 @@ def test_until_idle_does_not_stop_while_a_shard_is_throttled(tmp_path):
         if 2 <= call <= 4:
             raise Throttled("Rate exceeded for shard shardId-000000000000")
 
-    throttled = Wrapped(backend, before)
+    throttled = before_each_get(backend, before)
 
     counts = make_engine(loaded, throttled, state, until_idle=1.0).run()
 
@@ -271,7 +260,7 @@ def test_a_run_whose_state_folder_is_removed_stops_with_the_error(tmp_path):
             shutil.rmtree(state)
 
     with pytest.raises(BackendError) as caught:
-        make_engine(loaded, Wrapped(backend, rm_rf), state).run()
+        make_engine(loaded, before_each_get(backend, rm_rf), state).run()
 
     assert str(caught.value) == removed_state(state)
 
@@ -312,12 +301,8 @@ def test_objects_are_written_before_delivery_checkpoints_move(tmp_path):
     loaded, backend, state = setup(tmp_path)
     backend.put_records("in", sessions("a", "b", "c"))
 
-    class FailingWrites(Wrapped):
-        def put_object(self, bucket, key, body):
-            raise BackendError(f"cannot write object '{key}' to bucket '{bucket}': disk full")
-
     with pytest.raises(BackendError, match="disk full"):
-        make_engine(loaded, FailingWrites(backend), state).run()
+        make_engine(loaded, FaultyBackend(backend, put_object=full_disk), state).run()
     assert backend.get_checkpoints("firehose:review-out-firehose", "out") == {}
     assert routed_ids(backend) == ["a", "b", "c"]  # the source side was checkpointed
 
@@ -379,28 +364,17 @@ def test_a_long_throttled_put_keeps_waiting_instead_of_failing():
 LOST = 'Could not connect to the endpoint URL: "https://kinesis.us-east-1.amazonaws.com/"'
 
 
-class Failing:
+def unreachable(backend, method, clock, until=10_000.0):
     """The local backend, with one of its calls failing as a lost network makes it fail until
     the clock reaches `until` (only the run's own checkpoints, not its deliveries')."""
 
-    def __init__(self, backend, method, clock, until=10_000.0):
-        self._backend = backend
-        self.method = method
-        self.clock = clock
-        self.until = until
+    def fail(call, *args):
+        delivery = method == "set_checkpoint" and args[0].startswith("firehose:")
+        if clock() < until and not delivery:
+            raise Throttled(f"{method}: {LOST}")
+        return call(*args)
 
-    def __getattr__(self, name):
-        call = getattr(self._backend, name)
-        if name != self.method:
-            return call
-
-        def failing(*args, **kwargs):
-            delivery = name == "set_checkpoint" and args[0].startswith("firehose:")
-            if self.clock() < self.until and not delivery:
-                raise Throttled(f"{name}: {LOST}")
-            return call(*args, **kwargs)
-
-        return failing
+    return FaultyBackend(backend, **{method: fail})
 
 
 @pytest.mark.parametrize("method", ["put_records", "set_checkpoint", "get_records", "list_shards"])
@@ -410,7 +384,7 @@ def test_a_call_failing_longer_than_the_deadline_ends_the_run_without_checkpoint
     loaded, backend, state = setup(tmp_path)
     backend.put_records("in", sessions("a", "b"))
     clock = Clock()
-    run = make_engine(loaded, Failing(backend, method, clock), state, clock, give_up_after=60)
+    run = make_engine(loaded, unreachable(backend, method, clock), state, clock, give_up_after=60)
 
     with pytest.raises(BackendError) as error:
         run.run()
@@ -428,7 +402,7 @@ def test_a_run_says_what_it_waits_for_every_few_seconds(tmp_path):
     backend.put_records("in", sessions("a"))
     clock = Clock()
     lines = []
-    failing = Failing(backend, "put_records", clock)
+    failing = unreachable(backend, "put_records", clock)
     run = make_engine(
         loaded, failing, state, clock, lines.append, give_up_after=60, status_every=20
     )
@@ -466,7 +440,7 @@ def test_ctrl_c_during_a_long_wait_ends_the_run_at_once_without_checkpointing(tm
     backend.put_records("in", sessions("a", "b"))
     clock = Interrupting(at=30)
     lines = []
-    run = make_engine(loaded, Failing(backend, method, clock), state, clock, lines.append)
+    run = make_engine(loaded, unreachable(backend, method, clock), state, clock, lines.append)
 
     counts = run.run()
 
@@ -482,7 +456,7 @@ def test_ctrl_c_during_a_long_wait_ends_the_run_at_once_without_checkpointing(tm
 def test_a_stop_from_another_thread_ends_a_wait_promptly(tmp_path):
     loaded, backend, state = setup(tmp_path)
     backend.put_records("in", sessions("a", "b"))
-    failing = Failing(backend, "put_records", time.monotonic, until=time.monotonic() + 5)
+    failing = unreachable(backend, "put_records", time.monotonic, until=time.monotonic() + 5)
     run = engine.Engine(
         loaded, failing, state, engine.RunOptions(until_idle=1.0), lambda line: None
     )

@@ -1,6 +1,7 @@
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES, without_usa
+from fakes import FaultyBackend
 
 from runner import spec
 from runner.backends.local import LocalBackend
@@ -199,21 +200,17 @@ def test_apply_after_a_partial_destroy_recreates_only_what_is_missing(state, bac
 # Two applies at once
 
 
-class CreatingMeanwhile:
+def creating_meanwhile(backend, other):
     """A backend on which `other` runs to its end just before the first create: as when two
     applies start together and the other one is quicker."""
 
-    def __init__(self, backend, other):
-        self._backend = backend
-        self._other = other
+    def create_stream(create, name, shards, *owner):
+        if racing.called["create_stream"] == 1:
+            other()
+        create(name, shards, *owner)
 
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def create_stream(self, name, shards, *owner):
-        other, self._other = self._other, lambda: None
-        other()
-        self._backend.create_stream(name, shards, *owner)
+    racing = FaultyBackend(backend, create_stream=create_stream)
+    return racing
 
 
 @pytest.mark.parametrize(
@@ -228,7 +225,7 @@ def test_two_applies_at_once_both_succeed(state, backend, write_spec, others_sha
         )
     )
     others_lines, lines = [], []
-    racing = CreatingMeanwhile(
+    racing = creating_meanwhile(
         backend, lambda: provision.apply(others, LocalBackend(state), others_lines.append)
     )
 

@@ -1,9 +1,9 @@
 import datetime
 
 import pytest
+from fakes import Clock, FaultyBackend
 
 from runner.backends.base import SHARD_END, Throttled
-from runner.backends.limits import MAX_GET_RECORDS
 from runner.backends.local import LocalBackend
 from runner.loop.reader import StreamReader
 from runner.spec.position import Position
@@ -13,50 +13,42 @@ UTC = datetime.timezone.utc
 KEYS = [f"user-{i}" for i in range(40)]
 
 
-class Clock:
-    """A settable clock, for the backend (time.time) and for the reader (time.monotonic)."""
-
-    def __init__(self, now=0.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-class Watched:
+class Watched(FaultyBackend):
     """LocalBackend as the reader sees it: notes when each GetRecords asked which shard, and
     answers Throttled to the first `throttle` calls on the shards in `throttled`."""
 
     def __init__(self, backend, clock, throttled=(), throttle=1):
-        self.backend = backend
+        super().__init__(
+            backend,
+            get_shard_iterator=self._get_shard_iterator,
+            latest_iterator=self._latest_iterator,
+            get_records=self._get_records,
+        )
         self.clock = clock
         self.throttled = {shard: throttle for shard in throttled}
         self.calls = []  # (reader time, shard id)
         self.iterators = []  # (shard id, iterator type, sequence)
         self._shard_of = {}
 
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def get_shard_iterator(self, stream, shard_id, iterator_type, **position):
-        iterator = self.backend.get_shard_iterator(stream, shard_id, iterator_type, **position)
+    def _get_shard_iterator(self, get, stream, shard_id, iterator_type, **position):
+        iterator = get(stream, shard_id, iterator_type, **position)
         self.iterators.append((shard_id, iterator_type, position.get("sequence")))
         self._shard_of[iterator] = shard_id
         return iterator
 
-    def latest_iterator(self, stream, shard_id):
-        iterator, checkpoint = self.backend.latest_iterator(stream, shard_id)
+    def _latest_iterator(self, latest, stream, shard_id):
+        iterator, checkpoint = latest(stream, shard_id)
         self.iterators.append((shard_id, "LATEST", None))
         self._shard_of[iterator] = shard_id
         return iterator, checkpoint
 
-    def get_records(self, iterator, limit=MAX_GET_RECORDS):
+    def _get_records(self, get, iterator, limit):
         shard = self._shard_of[iterator]
         self.calls.append((self.clock(), shard))
         if self.throttled.get(shard, 0) > 0:
             self.throttled[shard] -= 1
             raise Throttled(f"Rate exceeded for shard {shard}")
-        answer = self.backend.get_records(iterator, limit)
+        answer = get(iterator, limit)
         if answer.next_iterator is not None:
             self._shard_of[answer.next_iterator] = shard
         return answer
