@@ -30,6 +30,7 @@ from runner.backends.base import (
 from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.reader import FORGET_OPTION
+from runner.plural import count
 from runner.spec import Position, Spec
 
 
@@ -110,10 +111,9 @@ class Status:
         }
 
     def lines(self) -> list[str]:
-        count = len(self.shards)
         lines = [
             f"pipeline {self.spec.pipeline} on {self.location}",
-            f"source: stream {self.stream}, {count} shard{'' if count == 1 else 's'}",
+            f"source: stream {self.stream}, {count(len(self.shards), 'shard')}",
         ]
         if self.earlier:
             lines.append(f"  {self.earlier}")
@@ -155,8 +155,8 @@ class Status:
             return ["none declared (`pipeline run` refuses this spec on this target)"]
         lines = []
         for place in self.dead_letter:
-            entries = _count(place.entries, "entry", "entries")
-            objects = f" in {_count(place.objects, 'object')}" if place.objects is not None else ""
+            entries = count(place.entries, "entry", "entries")
+            objects = f" in {count(place.objects, 'object')}" if place.objects is not None else ""
             lines.append(f"{place.where}: {entries}{objects}")
         return lines
 
@@ -294,12 +294,8 @@ def _checkpoint_text(shard: ShardStatus) -> str:
 
 def _behind_text(behind: Behind) -> str:
     if behind.records is not None:
-        return _count(behind.records, "record")
+        return count(behind.records, "record")
     return f"{behind.millis} ms"
-
-
-def _count(number: int, what: str, plural: str | None = None) -> str:
-    return f"{number} {what if number == 1 else plural or what + 's'}"
 
 
 def _when(moment: datetime.datetime | None) -> str:
