@@ -22,6 +22,7 @@ from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.provision import apply
 from runner.loop.engine import Engine, RunOptions
+from runner.loop.run_info import record_spec_version
 
 # Version 2 of MINIMAL (conftest): Canadian sessions to a stream of their own.
 CANADA = MINIMAL.replace(
@@ -285,6 +286,19 @@ def test_dead_letter_entries_carry_the_version_that_judged_them(tmp_path):
         ("first", spec.version(first.encode())),
         ("second", spec.version(STRICT.encode())),
     ]
+
+
+def test_a_swapped_version_is_recorded_as_the_one_in_use_for_status(tmp_path):
+    run = Run(tmp_path, MINIMAL)
+    run.backend.create_stream("canada-out", 1)
+    record_spec_version(run.backend, spec.load(run.path))  # as `run` does once it holds the lock
+    run.at(1, run.edit(CANADA))
+    run.on("spec reloaded", run.stop)
+
+    run.run()
+
+    assert run.said() == ["[shop] spec reloaded (version 2): route + canada; transform unchanged"]
+    assert run.backend.get_run_info("shop").spec_version == spec.version(CANADA.encode())
 
 
 def test_a_moved_dead_letter_takes_the_records_of_the_new_version(tmp_path):

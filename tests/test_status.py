@@ -237,6 +237,27 @@ def test_status_counts_the_entries_of_a_file_or_bucket_dead_letter(tmp_path, dea
         assert status(target, path).splitlines()[-2] == f"dead letter: {where}: 3 entries"
 
 
+def test_status_counts_only_the_entries_that_wait_after_a_redrive(cli_target, tmp_path):
+    """A redrive moves past what it handled: what it routed no longer waits, and what failed
+    again waits once, as the new entry it wrote."""
+    path = shop_applied(cli_target, tmp_path)
+    backend = cli_target.backend()
+    keyless = [(json.dumps({"id": i}).encode(), i) for i in ("a", "b")]
+    backend.put_records("shop-in", [*keyless, (b"not json", "x")])
+    assert cli_target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    assert (
+        status(cli_target, path).splitlines()[-2] == "dead letter: stream shop-rejects: 3 entries"
+    )
+    path.write_text(SHOP.replace("partition_key: session_id", "partition_key: id"))
+    redriven = cli_target.invoke("redrive", str(path))
+    assert redriven.exit_code == 0, redriven.output
+
+    found = json.loads(status(cli_target, path, "--json"))["dead_letter"]
+
+    assert found == [{"where": "stream shop-rejects", "entries": 1}]
+    assert status(cli_target, path).splitlines()[-2] == "dead letter: stream shop-rejects: 1 entry"
+
+
 def test_status_of_a_spec_without_a_route_shows_its_shards_unread(cli_target, tmp_path):
     """It never runs: on AWS apply makes it no checkpoint table, which status does not need."""
     resources_only = SHOP.split("route:")[0]

@@ -23,6 +23,7 @@ from runner.loop.backlog import Waiting
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Fenced
 from runner.loop.redrive import BATCH_ENTRIES, Redrive
+from runner.plural import count
 from runner.records.processor import Outcome
 from runner.spec import Spec, SpecError
 
@@ -99,7 +100,7 @@ def _dry_run(
     say(f"dry run, nothing is written: {_entries(waiting)}")
     job.run()
     total = sum(waiting.values())
-    out.write(tally(f"{total} entr{'y' if total == 1 else 'ies'}", fates) + "\n")
+    out.write(tally(count(total, "entry", "entries"), fates) + "\n")
     return 0
 
 
@@ -108,8 +109,8 @@ def _entries(waiting: dict[str, int]) -> str:
     total = sum(waiting.values())
     if not total:
         return f"no entries wait in {' or '.join(waiting)}"
-    entries = f"{total} entr{'y waits' if total == 1 else 'ies wait'}"
-    places = [(where, count) for where, count in waiting.items() if count]
+    entries = count(total, "entry waits", "entries wait")
+    places = [(where, number) for where, number in waiting.items() if number]
     if len(places) == 1:
         return f"{entries} in {places[0][0]}"
-    return f"{entries}: " + ", ".join(f"{count} in {where}" for where, count in places)
+    return f"{entries}: " + ", ".join(f"{number} in {where}" for where, number in places)

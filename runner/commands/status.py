@@ -27,8 +27,10 @@ from runner.backends.base import (
     is_start_mark,
     parse_start_mark,
 )
+from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs
 from runner.loop.dead_letter import DeadLetter
-from runner.loop.reader import FORGET_OPTION, StreamReader
+from runner.loop.reader import FORGET_OPTION
+from runner.plural import count
 from runner.spec import Position, Spec
 
 
@@ -109,10 +111,9 @@ class Status:
         }
 
     def lines(self) -> list[str]:
-        count = len(self.shards)
         lines = [
             f"pipeline {self.spec.pipeline} on {self.location}",
-            f"source: stream {self.stream}, {count} shard{'' if count == 1 else 's'}",
+            f"source: stream {self.stream}, {count(len(self.shards), 'shard')}",
         ]
         if self.earlier:
             lines.append(f"  {self.earlier}")
@@ -154,8 +155,8 @@ class Status:
             return ["none declared (`pipeline run` refuses this spec on this target)"]
         lines = []
         for place in self.dead_letter:
-            entries = _count(place.entries, "entry", "entries")
-            objects = f" in {_count(place.objects, 'object')}" if place.objects is not None else ""
+            entries = count(place.entries, "entry", "entries")
+            objects = f" in {count(place.objects, 'object')}" if place.objects is not None else ""
             lines.append(f"{place.where}: {entries}{objects}")
         return lines
 
@@ -259,46 +260,23 @@ def _shard_status(
 def dead_letter_places(
     spec: Spec, backend: Backend, state_dir: Path, sleep: Callable[[float], None] = time.sleep
 ) -> list[DeadLetterPlace]:
-    """Where the pipeline's dead-letter entries are, and how many: the declared bucket or
-    stream, and the file in the state folder (on the local target, where entries too large
-    for a dead-letter stream go too). None where the target allows no file and none is declared."""
+    """Where the pipeline's dead-letter entries wait, and how many, after the redrive
+    positions: the declared bucket or stream, and the file in the state folder (on the local
+    target, where entries too large for a dead-letter stream go too), shown when entries wait
+    there or nothing else is declared. None where the target allows no file and none is
+    declared."""
     dead_letter = DeadLetter(spec, backend, state_dir)
-    if dead_letter.bucket is not None:
-        keys = backend.list_objects(dead_letter.bucket, dead_letter.prefix)
-        lines = sum(backend.get_object(dead_letter.bucket, key).count(b"\n") for key in keys)
-        return [DeadLetterPlace(dead_letter.where(), lines, objects=len(keys))]
-    places = []
-    if dead_letter.sink is not None:
-        entries = _records_in(backend, dead_letter.sink.stream, sleep)
-        places.append(DeadLetterPlace(dead_letter.where(), entries))
-    if backend.name not in CHECKPOINTS_OFF_MACHINE:
-        in_file = _lines_in(dead_letter.path)
-        if in_file or dead_letter.sink is None:
-            places.append(DeadLetterPlace(f"file {dead_letter.path}", in_file))
-    return places
-
-
-def _records_in(backend: Backend, stream: str, sleep: Callable[[float], None]) -> int:
-    """How many records the stream holds, read from its trim horizon to its end."""
-    reader = StreamReader(backend, stream)
-    count = 0
-    while True:
-        batches = reader.poll()
-        count += sum(len(batch.records) for batch in batches)
-        if reader.caught_up or reader.done:
-            return count
-        if not any(batch.records for batch in batches):
-            sleep(reader.wait_time())
-
-
-def _lines_in(path: Path) -> int:
-    try:
-        with path.open("rb") as file:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
-    except OSError as error:
-        raise BackendError(f"cannot read {path}: {error.strerror}") from error
+    file = None if backend.name in CHECKPOINTS_OFF_MACHINE else dead_letter.path
+    places, in_file = [], []
+    for backlog in backlogs(spec, backend, file, sleep=sleep):
+        entries = backlog.count()
+        if isinstance(backlog, BucketBacklog):
+            places.append(DeadLetterPlace(backlog.where, entries, objects=len(backlog.keys)))
+        elif not isinstance(backlog, FileBacklog):
+            places.append(DeadLetterPlace(backlog.where, entries))
+        elif entries or spec.dead_letter is None:
+            in_file.append(DeadLetterPlace(backlog.where, entries))
+    return places + in_file
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:
@@ -316,12 +294,8 @@ def _checkpoint_text(shard: ShardStatus) -> str:
 
 def _behind_text(behind: Behind) -> str:
     if behind.records is not None:
-        return _count(behind.records, "record")
+        return count(behind.records, "record")
     return f"{behind.millis} ms"
-
-
-def _count(number: int, what: str, plural: str | None = None) -> str:
-    return f"{number} {what if number == 1 else plural or what + 's'}"
 
 
 def _when(moment: datetime.datetime | None) -> str:

@@ -53,6 +53,7 @@ from runner.loop.dead_letter import DeadLetter, read_entry
 from runner.loop.patience import GIVE_UP_AFTER_S, Patience
 from runner.loop.reader import StreamReader
 from runner.loop.sink import Sink
+from runner.plural import count
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey, Outcome
 from runner.spec import Spec
 
@@ -317,7 +318,7 @@ class Redrive:
                 done.add(position)
         self.report(
             f"the last redrive of {backlog.where} was cut short in a batch; of what it wrote "
-            f"then, {_count(records, 'record')} in sinks and {_count(entries, 'entry', 'entries')}"
+            f"then, {count(records, 'record')} in sinks and {count(entries, 'entry', 'entries')}"
             " in the dead letter are not written again"
         )
         return _Pending(log, to, done, held)
@@ -349,10 +350,6 @@ class Redrive:
             )
             lines += [r.data for batch in read_through(reader, self.sleep) for r in batch.records]
         return Counter(entry.identity for line in lines if (entry := read_entry(line)))
-
-
-def _count(number: int, noun: str, nouns: str = "") -> str:
-    return f"{number} {noun if number == 1 else nouns or noun + 's'}"
 
 
 def _take(found: Counter, what: str) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.plural import count
 from runner.records.routing import Route
 from runner.records.transform import Step
 from runner.spec.position import Position
@@ -100,10 +101,6 @@ class Spec:
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""
-
-        def count(number: int, what: str) -> str:
-            return f"{number} {what}{'' if number == 1 else 's'}"
-
         return (
             f"{self.path}: ok: pipeline {self.pipeline}, "
             f"{count(len(self.streams), 'stream')}, {count(len(self.buckets), 'bucket')}, "
