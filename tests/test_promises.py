@@ -276,6 +276,40 @@ def test_a_run_whose_state_folder_is_removed_stops_with_the_error(tmp_path):
     assert str(caught.value) == removed_state(state)
 
 
+class FillingUp:
+    """The local backend, whose disk is full once the first PutRecords call is in: the next
+    ones fail as SQLite does on a full disk."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.puts = 0
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def put_records(self, stream, entries):
+        self.puts += 1
+        if self.puts > 1:
+            raise BackendError("local state .pipeline/pipeline.db: database or disk is full")
+        return self._backend.put_records(stream, entries)
+
+
+def test_a_run_stopped_by_an_error_counts_only_what_it_wrote(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a"))
+
+    def more(call):
+        if call == 3:  # after the first round: the source and the delivery read once
+            backend.put_records("in", sessions("b", "c"))
+
+    run = make_engine(loaded, Wrapped(FillingUp(backend), more), state)
+    with pytest.raises(BackendError):
+        run.run()
+
+    assert routed_ids(backend) == ["a"]
+    assert (run.counts.records_in, dict(run.counts.out)) == (1, {"out": 1})
+
+
 # The local Firehose delivery.
 
 
