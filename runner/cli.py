@@ -70,7 +70,7 @@ def _os_error(error: OSError) -> str:
 
 
 class StandardOutput:
-    """sys.stdout for the commands that print records: a failed write names it."""
+    """sys.stdout for what the commands print: a failed write names it."""
 
     def write(self, text: str) -> int:
         with self._named():
@@ -89,6 +89,11 @@ class StandardOutput:
             raise
         except OSError as error:  # e.g. redirected to a file on a full disk
             raise BackendError(f"cannot write standard output: {error.strerror}") from error
+
+
+def echo(line: str) -> None:
+    """Print a line of a command's output; a failed write (e.g. to a full disk) names stdout."""
+    click.echo(line, file=StandardOutput())
 
 
 def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
@@ -172,7 +177,7 @@ def cli() -> None:
 @reports_errors
 def validate(specs: tuple[str, ...], strict: bool, target: Target) -> int:
     """Check specs (schema, references, expressions), warn of likely mistakes; touches nothing."""
-    return validate_command.validate(specs, target, strict=strict, out=click.echo, warn=say)
+    return validate_command.validate(specs, target, strict=strict, out=echo, warn=say)
 
 
 @cli.command()
@@ -200,8 +205,8 @@ def plan(spec: str, strict: bool, target: Target) -> int:
     loaded = target.load(spec, strict=strict, warn=say)
     changes = provision.plan(loaded, target.backend(loaded.region))
     for change in changes:
-        click.echo(change.line())
-    click.echo(provision.summary(changes, done=False))
+        echo(change.line())
+    echo(provision.summary(changes, done=False))
     return EXIT_OK
 
 
@@ -232,11 +237,11 @@ def apply(spec: str, prune: bool, yes: bool, strict: bool, target: Target) -> in
     changes = provision.apply(
         loaded,
         target.backend(loaded.region),
-        click.echo,
+        echo,
         prune=prune,
         confirm=_confirm_deleting(yes, "Delete", loaded.pipeline, target),
     )
-    click.echo(provision.summary(changes, done=True, pruned=prune))
+    echo(provision.summary(changes, done=True, pruned=prune))
     return EXIT_OK
 
 
@@ -252,10 +257,10 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     removed = provision.destroy(
         loaded,
         target.backend(loaded.region),
-        click.echo,
+        echo,
         confirm=_confirm_deleting(yes, "Destroy", loaded.pipeline, target),
     )
-    click.echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
+    echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
     return EXIT_OK
 
 
@@ -462,9 +467,11 @@ def consume(
 
 
 @cli.command()
-def schema() -> None:
+@reports_errors
+def schema() -> int:
     """Print the spec's JSON Schema."""
-    click.echo(json.dumps(spec_module.schema(), indent=2))
+    echo(json.dumps(spec_module.schema(), indent=2))
+    return EXIT_OK
 
 
 def main() -> None:
@@ -482,10 +489,10 @@ def status(spec: str, as_json: bool, strict: bool, target: Target) -> int:
     loaded = target.load(spec, strict=strict, warn=say)
     found = status_module.status(loaded, target.backend(loaded.region), target.state_dir)
     if as_json:
-        click.echo(json.dumps(found.as_json(), indent=2))
+        echo(json.dumps(found.as_json(), indent=2))
     else:
         for line in found.lines():
-            click.echo(line)
+            echo(line)
     return EXIT_OK
 
 
@@ -512,7 +519,7 @@ def reset(spec: str, to: Any, shard: str | None, yes: bool, strict: bool, target
         to,
         shard=shard,
         confirm=lambda question: yes or click.confirm(question, abort=True),
-        report=click.echo,
+        report=echo,
         wait_report=lambda line: say(f"[{loaded.pipeline}] {line}"),
     )
     return EXIT_OK

@@ -1,5 +1,8 @@
 import errno
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -181,6 +184,28 @@ def test_schema_prints_the_json_schema():
     result = invoke("schema")
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "a pipeline spec"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a full disk")
+@pytest.mark.parametrize("command", ["schema", "validate", "plan", "apply", "status"])
+def test_output_to_a_full_disk_is_one_line_naming_standard_output(state, command):
+    spec = str(PIPELINES / "ecommerce.yaml")
+    if command == "status":
+        assert invoke("apply", spec).exit_code == 0
+    args = [] if command == "schema" else [spec]
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", command, *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: cannot write standard output: No space left on device\n",
+    )
 
 
 def test_the_help_of_commands_that_take_no_spec_does_not_mention_one():
