@@ -237,7 +237,8 @@ def test_ctrl_c_of_synthetic_sessions_says_through_which_session(backend):
     )
     warnings = []
 
-    code = main(FailingAfter(backend, 2, KeyboardInterrupt()), STREAM, options, warn=warnings.append)
+    interrupted = FailingAfter(backend, 2, KeyboardInterrupt())
+    code = main(interrupted, STREAM, options, warn=warnings.append)
 
     assert code == 130
     assert warnings == ["stopped: put 1000 records into events (through session 1000)"]
@@ -247,9 +248,7 @@ def test_sigterm_stops_produce_as_ctrl_c_does_saying_what_was_put(backend):
     command = [sys.executable, "-m", "runner", "produce", "--stream", STREAM, "--file", "-"]
     producing = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     # A first batch of 500 is put; the next 100 wait for more input, as from a slow pipe.
-    producing.stdin.write(
-        b"".join(b'{"session_id": "s%d"}\n' % number for number in range(1, 601))
-    )
+    producing.stdin.write(b"".join(b'{"session_id": "s%d"}\n' % number for number in range(1, 601)))
     producing.stdin.flush()
     wait_until(lambda: len(stream_records(backend)) == 500)
 

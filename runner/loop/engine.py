@@ -27,7 +27,7 @@ from runner.backends.base import (
 )
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
-from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
+from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
 from runner.loop.run_info import record_spec_version
