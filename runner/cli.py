@@ -309,14 +309,16 @@ def run(
     target: Target,
 ) -> int:
     """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
-    loaded = target.load(spec, strict=strict, warn=say)
+    # For run: what it refuses is said once, as its error, not as a warning first.
+    load = functools.partial(target.load, spec, strict=strict, warn=say, for_run=True)
+    loaded = load()
     options = engine.RunOptions(
         until_idle=until_idle,
         max_records=max_records,
         forget_old_checkpoints=forget_old_checkpoints,
         give_up_after=give_up_after,
     )
-    reload = functools.partial(target.load, spec, strict=strict, warn=say) if watch else None
+    reload = load if watch else None
     backend = target.backend(loaded.region)
     return run_command.run(loaded, backend, target.state_dir, options, say, reload=reload)
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES
+from moto import mock_aws
 
 from runner import cli as cli_module
 from runner.cli import cli
@@ -71,15 +72,18 @@ def test_validate_prints_warnings_and_exits_0_or_with_strict_refuses_the_spec(wr
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
 
 
+RUN_REFUSES_ON_AWS = (
+    "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
+    "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key "
+    "of resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+)
+
+
 def test_validate_on_the_aws_target_warns_of_a_dead_letter_run_would_refuse(
     write_spec, state, aws_env
 ):
     path = write_spec(MINIMAL)  # no dead_letter: the state folder's file
-    why = (
-        "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
-        "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key "
-        "of resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
-    )
+    why = RUN_REFUSES_ON_AWS
     result = invoke("validate", str(path), "--target", "aws")
     assert (result.exit_code, result.stderr) == (
         0,
@@ -90,6 +94,35 @@ def test_validate_on_the_aws_target_warns_of_a_dead_letter_run_would_refuse(
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"{path}: {why}\n")
     assert invoke("validate", "--strict", str(path)).exit_code == 0  # the local target
     assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("preview", []),
+        ("plan", []),
+        ("apply", []),
+        ("destroy", ["--yes"]),
+        ("status", []),
+        ("reset", ["--to", "latest", "--yes"]),
+    ],
+)
+def test_every_command_but_run_warns_on_aws_of_a_dead_letter_run_would_refuse(
+    write_spec, state, aws_env, command, options
+):
+    path = write_spec(MINIMAL)  # no dead_letter: the state folder's file
+    with mock_aws():
+        result = invoke(command, str(path), "--target", "aws", *options, input="")
+        strict = invoke(command, "--strict", str(path), "--target", "aws", *options, input="")
+
+    assert result.stderr.splitlines()[0] == (
+        f"{path}: warning: `pipeline run` refuses this spec: {RUN_REFUSES_ON_AWS}"
+    )
+    assert (strict.exit_code, strict.stdout, strict.stderr) == (
+        2,
+        "",
+        f"{path}: {RUN_REFUSES_ON_AWS}\n",
+    )
 
 
 @pytest.mark.parametrize("command", ["preview", "plan", "apply", "destroy", "run"])
