@@ -627,6 +627,29 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
     second_run.close()
 
 
+def test_ctrl_c_while_waiting_for_the_run_lease_stops_the_run_having_read_nothing(
+    on_aws, tmp_path, monkeypatch
+):
+    path, clock = on_aws
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    waiting = lease_on(clock, while_waiting=ctrl_c)
+    monkeypatch.setattr(target, "open_backend", lambda *args, **kwargs: waiting)
+    state = tmp_path / "state"
+    with lease_on(clock).running("shop") as held:
+        result = CliRunner().invoke(
+            cli, ["run", str(path), "--target", "aws", "--state-dir", state]
+        )
+
+    assert (result.exit_code, result.stderr) == (
+        130,
+        f"[shop] waiting for the run lease held by {held.owner} (free in 60 s unless renewed)\n"
+        "[shop] stopped while waiting for the run lease: nothing was read\n",
+    )
+
+
 def test_a_run_started_while_another_finishes_reads_the_checkpoints_it_leaves(on_aws, tmp_path):
     path, clock = on_aws
     first = lease_on(clock)
