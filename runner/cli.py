@@ -203,7 +203,7 @@ def preview(spec: str, records: Any, jsonl: bool, strict: bool, target: Target) 
 def plan(spec: str, strict: bool, target: Target) -> int:
     """Show what apply would change, resource by resource."""
     loaded = target.load(spec, strict=strict, warn=say)
-    changes = provision.plan(loaded, target.backend(loaded.region))
+    changes = provision.plan(loaded, target.backend(loaded.region, writes=False))
     for change in changes:
         echo(change.line())
     echo(provision.summary(changes, done=False))
@@ -456,7 +456,7 @@ def consume(
     if start.sequence is not None and shard is None:
         raise click.UsageError("--from with a sequence number needs --shard: they are per shard")
     consume_module.consume(
-        target.backend(),
+        target.backend(writes=False),
         stream,
         start,
         StandardOutput(),
@@ -489,7 +489,8 @@ def main() -> None:
 def status(spec: str, as_json: bool, strict: bool, target: Target) -> int:
     """Where a pipeline stands: shards, checkpoints, lag, who runs it, the dead letter."""
     loaded = target.load(spec, strict=strict, warn=say)
-    found = status_module.status(loaded, target.backend(loaded.region), target.state_dir)
+    backend = target.backend(loaded.region, writes=False)
+    found = status_module.status(loaded, backend, target.state_dir)
     if as_json:
         echo(json.dumps(found.as_json(), indent=2))
     else:

@@ -241,6 +241,31 @@ def test_output_to_a_full_disk_is_one_line_naming_standard_output(state, command
     )
 
 
+@pytest.mark.parametrize("command", ["consume", "status", "plan", "preview", "validate"])
+def test_commands_that_only_read_make_no_state_folder(tmp_path, command):
+    missing = tmp_path / "nonexistent"
+    spec = PIPELINES / "ecommerce.yaml"
+    args = ["--stream", "in", "--no-follow"] if command == "consume" else [str(spec)]
+
+    result = invoke(command, *args, "--state-dir", str(missing), input="")
+
+    assert (result.exit_code, result.stderr) == {
+        "consume": (
+            1,
+            f"error: stream 'in' not found on the local target in {missing} (--stream takes "
+            "the stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)\n",
+        ),
+        "status": (
+            1,
+            "error: stream de-c2w2lab1-kinesis-data-stream not found on the local target in "
+            f"{missing}: run `pipeline apply {spec}` first\n",
+        ),
+    }.get(command, (0, ""))
+    if command == "plan":  # an empty state: everything is to create
+        assert result.stdout.endswith("Plan: 8 to create, 0 to change, 0 unchanged.\n")
+    assert not missing.exists()
+
+
 def test_the_help_of_commands_that_take_no_spec_does_not_mention_one():
     for command in ("produce", "consume"):
         result = invoke(command, "--help")

@@ -122,8 +122,15 @@ class LocalBackend(Backend):
     delivers_firehoses = False
 
     def __init__(
-        self, state_dir: Path, region: str = DEFAULT_REGION, clock: Callable[[], float] = time.time
+        self,
+        state_dir: Path,
+        region: str = DEFAULT_REGION,
+        clock: Callable[[], float] = time.time,
+        *,
+        create: bool = True,
     ) -> None:
+        """The state in `state_dir`, made there if missing; unless not `create` (a command that
+        only reads): then a folder holding no state reads as an empty one, and none is made."""
         self.state_dir = Path(state_dir)
         self.region = region
         self._clock = clock
@@ -134,12 +141,17 @@ class LocalBackend(Backend):
         # The life (uid, creation ms) of each stream whose checkpoints this backend read: the
         # one its checkpoints are written for, even if the stream is created again meanwhile.
         self._lives: dict[str, tuple[str | None, int | None]] = {}
+        self._immutable = False
+        if not create and not self._db_path.exists():
+            self.read_only = True
+            self._db = _empty_state()
+            self._db_file: tuple[int, int] | None = None  # no file to lose
+            return
         with disk_errors(self.state_dir, "create"):
             self.state_dir.mkdir(parents=True, exist_ok=True)
         # A state folder this process may not write is opened read-only: commands that only
         # read (consume, plan) work, and the first write says why it cannot be done.
         self.read_only = not _writable(self.state_dir, self._db_path)
-        self._immutable = False
         try:
             self._db = self._open_read_only() if self.read_only else self._open()
             # SQLite goes on writing to a file removed under it: remember which file it is.
@@ -674,6 +686,8 @@ class LocalBackend(Backend):
 
     def _check_file(self) -> None:
         """Raise if the database file was removed or replaced since it was opened."""
+        if self._db_file is None:
+            return  # an empty state read where there is none: nothing to lose
         try:
             current = _identity(os.stat(self._db_path))
         except OSError:  # removed, or the folder replaced by something else
@@ -790,6 +804,14 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _empty_state() -> sqlite3.Connection:
+    """A state with nothing in it, in memory: what a command that only reads finds where no
+    command wrote yet."""
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db.executescript(_SCHEMA)
+    return db
 
 
 def _writable(folder: Path, db: Path) -> bool:

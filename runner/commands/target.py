@@ -21,9 +21,10 @@ class Target:
     endpoint_url: str | None = None
     _backend: Backend | None = field(default=None, repr=False)
 
-    def backend(self, region: str | None = None) -> Backend:
+    def backend(self, region: str | None = None, *, writes: bool = True) -> Backend:
         """The target's backend, opened once, in `--region`, else `region` (a spec's), else
-        the AWS configuration's region."""
+        the AWS configuration's region. For a command that only reads (not `writes`), a
+        missing local state reads as an empty one, and no state folder is made."""
         if self._backend is None:
             self._backend = open_backend(
                 self.name,
@@ -31,6 +32,7 @@ class Target:
                 region=self.region or region,
                 profile=self.profile,
                 endpoint_url=self.endpoint_url,
+                writes=writes,
             )
         return self._backend
 
