@@ -499,7 +499,7 @@ class LocalBackend(Backend):
 
     def create_bucket(self, name: str, owner: str | None = None) -> None:
         path = self._bucket_dir(name)
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path, "create"):
             try:
                 path.mkdir(parents=True)
@@ -511,7 +511,7 @@ class LocalBackend(Backend):
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
         path = self._bucket_dir(name, existing=True)
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path, "delete"):
             shutil.rmtree(path)
         with self._tx(write=True) as db:
@@ -521,7 +521,7 @@ class LocalBackend(Backend):
         """Write the object atomically: readers see the old file or the whole new one."""
         path = self._object_path(bucket, key)
         staging = self.state_dir / "buckets" / ".staging"  # not a valid bucket name
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path):
             staging.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -604,7 +604,7 @@ class LocalBackend(Backend):
         self, pipeline: str, report: Callable[[str], None] = lambda line: None
     ) -> Iterator[Lease]:
         path = self._lock_path(pipeline)
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path.parent, "create"):
             path.parent.mkdir(parents=True, exist_ok=True)
         with disk_errors(path):
@@ -660,7 +660,7 @@ class LocalBackend(Backend):
         # BEGIN IMMEDIATE takes the write lock up front, where the busy timeout waits for it;
         # a deferred transaction upgrading later could fail with "database is locked".
         if write:
-            self._check_writable()
+            self.check_writable()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -676,7 +676,7 @@ class LocalBackend(Backend):
             # so that a run or a consumer stops instead of reading a file no one else sees.
             self._check_file()
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
         """Refuse, in one line, to write to a state folder opened read-only."""
         if self.read_only:
             raise BackendError(
