@@ -71,7 +71,7 @@ def _os_error(error: OSError) -> str:
 
 
 class StandardOutput:
-    """sys.stdout for the commands that print records: a failed write names it."""
+    """sys.stdout for what the commands print: a failed write names it."""
 
     def write(self, text: str) -> int:
         with self._named():
@@ -90,6 +90,11 @@ class StandardOutput:
             raise
         except OSError as error:  # e.g. redirected to a file on a full disk
             raise BackendError(f"cannot write standard output: {error.strerror}") from error
+
+
+def echo(line: str) -> None:
+    """Print a line of a command's output; a failed write (e.g. to a full disk) names stdout."""
+    click.echo(line, file=StandardOutput())
 
 
 def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
@@ -173,7 +178,7 @@ def cli() -> None:
 @reports_errors
 def validate(specs: tuple[str, ...], strict: bool, target: Target) -> int:
     """Check specs (schema, references, expressions), warn of likely mistakes; touches nothing."""
-    return validate_command.validate(specs, target, strict=strict, out=click.echo, warn=say)
+    return validate_command.validate(specs, target, strict=strict, out=echo, warn=say)
 
 
 @cli.command()
@@ -199,10 +204,10 @@ def preview(spec: str, records: Any, jsonl: bool, strict: bool, target: Target) 
 def plan(spec: str, strict: bool, target: Target) -> int:
     """Show what apply would change, resource by resource."""
     loaded = target.load(spec, strict=strict, warn=say)
-    changes = provision.plan(loaded, target.backend(loaded.region))
+    changes = provision.plan(loaded, target.backend(loaded.region, writes=False))
     for change in changes:
-        click.echo(change.line())
-    click.echo(provision.summary(changes, done=False))
+        echo(change.line())
+    echo(provision.summary(changes, done=False))
     return EXIT_OK
 
 
@@ -233,11 +238,11 @@ def apply(spec: str, prune: bool, yes: bool, strict: bool, target: Target) -> in
     changes = provision.apply(
         loaded,
         target.backend(loaded.region),
-        click.echo,
+        echo,
         prune=prune,
         confirm=_confirm_deleting(yes, "Delete", loaded.pipeline, target),
     )
-    click.echo(provision.summary(changes, done=True, pruned=prune))
+    echo(provision.summary(changes, done=True, pruned=prune))
     return EXIT_OK
 
 
@@ -253,10 +258,10 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     removed = provision.destroy(
         loaded,
         target.backend(loaded.region),
-        click.echo,
+        echo,
         confirm=_confirm_deleting(yes, "Destroy", loaded.pipeline, target),
     )
-    click.echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
+    echo(f"Destroyed {count(removed, 'resource')}." if removed else "Nothing to destroy.")
     return EXIT_OK
 
 
@@ -305,14 +310,16 @@ def run(
     target: Target,
 ) -> int:
     """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
-    loaded = target.load(spec, strict=strict, warn=say)
+    # For run: what it refuses is said once, as its error, not as a warning first.
+    load = functools.partial(target.load, spec, strict=strict, warn=say, for_run=True)
+    loaded = load()
     options = engine.RunOptions(
         until_idle=until_idle,
         max_records=max_records,
         forget_old_checkpoints=forget_old_checkpoints,
         give_up_after=give_up_after,
     )
-    reload = functools.partial(target.load, spec, strict=strict, warn=say) if watch else None
+    reload = load if watch else None
     backend = target.backend(loaded.region)
     return run_command.run(loaded, backend, target.state_dir, options, say, reload=reload)
 
@@ -450,7 +457,7 @@ def consume(
     if start.sequence is not None and shard is None:
         raise click.UsageError("--from with a sequence number needs --shard: they are per shard")
     consume_module.consume(
-        target.backend(),
+        target.backend(writes=False),
         stream,
         start,
         StandardOutput(),
@@ -463,9 +470,11 @@ def consume(
 
 
 @cli.command()
-def schema() -> None:
+@reports_errors
+def schema() -> int:
     """Print the spec's JSON Schema."""
-    click.echo(json.dumps(spec_module.schema(), indent=2))
+    echo(json.dumps(spec_module.schema(), indent=2))
+    return EXIT_OK
 
 
 @cli.command()
@@ -478,8 +487,8 @@ def schema() -> None:
 @reports_errors
 def redrive(spec: str, dry_run: bool, strict: bool, target: Target) -> int:
     """Send what waits in the dead letter through the spec again, after a fix."""
-    loaded = target.load(spec, strict=strict, warn=say)
-    backend = target.backend(loaded.region)
+    loaded = target.load(spec, strict=strict, warn=say, for_run=True)  # it refuses as run does
+    backend = target.backend(loaded.region, writes=not dry_run)
     out = StandardOutput()
     return redrive_module.redrive(loaded, backend, target.state_dir, say, out, dry_run=dry_run)
 
@@ -497,12 +506,13 @@ def main() -> None:
 def status(spec: str, as_json: bool, strict: bool, target: Target) -> int:
     """Where a pipeline stands: shards, checkpoints, lag, who runs it, the dead letter."""
     loaded = target.load(spec, strict=strict, warn=say)
-    found = status_module.status(loaded, target.backend(loaded.region), target.state_dir)
+    backend = target.backend(loaded.region, writes=False)
+    found = status_module.status(loaded, backend, target.state_dir)
     if as_json:
-        click.echo(json.dumps(found.as_json(), indent=2))
+        echo(json.dumps(found.as_json(), indent=2))
     else:
         for line in found.lines():
-            click.echo(line)
+            echo(line)
     return EXIT_OK
 
 
@@ -529,7 +539,7 @@ def reset(spec: str, to: Any, shard: str | None, yes: bool, strict: bool, target
         to,
         shard=shard,
         confirm=lambda question: yes or click.confirm(question, abort=True),
-        report=click.echo,
+        report=echo,
         wait_report=lambda line: say(f"[{loaded.pipeline}] {line}"),
     )
     return EXIT_OK

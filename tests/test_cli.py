@@ -1,9 +1,13 @@
 import errno
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES
+from moto import mock_aws
 
 from runner import cli as cli_module
 from runner.cli import cli
@@ -68,15 +72,18 @@ def test_validate_prints_warnings_and_exits_0_or_with_strict_refuses_the_spec(wr
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", warning)
 
 
+RUN_REFUSES_ON_AWS = (
+    "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
+    "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key "
+    "of resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+)
+
+
 def test_validate_on_the_aws_target_warns_of_a_dead_letter_run_would_refuse(
     write_spec, state, aws_env
 ):
     path = write_spec(MINIMAL)  # no dead_letter: the state folder's file
-    why = (
-        "on the aws target the dead letter must be a stream or a bucket, since the checkpoints "
-        "outlive this machine and its state folder: add dead_letter: {bucket: KEY} with a key "
-        "of resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
-    )
+    why = RUN_REFUSES_ON_AWS
     result = invoke("validate", str(path), "--target", "aws")
     assert (result.exit_code, result.stderr) == (
         0,
@@ -87,6 +94,35 @@ def test_validate_on_the_aws_target_warns_of_a_dead_letter_run_would_refuse(
     assert (result.exit_code, result.stdout, result.stderr) == (2, "", f"{path}: {why}\n")
     assert invoke("validate", "--strict", str(path)).exit_code == 0  # the local target
     assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("preview", []),
+        ("plan", []),
+        ("apply", []),
+        ("destroy", ["--yes"]),
+        ("status", []),
+        ("reset", ["--to", "latest", "--yes"]),
+    ],
+)
+def test_every_command_but_run_warns_on_aws_of_a_dead_letter_run_would_refuse(
+    write_spec, state, aws_env, command, options
+):
+    path = write_spec(MINIMAL)  # no dead_letter: the state folder's file
+    with mock_aws():
+        result = invoke(command, str(path), "--target", "aws", *options, input="")
+        strict = invoke(command, "--strict", str(path), "--target", "aws", *options, input="")
+
+    assert result.stderr.splitlines()[0] == (
+        f"{path}: warning: `pipeline run` refuses this spec: {RUN_REFUSES_ON_AWS}"
+    )
+    assert (strict.exit_code, strict.stdout, strict.stderr) == (
+        2,
+        "",
+        f"{path}: {RUN_REFUSES_ON_AWS}\n",
+    )
 
 
 @pytest.mark.parametrize("command", ["preview", "plan", "apply", "destroy", "run"])
@@ -181,6 +217,53 @@ def test_schema_prints_the_json_schema():
     result = invoke("schema")
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "a pipeline spec"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a full disk")
+@pytest.mark.parametrize("command", ["schema", "validate", "plan", "apply", "status"])
+def test_output_to_a_full_disk_is_one_line_naming_standard_output(state, command):
+    spec = str(PIPELINES / "ecommerce.yaml")
+    if command == "status":
+        assert invoke("apply", spec).exit_code == 0
+    args = [] if command == "schema" else [spec]
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", command, *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: cannot write standard output: No space left on device\n",
+    )
+
+
+@pytest.mark.parametrize("command", ["consume", "status", "plan", "preview", "validate"])
+def test_commands_that_only_read_make_no_state_folder(tmp_path, command):
+    missing = tmp_path / "nonexistent"
+    spec = PIPELINES / "ecommerce.yaml"
+    args = ["--stream", "in", "--no-follow"] if command == "consume" else [str(spec)]
+
+    result = invoke(command, *args, "--state-dir", str(missing), input="")
+
+    assert (result.exit_code, result.stderr) == {
+        "consume": (
+            1,
+            f"error: stream 'in' not found on the local target in {missing} (--stream takes "
+            "the stream's own name, not its key in a spec; `pipeline apply SPEC` creates it)\n",
+        ),
+        "status": (
+            1,
+            "error: stream de-c2w2lab1-kinesis-data-stream not found on the local target in "
+            f"{missing}: run `pipeline apply {spec}` first\n",
+        ),
+    }.get(command, (0, ""))
+    if command == "plan":  # an empty state: everything is to create
+        assert result.stdout.endswith("Plan: 8 to create, 0 to change, 0 unchanged.\n")
+    assert not missing.exists()
 
 
 def test_the_help_of_commands_that_take_no_spec_does_not_mention_one():

@@ -298,21 +298,22 @@ def test_an_aws_run_without_a_dead_letter_is_refused_before_it_reads_anything(
 
 def aws_run_with_a_stream_dead_letter(write_spec, tmp_path, records):
     """Run a spec with a stream dead letter on moto over `records`; (error or None, the
-    dead-letter stream's entries, the checkpoints)."""
+    dead-letter stream's entries, the checkpoints, the run's last line)."""
     loaded = spec.load(write_spec(WITH_STREAM))
+    lines = []
     with mock_aws():
         backend = AwsBackend("us-east-1", poll_s=0)
         apply(loaded, backend, lambda line: None)
         backend.put_records("in", records)
         try:
-            run_command.run(loaded, backend, tmp_path, RunOptions(until_idle=0), print)
+            run_command.run(loaded, backend, tmp_path, RunOptions(until_idle=0), lines.append)
             error = None
         except BackendError as stopped:
             error = str(stopped)
         entries = read_stream(backend, "rejects")
         checkpoints = backend.get_checkpoints("shop", "in")
         backend.close()
-    return error, entries, checkpoints
+    return error, entries, checkpoints, re.sub(r" \| took [0-9.]+ s", "", lines[-1])
 
 
 def test_on_aws_an_entry_too_large_for_a_stream_record_goes_there_without_its_text_copy(
@@ -320,7 +321,7 @@ def test_on_aws_an_entry_too_large_for_a_stream_record_goes_there_without_its_te
 ):
     large = b"x" * 700_000  # with its text and base64 copies, over 1 MiB; base64 alone fits
 
-    error, entries, checkpoints = aws_run_with_a_stream_dead_letter(
+    error, entries, checkpoints, _ = aws_run_with_a_stream_dead_letter(
         write_spec, tmp_path, [*BAD, (large, "k4"), *GOOD]
     )
 
@@ -341,7 +342,7 @@ def test_on_aws_an_entry_too_large_even_without_its_text_copy_stops_the_run_unmo
 ):
     huge = b"x" * 900_000  # its base64 copy alone is over 1 MiB
 
-    error, entries, checkpoints = aws_run_with_a_stream_dead_letter(
+    error, entries, checkpoints, summary = aws_run_with_a_stream_dead_letter(
         write_spec, tmp_path, [*BAD, (huge, "k4"), *GOOD]
     )
 
@@ -354,6 +355,10 @@ def test_on_aws_an_entry_too_large_even_without_its_text_copy_stops_the_run_unmo
         "and run again; no checkpoint moved past this record"
     )
     assert entries == []
+    assert summary == (  # counts only what was written
+        "[shop] stopped by an error: in 0 | out none | dead-lettered 0 | filtered 0 | "
+        "dropped 0 | lag 0 ms"
+    )
     assert checkpoints == {"shardId-000000000000": "#trim_horizon"}  # where it started
     assert not (tmp_path / "dead-letter").exists()
 
@@ -381,7 +386,7 @@ def test_a_full_disk_stops_the_run_with_its_summary_and_leaves_no_partial_line(
 
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-2:] == [
-        "[shop] stopped by an error: in 1 | out none | dead-lettered 1 | filtered 0 | "
+        "[shop] stopped by an error: in 0 | out none | dead-lettered 0 | filtered 0 | "
         "dropped 0 | lag 0 ms",
         f"error: cannot write {file}: No space left on device",
     ]
@@ -420,7 +425,7 @@ def test_on_a_really_full_disk_the_file_keeps_whole_lines(write_spec, state, tmp
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "full.rc").read_text() == "1\n"
     assert (tmp_path / "full.err").read_text().splitlines()[-2:] == [
-        "[shop] stopped by an error: in 1 | out none | dead-lettered 1 | filtered 0 | "
+        "[shop] stopped by an error: in 0 | out none | dead-lettered 0 | filtered 0 | "
         "dropped 0 | lag 0 ms",
         f"error: cannot write {folder / 'shop.jsonl'}: No space left on device",
     ]

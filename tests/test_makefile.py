@@ -1,6 +1,7 @@
 """The Makefile's targets for the common flows drive the shipped commands on any spec."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,11 +9,17 @@ import pytest
 from conftest import MINIMAL, REPO
 
 
-def make(*args, env):
+def make(*args, env, stderr=subprocess.PIPE):
     # The tests run in the venv the Makefile made: use it, and do not reinstall.
     command = ["make", "-s", "--no-print-directory", "-o", "install", f"VENV={sys.prefix}"]
     done = subprocess.run(
-        command + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        command + list(args),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -64,3 +71,43 @@ def test_produce_and_consume_need_a_stream(env):
         )
         assert done.returncode != 0
         assert f"STREAM is required, e.g. make {target} STREAM=" in done.stderr
+
+
+def readme_block(after):
+    """The lines of the README's first code block after the paragraph ending with `after`."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(after) :].split("```\n", 2)[1]
+    return block.splitlines()
+
+
+VARYING = [  # what differs from run to run: how long it took, the time, object ids
+    (r"took [0-9.]+ s", "took T s"),
+    (r"\d{4}/\d\d/\d\d/\d\d/", "YYYY/MM/DD/HH/"),
+    (r"\d{4}(-\d\d){5}-[0-9a-f-]+", "TIME-ID"),
+]
+
+
+def steady(text):
+    for varying, fixed in VARYING:
+        text = re.sub(varying, fixed, text)
+    return text
+
+
+def as_pattern(lines):
+    """A regex of sample output lines: a line `…` stands for any lines, a `…` in a line for
+    any text."""
+    return "".join(
+        "(?:.*\n)*?" if line == "…" else re.escape(steady(line)).replace("…", ".*") + "\n"
+        for line in lines
+    )
+
+
+def test_make_demo_prints_what_the_readme_shows(tmp_path, env):
+    sample = readme_block("runs until\nidle and lists the files delivered to the two buckets:\n")
+    state = tmp_path / "demo"
+
+    done = make("demo", f"DEMO_STATE={state}", env=env, stderr=subprocess.STDOUT)
+
+    printed = done.stdout.replace(str(state), ".pipeline/demo")
+    printed = printed.replace(f"{sys.prefix}/bin/", ".venv/bin/")
+    assert re.fullmatch(as_pattern(sample), steady(printed)), printed

@@ -1,12 +1,15 @@
 import json
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
 from itertools import islice
 
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES, removed_state
-from fakes import FaultyBackend
+from fakes import FaultyBackend, wait_until
 
 from runner.backends.base import BackendError
 from runner.backends.limits import MAX_RECORD_BYTES
@@ -180,12 +183,16 @@ def test_a_state_folder_removed_while_producing_fails_and_reports_nothing_as_put
     assert warnings == []
 
 
-def failing_after(backend, calls):
-    """A backend whose PutRecords fails after `calls` calls, as on a disk that fills up."""
+FULL = BackendError("local state .pipeline/pipeline.db: database or disk is full")
+
+
+def failing_after(backend, calls, error=FULL):
+    """A backend whose PutRecords fails after `calls` calls, as on a disk that fills up (or
+    is interrupted, as by Ctrl-C, with `error=KeyboardInterrupt()`)."""
 
     def put_records(put, stream, entries):
         if filling.called["put_records"] > calls:
-            raise BackendError("local state .pipeline/pipeline.db: database or disk is full")
+            raise error
         return put(stream, entries)
 
     filling = FaultyBackend(backend, put_records=put_records)
@@ -205,6 +212,45 @@ def test_an_error_says_how_many_records_were_put_before_it(backend):
         "local state .pipeline/pipeline.db: database or disk is full",
     ]
     assert [key for key, _ in stream_records(backend)] == [f"s{n}" for n in range(1, 1501)]
+
+
+def test_ctrl_c_says_how_many_records_were_put_and_through_which_line(backend):
+    lines = [json.dumps({"session_id": f"s{number}"}).encode() for number in range(1, 2001)]
+    warnings = []
+
+    code = put_lines(failing_after(backend, 3, KeyboardInterrupt()), lines, warnings.append)
+
+    assert code == 130
+    assert warnings == ["stopped: put 1500 records into events (through line 1500)"]
+    assert len(stream_records(backend)) == 1500
+
+
+def test_ctrl_c_of_synthetic_sessions_says_through_which_session(backend):
+    options = ProduceOptions(
+        compile_expression("session_id"), synthetic=True, count=2000, mean_gap=0, seed=1
+    )
+    warnings = []
+
+    interrupted = failing_after(backend, 2, KeyboardInterrupt())
+    code = main(interrupted, STREAM, options, warn=warnings.append)
+
+    assert code == 130
+    assert warnings == ["stopped: put 1000 records into events (through session 1000)"]
+
+
+def test_sigterm_stops_produce_as_ctrl_c_does_saying_what_was_put(backend):
+    command = [sys.executable, "-m", "runner", "produce", "--stream", STREAM, "--file", "-"]
+    producing = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A first batch of 500 is put; the next 100 wait for more input, as from a slow pipe.
+    producing.stdin.write(b"".join(b'{"session_id": "s%d"}\n' % number for number in range(1, 601)))
+    producing.stdin.flush()
+    wait_until(lambda: len(stream_records(backend)) == 500)
+
+    producing.send_signal(signal.SIGTERM)
+
+    assert producing.wait(timeout=30) == 130
+    producing.stdin.close()
+    assert producing.stderr.read() == b"stopped: put 500 records into events (through line 500)\n"
 
 
 @pytest.mark.parametrize(

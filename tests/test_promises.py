@@ -265,6 +265,29 @@ def test_a_run_whose_state_folder_is_removed_stops_with_the_error(tmp_path):
     assert str(caught.value) == removed_state(state)
 
 
+def test_a_run_stopped_by_an_error_counts_only_what_it_wrote(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a"))
+
+    def get_records(get, iterator, limit):
+        if filling.called["get_records"] == 3:  # after the first round: source and delivery read
+            backend.put_records("in", sessions("b", "c"))
+        return get(iterator, limit)
+
+    def put_records(put, stream, entries):
+        if filling.called["put_records"] > 1:  # the disk is full once the first call is in
+            raise BackendError("local state .pipeline/pipeline.db: database or disk is full")
+        return put(stream, entries)
+
+    filling = FaultyBackend(backend, get_records=get_records, put_records=put_records)
+    run = make_engine(loaded, filling, state)
+    with pytest.raises(BackendError):
+        run.run()
+
+    assert routed_ids(backend) == ["a"]
+    assert (run.counts.records_in, dict(run.counts.out)) == (1, {"out": 1})
+
+
 # The local Firehose delivery.
 
 
@@ -565,6 +588,29 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
     assert session_ids(second, "other-out") == ["a", "b"]
     assert second.get_checkpoints("shop", "in") == {put[-1].shard_id: put[-1].sequence}
     second_run.close()
+
+
+def test_ctrl_c_while_waiting_for_the_run_lease_stops_the_run_having_read_nothing(
+    on_aws, tmp_path, monkeypatch
+):
+    path, clock = on_aws
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    waiting = lease_on(clock, while_waiting=ctrl_c)
+    monkeypatch.setattr(target, "open_backend", lambda *args, **kwargs: waiting)
+    state = tmp_path / "state"
+    with lease_on(clock).running("shop") as held:
+        result = CliRunner().invoke(
+            cli, ["run", str(path), "--target", "aws", "--state-dir", state]
+        )
+
+    assert (result.exit_code, result.stderr) == (
+        130,
+        f"[shop] waiting for the run lease held by {held.owner} (free in 60 s unless renewed)\n"
+        "[shop] stopped while waiting for the run lease: nothing was read\n",
+    )
 
 
 def test_a_run_started_while_another_finishes_reads_the_checkpoints_it_leaves(on_aws, tmp_path):

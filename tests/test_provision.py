@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from click.testing import CliRunner
 from conftest import MINIMAL, PIPELINES, without_usa
@@ -315,6 +317,32 @@ def test_apply_prune_asks_before_touching_anything(state, backend, write_spec):
         False,
         True,
     ]
+
+
+def opened_read_only(monkeypatch):
+    """The state folders opened from now on as this process may not write them."""
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and access(path, mode))
+
+
+def test_on_a_read_only_state_destroy_and_prune_refuse_before_listing_anything(
+    state, write_spec, monkeypatch
+):
+    spec = write_spec(MINIMAL)
+    pipeline("apply", spec)
+    write_spec(WITHOUT_USA)
+    opened_read_only(monkeypatch)
+    refused = (
+        f"error: the state folder {state} is read-only: this command writes to it "
+        "(commands that only read, such as consume and plan, can use it)\n"
+    )
+
+    destroyed = pipeline("destroy", spec, "--yes", exit_code=1)
+    pruned = pipeline("apply", spec, "--prune", "--yes", exit_code=1)
+
+    assert (destroyed.stdout, destroyed.stderr) == ("", refused)
+    assert (pruned.stdout, pruned.stderr) == ("", refused)
+    assert pipeline("plan", spec).stdout.startswith(KEPT + GONE)  # nothing was deleted
 
 
 def test_pruning_a_route_deletes_its_firehose_before_its_stream_and_bucket(

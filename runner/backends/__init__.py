@@ -20,12 +20,14 @@ def open_backend(
     region: str | None,
     profile: str | None = None,
     endpoint_url: str | None = None,
+    writes: bool = True,
 ) -> Backend:
-    """The backend for `--target`; the local one keeps its state under `state_dir`."""
+    """The backend for `--target`; the local one keeps its state under `state_dir`, which a
+    command that only reads (not `writes`) never creates."""
     if target == "local":
         from runner.backends.local import LocalBackend
 
-        return LocalBackend(state_dir, region=region or DEFAULT_REGION)
+        return LocalBackend(state_dir, region=region or DEFAULT_REGION, create=writes)
     if target == "aws":
         from runner.backends.aws import AwsBackend
 

@@ -125,8 +125,15 @@ class LocalBackend(Backend):
     delivers_firehoses = False
 
     def __init__(
-        self, state_dir: Path, region: str = DEFAULT_REGION, clock: Callable[[], float] = time.time
+        self,
+        state_dir: Path,
+        region: str = DEFAULT_REGION,
+        clock: Callable[[], float] = time.time,
+        *,
+        create: bool = True,
     ) -> None:
+        """The state in `state_dir`, made there if missing; unless not `create` (a command that
+        only reads): then a folder holding no state reads as an empty one, and none is made."""
         self.state_dir = Path(state_dir)
         self.region = region
         self._clock = clock
@@ -137,12 +144,17 @@ class LocalBackend(Backend):
         # The life (uid, creation ms) of each stream whose checkpoints this backend read: the
         # one its checkpoints are written for, even if the stream is created again meanwhile.
         self._lives: dict[str, tuple[str | None, int | None]] = {}
+        self._immutable = False
+        if not create and not self._db_path.exists():
+            self.read_only = True
+            self._db = _empty_state()
+            self._db_file: tuple[int, int] | None = None  # no file to lose
+            return
         with disk_errors(self.state_dir, "create"):
             self.state_dir.mkdir(parents=True, exist_ok=True)
         # A state folder this process may not write is opened read-only: commands that only
         # read (consume, plan) work, and the first write says why it cannot be done.
         self.read_only = not _writable(self.state_dir, self._db_path)
-        self._immutable = False
         try:
             self._db = self._open_read_only() if self.read_only else self._open()
             # SQLite goes on writing to a file removed under it: remember which file it is.
@@ -506,7 +518,7 @@ class LocalBackend(Backend):
 
     def create_bucket(self, name: str, owner: str | None = None) -> None:
         path = self._bucket_dir(name)
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path, "create"):
             try:
                 path.mkdir(parents=True)
@@ -518,7 +530,7 @@ class LocalBackend(Backend):
     def delete_bucket(self, name: str) -> None:
         """Delete the bucket and every object in it."""
         path = self._bucket_dir(name, existing=True)
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path, "delete"):
             shutil.rmtree(path)
         with self._tx(write=True) as db:
@@ -528,7 +540,7 @@ class LocalBackend(Backend):
         """Write the object atomically: readers see the old file or the whole new one."""
         path = self._object_path(bucket, key)
         staging = self.state_dir / "buckets" / ".staging"  # not a valid bucket name
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path):
             staging.mkdir(exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -611,7 +623,7 @@ class LocalBackend(Backend):
         self, pipeline: str, report: Callable[[str], None] = lambda line: None
     ) -> Iterator[Lease]:
         path = self._lock_path(pipeline)
-        self._check_writable()
+        self.check_writable()
         with disk_errors(path.parent, "create"):
             path.parent.mkdir(parents=True, exist_ok=True)
         with disk_errors(path):
@@ -667,7 +679,7 @@ class LocalBackend(Backend):
         # BEGIN IMMEDIATE takes the write lock up front, where the busy timeout waits for it;
         # a deferred transaction upgrading later could fail with "database is locked".
         if write:
-            self._check_writable()
+            self.check_writable()
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -683,7 +695,7 @@ class LocalBackend(Backend):
             # so that a run or a consumer stops instead of reading a file no one else sees.
             self._check_file()
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
         """Refuse, in one line, to write to a state folder opened read-only."""
         if self.read_only:
             raise BackendError(
@@ -693,6 +705,8 @@ class LocalBackend(Backend):
 
     def _check_file(self) -> None:
         """Raise if the database file was removed or replaced since it was opened."""
+        if self._db_file is None:
+            return  # an empty state read where there is none: nothing to lose
         try:
             current = _identity(os.stat(self._db_path))
         except OSError:  # removed, or the folder replaced by something else
@@ -809,6 +823,14 @@ class LocalBackend(Backend):
                 "without empty, '.' or '..' segments"
             )
         return self._bucket_dir(bucket, existing=True).joinpath(*parts)
+
+
+def _empty_state() -> sqlite3.Connection:
+    """A state with nothing in it, in memory: what a command that only reads finds where no
+    command wrote yet."""
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db.executescript(_SCHEMA)
+    return db
 
 
 def _writable(folder: Path, db: Path) -> bool:

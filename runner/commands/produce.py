@@ -7,9 +7,12 @@ is sent on its own when its time comes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
+import signal
 import string
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -104,8 +107,8 @@ def produce(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Produced:
     """Put every record, keyed by `key`; report bad lines through `warn` and go on.
-    Ctrl-C or an error stops it: what was put before is counted (whole batches, in order),
-    the result says why it stopped."""
+    Ctrl-C, SIGTERM or an error stops it: what was put before is counted (whole batches, in
+    order), the result says why it stopped."""
     result = Produced()
     gaps = random.Random(None if seed is None else seed + 1)
     batch: list[tuple[bytes, str]] = []
@@ -144,6 +147,20 @@ def produce(
     except OSError as error:  # reading the input
         result.error = f"cannot read the input: {error.strerror or error}"
     return result
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM (`kill`, a container stopping) stops producing as Ctrl-C does, so that it
+    says how many records were put instead of dying silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def raw_lines(lines: Iterable[bytes], label: Callable[[int], str]) -> Iterator[tuple[str, bytes]]:
@@ -222,18 +239,19 @@ def main(
         # An endless trickle shows each record as it goes, as the scenario's producer does.
         numbers = itertools.count(1)
         progress = lambda sent: warn(f"put record {next(numbers)} into {stream}")  # noqa: E731
-    result = produce(
-        Sink(backend, stream),
-        records,
-        options.key,
-        mean_gap=gap,
-        seed=options.seed,
-        warn=warn,
-        progress=progress,
-    )
+    with _terminated_as_interrupted():
+        result = produce(
+            Sink(backend, stream),
+            records,
+            options.key,
+            mean_gap=gap,
+            seed=options.seed,
+            warn=warn,
+            progress=progress,
+        )
+    # Said when stopped early, so that the user resends only what is not in yet.
+    through = f" (through {result.last})" if result.last else ""
     if result.error is not None:
-        # Said so that the user resends only what is not in yet.
-        through = f" (through {result.last})" if result.last else ""
         warn(
             f"stopped by an error after putting {count(result.sent, 'record')} into "
             f"{stream}{through}: {result.error}"
@@ -242,6 +260,7 @@ def main(
     warn(
         ("stopped: " if result.interrupted else "")
         + f"put {count(result.sent, 'record')} into {stream}"
+        + (through if result.interrupted else "")
         + (f"; {count(result.bad_lines, 'line')} not sent" if result.bad_lines else "")
     )
     if result.interrupted:

@@ -76,6 +76,7 @@ def apply(
     planned = plan(spec, backend)
     deletions = [change for change in planned if change.action == DELETE]
     if prune and deletions:
+        backend.check_writable()  # before listing them, as if they could go
         for change in deletions:
             report(change.line())
         if not confirm():
@@ -144,6 +145,7 @@ def destroy(
     """List what the pipeline owns, whether its spec still declares it or not, ask `confirm`,
     then delete it, each before what it uses; returns how many were deleted. What the spec
     declares but the pipeline did not create is kept, and listed as kept."""
+    backend.check_writable()  # before listing anything, as if it could go
     declared = _declared(spec, backend)
     exists, delete = _kinds(spec, backend)
     owned = _in_order(backend.owned(spec.pipeline), declared)

@@ -6,6 +6,7 @@ the start lines, the refusals, the summary.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,14 +29,23 @@ def run(
     reload: Callable[[], Spec] | None = None,
 ) -> int:
     """`pipeline run`: check the resources, take the run lock, run the loop, report what it
-    did; returns 0. Raises LeaseLost, after the summary line, if the run lost its lock.
+    did; returns 0, or 130 when Ctrl-C stopped it before it could finish cleanly (a second
+    one, or one while waiting for the lock). Raises LeaseLost, after the summary line, if the
+    run lost its lock.
     With `reload` (`--watch`), which loads the spec file again, the run follows its edits."""
     refused = refusal(spec, backend.name)
     if refused:
         raise SpecError([f"{spec.path}: {refused}"])
     check_resources(spec, backend)
     follow = reloads(backend, reload) if reload else None
-    with backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}")) as lease:
+    with contextlib.ExitStack() as held:
+        try:
+            lease = held.enter_context(
+                backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}"))
+            )
+        except KeyboardInterrupt:  # e.g. while another run's lease is waited for
+            report(f"[{spec.pipeline}] stopped while waiting for the run lease: nothing was read")
+            return 130
         record_spec_version(backend, spec)  # for `pipeline status`
         # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
         engine = Engine(spec, backend, state_dir, options, report, lease=lease, reloads=follow)

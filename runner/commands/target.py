@@ -21,9 +21,10 @@ class Target:
     endpoint_url: str | None = None
     _backend: Backend | None = field(default=None, repr=False)
 
-    def backend(self, region: str | None = None) -> Backend:
+    def backend(self, region: str | None = None, *, writes: bool = True) -> Backend:
         """The target's backend, opened once, in `--region`, else `region` (a spec's), else
-        the AWS configuration's region."""
+        the AWS configuration's region. For a command that only reads (not `writes`), a
+        missing local state reads as an empty one, and no state folder is made."""
         if self._backend is None:
             self._backend = open_backend(
                 self.name,
@@ -31,12 +32,16 @@ class Target:
                 region=self.region or region,
                 profile=self.profile,
                 endpoint_url=self.endpoint_url,
+                writes=writes,
             )
         return self._backend
 
-    def load(self, path: str, *, strict: bool, warn: Callable[[str], None]) -> spec_module.Spec:
+    def load(
+        self, path: str, *, strict: bool, warn: Callable[[str], None], for_run: bool = False
+    ) -> spec_module.Spec:
         """Load a spec for this target and `warn` each of its warnings, or with `strict` refuse
-        it for them; ${account_id} asks the target only when used."""
+        it for them; ${account_id} asks the target only when used. What `pipeline run` would
+        refuse on this target is a warning too, except `for_run`, which refuses it itself."""
         # The local target's account id is a constant: loading touches no state.
         ask = (
             {}
@@ -46,9 +51,11 @@ class Target:
         loaded = spec_module.load(path, region=self.region, strict=strict, **ask)
         for line in loaded.warnings:
             warn(line)
+        if not for_run:
+            self._check_run(loaded, strict=strict, warn=warn)
         return loaded
 
-    def check_run(
+    def _check_run(
         self, loaded: spec_module.Spec, *, strict: bool, warn: Callable[[str], None]
     ) -> None:
         """`warn` of what `pipeline run` would refuse in the spec on this target (a dead letter

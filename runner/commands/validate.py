@@ -22,7 +22,6 @@ def validate(
     for path in paths:
         try:
             loaded = target.load(path, strict=strict, warn=warn)
-            target.check_run(loaded, strict=strict, warn=warn)
             out(loaded.summary())
         except SpecError as error:
             problems.extend(error.problems)

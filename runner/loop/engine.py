@@ -27,7 +27,7 @@ from runner.backends.base import (
 )
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
-from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, GaveUp, Patience
+from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
 from runner.loop.run_info import record_spec_version
@@ -211,7 +211,8 @@ class Engine:
 
     def _round(self) -> int | None:
         """Read, write and checkpoint once; returns records handled, or None when a stop ended
-        a wait for a failing service (what was read is read again by the next run)."""
+        a wait for a failing service (what was read is read again by the next run). A round
+        that fails adds nothing to the counts, which say only what was written."""
         counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
         try:
             batches = self.reader.poll()  # may record where a shard starts: a write too
@@ -225,8 +226,8 @@ class Engine:
                 f"{error}: what was read since the last checkpoint is read again by the next run"
             )
             return None
-        except GaveUp:
-            self.counts = counted
+        except BaseException:
+            self.counts = counted  # e.g. a full disk: its records are read again by the next run
             raise
 
     def _handle(self, batches: list[ShardBatch]) -> int:

@@ -113,5 +113,9 @@ class Backend(Streams, Checkpoints, Buckets, Firehoses, Access, Ownership):
         """Where this target looks, for messages: `the local target in .pipeline`."""
         return f"the {self.name} target"
 
+    def check_writable(self) -> None:
+        """Raise BackendError, in one line, if this command cannot write to the target (a
+        read-only local state folder), before it lists what it would change; the default can."""
+
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
