@@ -269,6 +269,9 @@ class FaultyBackend(Backend):
     def close(self) -> None:
         return self._call("close")
 
+    def check_writable(self) -> None:
+        return self._call("check_writable")
+
     def behind(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("behind", *args, **kwargs)
 
