@@ -1290,24 +1290,63 @@ def test_a_transport_failure_during_a_run_is_waited_out_like_throttling(backend,
 
 def cut_short(client, operation):
     """Cut every answer to `operation` in half on its way back, as a dropped connection does
-    to a 200 answer (botocore reads the broken JSON as an empty answer)."""
+    (botocore reads broken JSON as an answer with nothing in it); gives the list of the bodies
+    as cut."""
+    bodies = []
 
     def cut(response_dict, **_):
         response_dict["body"] = response_dict["body"][: len(response_dict["body"]) // 2]
+        bodies.append(response_dict["body"])
 
-    client.meta.events.register(f"before-parse.kinesis.{operation}", cut)
+    service = client.meta.service_model.endpoint_prefix
+    client.meta.events.register(f"before-parse.{service}.{operation}", cut)
+    return bodies
 
 
 @pytest.mark.parametrize(
-    "operation, key",
+    "operation, call, resource",
     [
-        ("ListShards", "Shards"),
-        ("GetShardIterator", "ShardIterator"),
-        ("GetRecords", "Records"),
-        ("PutRecords", "Records"),
+        ("DescribeStreamSummary", lambda b: b.describe_stream("orders"), "stream 'orders'"),
+        ("DescribeTable", lambda b: b.checkpoint_store_exists("shop"), "checkpoint table"),
+        ("Query", lambda b: b.get_checkpoints("shop", "orders"), "checkpoint table"),
+        # the stream's life, which the checkpoints are read for
+        ("DescribeStreamSummary", lambda b: b.get_checkpoints("shop", "orders"), "stream 'orders'"),
+        ("GetItem", lambda b: b.run_holder("shop"), "checkpoint table"),  # was read as "no one"
     ],
+    ids=["describe-stream", "checkpoint-table", "checkpoints", "stream-life", "run-holder"],
 )
-def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend, operation, key):
+def test_an_answer_cut_short_before_a_run_is_one_line(backend, operation, call, resource):
+    backend.create_stream("orders", 1)
+    backend.create_checkpoint_store("shop")
+    for service in ("kinesis", "dynamodb"):
+        cut_short(backend._client(service), operation)
+
+    with pytest.raises(BackendError) as error:
+        call(backend)
+    assert type(error.value) is BackendError  # not waited out: the run has not started
+    resource = resource.replace("checkpoint table", "checkpoint table 'shop-checkpoints'")
+    assert str(error.value) == f"{resource}: the answer to {operation} was cut short"
+
+
+def test_an_answer_that_is_not_json_says_the_endpoint_is_not_aws(backend):
+    backend.create_stream("orders", 1)
+
+    def page(response_dict, **_):
+        response_dict["body"] = b"<!doctype html><html><body>Welcome to nginx!</body></html>"
+
+    backend._client("kinesis").meta.events.register("before-parse.kinesis", page)
+    with pytest.raises(BackendError) as error:
+        backend.describe_stream("orders")
+    assert str(error.value) == (
+        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url, "
+        "AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
+    )
+
+
+@pytest.mark.parametrize(
+    "operation", ["ListShards", "GetShardIterator", "GetRecords", "PutRecords"]
+)
+def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend, operation):
     backend.create_stream("orders", 1)
     backend.put_records("orders", [(b"x", "k")])
     (shard,) = backend.list_shards("orders")
@@ -1326,9 +1365,7 @@ def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend,
 
     with pytest.raises(Throttled) as error:
         call()
-    assert (
-        str(error.value) == f"{resource}: the answer to {operation} was cut short (no {key} in it)"
-    )
+    assert str(error.value) == f"{resource}: the answer to {operation} was cut short"
 
 
 def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch, tmp_path):

@@ -654,6 +654,23 @@ def test_a_run_whose_answers_are_cut_short_waits_them_out_and_loses_nothing(flak
     assert checkpoints_and_lease(endpoint) == ["shardId-000000000000"]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["plan", "SPEC"], ["run", "SPEC"], ["produce", "--stream", "flaky-in", "--json", "{}"]],
+    ids=["plan", "run", "produce"],
+)
+def test_answers_cut_short_before_a_run_are_one_line_not_a_traceback(flaky, endpoint, command):
+    spec, pipeline = flaky
+    args = [str(spec) if arg == "SPEC" else arg for arg in command]
+    with cutting_proxy(endpoint, {"DescribeStreamSummary": -1}) as proxy:
+        done = pipeline(*args, endpoint_url=proxy.url)
+
+    assert (done.exit_code, done.stderr) == (
+        1,
+        "error: stream 'flaky-in': the answer to DescribeStreamSummary was cut short\n",
+    )
+
+
 def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_line(
     flaky, endpoint, tmp_path
 ):
@@ -668,7 +685,7 @@ def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_lin
         "[flaky] dead letter: stream flaky-rejects",
         "[flaky] stopped: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
         "error: gave up waiting for the aws target after 1 s (--give-up-after): stream "
-        "'flaky-out': the answer to PutRecords was cut short (no Records in it); the next run "
+        "'flaky-out': the answer to PutRecords was cut short; the next run "
         "reads again what this one did not checkpoint",
     ]
     assert checkpoints_and_lease(endpoint) == []  # no checkpoint, and the run lock let go
@@ -696,7 +713,7 @@ def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, 
     assert run.returncode == 0, err
     assert err.splitlines()[-2:] == [
         "[flaky] stopped while waiting for the aws target: stream 'flaky-out': the answer to "
-        "PutRecords was cut short (no Records in it): what was read since the last checkpoint "
+        "PutRecords was cut short: what was read since the last checkpoint "
         "is read again by the next run",
         "[flaky] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]

@@ -2,13 +2,16 @@
 
 Each names the resource, and AWS's error code and message; throttling and passing faults
 become Throttled, so that the engine backs off instead of failing. During a run, so does every
-failure of the way to AWS: a connection that cannot be made or breaks, TLS, an answer cut short.
+failure of the way to AWS: a connection that cannot be made or breaks, TLS, an answer cut short
+(`whole_answers` finds those botocore would read as answers with nothing in them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from typing import Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -56,17 +59,42 @@ class Missing(BackendError):
 
 
 class CutShort(BotoCoreError):
-    """An answer without what every answer of its call holds: it was cut short on the way
-    (botocore reads a truncated JSON body as an answer with nothing in it)."""
+    """An answer whose body is not whole: it was cut short on the way (botocore reads a
+    truncated JSON body as an answer with nothing in it)."""
 
-    fmt = "the answer to {operation} was cut short (no {key} in it)"
+    fmt = "the answer to {operation} was cut short"
 
 
-def complete(answer: dict, operation: str, key: str) -> dict:
-    """The answer, once it is known to hold `key`; raises CutShort otherwise."""
-    if key not in answer:
-        raise CutShort(operation=operation, key=key)
-    return answer
+class NotJson(BotoCoreError):
+    """An answer of a JSON service that is not JSON at all: not from AWS (a proxy's page)."""
+
+    fmt = "the answer to {operation} is not JSON"
+
+
+def whole_answers(client: Any) -> None:
+    """Make the client refuse, before botocore parses them, the answers of a JSON service that
+    are not whole JSON, whatever reads them later: CutShort for one cut short (it would parse as
+    an answer with nothing in it), NotJson for one that is not JSON at all."""
+    client.meta.events.register_last("before-parse", _whole_answer)
+
+
+def _whole_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    protocol = operation_model.service_model.resolved_protocol
+    if response_dict["status_code"] >= 300 or protocol not in ("json", "rest-json"):
+        return  # error answers: see _client_error; XML fails to parse when cut
+    if operation_model.has_streaming_output:
+        return
+    body = response_dict["body"].strip()
+    if not body:
+        if int(response_dict["headers"].get("content-length") or 0):
+            raise CutShort(operation=operation_model.name)
+        return
+    if not body.startswith(b"{"):
+        raise NotJson(operation=operation_model.name)
+    try:
+        json.loads(body)
+    except ValueError:
+        raise CutShort(operation=operation_model.name) from None
 
 
 # What breaks on the way to AWS and a later call may not meet: refused, timed out or dropped
@@ -78,6 +106,7 @@ _TRANSPORT = (
     ChecksumError,
     ResponseParserError,
     CutShort,
+    NotJson,
 )
 
 
@@ -120,7 +149,7 @@ def _transport_error(resource: str, error: Exception, during_run: bool) -> Backe
             f"{resource}: cannot connect to the endpoint {error.kwargs.get('endpoint_url')}: "
             f"check the network, the region and {ENDPOINT_SETTINGS}"
         )
-    if isinstance(error, ResponseParserError):
+    if isinstance(error, (ResponseParserError, NotJson)):
         return BackendError(
             f"{resource}: the endpoint did not answer like AWS: check {ENDPOINT_SETTINGS}"
         )

@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors
+from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors, whole_answers
 from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
 # Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
@@ -128,7 +128,7 @@ class AwsSession(Backend):
         # On any endpoint but AWS's own, botocore addresses S3 buckets by path (LocalStack and
         # moto serve every bucket on one host), unless the AWS config asks for virtual hosts.
         try:
-            return self._session.client(
+            client = self._session.client(
                 service, region_name=self.region, config=config, endpoint_url=self.endpoint_url
             )
         except ValueError as error:  # botocore's "Invalid endpoint: host:port"
@@ -136,6 +136,8 @@ class AwsSession(Backend):
                 f"the {service} endpoint: {error}; an endpoint is a URL with its scheme, "
                 f"e.g. http://127.0.0.1:5000: check {ENDPOINT_SETTINGS}"
             ) from error
+        whole_answers(client)
+        return client
 
     def _owned_by(
         self,
