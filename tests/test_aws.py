@@ -232,7 +232,7 @@ def test_list_shards_follows_next_token(backend):
             "SequenceNumberRange": {"StartingSequenceNumber": "1"},
         }
 
-    with Stubber(backend._client("kinesis")) as stub:
+    with Stubber(backend._client("kinesis", data_plane=True)) as stub:
         first = {"StreamName": "orders", "MaxResults": 1000}
         stub.add_response("list_shards", {"Shards": [listed(0)], "NextToken": "t1"}, first)
         second = {"NextToken": "t1", "MaxResults": 1000}
@@ -1166,7 +1166,7 @@ def test_a_run_whose_renewals_hang_stops_writing_before_another_can_take_its_lea
 def test_a_checkpoint_moves_only_while_the_lease_names_this_run(backend):
     backend.create_checkpoint_store("shop")
     shard = "shardId-000000000000"
-    transactions = count_calls(backend._client("dynamodb"), "TransactWriteItems")
+    transactions = count_calls(backend._client("dynamodb", data_plane=True), "TransactWriteItems")
 
     with backend.running("shop") as lease:
         backend.set_checkpoint("shop", "orders", shard, "5")

@@ -18,6 +18,7 @@ from itertools import islice
 
 import boto3
 import pytest
+from botocore.config import Config
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO, without_usa
 from fakes import HungRenewals, VirtualClock, wait_until
@@ -25,7 +26,8 @@ from moto.server import ThreadedMotoServer
 
 from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
-from runner.backends.base import LeaseLost
+from runner.backends.aws import session as aws_session
+from runner.backends.base import LeaseLost, Throttled
 from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
@@ -528,12 +530,18 @@ def test_a_spec_without_a_region_acts_in_the_aws_configurations(separate_endpoin
 class CuttingProxy:
     """An HTTP proxy on 127.0.0.1 in front of `endpoint` that cuts short the answers to the
     operations in `cut` (operation -> how many of its next answers; -1: all): it sends the
-    status, the headers and half of the body, then closes the connection."""
+    status, the headers and half of the body, then closes the connection. It never answers
+    the requests of the operations in `hang` ("*": all of them) while `hanging` is set, as a
+    service that hangs; `hung` lists them."""
 
-    def __init__(self, endpoint, cut):
+    def __init__(self, endpoint, cut, hang=()):
         self.target = urllib.parse.urlsplit(endpoint)
         self.cut = dict(cut)
         self.answers_cut = []  # the operations whose answers were cut, in order
+        self.hang = set(hang)
+        self.hanging = threading.Event()
+        self.hung = []
+        self.released = threading.Event()  # set when the proxy stops
         self.lock = threading.Lock()
         proxy = self
 
@@ -542,6 +550,12 @@ class CuttingProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
+                if proxy.hanging.is_set() and {operation, "*"} & proxy.hang:
+                    proxy.hung.append(operation)
+                    proxy.released.wait()
+                    self.close_connection = True
+                    return
                 server = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port)
                 server.request(self.command, self.path, body, dict(self.headers))
                 answer = server.getresponse()
@@ -553,7 +567,7 @@ class CuttingProxy:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if proxy.cutting(self.headers.get("X-Amz-Target", "").rpartition(".")[2]):
+                if proxy.cutting(operation):
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
@@ -579,13 +593,15 @@ class CuttingProxy:
 
 
 @contextlib.contextmanager
-def cutting_proxy(endpoint, cut):
+def cutting_proxy(endpoint, cut, hang=()):
     """A CuttingProxy serving until the block ends."""
-    proxy = CuttingProxy(endpoint, cut)
+    proxy = CuttingProxy(endpoint, cut, hang)
+    proxy.hanging.set()
     threading.Thread(target=proxy.server.serve_forever, daemon=True).start()
     try:
         yield proxy
     finally:
+        proxy.released.set()
         proxy.server.shutdown()
         proxy.server.server_close()
 
@@ -718,6 +734,86 @@ def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(flaky, 
         "[flaky] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]
     assert checkpoints_and_lease(endpoint) == []
+
+
+TWO_SHARDS = FLAKY.replace(
+    "source: {name: flaky-in, shards: 1}", "source: {name: flaky-in, shards: 2}"
+)
+
+
+def test_a_second_ctrl_c_ends_a_run_at_once_while_its_reads_hang(endpoint, aws_env, tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(TWO_SHARDS.replace("flaky", "two"))
+    env = {**os.environ, "PIPELINE_TARGET": "aws", "PIPELINE_STATE_DIR": str(tmp_path)}
+    aws = ["--target", "aws", "--endpoint-url", endpoint]
+    assert CliRunner().invoke(cli, ["apply", str(spec), *aws]).exit_code == 0
+    with cutting_proxy(endpoint, {}, hang={"GetRecords"}) as proxy:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(spec), "--endpoint-url", proxy.url],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: len(proxy.hung) == 2, timeout=60)  # both shards' reads hang
+            run.send_signal(signal.SIGINT)  # a clean stop, once the reads in flight end
+            time.sleep(0.5)  # two signals sent together may be handled as one
+            run.send_signal(signal.SIGINT)  # at once
+            # Well before the reads time out: the process does not wait for their threads.
+            out, err = run.communicate(timeout=8)
+        finally:
+            run.kill()
+    CliRunner().invoke(cli, ["destroy", str(spec), "--yes", *aws])
+
+    assert run.returncode == 130
+    assert err.splitlines()[-1] == (
+        "[two] stopped at once: what was read since the last checkpoint is read again by the "
+        "next run"
+    )
+
+
+def test_the_calls_a_run_repeats_are_waited_out_within_seconds_when_the_service_hangs(
+    flaky, endpoint, monkeypatch
+):
+    # The run's calls have timeouts of their own, made shorter still here so that the test
+    # takes no time; the calls made before a run keep botocore's (60 s, three tries).
+    short = Config(retries={"total_max_attempts": 1}, connect_timeout=0.2, read_timeout=0.2)
+    monkeypatch.setattr(aws_session, "_DATA_PLANE", short)
+    server_client(endpoint, "s3").create_bucket(Bucket="flaky-dead-letter")
+    shard = "shardId-000000000000"
+    with cutting_proxy(endpoint, {}, hang={"*"}) as proxy:
+        proxy.hanging.clear()
+        backend = AwsBackend("us-east-1", endpoint_url=proxy.url, poll_s=0)
+        backend.get_checkpoints("flaky", "flaky-in")  # as a run starts
+        iterator = backend.get_shard_iterator("flaky-in", shard, "TRIM_HORIZON")
+        proxy.hanging.set()  # from now on, nothing answers
+        calls = {
+            "ListShards": lambda: backend.list_shards("flaky-in"),
+            "GetShardIterator": lambda: backend.get_shard_iterator("flaky-in", shard, "LATEST"),
+            "GetRecords": lambda: backend.get_records(iterator),
+            "PutRecords": lambda: backend.put_records("flaky-out", [(b"{}", "k")]),
+            "UpdateItem": lambda: backend.set_checkpoint("flaky", "flaky-in", shard, "1"),
+            "PutObject": lambda: backend.put_object("flaky-dead-letter", "x", b"{}"),
+        }
+        outcomes = {name: "still waiting after 30 s" for name in calls}
+
+        def attempt(name):
+            try:
+                calls[name]()
+            except Throttled:
+                outcomes[name] = "waited out"
+
+        threads = [threading.Thread(target=attempt, args=(name,), daemon=True) for name in calls]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30  # far longer than their timeouts
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    assert outcomes == {name: "waited out" for name in calls}
+    assert len(proxy.hung) == len(calls)  # each was sent once, not retried by botocore
 
 
 RACE = """\

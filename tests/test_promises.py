@@ -569,7 +569,7 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
         second.put_records("in", sessions("c", "d"))
         taken.append(second_run.enter_context(second.running("shop")))
 
-    dynamodb = first._client("dynamodb")
+    dynamodb = first._client("dynamodb", data_plane=True)
     dynamodb.meta.events.register("after-call.dynamodb.TransactWriteItems", take_over)
     monkeypatch.setattr(target, "open_backend", lambda *args, **kwargs: first)
     state = tmp_path / "state"

@@ -137,7 +137,11 @@ class CheckpointsMixin(AwsSession):
         with self._checkpoint_table(pipeline, during_run=True) as table:
             try:
                 self._update_checkpoint(
-                    pipeline, TableName=table, ConditionExpression=condition, **update
+                    pipeline,
+                    self._client("dynamodb", data_plane=True),  # a run's: short, one try
+                    TableName=table,
+                    ConditionExpression=condition,
+                    **update,
                 )
             except ClientError as error:
                 # An equal or later checkpoint is already there; keep it.
@@ -151,7 +155,9 @@ class CheckpointsMixin(AwsSession):
         updates = [_checkpoint_update(stream, s, seq, life) for s, seq in checkpoints.items()]
         with self._checkpoint_table(pipeline) as table:
             for update in updates:
-                self._update_checkpoint(pipeline, TableName=table, **update)
+                self._update_checkpoint(
+                    pipeline, self._client("dynamodb"), TableName=table, **update
+                )
 
     def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
         """shard id -> when its checkpoint was last written (None if before times were kept)."""
@@ -286,17 +292,18 @@ class CheckpointsMixin(AwsSession):
                 self._lease_dynamodb = self._new_client("dynamodb", LEASE_CALLS)
             return self._lease_dynamodb
 
-    def _update_checkpoint(self, pipeline: str, **update: Any) -> None:
-        """UpdateItem of a checkpoint; while this backend holds the pipeline's run lease, in one
-        transaction with a check that the lease still names this run: LeaseLost if it does not,
-        and nothing if only the update's own condition fails (a later checkpoint is there)."""
+    def _update_checkpoint(self, pipeline: str, dynamodb: Any, **update: Any) -> None:
+        """UpdateItem of a checkpoint, by `dynamodb`; while this backend holds the pipeline's
+        run lease, in one transaction with a check that the lease still names this run:
+        LeaseLost if it does not, and nothing if only the update's own condition fails (a later
+        checkpoint is there)."""
         lease = self._leases.get(pipeline)
         if lease is None:
-            self._client("dynamodb").update_item(**update)
+            dynamodb.update_item(**update)
             return
         mine = {"TableName": update["TableName"], "Key": LEASE_KEY, **lease.mine()}
         try:
-            self._client("dynamodb").transact_write_items(
+            dynamodb.transact_write_items(
                 TransactItems=[{"ConditionCheck": mine}, {"Update": update}]
             )
         except ClientError as error:

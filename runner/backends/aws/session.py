@@ -1,8 +1,9 @@
 """The boto3 session every AWS service mixin shares: its clients, ARNs and waits.
 
-Credentials come from boto3's standard chain. Data-plane Kinesis calls are made once, without
-botocore's retries, so that throttling reaches the engine, which backs off per shard;
-control-plane calls keep the standard retries.
+Credentials come from boto3's standard chain. The calls a run repeats (reading, writing and
+checkpointing) are made once, with short timeouts and without botocore's retries, so that
+throttling and a failing service reach the engine, which backs off, says so and sees a stop
+request within seconds; control-plane calls keep the standard retries.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from botocore.config import Config
 from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors, whole_answers
 from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
-# Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
-# (botocore's `max_attempts` counts retries after the first call, `total_max_attempts` all calls.)
-# A connection is given 10 s, not botocore's 60, so that a run that lost the network says so
-# and sees a stop request within seconds.
-_DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=10)
+# Each call of a run (GetRecords, PutRecords, a checkpoint...) is tried once: the caller backs
+# off itself. (botocore's `max_attempts` counts retries after the first call,
+# `total_max_attempts` all calls.) A connection is given 5 s and an answer 10 s, not botocore's
+# 60 each, so that a run whose service hangs or whose network is lost says so, and sees a stop
+# request, within seconds: these calls answer at once when all is well.
+_DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=10)
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900

@@ -106,7 +106,9 @@ class StreamsMixin(AwsSession):
         params: dict[str, Any] = {"StreamName": stream}
         with backend_errors(f"stream '{stream}'", missing=StreamNotFound, during_run=True):
             while True:
-                page = self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params)
+                # A run lists the shards again every few seconds: one short try each time.
+                kinesis = self._client("kinesis", data_plane=True)
+                page = kinesis.list_shards(MaxResults=SHARDS_PER_PAGE, **params)
                 shards.extend(_shard(s) for s in page["Shards"])
                 if not page.get("NextToken"):
                     return shards
