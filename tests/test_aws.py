@@ -1343,6 +1343,46 @@ def test_an_answer_that_is_not_json_says_the_endpoint_is_not_aws(backend):
     )
 
 
+def test_an_error_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend):
+    # A checkpoint whose first write went in but whose answer was lost is written again: the
+    # transaction is cancelled (the checkpoint is there already), and that answer is cut too.
+    backend.create_checkpoint_store("shop")
+    shard = "shardId-000000000000"
+    with backend.running("shop"):
+        backend.set_checkpoint("shop", "orders", shard, "5")
+        bodies = cut_short(backend._client("dynamodb", data_plane=True), "TransactWriteItems")
+        with pytest.raises(Throttled) as error:
+            backend.set_checkpoint("shop", "orders", shard, "5")
+
+    (body,) = bodies
+    assert body.startswith(b'{"__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceled')
+    assert str(error.value) == (
+        f"checkpoint table 'shop-checkpoints': TransactWriteItems failed (400: {body.decode()})"
+    )
+    assert backend.get_checkpoints("shop", "orders") == {shard: "5"}
+
+
+def answer_with(client, operation, status, body):
+    """Answer every `operation` with this status and body, before moto sees the request."""
+
+    def answer(request, **_):
+        return AWSResponse(request.url, status, {}, _Raw(body))
+
+    service = client.meta.service_model.endpoint_prefix
+    client.meta.events.register_first(f"before-send.{service}.{operation}", answer)
+
+
+def test_a_5xx_answer_during_a_run_is_waited_out_like_throttling(backend):
+    backend.create_stream("orders", 1)
+    iterator = backend.get_shard_iterator("orders", "shardId-000000000000", "TRIM_HORIZON")
+    page = b"<!doctype html><html><body><h1>Internal Server Error</h1></body></html>"
+    answer_with(backend._client("kinesis", data_plane=True), "GetRecords", 500, page)
+
+    with pytest.raises(Throttled) as error:
+        backend.get_records(iterator)
+    assert str(error.value) == f"shard iterator: GetRecords failed (500: {page.decode()})"
+
+
 @pytest.mark.parametrize(
     "operation", ["ListShards", "GetShardIterator", "GetRecords", "PutRecords"]
 )

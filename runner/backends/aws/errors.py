@@ -3,7 +3,8 @@
 Each names the resource, and AWS's error code and message; throttling and passing faults
 become Throttled, so that the engine backs off instead of failing. During a run, so does every
 failure of the way to AWS: a connection that cannot be made or breaks, TLS, an answer cut short
-(`whole_answers` finds those botocore would read as answers with nothing in them).
+(`whole_answers` finds those botocore would read as answers with nothing in them), an error
+answer botocore could not read, any 5xx.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def backend_errors(
     try:
         yield
     except ClientError as error:
-        raise _client_error(resource, error, missing) from error
+        raise _client_error(resource, error, missing, during_run) from error
     except NoCredentialsError as error:
         raise BackendError(f"no AWS credentials found: {_NO_CREDENTIALS}") from error
     except PartialCredentialsError as error:
@@ -156,17 +157,25 @@ def _transport_error(resource: str, error: Exception, during_run: bool) -> Backe
     return BackendError(f"{resource}: {one_line(str(error)).rstrip('.')}")
 
 
-def _client_error(resource: str, error: ClientError, missing: type[BackendError]) -> BackendError:
+def _client_error(
+    resource: str, error: ClientError, missing: type[BackendError], during_run: bool
+) -> BackendError:
     code = error_code(error)
     message = one_line(error.response.get("Error", {}).get("Message") or "")
     detail = f"{code}: {message}" if message else code
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
     if code in _NOT_FOUND:
         return missing(f"{resource} does not exist ({detail})")
     if code in _THROTTLING:
         return Throttled(f"{resource}: {error.operation_name} throttled ({detail})")
     if code == "ExpiredIteratorException":
         return IteratorExpired(f"{resource}: {error.operation_name} failed ({detail})")
-    return BackendError(f"{resource}: {error.operation_name} failed ({detail})")
+    failed = f"{resource}: {error.operation_name} failed ({detail})"
+    # A bare HTTP status for a code: botocore could not read the answer (cut short, or a
+    # proxy's page); like a 5xx, a later try may get through.
+    if during_run and (code.isdigit() or status >= 500):
+        return Throttled(failed)
+    return BackendError(failed)
 
 
 def error_code(error: ClientError) -> str:
