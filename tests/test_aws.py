@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -26,6 +27,7 @@ from conftest import PIPELINES
 from fakes import HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
+from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.base import (
     SHARD_END,
@@ -42,6 +44,7 @@ from runner.backends.base import (
     parse_start_mark,
 )
 from runner.cli import cli
+from runner.commands import provision
 
 ACCOUNT = "123456789012"  # moto's account
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -599,6 +602,61 @@ def test_log_groups(backend):
     backend.delete_log_group("shop")
     assert backend.describe_log_group("shop") is None
     assert backend.describe_log_group("shop-other") == ["s"]
+
+
+# Two applies at once
+
+
+class Together:
+    """Applies, one per thread, that have all planned before any creates anything; then their
+    creates go one at a time, so that each one's but the first finds the resource there."""
+
+    def __init__(self, applies):
+        self.planned = threading.Barrier(applies, timeout=30)
+        self.one = threading.Lock()
+        self.creating = set()  # the threads that created something
+
+    def watch(self, backend):
+        """Before any of its clients is made: every client inherits the session's hooks."""
+        backend._session.events.register("before-call", self._before)
+        backend._session.events.register("after-call", self._after)
+
+    def _before(self, model, **_):
+        if model.name.startswith("Create"):
+            if threading.get_ident() not in self.creating:
+                self.creating.add(threading.get_ident())
+                self.planned.wait()
+            self.one.acquire()
+
+    def _after(self, model, **_):
+        if model.name.startswith("Create"):
+            self.one.release()
+
+
+def test_three_applies_at_once_all_succeed(backend):
+    together = Together(3)
+    backends = [AwsBackend("us-east-1", poll_s=0) for _ in range(3)]
+    for each in backends:
+        together.watch(each)
+    loaded = spec.load(PIPELINES / "ecommerce.yaml", account_id=lambda region: ACCOUNT)
+    failures = []
+
+    def apply_with(each):
+        try:
+            provision.apply(loaded, each, lambda line: None)
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=apply_with, args=(each,)) for each in backends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert failures == []
+    assert len(together.creating) == 3  # each tried to create what it planned
+    again = provision.plan(loaded, backend)
+    assert provision.summary(again, done=False) == "No changes: 12 resources up to date."
 
 
 # Which pipeline created what: a tag pipeline=NAME

@@ -30,7 +30,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.parsers import ResponseParserError
 
-from runner.backends.base import BackendError, IteratorExpired, Throttled
+from runner.backends.base import AlreadyExists, BackendError, IteratorExpired, Throttled
 
 _NOT_FOUND = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NoSuchKey", "404"}
 # Answers that mean "slow down and try again": limits, and the service's own passing faults,
@@ -45,6 +45,14 @@ _THROTTLING = {
     "InternalServerError",
     "ServiceUnavailable",
     "ServiceUnavailableException",
+}
+# What a create answers when the resource is there already (e.g. made meanwhile by another
+# apply); ResourceInUseException also means "busy" to calls that create nothing.
+_ALREADY_EXISTS = {
+    "ResourceInUseException",  # Kinesis, Firehose, DynamoDB
+    "BucketAlreadyOwnedByYou",
+    "EntityAlreadyExists",  # IAM
+    "ResourceAlreadyExistsException",  # CloudWatch Logs
 }
 _NO_CREDENTIALS = (
     "pass --profile NAME, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
@@ -170,6 +178,8 @@ def _client_error(
         return Throttled(f"{resource}: {error.operation_name} throttled ({detail})")
     if code == "ExpiredIteratorException":
         return IteratorExpired(f"{resource}: {error.operation_name} failed ({detail})")
+    if code in _ALREADY_EXISTS and error.operation_name.startswith("Create"):
+        return AlreadyExists(f"{resource} already exists ({detail})")
     failed = f"{resource}: {error.operation_name} failed ({detail})"
     # A bare HTTP status for a code: botocore could not read the answer (cut short, or a
     # proxy's page); like a 5xx, a later try may get through.
