@@ -35,6 +35,7 @@ from runner.backends.base import (
     EarlierStream,
     FirehoseDescription,
     IteratorExpired,
+    LeaseLapsed,
     LeaseLost,
     RoleDescription,
     RunHolder,
@@ -1219,6 +1220,36 @@ def test_a_run_whose_renewals_hang_stops_writing_before_another_can_take_its_lea
 
     assert seen == [(float(t), t < 45) for t in range(5, 65, 5)]
     assert str(lost.value) == LOST.format(taken.owner)
+
+
+def test_a_lapsed_lease_is_held_again_once_a_renewal_gets_through(backend, clock):
+    # A renewal names this run and epoch in its condition: one that gets through proves that
+    # no run took the lease over meanwhile, however long the network was lost.
+    backend.create_checkpoint_store("shop")
+    run = lease_on(clock)
+    hung = HungRenewals(run)
+    shard = "shardId-000000000000"
+
+    with run.running("shop") as lease:
+        clock.advance(20)  # its first renewal is due, and hangs
+        assert hung.hanging.wait(timeout=10)
+        clock.advance(80)  # 100 s since its last renewal: longer than a whole lease
+        assert not lease.held()
+        with pytest.raises(Throttled) as lapsed:  # waited out, within --give-up-after
+            lease.check()  # as the run does before each write
+        hung.resume()  # the hung renewal times out; the next one, 2 s later, gets through
+        wait_until(lambda: clock.waiting == 1)
+        clock.advance(2)
+        wait_until(lease.held)
+        lease.check()
+        run.set_checkpoint("shop", "orders", shard, "5")
+        assert lease_item(backend, "shop")["renewals"] == {"N": "1"}
+
+    assert type(lapsed.value) is LeaseLapsed
+    assert str(lapsed.value) == (
+        "the run lease was not renewed for 45 s: nothing is written until it is"
+    )
+    assert backend.get_checkpoints("shop", "orders") == {shard: "5"}
 
 
 def test_a_checkpoint_moves_only_while_the_lease_names_this_run(backend):

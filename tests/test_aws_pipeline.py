@@ -835,8 +835,9 @@ dead_letter: {stream: rejects}
 def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path):
     """Two runs start at once: one takes the lease, the other waits. The holder handles the
     first records; then, with the next ones read but not yet written, its renewal hangs and its
-    lease runs out. The other takes the lease over only once it has seen it unchanged for a
-    whole lease period. Every record lands in the sink once, in order per key."""
+    lease lapses: it writes nothing, and waits. The other takes the lease over only once it has
+    seen it unchanged for a whole lease period; the holder then finds it taken, and stops.
+    Every record lands in the sink once, in order per key."""
     (tmp_path / "race.yaml").write_text(RACE)
     loaded = spec.load(tmp_path / "race.yaml")
     clock = VirtualClock()  # the leases' clock, moved by this test and by the holder's reads
@@ -865,9 +866,14 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
 
         return read
 
+    def once_the_holder_stopped(**_):
+        if clock.now >= 65:  # the lease was taken over: keep it until the holder sees it
+            wait_until(lambda: len(ended) == 1)
+
     for name, run in runs.items():
         kinesis = run._client("kinesis", data_plane=True)
         kinesis.meta.events.register("after-call.kinesis.GetRecords", lapsing(name))
+        kinesis.meta.events.register("before-call.kinesis.PutRecords", once_the_holder_stopped)
     lines = {name: [] for name in runs}
     ended = {}
 
@@ -886,7 +892,7 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
     wait_until(lambda: producer.get_checkpoints("race", "race-in") == done)
     lapse.set()
     producer.put_records("race-in", records(range(6, 16)))
-    wait_until(lambda: len(ended) == 1)  # the holder stopped
+    wait_until(lambda: clock.now == 50)  # the holder's lease lapsed: it waits to write
     clock.advance(15)  # the other has now seen the lease unchanged for 65 s
     for thread in threads:
         thread.join(timeout=60)
@@ -896,15 +902,17 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
 
     (holder,) = [name for name in runs if ended[name] != 0]
     (other,) = [name for name in runs if ended[name] == 0]
-    assert ended[holder] == (
-        "lost the run lease (not renewed for 45 s; another run may take it over): "
-        "stopped without writing or checkpointing further"
+    owner = re.escape(f"{socket.gethostname()} pid {os.getpid()} run ") + r"\w{8}"
+    assert re.fullmatch(
+        rf"lost the run lease to {owner}: stopped without writing or checkpointing further",
+        ended[holder],
     )
     assert lines[holder][-1].startswith("[race] stopped by an error: in 10 | ")
-    holder_owner = re.escape(f"{socket.gethostname()} pid {os.getpid()} run ") + r"\w{8}"
-    waiting = rf"\[race\] waiting for the run lease held by {holder_owner} \(free in 60 s"
+    waiting = rf"\[race\] waiting for the run lease held by {owner} \(free in 60 s"
     assert re.fullmatch(waiting + r" unless renewed\)", lines[other][0])
-    assert lines[other][1:3] == [
+    took = rf"\[race\] took over the run lease of {owner}, not renewed for 60 s"
+    assert re.fullmatch(took, lines[other][1])
+    assert lines[other][2:4] == [
         "[race] reading race-in on the aws target (Ctrl-C stops cleanly)",
         "[race] resuming from checkpoints of 1 shard",
     ]

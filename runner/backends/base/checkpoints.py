@@ -87,11 +87,12 @@ class Lease:
     until its process ends. A lease that must be renewed (AWS) says when it may be lapsing."""
 
     def held(self) -> bool:
-        """Whether the run may still write: a cheap local check, no call to the target."""
+        """Whether the run may write now: a cheap local check, no call to the target."""
         return True
 
     def check(self) -> None:
-        """Raise LeaseLost, saying why, unless the run may still write."""
+        """Return if the run may write now; raise LeaseLost, saying why, once another run
+        holds the lease, or LeaseLapsed (a Throttled: wait) while it is not renewed."""
         if not self.held():
             raise LeaseLost("lost the run lease: stopped without writing or checkpointing further")
 
