@@ -26,6 +26,7 @@ from runner.backends.base import (
     LeaseLapsed,
     PutResult,
     Record,
+    StreamNotFound,
 )
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
@@ -225,7 +226,7 @@ class Engine:
         a wait for a failing service (what was read is read again by the next run)."""
         counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
         try:
-            batches = self.reader.poll()  # may record where a shard starts: a write too
+            batches = self._poll()
             if failing := self.reader.failing:
                 self.patience.failing(*failing)
             return self._handle(batches)
@@ -239,6 +240,15 @@ class Engine:
         except GaveUp:
             self.counts = counted
             raise
+
+    def _poll(self) -> list[ShardBatch]:
+        """The reader's next batches (it may also record where a shard starts: a write)."""
+        try:
+            return self.reader.poll()
+        except StreamNotFound as error:  # it existed when the run started
+            raise StreamNotFound(
+                f"stream {self.source} was deleted while the run read it"
+            ) from error
 
     def _handle(self, batches: list[ShardBatch]) -> int:
         """Process, write and checkpoint one round of batches; returns records handled."""
