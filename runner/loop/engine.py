@@ -136,6 +136,7 @@ class Engine:
                 who=f"pipeline {spec.pipeline}",
                 start=str(spec.source.start),
                 forget=options.forget_old_checkpoints,
+                report=lambda line: report(f"[{spec.pipeline}] {line}"),
             ),
             clock=clock,
             on_start=self._checkpoint,  # where a shard was first read, so a restart goes on

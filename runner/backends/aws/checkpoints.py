@@ -187,15 +187,18 @@ class CheckpointsMixin(AwsSession):
         recorded = datetime.datetime.fromisoformat(item["recorded_at"]["S"])
         return RunInfo(item["spec_version"]["S"], recorded)
 
-    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
-        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> int:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name; returns
+        how many shards' they were."""
         life = self._stream_life(stream)
+        items = self._checkpoint_items(pipeline, stream)
+        earlier = [item for item in items if _life_of(item) not in (None, life)]
         with self._checkpoint_table(pipeline) as table:
-            for item in self._checkpoint_items(pipeline, stream):
-                if _life_of(item) not in (None, life):
-                    self._client("dynamodb").delete_item(
-                        TableName=table, Key={k: item[k] for k in ("stream", "shard_id")}
-                    )
+            for item in earlier:
+                self._client("dynamodb").delete_item(
+                    TableName=table, Key={k: item[k] for k in ("stream", "shard_id")}
+                )
+        return len(earlier)
 
     def _checkpoint_items(self, pipeline: str, stream: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

@@ -111,8 +111,9 @@ class Checkpoints(abc.ABC):
         start mark is written only where there is no checkpoint."""
 
     @abc.abstractmethod
-    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
-        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> int:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name; returns
+        how many shards' they were."""
 
     @abc.abstractmethod
     def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
