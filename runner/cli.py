@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -494,7 +495,17 @@ def redrive(spec: str, dry_run: bool, strict: bool, target: Target) -> int:
 
 
 def main() -> None:
-    cli(prog_name="pipeline")
+    try:
+        cli(prog_name="pipeline")
+    except SystemExit as end:
+        if end.code != 130:
+            raise
+        # Stopped at once (a second Ctrl-C): end now, not once the threads still waiting on
+        # the network (a run's shard reads) are done, as the interpreter's exit would.
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(130)
 
 
 @cli.command()

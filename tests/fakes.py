@@ -412,8 +412,9 @@ def lease_on(clock: VirtualClock, while_waiting=lambda: None) -> AwsBackend:
 
 
 class HungRenewals:
-    """The AWS backend's lease renewals, made to hang until `resume()`; then each fails as a
-    timed-out call would. `hanging` is set once one hangs."""
+    """The AWS backend's lease renewals, made to hang until `resume()`; then the one hanging
+    fails as a timed-out call would, and the next ones get through. `hanging` is set once one
+    hangs."""
 
     def __init__(self, backend: AwsBackend) -> None:
         self.hanging = threading.Event()
@@ -424,6 +425,8 @@ class HungRenewals:
         self._resumed.set()
 
     def _hang(self, **_) -> None:
+        if self._resumed.is_set():
+            return
         self.hanging.set()
         self._resumed.wait()
         raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -26,6 +27,7 @@ from conftest import PIPELINES
 from fakes import HungRenewals, VirtualClock, lease_on, wait_until
 from moto import mock_aws
 
+from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.base import (
     SHARD_END,
@@ -33,6 +35,7 @@ from runner.backends.base import (
     EarlierStream,
     FirehoseDescription,
     IteratorExpired,
+    LeaseLapsed,
     LeaseLost,
     RoleDescription,
     RunHolder,
@@ -42,6 +45,7 @@ from runner.backends.base import (
     parse_start_mark,
 )
 from runner.cli import cli
+from runner.commands import provision
 
 ACCOUNT = "123456789012"  # moto's account
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -232,7 +236,7 @@ def test_list_shards_follows_next_token(backend):
             "SequenceNumberRange": {"StartingSequenceNumber": "1"},
         }
 
-    with Stubber(backend._client("kinesis")) as stub:
+    with Stubber(backend._client("kinesis", data_plane=True)) as stub:
         first = {"StreamName": "orders", "MaxResults": 1000}
         stub.add_response("list_shards", {"Shards": [listed(0)], "NextToken": "t1"}, first)
         second = {"NextToken": "t1", "MaxResults": 1000}
@@ -599,6 +603,61 @@ def test_log_groups(backend):
     backend.delete_log_group("shop")
     assert backend.describe_log_group("shop") is None
     assert backend.describe_log_group("shop-other") == ["s"]
+
+
+# Two applies at once
+
+
+class Together:
+    """Applies, one per thread, that have all planned before any creates anything; then their
+    creates go one at a time, so that each one's but the first finds the resource there."""
+
+    def __init__(self, applies):
+        self.planned = threading.Barrier(applies, timeout=30)
+        self.one = threading.Lock()
+        self.creating = set()  # the threads that created something
+
+    def watch(self, backend):
+        """Before any of its clients is made: every client inherits the session's hooks."""
+        backend._session.events.register("before-call", self._before)
+        backend._session.events.register("after-call", self._after)
+
+    def _before(self, model, **_):
+        if model.name.startswith("Create"):
+            if threading.get_ident() not in self.creating:
+                self.creating.add(threading.get_ident())
+                self.planned.wait()
+            self.one.acquire()
+
+    def _after(self, model, **_):
+        if model.name.startswith("Create"):
+            self.one.release()
+
+
+def test_three_applies_at_once_all_succeed(backend):
+    together = Together(3)
+    backends = [AwsBackend("us-east-1", poll_s=0) for _ in range(3)]
+    for each in backends:
+        together.watch(each)
+    loaded = spec.load(PIPELINES / "ecommerce.yaml", account_id=lambda region: ACCOUNT)
+    failures = []
+
+    def apply_with(each):
+        try:
+            provision.apply(loaded, each, lambda line: None)
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=apply_with, args=(each,)) for each in backends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert failures == []
+    assert len(together.creating) == 3  # each tried to create what it planned
+    again = provision.plan(loaded, backend)
+    assert provision.summary(again, done=False) == "No changes: 12 resources up to date."
 
 
 # Which pipeline created what: a tag pipeline=NAME
@@ -1163,10 +1222,40 @@ def test_a_run_whose_renewals_hang_stops_writing_before_another_can_take_its_lea
     assert str(lost.value) == LOST.format(taken.owner)
 
 
+def test_a_lapsed_lease_is_held_again_once_a_renewal_gets_through(backend, clock):
+    # A renewal names this run and epoch in its condition: one that gets through proves that
+    # no run took the lease over meanwhile, however long the network was lost.
+    backend.create_checkpoint_store("shop")
+    run = lease_on(clock)
+    hung = HungRenewals(run)
+    shard = "shardId-000000000000"
+
+    with run.running("shop") as lease:
+        clock.advance(20)  # its first renewal is due, and hangs
+        assert hung.hanging.wait(timeout=10)
+        clock.advance(80)  # 100 s since its last renewal: longer than a whole lease
+        assert not lease.held()
+        with pytest.raises(Throttled) as lapsed:  # waited out, within --give-up-after
+            lease.check()  # as the run does before each write
+        hung.resume()  # the hung renewal times out; the next one, 2 s later, gets through
+        wait_until(lambda: clock.waiting == 1)
+        clock.advance(2)
+        wait_until(lease.held)
+        lease.check()
+        run.set_checkpoint("shop", "orders", shard, "5")
+        assert lease_item(backend, "shop")["renewals"] == {"N": "1"}
+
+    assert type(lapsed.value) is LeaseLapsed
+    assert str(lapsed.value) == (
+        "the run lease was not renewed for 45 s: nothing is written until it is"
+    )
+    assert backend.get_checkpoints("shop", "orders") == {shard: "5"}
+
+
 def test_a_checkpoint_moves_only_while_the_lease_names_this_run(backend):
     backend.create_checkpoint_store("shop")
     shard = "shardId-000000000000"
-    transactions = count_calls(backend._client("dynamodb"), "TransactWriteItems")
+    transactions = count_calls(backend._client("dynamodb", data_plane=True), "TransactWriteItems")
 
     with backend.running("shop") as lease:
         backend.set_checkpoint("shop", "orders", shard, "5")
@@ -1319,24 +1408,103 @@ def test_a_transport_failure_during_a_run_is_waited_out_like_throttling(backend,
 
 def cut_short(client, operation):
     """Cut every answer to `operation` in half on its way back, as a dropped connection does
-    to a 200 answer (botocore reads the broken JSON as an empty answer)."""
+    (botocore reads broken JSON as an answer with nothing in it); gives the list of the bodies
+    as cut."""
+    bodies = []
 
     def cut(response_dict, **_):
         response_dict["body"] = response_dict["body"][: len(response_dict["body"]) // 2]
+        bodies.append(response_dict["body"])
 
-    client.meta.events.register(f"before-parse.kinesis.{operation}", cut)
+    service = client.meta.service_model.endpoint_prefix
+    client.meta.events.register(f"before-parse.{service}.{operation}", cut)
+    return bodies
 
 
 @pytest.mark.parametrize(
-    "operation, key",
+    "operation, call, resource",
     [
-        ("ListShards", "Shards"),
-        ("GetShardIterator", "ShardIterator"),
-        ("GetRecords", "Records"),
-        ("PutRecords", "Records"),
+        ("DescribeStreamSummary", lambda b: b.describe_stream("orders"), "stream 'orders'"),
+        ("DescribeTable", lambda b: b.checkpoint_store_exists("shop"), "checkpoint table"),
+        ("Query", lambda b: b.get_checkpoints("shop", "orders"), "checkpoint table"),
+        # the stream's life, which the checkpoints are read for
+        ("DescribeStreamSummary", lambda b: b.get_checkpoints("shop", "orders"), "stream 'orders'"),
+        ("GetItem", lambda b: b.run_holder("shop"), "checkpoint table"),  # was read as "no one"
     ],
+    ids=["describe-stream", "checkpoint-table", "checkpoints", "stream-life", "run-holder"],
 )
-def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend, operation, key):
+def test_an_answer_cut_short_before_a_run_is_one_line(backend, operation, call, resource):
+    backend.create_stream("orders", 1)
+    backend.create_checkpoint_store("shop")
+    for service in ("kinesis", "dynamodb"):
+        cut_short(backend._client(service), operation)
+
+    with pytest.raises(BackendError) as error:
+        call(backend)
+    assert type(error.value) is BackendError  # not waited out: the run has not started
+    resource = resource.replace("checkpoint table", "checkpoint table 'shop-checkpoints'")
+    assert str(error.value) == f"{resource}: the answer to {operation} was cut short"
+
+
+def test_an_answer_that_is_not_json_says_the_endpoint_is_not_aws(backend):
+    backend.create_stream("orders", 1)
+
+    def page(response_dict, **_):
+        response_dict["body"] = b"<!doctype html><html><body>Welcome to nginx!</body></html>"
+
+    backend._client("kinesis").meta.events.register("before-parse.kinesis", page)
+    with pytest.raises(BackendError) as error:
+        backend.describe_stream("orders")
+    assert str(error.value) == (
+        "stream 'orders': the endpoint did not answer like AWS: check --endpoint-url, "
+        "AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL"
+    )
+
+
+def test_an_error_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend):
+    # A checkpoint whose first write went in but whose answer was lost is written again: the
+    # transaction is cancelled (the checkpoint is there already), and that answer is cut too.
+    backend.create_checkpoint_store("shop")
+    shard = "shardId-000000000000"
+    with backend.running("shop"):
+        backend.set_checkpoint("shop", "orders", shard, "5")
+        bodies = cut_short(backend._client("dynamodb", data_plane=True), "TransactWriteItems")
+        with pytest.raises(Throttled) as error:
+            backend.set_checkpoint("shop", "orders", shard, "5")
+
+    (body,) = bodies
+    assert body.startswith(b'{"__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceled')
+    assert str(error.value) == (
+        f"checkpoint table 'shop-checkpoints': TransactWriteItems failed (400: {body.decode()})"
+    )
+    assert backend.get_checkpoints("shop", "orders") == {shard: "5"}
+
+
+def answer_with(client, operation, status, body):
+    """Answer every `operation` with this status and body, before moto sees the request."""
+
+    def answer(request, **_):
+        return AWSResponse(request.url, status, {}, _Raw(body))
+
+    service = client.meta.service_model.endpoint_prefix
+    client.meta.events.register_first(f"before-send.{service}.{operation}", answer)
+
+
+def test_a_5xx_answer_during_a_run_is_waited_out_like_throttling(backend):
+    backend.create_stream("orders", 1)
+    iterator = backend.get_shard_iterator("orders", "shardId-000000000000", "TRIM_HORIZON")
+    page = b"<!doctype html><html><body><h1>Internal Server Error</h1></body></html>"
+    answer_with(backend._client("kinesis", data_plane=True), "GetRecords", 500, page)
+
+    with pytest.raises(Throttled) as error:
+        backend.get_records(iterator)
+    assert str(error.value) == f"shard iterator: GetRecords failed (500: {page.decode()})"
+
+
+@pytest.mark.parametrize(
+    "operation", ["ListShards", "GetShardIterator", "GetRecords", "PutRecords"]
+)
+def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend, operation):
     backend.create_stream("orders", 1)
     backend.put_records("orders", [(b"x", "k")])
     (shard,) = backend.list_shards("orders")
@@ -1355,9 +1523,7 @@ def test_an_answer_cut_short_during_a_run_is_waited_out_like_throttling(backend,
 
     with pytest.raises(Throttled) as error:
         call()
-    assert (
-        str(error.value) == f"{resource}: the answer to {operation} was cut short (no {key} in it)"
-    )
+    assert str(error.value) == f"{resource}: the answer to {operation} was cut short"
 
 
 def test_without_a_region_the_aws_configuration_chooses(aws_env, monkeypatch, tmp_path):

@@ -18,13 +18,15 @@ from itertools import islice
 
 import boto3
 import pytest
+from botocore.config import Config
 from click.testing import CliRunner
 from conftest import PIPELINES, REPO, without_usa
 from fakes import HungRenewals, Processes, VirtualClock, wait_until
 
 from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
-from runner.backends.base import LeaseLost
+from runner.backends.aws import session as aws_session
+from runner.backends.base import LeaseLost, Throttled
 from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
@@ -503,12 +505,18 @@ def test_a_spec_without_a_region_acts_in_the_aws_configurations(separate_endpoin
 class CuttingProxy:
     """An HTTP proxy on 127.0.0.1 in front of `endpoint` that cuts short the answers to the
     operations in `cut` (operation -> how many of its next answers; -1: all): it sends the
-    status, the headers and half of the body, then closes the connection."""
+    status, the headers and half of the body, then closes the connection. It never answers
+    the requests of the operations in `hang` ("*": all of them) while `hanging` is set, as a
+    service that hangs; `hung` lists them."""
 
-    def __init__(self, endpoint, cut):
+    def __init__(self, endpoint, cut, hang=()):
         self.target = urllib.parse.urlsplit(endpoint)
         self.cut = dict(cut)
         self.answers_cut = []  # the operations whose answers were cut, in order
+        self.hang = set(hang)
+        self.hanging = threading.Event()
+        self.hung = []
+        self.released = threading.Event()  # set when the proxy stops
         self.lock = threading.Lock()
         proxy = self
 
@@ -517,6 +525,12 @@ class CuttingProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
+                if proxy.hanging.is_set() and {operation, "*"} & proxy.hang:
+                    proxy.hung.append(operation)
+                    proxy.released.wait()
+                    self.close_connection = True
+                    return
                 server = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port)
                 server.request(self.command, self.path, body, dict(self.headers))
                 answer = server.getresponse()
@@ -528,7 +542,7 @@ class CuttingProxy:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if proxy.cutting(self.headers.get("X-Amz-Target", "").rpartition(".")[2]):
+                if proxy.cutting(operation):
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
@@ -554,13 +568,15 @@ class CuttingProxy:
 
 
 @contextlib.contextmanager
-def cutting_proxy(endpoint, cut):
+def cutting_proxy(endpoint, cut, hang=()):
     """A CuttingProxy serving until the block ends."""
-    proxy = CuttingProxy(endpoint, cut)
+    proxy = CuttingProxy(endpoint, cut, hang)
+    proxy.hanging.set()
     threading.Thread(target=proxy.server.serve_forever, daemon=True).start()
     try:
         yield proxy
     finally:
+        proxy.released.set()
         proxy.server.shutdown()
         proxy.server.server_close()
 
@@ -629,6 +645,23 @@ def test_a_run_whose_answers_are_cut_short_waits_them_out_and_loses_nothing(flak
     assert checkpoints_and_lease(endpoint) == ["shardId-000000000000"]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["plan", "SPEC"], ["run", "SPEC"], ["produce", "--stream", "flaky-in", "--json", "{}"]],
+    ids=["plan", "run", "produce"],
+)
+def test_answers_cut_short_before_a_run_are_one_line_not_a_traceback(flaky, endpoint, command):
+    spec, pipeline = flaky
+    args = [str(spec) if arg == "SPEC" else arg for arg in command]
+    with cutting_proxy(endpoint, {"DescribeStreamSummary": -1}) as proxy:
+        done = pipeline(*args, endpoint_url=proxy.url)
+
+    assert (done.exit_code, done.stderr) == (
+        1,
+        "error: stream 'flaky-in': the answer to DescribeStreamSummary was cut short\n",
+    )
+
+
 def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_line(
     flaky, endpoint, tmp_path
 ):
@@ -643,7 +676,7 @@ def test_a_run_that_cannot_write_for_longer_than_the_deadline_fails_with_one_lin
         "[flaky] dead letter: stream flaky-rejects",
         "[flaky] stopped: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
         "error: gave up waiting for the aws target after 1 s (--give-up-after): stream "
-        "'flaky-out': the answer to PutRecords was cut short (no Records in it); the next run "
+        "'flaky-out': the answer to PutRecords was cut short; the next run "
         "reads again what this one did not checkpoint",
     ]
     assert checkpoints_and_lease(endpoint) == []  # no checkpoint, and the run lock let go
@@ -670,11 +703,91 @@ def test_ctrl_c_while_a_run_waits_for_a_failing_service_stops_it_at_once(
     assert run.returncode == 0, err
     assert err.splitlines()[-2:] == [
         "[flaky] stopped while waiting for the aws target: stream 'flaky-out': the answer to "
-        "PutRecords was cut short (no Records in it): what was read since the last checkpoint "
+        "PutRecords was cut short: what was read since the last checkpoint "
         "is read again by the next run",
         "[flaky] done: in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]
     assert checkpoints_and_lease(endpoint) == []
+
+
+TWO_SHARDS = FLAKY.replace(
+    "source: {name: flaky-in, shards: 1}", "source: {name: flaky-in, shards: 2}"
+)
+
+
+def test_a_second_ctrl_c_ends_a_run_at_once_while_its_reads_hang(endpoint, aws_env, tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(TWO_SHARDS.replace("flaky", "two"))
+    env = {**os.environ, "PIPELINE_TARGET": "aws", "PIPELINE_STATE_DIR": str(tmp_path)}
+    aws = ["--target", "aws", "--endpoint-url", endpoint]
+    assert CliRunner().invoke(cli, ["apply", str(spec), *aws]).exit_code == 0
+    with cutting_proxy(endpoint, {}, hang={"GetRecords"}) as proxy:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(spec), "--endpoint-url", proxy.url],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(lambda: len(proxy.hung) == 2, timeout=60)  # both shards' reads hang
+            run.send_signal(signal.SIGINT)  # a clean stop, once the reads in flight end
+            time.sleep(0.5)  # two signals sent together may be handled as one
+            run.send_signal(signal.SIGINT)  # at once
+            # Well before the reads time out: the process does not wait for their threads.
+            out, err = run.communicate(timeout=8)
+        finally:
+            run.kill()
+    CliRunner().invoke(cli, ["destroy", str(spec), "--yes", *aws])
+
+    assert run.returncode == 130
+    assert err.splitlines()[-1] == (
+        "[two] stopped at once: what was read since the last checkpoint is read again by the "
+        "next run"
+    )
+
+
+def test_the_calls_a_run_repeats_are_waited_out_within_seconds_when_the_service_hangs(
+    flaky, endpoint, monkeypatch
+):
+    # The run's calls have timeouts of their own, made shorter still here so that the test
+    # takes no time; the calls made before a run keep botocore's (60 s, three tries).
+    short = Config(retries={"total_max_attempts": 1}, connect_timeout=0.2, read_timeout=0.2)
+    monkeypatch.setattr(aws_session, "_DATA_PLANE", short)
+    server_client(endpoint, "s3").create_bucket(Bucket="flaky-dead-letter")
+    shard = "shardId-000000000000"
+    with cutting_proxy(endpoint, {}, hang={"*"}) as proxy:
+        proxy.hanging.clear()
+        backend = AwsBackend("us-east-1", endpoint_url=proxy.url, poll_s=0)
+        backend.get_checkpoints("flaky", "flaky-in")  # as a run starts
+        iterator = backend.get_shard_iterator("flaky-in", shard, "TRIM_HORIZON")
+        proxy.hanging.set()  # from now on, nothing answers
+        calls = {
+            "ListShards": lambda: backend.list_shards("flaky-in"),
+            "GetShardIterator": lambda: backend.get_shard_iterator("flaky-in", shard, "LATEST"),
+            "GetRecords": lambda: backend.get_records(iterator),
+            "PutRecords": lambda: backend.put_records("flaky-out", [(b"{}", "k")]),
+            "UpdateItem": lambda: backend.set_checkpoint("flaky", "flaky-in", shard, "1"),
+            "PutObject": lambda: backend.put_object("flaky-dead-letter", "x", b"{}"),
+        }
+        outcomes = {name: "still waiting after 30 s" for name in calls}
+
+        def attempt(name):
+            try:
+                calls[name]()
+            except Throttled:
+                outcomes[name] = "waited out"
+
+        threads = [threading.Thread(target=attempt, args=(name,), daemon=True) for name in calls]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30  # far longer than their timeouts
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    assert outcomes == {name: "waited out" for name in calls}
+    assert len(proxy.hung) == len(calls)  # each was sent once, not retried by botocore
 
 
 RACE = """\
@@ -696,8 +809,9 @@ dead_letter: {stream: rejects}
 def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path):
     """Two runs start at once: one takes the lease, the other waits. The holder handles the
     first records; then, with the next ones read but not yet written, its renewal hangs and its
-    lease runs out. The other takes the lease over only once it has seen it unchanged for a
-    whole lease period. Every record lands in the sink once, in order per key."""
+    lease lapses: it writes nothing, and waits. The other takes the lease over only once it has
+    seen it unchanged for a whole lease period; the holder then finds it taken, and stops.
+    Every record lands in the sink once, in order per key."""
     (tmp_path / "race.yaml").write_text(RACE)
     loaded = spec.load(tmp_path / "race.yaml")
     clock = VirtualClock()  # the leases' clock, moved by this test and by the holder's reads
@@ -726,9 +840,14 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
 
         return read
 
+    def once_the_holder_stopped(**_):
+        if clock.now >= 65:  # the lease was taken over: keep it until the holder sees it
+            wait_until(lambda: len(ended) == 1)
+
     for name, run in runs.items():
         kinesis = run._client("kinesis", data_plane=True)
         kinesis.meta.events.register("after-call.kinesis.GetRecords", lapsing(name))
+        kinesis.meta.events.register("before-call.kinesis.PutRecords", once_the_holder_stopped)
     lines = {name: [] for name in runs}
     ended = {}
 
@@ -747,7 +866,7 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
     wait_until(lambda: producer.get_checkpoints("race", "race-in") == done)
     lapse.set()
     producer.put_records("race-in", records(range(6, 16)))
-    wait_until(lambda: len(ended) == 1)  # the holder stopped
+    wait_until(lambda: clock.now == 50)  # the holder's lease lapsed: it waits to write
     clock.advance(15)  # the other has now seen the lease unchanged for 65 s
     for thread in threads:
         thread.join(timeout=60)
@@ -757,16 +876,19 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
 
     (holder,) = [name for name in runs if ended[name] != 0]
     (other,) = [name for name in runs if ended[name] == 0]
-    assert ended[holder] == (
-        "lost the run lease (not renewed for 45 s; another run may take it over): "
-        "stopped without writing or checkpointing further"
+    owner = re.escape(f"{socket.gethostname()} pid {os.getpid()} run ") + r"\w{8}"
+    assert re.fullmatch(
+        rf"lost the run lease to {owner}: stopped without writing or checkpointing further",
+        ended[holder],
     )
     # Only what it wrote: not the 4 records it read once it could no longer write.
     assert lines[holder][-1].startswith("[race] stopped by an error: in 6 | out out 6 | ")
     holder_owner = re.escape(f"{socket.gethostname()} pid {os.getpid()} run ") + r"\w{8}"
     waiting = rf"\[race\] waiting for the run lease held by {holder_owner} \(free in 60 s"
     assert re.fullmatch(waiting + r" unless renewed\)", lines[other][0])
-    assert lines[other][1:3] == [
+    took = rf"\[race\] took over the run lease of {owner}, not renewed for 60 s"
+    assert re.fullmatch(took, lines[other][1])
+    assert lines[other][2:4] == [
         "[race] reading race-in on the aws target (Ctrl-C stops cleanly)",
         "[race] resuming from checkpoints of 1 shard",
     ]

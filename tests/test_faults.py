@@ -19,7 +19,7 @@ from moto import mock_aws as mock_aws_factory
 
 from runner import spec
 from runner.backends.aws import AwsBackend
-from runner.backends.base import IteratorExpired, PutResult, Throttled
+from runner.backends.base import IteratorExpired, PutResult, StreamNotFound, Throttled
 from runner.backends.local import LocalBackend
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
@@ -231,6 +231,24 @@ def test_a_reshard_mid_run_loses_nothing_and_finishes_the_parent_shard(scenario,
         # local backend can show the parent's checkpoint reaching SHARD_END.
         checkpoints = backend.get_checkpoints("de-c2w2lab1-etl", SOURCE)
         assert checkpoints["shardId-000000000000"] == "SHARD_END"
+
+
+def test_the_source_stream_deleted_mid_run_ends_it_with_one_line(scenario):
+    loaded, backend, state = scenario
+    put_sessions(backend, 10, seed=17)
+    faulty = Faulty(backend)
+    original_get = faulty.get_records
+
+    def deleted_after_the_first_read(iterator, limit=10_000):
+        if faulty.calls["get_records"] == 1:
+            backend.delete_stream(SOURCE)
+        return original_get(iterator, limit)
+
+    faulty.get_records = deleted_after_the_first_read
+
+    with pytest.raises(StreamNotFound) as error:
+        run(loaded, faulty, state)
+    assert str(error.value) == f"stream {SOURCE} was deleted while the run read it"
 
 
 # Transport failures on the aws target: botocore fails the first of every three calls of each

@@ -28,7 +28,14 @@ from fakes import (
 from moto import mock_aws
 
 from runner import spec
-from runner.backends.base import SHARD_END, BackendError, PutResult, Throttled
+from runner.backends.base import (
+    SHARD_END,
+    BackendError,
+    Lease,
+    LeaseLapsed,
+    PutResult,
+    Throttled,
+)
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import run as run_command
@@ -491,6 +498,76 @@ def test_a_stop_from_another_thread_ends_a_wait_promptly(tmp_path):
     assert counts.records_in == 0
 
 
+class Lapsing(Lease):
+    """A run lease not renewed from `since` to `until` on the clock: meanwhile the run may not
+    write, and no other run took it over."""
+
+    def __init__(self, clock, since, until):
+        self.clock, self.since, self.until = clock, since, until
+
+    def held(self):
+        return not self.since <= self.clock() < self.until
+
+    def check(self):
+        if not self.held():
+            raise LeaseLapsed(
+                "the run lease was not renewed for 45 s: nothing is written until it is"
+            )
+
+
+def written_at(backend, clock, times):
+    """The local backend, noting in `times` the clock at each PutRecords and checkpoint."""
+
+    def noted(call, *args):
+        times.append(clock())
+        return call(*args)
+
+    return FaultyBackend(backend, put_records=noted, set_checkpoint=noted)
+
+
+def test_a_run_whose_lease_lapses_writes_nothing_meanwhile_and_goes_on_once_it_is_renewed(
+    tmp_path,
+):
+    # A network lost for 40 s: the reads fail from 0 s to 20 s, and the lease is not renewed
+    # from 1 s to 40 s. The run waits, saying so, writes nothing until then, and goes on.
+    loaded, backend, state = setup(tmp_path)
+    backend.put_records("in", sessions("a", "b"))
+    clock = Clock()
+    times = []
+    written = written_at(backend, clock, times)
+    lines = []
+    run = engine.Engine(
+        loaded,
+        unreachable(written, "get_records", clock, until=20),
+        state,
+        engine.RunOptions(until_idle=1.0, status_every=10),
+        lines.append,
+        clock=clock,
+        sleep=clock.sleep,
+        lease=Lapsing(clock, since=1, until=40),
+    )
+    run.sinks["out"].jitter = lambda: 1.0  # the longest backoff each time
+
+    counts = run.run()
+
+    assert counts.records_in == 2
+    assert routed_ids(backend) == ["a", "b"]
+    assert [t for t in times if 1 <= t < 40] == []  # nothing while it lapsed
+    idle = "[review] in 0 | out none | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms"
+    reads = f"[review] waiting for the local target: get_records: {LOST} (retrying for"
+    lapsed = "(the run lease is not renewed meanwhile: nothing is written)"
+    assert [re.sub(r" \| took [0-9.]+ s$", "", line) for line in lines] == [
+        idle,
+        f"{reads} 10 s; gives up in 290 s) {lapsed}",
+        idle,
+        f"{reads} 21 s; gives up in 279 s) {lapsed}",
+        idle,
+        "[review] waiting for the local target: the run lease was not renewed for 45 s: nothing "
+        "is written until it is (retrying for 11 s; gives up in 289 s)",
+        "[review] in 2 | out out 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
+    ]
+
+
 # The run lock on AWS.
 
 
@@ -566,7 +643,7 @@ def test_a_run_that_lost_its_lease_writes_and_checkpoints_nothing_more_and_exits
         second.put_records("in", sessions("c", "d"))
         taken.append(second_run.enter_context(second.running("shop")))
 
-    dynamodb = first._client("dynamodb")
+    dynamodb = first._client("dynamodb", data_plane=True)
     dynamodb.meta.events.register("after-call.dynamodb.TransactWriteItems", take_over)
     monkeypatch.setattr(target, "open_backend", lambda *args, **kwargs: first)
     state = tmp_path / "state"

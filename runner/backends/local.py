@@ -434,14 +434,15 @@ class LocalBackend(Backend):
                 life = self._lives.get(stream) or self._life(db, stream)
                 self._write_checkpoint(db, key, sequence, life)
 
-    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
-        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> int:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name; returns
+        how many shards' they were."""
         with self._tx(write=True) as db:
-            db.execute(
+            return db.execute(
                 "DELETE FROM checkpoints WHERE pipeline = ? AND stream = ? "
                 "AND stream_uid IS NOT (SELECT uid FROM streams WHERE name = ?)",
                 (pipeline, stream, stream),
-            )
+            ).rowcount
 
     def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
         """shard id -> when its checkpoint was last written (None if before times were kept)."""

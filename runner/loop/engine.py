@@ -21,9 +21,12 @@ from typing import Any
 from runner.backends.base import (
     SHARD_END,
     Backend,
+    BackendError,
     Lease,
+    LeaseLapsed,
     PutResult,
     Record,
+    StreamNotFound,
 )
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
@@ -37,6 +40,7 @@ from runner.spec import Spec
 
 STATUS_EVERY_S = 5.0
 MAX_SLEEP_S = 0.5
+LAPSED = "the run lease is not renewed meanwhile: nothing is written"
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class Engine:
             status_every=options.status_every,
             clock=clock,
             sleep=sleep,
+            note=self._lease_note,
         )
         self._made_sinks: dict[str, Sink] = {}  # by stream name, also those routed no more
         self.sinks = {key: self._sink(spec.streams[key].name) for key in routed(spec)}
@@ -131,6 +136,7 @@ class Engine:
                 who=f"pipeline {spec.pipeline}",
                 start=str(spec.source.start),
                 forget=options.forget_old_checkpoints,
+                report=lambda line: report(f"[{spec.pipeline}] {line}"),
             ),
             clock=clock,
             on_start=self._checkpoint,  # where a shard was first read, so a restart goes on
@@ -147,7 +153,10 @@ class Engine:
             first_read = None
             last_activity = next_status = self.clock()
             while not self._stopping.is_set():
-                self.lease.check()  # also when idle: a run that lost its lease stops
+                try:
+                    self.lease.check()  # also when idle: a run that lost its lease stops
+                except LeaseLapsed:
+                    pass  # it may be renewed yet: reading goes on, writing waits (_Fenced)
                 polled = self.clock()
                 handled = self._round()
                 if handled is None:
@@ -205,6 +214,10 @@ class Engine:
         self.spec = new
         record_spec_version(self.backend, new)  # `pipeline status` shows the version in use
 
+    def _lease_note(self, error: BackendError) -> str | None:
+        """What a status line about `error` adds: that the lease lapsed, unless it says so."""
+        return None if self.lease.held() or isinstance(error, LeaseLapsed) else LAPSED
+
     def _limit_reached(self) -> bool:
         limit = self.options.max_records
         return limit is not None and self.counts.records_in >= limit
@@ -215,7 +228,7 @@ class Engine:
         that fails adds nothing to the counts, which say only what was written."""
         counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
         try:
-            batches = self.reader.poll()  # may record where a shard starts: a write too
+            batches = self._poll()
             if failing := self.reader.failing:
                 self.patience.failing(*failing)
             return self._handle(batches)
@@ -229,6 +242,15 @@ class Engine:
         except BaseException:
             self.counts = counted  # e.g. a full disk: its records are read again by the next run
             raise
+
+    def _poll(self) -> list[ShardBatch]:
+        """The reader's next batches (it may also record where a shard starts: a write)."""
+        try:
+            return self.reader.poll()
+        except StreamNotFound as error:  # it existed when the run started
+            raise StreamNotFound(
+                f"stream {self.source} was deleted while the run read it"
+            ) from error
 
     def _handle(self, batches: list[ShardBatch]) -> int:
         """Process, write and checkpoint one round of batches; returns records handled."""
@@ -249,7 +271,8 @@ class Engine:
         for key, entries in outgoing.items():
             if entries:
                 self.sinks[key].put(entries)
-        self.lease.check()  # the dead letter may be a local file, which Fenced does not see
+        # The dead letter may be a local file, which Fenced does not see.
+        self.patience.retry(self.lease.check)
         self.dead_letter.write()
         for shard_id, sequence in checkpoints:
             self._checkpoint(shard_id, sequence)
@@ -303,7 +326,8 @@ class Engine:
 
 class Fenced:
     """The backend as the loop writes to it: each write first checks the run's lease, so that a
-    run that lost it, or can no longer be sure of it, writes and checkpoints nothing more."""
+    run writes and checkpoints nothing while it cannot be sure of it (LeaseLapsed, which the
+    callers wait out), and nothing more once it lost it."""
 
     def __init__(self, backend: Backend, lease: Lease) -> None:
         self._backend = backend

@@ -50,6 +50,7 @@ class Patience:
         status_every: float = STATUS_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        note: Callable[[BackendError], str | None] = lambda error: None,
     ) -> None:
         self.give_up_after = give_up_after  # None: wait for as long as it takes
         self.service = service  # what is waited for, e.g. "the aws target"
@@ -58,6 +59,7 @@ class Patience:
         self.status_every = status_every
         self.clock = clock
         self.sleep = sleep
+        self.note = note  # what to add to a status line about `error`, e.g. the lease's state
         self._next_status = 0.0
 
     def failing(self, error: BackendError, since: float) -> None:
@@ -74,7 +76,11 @@ class Patience:
             )
         if lasted >= self.status_every and now >= self._next_status:
             left = "" if limit is None else f"; gives up in {limit - lasted:.0f} s"
-            self.report(f"waiting for {self.service}: {error} (retrying for {lasted:.0f} s{left})")
+            note = self.note(error)
+            self.report(
+                f"waiting for {self.service}: {error} (retrying for {lasted:.0f} s{left})"
+                + (f" ({note})" if note else "")
+            )
             self._next_status = now + self.status_every
 
     def wait(self, error: BackendError, since: float, seconds: float) -> None:

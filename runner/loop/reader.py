@@ -28,6 +28,7 @@ from runner.backends.base import (
     start_mark,
 )
 from runner.backends.limits import MAX_GET_RECORDS
+from runner.plural import count
 from runner.spec.position import Position
 
 MIN_CALL_INTERVAL_S = 0.2  # GetRecords: at most 5 calls per second per shard
@@ -38,11 +39,18 @@ FORGET_OPTION = "--forget-old-checkpoints"  # of `pipeline run`
 
 
 def stored_checkpoints(
-    backend: Backend, owner: str, stream: str, *, who: str, start: str, forget: bool
+    backend: Backend,
+    owner: str,
+    stream: str,
+    *,
+    who: str,
+    start: str,
+    forget: bool,
+    report: Callable[[str], None] = lambda line: None,
 ) -> dict[str, str]:
     """The checkpoints `owner` keeps for `stream`. Those kept for an earlier stream of that
     name (deleted and created again since) are refused with what to do, or deleted when
-    `forget` says so: they would skip or misplace the new stream's records."""
+    `forget` says so, and `report`ed: they would skip or misplace the new stream's records."""
     try:
         return backend.get_checkpoints(owner, stream)
     except EarlierStream as error:
@@ -51,7 +59,8 @@ def stored_checkpoints(
                 f"checkpoints of {who} are for {error.earlier}, not the one there now: "
                 f"run with {FORGET_OPTION} to delete them and start at {start}"
             ) from None
-    backend.forget_earlier_checkpoints(owner, stream)
+    forgotten = backend.forget_earlier_checkpoints(owner, stream)
+    report(f"forgot the checkpoints of {count(forgotten, 'shard')} of an earlier stream {stream}")
     return backend.get_checkpoints(owner, stream)
 
 

@@ -104,7 +104,7 @@ class BucketsMixin(AwsSession):
         """Write the object; S3 makes it visible whole or not at all."""
         # A run writes its dead letter here: a failing connection is waited out.
         with backend_errors(f"bucket '{bucket}'", during_run=True):
-            self._client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+            self._client("s3", data_plane=True).put_object(Bucket=bucket, Key=key, Body=body)
 
     def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
         """Keys under `prefix`, sorted."""

@@ -137,7 +137,12 @@ class CheckpointsMixin(AwsSession):
         with self._checkpoint_table(pipeline, during_run=True) as table:
             try:
                 self._write_fenced(
-                    pipeline, "Update", TableName=table, ConditionExpression=condition, **update
+                    pipeline,
+                    "Update",
+                    self._client("dynamodb", data_plane=True),  # a run's: short, one try
+                    TableName=table,
+                    ConditionExpression=condition,
+                    **update,
                 )
             except ClientError as error:
                 # An equal or later checkpoint is already there; keep it.
@@ -151,7 +156,9 @@ class CheckpointsMixin(AwsSession):
         updates = [_checkpoint_update(stream, s, seq, life) for s, seq in checkpoints.items()]
         with self._checkpoint_table(pipeline) as table:
             for update in updates:
-                self._write_fenced(pipeline, "Update", TableName=table, **update)
+                self._write_fenced(
+                    pipeline, "Update", self._client("dynamodb"), TableName=table, **update
+                )
 
     def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:
         """shard id -> when its checkpoint was last written (None if before times were kept)."""
@@ -181,15 +188,18 @@ class CheckpointsMixin(AwsSession):
         recorded = datetime.datetime.fromisoformat(item["recorded_at"]["S"])
         return RunInfo(item["spec_version"]["S"], recorded)
 
-    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
-        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> int:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name; returns
+        how many shards' they were."""
         life = self._stream_life(stream)
+        items = self._checkpoint_items(pipeline, stream)
+        earlier = [item for item in items if _life_of(item) not in (None, life)]
         with self._checkpoint_table(pipeline) as table:
-            for item in self._checkpoint_items(pipeline, stream):
-                if _life_of(item) not in (None, life):
-                    self._client("dynamodb").delete_item(
-                        TableName=table, Key={k: item[k] for k in ("stream", "shard_id")}
-                    )
+            for item in earlier:
+                self._client("dynamodb").delete_item(
+                    TableName=table, Key={k: item[k] for k in ("stream", "shard_id")}
+                )
+        return len(earlier)
 
     def _checkpoint_items(self, pipeline: str, stream: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -299,26 +309,32 @@ class CheckpointsMixin(AwsSession):
     def set_note(self, pipeline: str, name: str, text: str | None) -> None:
         with self._checkpoint_table(pipeline, during_run=True) as table:
             if text is None:
-                self._write_fenced(pipeline, "Delete", TableName=table, Key=_note_key(name))
+                self._write_fenced(
+                    pipeline,
+                    "Delete",
+                    self._client("dynamodb"),
+                    TableName=table,
+                    Key=_note_key(name),
+                )
             else:
                 item = {**_note_key(name), "text": {"S": text}}
-                self._write_fenced(pipeline, "Put", TableName=table, Item=item)
+                self._write_fenced(
+                    pipeline, "Put", self._client("dynamodb"), TableName=table, Item=item
+                )
 
-    def _write_fenced(self, pipeline: str, kind: str, **write: Any) -> None:
-        """An Update, Put or Delete of an item of the checkpoint table; while this backend holds
-        the pipeline's run lease, in one transaction with a check that the lease still names
-        this run: LeaseLost if it does not, and nothing if only the write's own condition fails
-        (a later checkpoint is there)."""
+    def _write_fenced(self, pipeline: str, kind: str, dynamodb: Any, **write: Any) -> None:
+        """An Update, Put or Delete of an item of the checkpoint table, by `dynamodb`; while this
+        backend holds the pipeline's run lease, in one transaction with a check that the lease
+        still names this run: LeaseLost if it does not, and nothing if only the write's own
+        condition fails (a later checkpoint is there)."""
         lease = self._leases.get(pipeline)
         if lease is None:
             call = {"Update": "update_item", "Put": "put_item", "Delete": "delete_item"}[kind]
-            getattr(self._client("dynamodb"), call)(**write)
+            getattr(dynamodb, call)(**write)
             return
         mine = {"TableName": write["TableName"], "Key": LEASE_KEY, **lease.mine()}
         try:
-            self._client("dynamodb").transact_write_items(
-                TransactItems=[{"ConditionCheck": mine}, {kind: write}]
-            )
+            dynamodb.transact_write_items(TransactItems=[{"ConditionCheck": mine}, {kind: write}])
         except ClientError as error:
             if error_code(error) != "TransactionCanceledException":
                 raise

@@ -2,13 +2,17 @@
 
 Each names the resource, and AWS's error code and message; throttling and passing faults
 become Throttled, so that the engine backs off instead of failing. During a run, so does every
-failure of the way to AWS: a connection that cannot be made or breaks, TLS, an answer cut short.
+failure of the way to AWS: a connection that cannot be made or breaks, TLS, an answer cut short
+(`whole_answers` finds those botocore would read as answers with nothing in them), an error
+answer botocore could not read, any 5xx.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from typing import Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -26,7 +30,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.parsers import ResponseParserError
 
-from runner.backends.base import BackendError, IteratorExpired, Throttled
+from runner.backends.base import AlreadyExists, BackendError, IteratorExpired, Throttled
 
 _NOT_FOUND = {"ResourceNotFoundException", "NoSuchEntity", "NoSuchBucket", "NoSuchKey", "404"}
 # Answers that mean "slow down and try again": limits, and the service's own passing faults,
@@ -42,6 +46,14 @@ _THROTTLING = {
     "ServiceUnavailable",
     "ServiceUnavailableException",
 }
+# What a create answers when the resource is there already (e.g. made meanwhile by another
+# apply); ResourceInUseException also means "busy" to calls that create nothing.
+_ALREADY_EXISTS = {
+    "ResourceInUseException",  # Kinesis, Firehose, DynamoDB
+    "BucketAlreadyOwnedByYou",
+    "EntityAlreadyExists",  # IAM
+    "ResourceAlreadyExistsException",  # CloudWatch Logs
+}
 _NO_CREDENTIALS = (
     "pass --profile NAME, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "
     "in the environment, or run `aws configure`"
@@ -56,17 +68,42 @@ class Missing(BackendError):
 
 
 class CutShort(BotoCoreError):
-    """An answer without what every answer of its call holds: it was cut short on the way
-    (botocore reads a truncated JSON body as an answer with nothing in it)."""
+    """An answer whose body is not whole: it was cut short on the way (botocore reads a
+    truncated JSON body as an answer with nothing in it)."""
 
-    fmt = "the answer to {operation} was cut short (no {key} in it)"
+    fmt = "the answer to {operation} was cut short"
 
 
-def complete(answer: dict, operation: str, key: str) -> dict:
-    """The answer, once it is known to hold `key`; raises CutShort otherwise."""
-    if key not in answer:
-        raise CutShort(operation=operation, key=key)
-    return answer
+class NotJson(BotoCoreError):
+    """An answer of a JSON service that is not JSON at all: not from AWS (a proxy's page)."""
+
+    fmt = "the answer to {operation} is not JSON"
+
+
+def whole_answers(client: Any) -> None:
+    """Make the client refuse, before botocore parses them, the answers of a JSON service that
+    are not whole JSON, whatever reads them later: CutShort for one cut short (it would parse as
+    an answer with nothing in it), NotJson for one that is not JSON at all."""
+    client.meta.events.register_last("before-parse", _whole_answer)
+
+
+def _whole_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    protocol = operation_model.service_model.resolved_protocol
+    if response_dict["status_code"] >= 300 or protocol not in ("json", "rest-json"):
+        return  # error answers: see _client_error; XML fails to parse when cut
+    if operation_model.has_streaming_output:
+        return
+    body = response_dict["body"].strip()
+    if not body:
+        if int(response_dict["headers"].get("content-length") or 0):
+            raise CutShort(operation=operation_model.name)
+        return
+    if not body.startswith(b"{"):
+        raise NotJson(operation=operation_model.name)
+    try:
+        json.loads(body)
+    except ValueError:
+        raise CutShort(operation=operation_model.name) from None
 
 
 # What breaks on the way to AWS and a later call may not meet: refused, timed out or dropped
@@ -78,6 +115,7 @@ _TRANSPORT = (
     ChecksumError,
     ResponseParserError,
     CutShort,
+    NotJson,
 )
 
 
@@ -93,7 +131,7 @@ def backend_errors(
     try:
         yield
     except ClientError as error:
-        raise _client_error(resource, error, missing) from error
+        raise _client_error(resource, error, missing, during_run) from error
     except NoCredentialsError as error:
         raise BackendError(f"no AWS credentials found: {_NO_CREDENTIALS}") from error
     except PartialCredentialsError as error:
@@ -120,24 +158,34 @@ def _transport_error(resource: str, error: Exception, during_run: bool) -> Backe
             f"{resource}: cannot connect to the endpoint {error.kwargs.get('endpoint_url')}: "
             f"check the network, the region and {ENDPOINT_SETTINGS}"
         )
-    if isinstance(error, ResponseParserError):
+    if isinstance(error, (ResponseParserError, NotJson)):
         return BackendError(
             f"{resource}: the endpoint did not answer like AWS: check {ENDPOINT_SETTINGS}"
         )
     return BackendError(f"{resource}: {one_line(str(error)).rstrip('.')}")
 
 
-def _client_error(resource: str, error: ClientError, missing: type[BackendError]) -> BackendError:
+def _client_error(
+    resource: str, error: ClientError, missing: type[BackendError], during_run: bool
+) -> BackendError:
     code = error_code(error)
     message = one_line(error.response.get("Error", {}).get("Message") or "")
     detail = f"{code}: {message}" if message else code
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
     if code in _NOT_FOUND:
         return missing(f"{resource} does not exist ({detail})")
     if code in _THROTTLING:
         return Throttled(f"{resource}: {error.operation_name} throttled ({detail})")
     if code == "ExpiredIteratorException":
         return IteratorExpired(f"{resource}: {error.operation_name} failed ({detail})")
-    return BackendError(f"{resource}: {error.operation_name} failed ({detail})")
+    if code in _ALREADY_EXISTS and error.operation_name.startswith("Create"):
+        return AlreadyExists(f"{resource} already exists ({detail})")
+    failed = f"{resource}: {error.operation_name} failed ({detail})"
+    # A bare HTTP status for a code: botocore could not read the answer (cut short, or a
+    # proxy's page); like a 5xx, a later try may get through.
+    if during_run and (code.isdigit() or status >= 500):
+        return Throttled(failed)
+    return BackendError(failed)
 
 
 def error_code(error: ClientError) -> str:

@@ -6,10 +6,12 @@ renewal count) for a whole lease period on its own monotonic clock; or at once w
 was a process of this machine that is gone. The holder renews it every third of the lease, and
 writes only while its last renewal began less than three quarters of a lease ago: by the time
 another run may take the lease over, the holder has stopped writing, whatever the wall clocks
-of the two machines say. Each take writes a new epoch, and checkpoints are written on the
-condition that the item still names this run and epoch (checkpoints.py). The item also says,
-for people (`pipeline status`), since when the run holds it and when it expires unless renewed,
-on the holder's wall clock; no decision is made by those times.
+of the two machines say. Each take writes a new epoch, and renewals and checkpoints are written
+on the condition that the item still names this run and epoch (checkpoints.py). So a renewal
+that gets through after the lease lapsed (a network lost for a while) proves that no run took
+it over meanwhile, and the run writes again; the lease is lost only to a run that took it. The
+item also says, for people (`pipeline status`), since when the run holds it and when it expires
+unless renewed, on the holder's wall clock; no decision is made by those times.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from runner.backends.aws.errors import error_code
-from runner.backends.base import BackendError, Lease, LeaseLost, RunHolder
+from runner.backends.aws.errors import error_code, one_line
+from runner.backends.base import BackendError, Lease, LeaseLapsed, LeaseLost, RunHolder
 
 # The lease's item; no stream is named like this, so no checkpoint can collide with it.
 LEASE_KEY = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
@@ -128,8 +130,8 @@ class RunLease(Lease):
         self._client = client  # with LEASE_CALLS' short timeouts
         self._timing = timing
         self._renewed = taken  # the clock when the last successful take or renewal began
-        self._lost: str | None = None  # why, once lost; never held again after that
-        self._expired = False
+        self._lost: str | None = None  # why, once another run holds it: for good
+        self._failure: str | None = None  # why renewals fail, while they do
         self._done = threading.Event()
         self._renewer = threading.Thread(target=self._keep, name="run-lease", daemon=True)
 
@@ -137,23 +139,23 @@ class RunLease(Lease):
         self._renewer.start()
 
     def held(self) -> bool:
-        if self._lost is None and self._timing.clock() - self._renewed >= self._timing.safe:
-            self._expired = True
-            self._lost = (
-                f"lost the run lease (not renewed for {self._timing.safe:g} s; "
-                "another run may take it over)"
-            )
-        return self._lost is None
+        return self._lost is None and self._timing.clock() - self._renewed < self._timing.safe
 
     def check(self) -> None:
         if self.held():
             return
-        if self._expired:  # name the run that took it, if one did
-            self._expired = False
+        if self._lost is None:
+            # Not renewed lately: the renewals would find a takeover, but may not get through.
             holder = self._holder()
-            if holder is not None and holder != self.owner:
-                self._lost = f"lost the run lease to {holder}"
-        raise LeaseLost(f"{self._lost}: {_STOPPED}")
+            if holder is not None and holder != self.owner:  # taken, even if let go since
+                self._lost = f"lost the run lease to {holder or 'another run'}"
+        if self._lost is not None:
+            raise LeaseLost(f"{self._lost}: {_STOPPED}")
+        failure = f" ({self._failure})" if self._failure else ""
+        raise LeaseLapsed(
+            f"the run lease was not renewed for {self._timing.safe:g} s{failure}: "
+            "nothing is written until it is"
+        )
 
     def taken(self) -> None:
         """The item no longer names this run and epoch: lost, to whoever holds it now."""
@@ -180,12 +182,14 @@ class RunLease(Lease):
             pass
 
     def _keep(self) -> None:
-        """Renew every third of the lease; after a failure try again soon, until renewed, the
-        item names another run, or the lease is too old to write under."""
+        """Renew every third of the lease; after a failure try again soon, until the run ends
+        or another run holds the item. A renewal that gets through holds the lease again, even
+        after it lapsed: being conditioned on the item still naming this run and epoch, it
+        proves that no run took it over meanwhile."""
         due = self._renewed + self._timing.seconds / 3
         while True:
             self._timing.sleep(max(0.0, due - self._timing.clock()))
-            if self._done.is_set() or not self.held():
+            if self._done.is_set() or self._lost is not None:
                 return
             began = self._timing.clock()
             due = began + self._timing.seconds / 30  # unless renewed
@@ -204,19 +208,23 @@ class RunLease(Lease):
                 if error_code(error) == "ConditionalCheckFailedException":
                     self.taken()
                     return
+                self._failure = one_line(str(error))
                 continue
-            except Exception:  # noqa: BLE001 - a timeout or a blip: try again while it is safe
+            except Exception as error:  # noqa: BLE001 - a timeout or a blip: try again soon
+                self._failure = one_line(str(error))
                 continue
             self._renewed = began
+            self._failure = None
             due = began + self._timing.seconds / 3
 
     def _holder(self) -> str | None:
-        """Who holds the item now, as far as one quick read tells; None if no one does."""
+        """Who holds the item now, as far as one quick read tells: "" if no run does (the item
+        is gone), None if the read failed."""
         try:
             found = self._client.get_item(TableName=self.table, Key=LEASE_KEY, ConsistentRead=True)
         except (ClientError, BotoCoreError):
             return None
-        return found.get("Item", {}).get("owner", {}).get("S")
+        return found.get("Item", {}).get("owner", {}).get("S", "")
 
 
 _FREE = {

@@ -1,8 +1,9 @@
 """The boto3 session every AWS service mixin shares: its clients, ARNs and waits.
 
-Credentials come from boto3's standard chain. Data-plane Kinesis calls are made once, without
-botocore's retries, so that throttling reaches the engine, which backs off per shard;
-control-plane calls keep the standard retries.
+Credentials come from boto3's standard chain. The calls a run repeats (reading, writing and
+checkpointing) are made once, with short timeouts and without botocore's retries, so that
+throttling and a failing service reach the engine, which backs off, says so and sees a stop
+request within seconds; control-plane calls keep the standard retries.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors
+from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors, whole_answers
 from runner.backends.base import DEFAULT_REGION, Backend, BackendError
 
-# Each GetRecords, PutRecords or GetShardIterator is tried once: the caller backs off itself.
-# (botocore's `max_attempts` counts retries after the first call, `total_max_attempts` all calls.)
-# A connection is given 10 s, not botocore's 60, so that a run that lost the network says so
-# and sees a stop request within seconds.
-_DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=10)
+# Each call of a run (GetRecords, PutRecords, a checkpoint...) is tried once: the caller backs
+# off itself. (botocore's `max_attempts` counts retries after the first call,
+# `total_max_attempts` all calls.) A connection is given 5 s and an answer 10 s, not botocore's
+# 60 each, so that a run whose service hangs or whose network is lost says so, and sees a stop
+# request, within seconds: these calls answer at once when all is well.
+_DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=10)
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900
@@ -128,7 +130,7 @@ class AwsSession(Backend):
         # On any endpoint but AWS's own, botocore addresses S3 buckets by path (LocalStack and
         # moto serve every bucket on one host), unless the AWS config asks for virtual hosts.
         try:
-            return self._session.client(
+            client = self._session.client(
                 service, region_name=self.region, config=config, endpoint_url=self.endpoint_url
             )
         except ValueError as error:  # botocore's "Invalid endpoint: host:port"
@@ -136,6 +138,8 @@ class AwsSession(Backend):
                 f"the {service} endpoint: {error}; an endpoint is a URL with its scheme, "
                 f"e.g. http://127.0.0.1:5000: check {ENDPOINT_SETTINGS}"
             ) from error
+        whole_answers(client)
+        return client
 
     def _owned_by(
         self,

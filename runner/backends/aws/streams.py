@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runner.backends.aws.errors import backend_errors, complete
+from runner.backends.aws.errors import backend_errors
 from runner.backends.aws.session import OWNER_TAG, AwsSession, exclusive_pages, tag_pages
 from runner.backends.base import (
     BackendError,
@@ -106,11 +106,9 @@ class StreamsMixin(AwsSession):
         params: dict[str, Any] = {"StreamName": stream}
         with backend_errors(f"stream '{stream}'", missing=StreamNotFound, during_run=True):
             while True:
-                page = complete(
-                    self._client("kinesis").list_shards(MaxResults=SHARDS_PER_PAGE, **params),
-                    "ListShards",
-                    "Shards",
-                )
+                # A run lists the shards again every few seconds: one short try each time.
+                kinesis = self._client("kinesis", data_plane=True)
+                page = kinesis.list_shards(MaxResults=SHARDS_PER_PAGE, **params)
                 shards.extend(_shard(s) for s in page["Shards"])
                 if not page.get("NextToken"):
                     return shards
@@ -171,7 +169,6 @@ class StreamsMixin(AwsSession):
             answer = self._client("kinesis", data_plane=True).get_records(
                 ShardIterator=iterator, Limit=limit
             )
-            complete(answer, "GetRecords", "Records")
         records = [
             Record(
                 sequence=r["SequenceNumber"],
@@ -198,7 +195,6 @@ class StreamsMixin(AwsSession):
                 StreamName=stream,
                 Records=[{"Data": bytes(data), "PartitionKey": key} for data, key in entries],
             )
-            complete(answer, "PutRecords", "Records")
         return [
             PutResult(
                 shard_id=r.get("ShardId"),
@@ -212,8 +208,7 @@ class StreamsMixin(AwsSession):
     def _iterator_answer(self, params: dict[str, Any]) -> dict[str, Any]:
         where = f"shard '{params['ShardId']}' of stream '{params['StreamName']}'"
         with backend_errors(where, missing=StreamNotFound, during_run=True):
-            answer = self._client("kinesis", data_plane=True).get_shard_iterator(**params)
-            return complete(answer, "GetShardIterator", "ShardIterator")
+            return self._client("kinesis", data_plane=True).get_shard_iterator(**params)
 
     def _active_stream(self, name: str) -> StreamDescription:
         """Poll until the stream is ACTIVE and return it; raises StreamNotFound."""

@@ -87,11 +87,12 @@ class Lease:
     until its process ends. A lease that must be renewed (AWS) says when it may be lapsing."""
 
     def held(self) -> bool:
-        """Whether the run may still write: a cheap local check, no call to the target."""
+        """Whether the run may write now: a cheap local check, no call to the target."""
         return True
 
     def check(self) -> None:
-        """Raise LeaseLost, saying why, unless the run may still write."""
+        """Return if the run may write now; raise LeaseLost, saying why, once another run
+        holds the lease, or LeaseLapsed (a Throttled: wait) while it is not renewed."""
         if not self.held():
             raise LeaseLost("lost the run lease: stopped without writing or checkpointing further")
 
@@ -110,8 +111,9 @@ class Checkpoints(abc.ABC):
         start mark is written only where there is no checkpoint."""
 
     @abc.abstractmethod
-    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> None:
-        """Delete the pipeline's checkpoints kept for an earlier stream of that name."""
+    def forget_earlier_checkpoints(self, pipeline: str, stream: str) -> int:
+        """Delete the pipeline's checkpoints kept for an earlier stream of that name; returns
+        how many shards' they were."""
 
     @abc.abstractmethod
     def checkpoint_times(self, pipeline: str, stream: str) -> dict[str, datetime.datetime | None]:

@@ -46,6 +46,11 @@ class LeaseLost(BackendError):
     """The run no longer holds its pipeline's run lease: it must write nothing more."""
 
 
+class LeaseLapsed(Throttled):
+    """The run's lease was not renewed lately, so it may not write now; no other run took it
+    over, and a renewal may yet hold it again: wait, like throttling."""
+
+
 @contextlib.contextmanager
 def disk_errors(path: object, doing: str = "write") -> Iterator[None]:
     """Turn an OSError of the disk into one line naming the path and the cause, e.g.
