@@ -288,3 +288,19 @@ def test_a_disk_error_no_command_named_is_still_one_line_and_exit_1(monkeypatch)
         1,
         "error: /srv/records.jsonl: Permission denied",
     )
+
+
+def test_run_of_a_lambda_spec_on_aws_is_refused_pointing_at_status(write_spec, aws_env):
+    path = write_spec(
+        MINIMAL.replace(
+            "  streams:\n", "  buckets:\n    rejects: {name: shop-rejects}\n  streams:\n"
+        )
+        + "dead_letter: {bucket: rejects}\nlambda: {function: shop-etl}\n"
+    )
+    with mock_aws():
+        result = invoke("run", str(path), "--target", "aws")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        f"{path}: this pipeline runs in Lambda function shop-etl; pipeline status shows it\n",
+    )

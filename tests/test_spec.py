@@ -10,7 +10,7 @@ from runner import spec
 from runner.backends.base import LOCAL_ACCOUNT_ID
 from runner.backends.local import LocalBackend
 from runner.records import expressions
-from runner.spec import SpecError, check_prefix, document
+from runner.spec import Function, SpecError, check_prefix, document
 
 
 def problems(path, **kwargs):
@@ -801,3 +801,105 @@ def test_a_schema_error_does_not_hide_a_bug_in_the_parts_it_leaves_right(
     monkeypatch.setattr(expressions, "compile", broken)
     with pytest.raises(TypeError, match="a bug"):
         spec.load(write_spec(wrong))
+
+
+LAMBDA_SHOP = MINIMAL.replace(
+    "    other: {name: other-out, shards: 1}\n",
+    "    other: {name: other-out, shards: 1}\n  buckets:\n    rejects: {name: shop-rejects}\n",
+) + ("dead_letter: {bucket: rejects}\n")
+
+
+def test_a_lambda_section_takes_the_defaults_the_schema_documents(write_spec):
+    loaded = spec.load(write_spec(LAMBDA_SHOP + "lambda: {}\n"))
+    assert loaded.function == Function(
+        name="shop-etl",
+        role="shop-etl-role",
+        memory_mb=256,
+        timeout_s=60,
+        batch_size=100,
+        batching_window_s=1,
+        parallelization=1,
+        max_retries=5,
+        max_record_age_s=3600,
+        bisect_on_error=True,
+    )
+    assert loaded.summary().endswith("2 route cases, run by Lambda function shop-etl")
+    assert spec.load(write_spec(LAMBDA_SHOP)).function is None
+
+
+def test_every_lambda_setting_is_read_with_vars_resolved(write_spec):
+    loaded = spec.load(
+        write_spec(
+            "vars: {prefix: lab}\n" + LAMBDA_SHOP + "lambda:\n"
+            '  function: "${prefix}-etl"\n'
+            "  role: etl-runner\n"
+            "  memory_mb: 10240\n"
+            "  timeout_s: 900\n"
+            "  batch_size: 10000\n"
+            "  batching_window_s: 0\n"
+            "  parallelization: 10\n"
+            "  max_retries: -1\n"
+            "  max_record_age_s: -1\n"
+            "  bisect_on_error: false\n"
+        )
+    )
+    assert loaded.function == Function(
+        "lab-etl", "etl-runner", 10240, 900, 10000, 0, 10, -1, -1, False
+    )
+
+
+def test_lambda_settings_out_of_lambdas_bounds_are_refused_at_their_line(write_spec):
+    path = write_spec(
+        LAMBDA_SHOP + "lambda:\n"
+        "  function: shop etl\n"
+        "  memory_mb: 64\n"
+        "  timeout_s: 901\n"
+        "  batch_size: 0\n"
+        "  parallelization: 11\n"
+        "  max_retries: -2\n"
+        "  max_record_age_s: 30\n"
+        "  bisect_on_eror: true\n"
+    )
+    assert problems(path) == [
+        f"{path}:19:13: lambda.function: expected a Lambda function name: 1-64 characters of "
+        "a-z, A-Z, 0-9, _ -, got text 'shop etl'",
+        f"{path}:20:14: lambda.memory_mb: expected at least 128, got 64",
+        f"{path}:21:14: lambda.timeout_s: expected at most 900, got 901",
+        f"{path}:22:15: lambda.batch_size: expected at least 1, got 0",
+        f"{path}:23:20: lambda.parallelization: expected at most 10, got 11",
+        f"{path}:24:16: lambda.max_retries: expected at least -1, got -2",
+        f"{path}:25:21: lambda.max_record_age_s: expected -1 (no limit), or a number of seconds "
+        "from 60 to 604800, got 30",
+        f"{path}:26:3: lambda.bisect_on_eror: unknown key 'bisect_on_eror' "
+        "(did you mean 'bisect_on_error'? expected one of: batch_size, batching_window_s, "
+        "bisect_on_error, function, max_record_age_s, max_retries, memory_mb, parallelization, "
+        "role, timeout_s)",
+    ]
+
+
+def test_a_lambda_spec_needs_a_stream_or_bucket_dead_letter_and_a_route(write_spec):
+    path = write_spec(MINIMAL + "lambda: {memory_mb: 512}\n")
+    assert problems(path) == [
+        f"{path}:15:9: lambda: run by Lambda the dead letter must be a stream or a bucket, "
+        "since Lambda keeps the checkpoints and a function has no state folder: add "
+        "dead_letter: {bucket: KEY} with a key of resources.buckets (it holds entries of any "
+        "size), or dead_letter: {stream: KEY}"
+    ]
+    no_route = LAMBDA_SHOP[: LAMBDA_SHOP.index("route:")] + "dead_letter: {bucket: rejects}\n"
+    path = write_spec(no_route + "lambda: {}\n")
+    assert problems(path) == [
+        f"{path}:12:9: lambda: a pipeline run by Lambda needs a route: add route: with its cases"
+    ]
+
+
+def test_lambda_names_over_64_characters_are_refused(write_spec):
+    name = "f" * 62
+    path = write_spec(LAMBDA_SHOP + f"lambda: {{function: {name}}}\n")
+    assert problems(path) == [
+        f"{path}:18:20: lambda.function: the role named after it, '{name}-role', is 67 "
+        "characters, at most 64: set lambda.role"
+    ]
+    path = write_spec(LAMBDA_SHOP + f"lambda: {{function: {name}xyz, role: {name}}}\n")
+    assert problems(path) == [
+        f"{path}:18:20: lambda.function: '{name}xyz' is 65 characters, at most 64"
+    ]

@@ -114,6 +114,10 @@ def refusal(spec: Spec, target: str) -> str | None:
     """Why `pipeline run` refuses the spec on `target` whatever exists there, or None."""
     if spec.route is None:
         return "has no route, so there is nothing to run"
+    if spec.function is not None and target != "local":
+        return (
+            f"this pipeline runs in Lambda function {spec.function.name}; pipeline status shows it"
+        )
     return run_refusal(spec, target)
 
 

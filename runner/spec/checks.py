@@ -30,9 +30,11 @@ from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
     Firehose,
+    Function,
     Source,
     Spec,
     Stream,
+    needs_dead_letter_off_machine,
     version,
 )
 from runner.spec.position import Position, parse_position
@@ -193,6 +195,10 @@ class _Builder:
                 route = self.route(doc["route"], streams, source)
         if dead_letter and dead_letter.stream and not self.is_wrong(("dead_letter",)):
             self.dead_letter_shared(dead_letter.stream, route, firehoses)
+        function = None
+        if "lambda" in doc:
+            with self.tolerant(("lambda",)):
+                function = self.function(doc["lambda"], route, "dead_letter" in doc)
         self.reader.raise_if_any(strict=strict)
         return Spec(
             path=self.reader.path,
@@ -205,6 +211,7 @@ class _Builder:
             transform=tuple(steps),
             route=route,
             dead_letter=dead_letter,
+            function=function,
             warnings=self.reader.warning_lines(),
             version=version(self.reader.raw),
         )
@@ -299,6 +306,30 @@ class _Builder:
         if problem:
             self.reader.problem(("dead_letter", "prefix"), problem)
         return DeadLetterDestination(bucket=raw["bucket"], prefix=prefix)
+
+    def function(self, raw: dict, route: Route | None, has_dead_letter: bool) -> Function:
+        """The `lambda:` section; Lambda keeps the checkpoints, so bad records must go where
+        they outlive the function: a stream or a bucket."""
+        if not has_dead_letter:
+            why = "since Lambda keeps the checkpoints and a function has no state folder"
+            self.reader.problem(("lambda",), needs_dead_letter_off_machine("run by Lambda", why))
+        if route is None and not self.is_wrong(("route",)):
+            self.reader.problem(
+                ("lambda",), "a pipeline run by Lambda needs a route: add route: with its cases"
+            )
+        name = raw.get("function", f"{self.document.get('pipeline')}-etl")
+        role = raw.get("role", f"{name}-role")
+        self.name_length(("lambda", "function"), name, 64)
+        if "role" in raw:
+            self.name_length(("lambda", "role"), role, 64)
+        elif isinstance(name, str) and len(name) <= 64 < len(role):
+            self.reader.problem(
+                ("lambda", "function"),
+                f"the role named after it, '{role}', is {len(role)} characters, at most 64: "
+                "set lambda.role",
+            )
+        settings = {key: value for key, value in raw.items() if key not in ("function", "role")}
+        return Function(name=name, role=role, **settings)
 
     def firehose(self, key: str, value: dict) -> Firehose:
         path = ("resources", "firehoses", key)

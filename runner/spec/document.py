@@ -448,6 +448,9 @@ def _describe(
         if isinstance(instance, dict) and set(instance) <= set(subschema.get("properties", {})):
             keys = f"{count(len(instance), 'key')}: " + ", ".join(instance)
             yield f"expected {title}, got {keys if instance else 'an empty mapping'}", path, False
+        # A number of the right type outside every range (e.g. lambda.max_record_age_s).
+        elif type(instance) is int and subschema.get("type") == "integer":
+            yield f"expected {title}, got {instance}", path, False
     elif title:
         yield f"expected {title}, got {_type_word(instance)}", path, False
     else:

@@ -61,13 +61,15 @@ def dead_letter_off_machine(dead_letter: DeadLetterDestination | None) -> bool:
     return dead_letter is not None
 
 
-def needs_dead_letter_off_machine(where: str) -> str:
+def needs_dead_letter_off_machine(
+    where: str, why: str = "since the checkpoints outlive this machine and its state folder"
+) -> str:
     """Why a spec run `where` (e.g. 'on the aws target') needs a stream or bucket dead letter,
     and what to add."""
     return (
-        f"{where} the dead letter must be a stream or a bucket, since the checkpoints outlive "
-        "this machine and its state folder: add dead_letter: {bucket: KEY} with a key of "
-        "resources.buckets (it holds entries of any size), or dead_letter: {stream: KEY}"
+        f"{where} the dead letter must be a stream or a bucket, {why}: add dead_letter: "
+        "{bucket: KEY} with a key of resources.buckets (it holds entries of any size), or "
+        "dead_letter: {stream: KEY}"
     )
 
 
@@ -76,6 +78,23 @@ def version(spec: bytes | str | os.PathLike) -> str:
     path), so that two runs, a dead-letter entry and the file on disk can be compared."""
     data = spec if isinstance(spec, bytes) else Path(spec).read_bytes()
     return hashlib.sha256(data).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Function:
+    """The `lambda:` section: on the aws target, AWS Lambda runs the pipeline as this function,
+    fed by an event source mapping of the source stream with these settings."""
+
+    name: str
+    role: str  # the IAM role it runs as
+    memory_mb: int = 256
+    timeout_s: int = 60
+    batch_size: int = 100  # Kinesis records per invocation
+    batching_window_s: int = 1
+    parallelization: int = 1  # batches of one shard at once
+    max_retries: int = 5  # -1: until the records expire
+    max_record_age_s: int = 3600  # -1: no limit
+    bisect_on_error: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,7 @@ class Spec:
     transform: tuple[Step, ...]
     route: Route | None  # None: the spec only declares resources
     dead_letter: DeadLetterDestination | None  # None: a file in the state folder
+    function: Function | None = None  # the `lambda:` section: AWS Lambda runs it on aws
     warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
     version: str = ""  # version() of the bytes it was loaded from
 
@@ -107,4 +127,5 @@ class Spec:
             f"{count(len(self.firehoses), 'firehose')}, "
             f"{count(len(self.transform), 'transform step')}, "
             + (f"{count(len(self.route.cases), 'route case')}" if self.route else "no route")
+            + (f", run by Lambda function {self.function.name}" if self.function else "")
         )
