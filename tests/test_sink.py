@@ -2,6 +2,7 @@ import pytest
 
 from runner.backends.base import BackendError, PutResult, StreamNotFound, Throttled
 from runner.backends.limits import MAX_BATCH_BYTES
+from runner.loop.patience import Abandoned, Patience
 from runner.loop.sink import Sink, batches, waves
 
 MIB = 1024 * 1024
@@ -82,7 +83,7 @@ def test_a_wave_holds_one_entry_per_key_and_each_keys_entries_in_order():
 
 def test_distinct_keys_are_one_wave_the_batch_itself():
     batch = entries(*[str(i) for i in range(500)])
-    assert waves(batch) == [batch] and waves(batch)[0] is batch
+    assert waves(batch) == [batch]
 
 
 # Sink.put
@@ -276,3 +277,19 @@ def test_each_keys_records_land_once_and_in_order_whatever_fails():
     for shard, sequence, _, _ in kinesis.landed:
         highest[shard] = sequence
     assert sink.written == highest
+
+
+def test_a_put_cut_short_says_which_entries_the_stream_took():
+    class Stop:
+        def is_set(self):
+            return True  # e.g. Lambda's deadline: the first wait ends the put
+
+    kinesis = Kinesis({b"b"})
+    sink = Sink(kinesis, "events", sleep=lambda s: None, patience=Patience(stopping=Stop()))
+    accepted = [False] * 3
+
+    with pytest.raises(Abandoned):
+        sink.put(entries("a", "b", "c"), accepted)
+
+    assert accepted == [True, False, True]
+    assert kinesis.calls == [[b"a", b"b", b"c"]]

@@ -183,6 +183,11 @@ class DeadLetter:
             "no checkpoint moved past this record"
         )
 
+    def keep_first(self, count: int) -> None:
+        """Forget the entries added after the first `count` not yet written (the Lambda
+        handler's records after one it could not write: they come again on retry)."""
+        del self._pending[count:]
+
     def next_object(self) -> str | None:
         """In a bucket, the key of the object the next write puts its entries in, chosen now,
         so that a caller may note where they will be (redrive); None for other forms."""

@@ -12,9 +12,8 @@ import dataclasses
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,10 @@ from runner.loop.delivery import Delivery
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
+from runner.loop.rounds import Counts, Round
 from runner.loop.run_info import record_spec_version
 from runner.loop.sink import Sink
-from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
+from runner.records.processor import Journey
 from runner.spec import Spec
 
 STATUS_EVERY_S = 5.0
@@ -51,25 +51,6 @@ class RunOptions:
     forget_old_checkpoints: bool = False  # those kept for an earlier stream of the same name
     # A call failing for this long (a lost network, a failing service) ends the run.
     give_up_after: float | None = GIVE_UP_AFTER_S
-
-
-@dataclass
-class Counts:
-    records_in: int = 0
-    out: Counter = field(default_factory=Counter)  # per route (stream key)
-    dead_lettered: int = 0
-    filtered: int = 0
-    dropped: int = 0
-    lag_ms: int = 0
-    busy_s: float = 0.0  # from the first record read to the last handled
-
-    def line(self) -> str:
-        routes = ", ".join(f"{key} {count}" for key, count in sorted(self.out.items())) or "none"
-        rate = f" | took {self.busy_s:.2f} s" if self.busy_s else ""
-        return (
-            f"in {self.records_in} | out {routes} | dead-lettered {self.dead_lettered} | "
-            f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms{rate}"
-        )
 
 
 class Engine:
@@ -256,19 +237,19 @@ class Engine:
         """Process, write and checkpoint one round of batches; returns records handled."""
         if not batches:
             return 0
-        outgoing: dict[str, list[tuple[bytes, str]]] = {key: [] for key in self.sinks}
+        taken = Round(self.journey, self.sinks, self.dead_letter, self.source, self.counts)
         checkpoints: list[tuple[str, str]] = []
         handled = 0
         for batch in batches:
             records = self._within_limit(batch.records)
             for record in records:
-                self._process(batch.shard_id, record, outgoing)
+                taken.take(batch.shard_id, record)
             handled += len(records)
             if batch.finished and len(records) == len(batch.records):
                 checkpoints.append((batch.shard_id, SHARD_END))
             elif records:
                 checkpoints.append((batch.shard_id, records[-1].sequence))
-        for key, entries in outgoing.items():
+        for key, entries in taken.outgoing.items():
             if entries:
                 self.sinks[key].put(entries)
         # The dead letter may be a local file, which Fenced does not see.
@@ -289,23 +270,6 @@ class Engine:
         if limit is None:
             return records
         return records[: max(0, limit - self.counts.records_in)]
-
-    def _process(self, shard_id: str, record: Record, outgoing: dict) -> None:
-        counts = self.counts
-        counts.records_in += 1
-        outcome = self.journey.process(record.data)
-        if outcome.kind == DEAD_LETTER:
-            counts.dead_lettered += 1
-            self.dead_letter.add(outcome.reason, self.source, shard_id, record)
-        elif outcome.kind == FILTERED:
-            counts.filtered += 1
-        elif outcome.kind == DROPPED:
-            counts.dropped += 1
-        else:
-            entry = (outcome.payload, outcome.partition_key)
-            for sink in outcome.sinks:
-                outgoing[sink].append(entry)
-                counts.out[sink] += 1
 
     def _finish_deliveries(self) -> None:
         """Flush every delivery once it has read what this run wrote to its stream (not what

@@ -98,6 +98,12 @@ class Patience:
             self.sleep(nap)
             seconds -= nap
 
+    def check_stop(self, error: BackendError) -> None:
+        """Raise Abandoned if a stop was asked: a retry after a partial failure (no wait for a
+        failing service, so no deadline) still ends at a stop."""
+        if self.stopping is not None and self.stopping.is_set():
+            raise Abandoned(str(error))
+
     def retry(self, call: Callable[[], T]) -> T:
         """call(), again and again with backoff while it raises Throttled."""
         since: float | None = None

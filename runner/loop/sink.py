@@ -24,14 +24,20 @@ RETRYABLE = frozenset({"ProvisionedThroughputExceededException", "InternalFailur
 
 def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
     """Split entries into PutRecords calls of at most 500 records and 5 MiB."""
-    batch: list[Entry] = []
+    for group in _batch_positions(entries):
+        yield [entries[i] for i in group]
+
+
+def _batch_positions(entries: Sequence[Entry]) -> Iterator[list[int]]:
+    """batches(), as positions in `entries`."""
+    batch: list[int] = []
     size = 0
-    for data, key in entries:
+    for position, (data, key) in enumerate(entries):
         entry_bytes = entry_size(data, key)
         if batch and (len(batch) == MAX_BATCH_RECORDS or size + entry_bytes > MAX_BATCH_BYTES):
             yield batch
             batch, size = [], 0
-        batch.append((data, key))
+        batch.append(position)
         size += entry_bytes
     if batch:
         yield batch
@@ -40,16 +46,21 @@ def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
 def waves(batch: list[Entry]) -> list[list[Entry]]:
     """Split one batch into calls holding at most one entry per partition key: wave n holds
     the n-th entry of each key, in batch order. Distinct keys (the usual case) are one wave."""
+    return [[batch[i] for i in wave] for wave in _wave_positions(batch)]
+
+
+def _wave_positions(batch: Sequence[Entry]) -> list[list[int]]:
+    """waves(), as positions in `batch`."""
     if len({key for _, key in batch}) == len(batch):
-        return [batch]
-    found: list[list[Entry]] = []
+        return [list(range(len(batch)))]
+    found: list[list[int]] = []
     seen: dict[str, int] = {}  # partition key -> its entries so far
-    for entry in batch:
-        wave = seen.get(entry[1], 0)
-        seen[entry[1]] = wave + 1
+    for position, (_, key) in enumerate(batch):
+        wave = seen.get(key, 0)
+        seen[key] = wave + 1
         if wave == len(found):
             found.append([])
-        found[wave].append(entry)
+        found[wave].append(position)
     return found
 
 
@@ -73,44 +84,54 @@ class Sink:
         self.patience = patience or Patience(sleep=sleep)
         self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
 
-    def put(self, entries: Sequence[Entry]) -> None:
+    def put(self, entries: Sequence[Entry], accepted: list[bool] | None = None) -> None:
         """Return once every entry is in the stream; raises BackendError for what retrying
-        cannot fix (a missing stream, a refused request)."""
-        for batch in batches(entries):
-            for wave in waves(batch):
-                self._put_wave(wave)
+        cannot fix (a missing stream, a refused request). With `accepted` (one flag per entry),
+        each entry's flag is set as the stream takes it, so that a caller whose put was cut
+        short (an error, a stop, Lambda's deadline) knows which are in."""
+        flags = accepted if accepted is not None else [False] * len(entries)
+        for group in _batch_positions(entries):
+            batch = [entries[i] for i in group]
+            for wave in _wave_positions(batch):
+                self._put_wave([group[i] for i in wave], entries, flags)
 
-    def _put_wave(self, pending: list[Entry]) -> None:
-        """Put entries of distinct partition keys, retrying the failed ones until all are in."""
+    def _put_wave(self, pending: list[int], entries: Sequence[Entry], accepted: list[bool]) -> None:
+        """Put the entries at these positions, of distinct partition keys, retrying the failed
+        ones until all are in."""
         attempt = 0
         since: float | None = None  # when the calls began to fail with nothing accepted
         while pending:
             started = self.patience.clock()
-            failed, failure = self._try_put(pending)
+            failed, failure = self._try_put(pending, entries, accepted)
             if not failed:
                 return
             wait = self._backoff(attempt)
             attempt += 1
             if len(failed) < len(pending):  # some went in: a busy stream, not a failing one
                 since = None
+                self.patience.check_stop(failure)
                 self.sleep(wait)
             else:
                 since = started if since is None else since
                 self.patience.wait(failure, since, wait)
             pending = failed
 
-    def _try_put(self, pending: list[Entry]) -> tuple[list[Entry], Throttled | None]:
-        """One PutRecords call: the entries that failed, and why (None when none did)."""
+    def _try_put(
+        self, pending: list[int], entries: Sequence[Entry], accepted: list[bool]
+    ) -> tuple[list[int], Throttled | None]:
+        """One PutRecords call: the positions of the entries that failed, and why (None when
+        none did)."""
         try:
-            results = self.backend.put_records(self.stream, pending)
+            results = self.backend.put_records(self.stream, [entries[p] for p in pending])
         except Throttled as error:
             return pending, error
-        for result in results:
+        for position, result in zip(pending, results, strict=True):
             if result.ok:
+                accepted[position] = True
                 sequence = int(result.sequence)
                 if sequence > self.written.get(result.shard_id, -1):
                     self.written[result.shard_id] = sequence
-        failed = [entry for entry, result in zip(pending, results, strict=True) if not result.ok]
+        failed = [p for p, result in zip(pending, results, strict=True) if not result.ok]
         refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
         if refused:
             # Retrying cannot fix these (e.g. KMS access denied): fail the run

@@ -1,0 +1,219 @@
+"""The Lambda function: each invocation is one batch of one shard's records, which the event
+source mapping hands over, and which this takes through the same `Round`, sinks and dead
+letter as `pipeline run`.
+
+A bad record never fails the batch: it goes to the dead letter and the batch goes on. A write
+that still fails when the invocation's time is nearly up is reported as a batch item failure
+naming the first Kinesis record not wholly written (`ReportBatchItemFailures`): Lambda keeps its
+checkpoint before that record and retries from it (bisecting there when asked), so nothing is
+lost. What comes after that record is not written, so that a retry duplicates as little as
+possible.
+
+Lambda's entry point is `handle`; the packaged spec and the AWS backend are loaded once per
+cold start. `FunctionCore` is the same handler over any backend: the local target's emulation
+of the event source mapping drives it, and so do the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import datetime
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runner.backends.base import Backend, BackendError, Record
+from runner.loop.dead_letter import DeadLetter
+from runner.loop.patience import Abandoned, Patience
+from runner.loop.rounds import Counts, Round
+from runner.loop.sink import Sink
+from runner.plural import count
+from runner.records.processor import Journey
+from runner.spec import Spec
+
+# Writes are retried until this close to the invocation's deadline (at most this share of its
+# time), so that the batch can still be answered with what failed.
+MARGIN_S = 5.0
+MARGIN_SHARE = 0.2
+
+
+class Deadline:
+    """A stop request that is set once the clock passes `at`: Patience then ends its waits."""
+
+    def __init__(self, at: float, clock: Callable[[], float]) -> None:
+        self.at = at
+        self.clock = clock
+
+    def is_set(self) -> bool:
+        return self.clock() >= self.at
+
+
+class FunctionCore:
+    """The handler of one pipeline over a backend."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        backend: Backend,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        report: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+        state_dir: Path | None = None,  # for a file dead letter, which only the local target has
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.clock = clock
+        self.sleep = sleep
+        self.report = report
+        self.state_dir = state_dir or Path(tempfile.gettempdir())
+        self.journey = Journey(spec.transform, spec.route)
+        self.source = spec.streams[spec.source.stream].name
+        self.routes = list(dict.fromkeys(case.to for case in spec.route.cases))
+        self.counts = Counts()  # over every invocation of this core
+
+    def handle(self, event: dict, remaining_ms: int) -> dict:
+        """Take one event's records; returns Lambda's partial batch response."""
+        seconds = remaining_ms / 1000
+        deadline = Deadline(
+            self.clock() + seconds - min(MARGIN_S, seconds * MARGIN_SHARE), self.clock
+        )
+        patience = Patience(
+            service=f"the {self.backend.name} target",
+            report=self._say,
+            stopping=deadline,  # type: ignore[arg-type]  # is_set() is all it asks
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+        sinks = {
+            key: Sink(
+                self.backend, self.spec.streams[key].name, sleep=self.sleep, patience=patience
+            )
+            for key in self.routes
+        }
+        dead_letter = DeadLetter(
+            self.spec, self.backend, self.state_dir, report=self._say, patience=patience
+        )
+        counts = Counts()
+        taken = Round(self.journey, sinks, dead_letter, self.source, counts, origins=True)
+        records = event.get("Records") if isinstance(event, dict) else None
+        sequences: list[str] = []
+        for origin, item in enumerate(records if isinstance(records, list) else []):
+            shard_id, record, problem = _event_record(item)
+            sequences.append(record.sequence)
+            if problem:
+                taken.reject(shard_id, record, problem, origin)
+            else:
+                taken.take(shard_id, record, origin)
+        failed = self._write(taken, sinks, dead_letter)
+        self._add(counts)
+        if failed is None:
+            self._say(counts.line())
+            return {"batchItemFailures": []}
+        self._say(
+            f"in {len(sequences)} | written: the {count(failed, 'record')} before record "
+            f"{sequences[failed]}, which Lambda retries from"
+        )
+        return {"batchItemFailures": [{"itemIdentifier": sequences[failed]}]}
+
+    def _write(self, taken: Round, sinks: dict[str, Sink], dead_letter: DeadLetter) -> int | None:
+        """Write the round, each sink then the dead letter, stopping at the first record not
+        wholly written; returns its origin, or None when all went in."""
+        failed: int | None = None
+        for key, entries in taken.outgoing.items():
+            origins = taken.origins[key]
+            if failed is not None:  # what comes after a failed record is written on retry
+                entries = entries[: bisect.bisect_left(origins, failed)]
+            if not entries:
+                continue
+            accepted = [False] * len(entries)
+            try:
+                sinks[key].put(entries, accepted)
+            except (BackendError, Abandoned) as error:
+                first = origins[accepted.index(False)]
+                failed = first if failed is None else min(failed, first)
+                self._say(f"stream {sinks[key].stream}: {_why(error)}")
+        dead = taken.dead_origins
+        if failed is not None:
+            dead_letter.keep_first(bisect.bisect_left(dead, failed))
+            dead = dead[: bisect.bisect_left(dead, failed)]
+        try:
+            dead_letter.write()
+        except (BackendError, Abandoned) as error:
+            failed = dead[0] if failed is None else min(failed, dead[0])
+            self._say(f"dead letter {dead_letter.where()}: {_why(error)}")
+        return failed
+
+    def _add(self, counts: Counts) -> None:
+        total = self.counts
+        total.records_in += counts.records_in
+        total.out.update(counts.out)
+        total.dead_lettered += counts.dead_lettered
+        total.filtered += counts.filtered
+        total.dropped += counts.dropped
+
+    def _say(self, line: str) -> None:
+        self.report(f"[{self.spec.pipeline}] {line}")
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, Abandoned):
+        return f"still failing when the invocation's time was nearly up: {error}"
+    return str(error)
+
+
+def _event_record(item: Any) -> tuple[str, Record, str | None]:
+    """(shard id, record, problem) of one record of a Kinesis event: the problem, when the
+    event's record cannot be read as one, is what the dead letter says of it."""
+    item = item if isinstance(item, dict) else {}
+    kinesis = item.get("kinesis") if isinstance(item.get("kinesis"), dict) else {}
+    shard_id = str(item.get("eventID", "")).partition(":")[0]
+    arrival = kinesis.get("approximateArrivalTimestamp")
+    try:
+        when = datetime.datetime.fromtimestamp(float(arrival), datetime.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = datetime.datetime.now(datetime.timezone.utc)
+    data = kinesis.get("data")
+    problem = None
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
+    except (binascii.Error, ValueError) as error:
+        raw = None
+        problem = f"the event's data is not base64: {error}"
+    if raw is None:
+        problem = problem or "the event's record has no data"
+        raw = str(data).encode("utf-8", "replace")
+    sequence = str(kinesis.get("sequenceNumber", ""))
+    record = Record(
+        sequence=sequence,
+        # Kinesis gives every record one; a dead-letter stream needs one to take it.
+        partition_key=str(kinesis.get("partitionKey") or sequence or "-"),
+        data=raw,
+        arrival=when,
+    )
+    return shard_id, record, problem
+
+
+_CORE: FunctionCore | None = None
+
+
+def handle(event: dict, context: Any) -> dict:
+    """AWS Lambda's entry point (`runner.function.handler.handle`)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = _cold_start()
+    return _CORE.handle(event, context.get_remaining_time_in_millis())
+
+
+def _cold_start() -> FunctionCore:
+    """The packaged spec, loaded once, over the AWS backend of its region."""
+    from runner.backends.aws import AwsBackend
+    from runner.function.packaged import load_packaged
+
+    spec = load_packaged()
+    return FunctionCore(spec, AwsBackend(spec.region))
