@@ -23,8 +23,10 @@ class AwsBackend(StreamsMixin, CheckpointsMixin, BucketsMixin, FirehosesMixin, A
     A resource created for a pipeline is tagged pipeline=NAME; `owned` gathers, mixin by mixin,
     each service's resources so tagged.
 
-    `AwsBackend(region, profile, endpoint_url, poll_s, lease=LeaseTiming(...))`: `lease` sets
-    the run lease's length, clock and sleep (60 s, the monotonic clock, time.sleep)."""
+    `AwsBackend(region, profile, endpoint_url, poll_s, clock=..., sleep=...,
+    lease=LeaseTiming(...))`: waits for resources poll every `poll_s` by `clock` and `sleep`
+    (the monotonic clock, time.sleep); `lease` sets the run lease's length, clock and sleep
+    (60 s, the monotonic clock, time.sleep)."""
 
     name = "aws"
     delivers_firehoses = True
