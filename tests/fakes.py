@@ -25,7 +25,9 @@ from runner.backends.base import (
     Backend,
     BackendError,
     FirehoseDescription,
+    FunctionDescription,
     Lease,
+    MappingDescription,
     PutResult,
     RecordBatch,
     RoleDescription,
@@ -144,6 +146,10 @@ class FaultyBackend(Backend):
         return self.backend.delivers_firehoses
 
     @property
+    def runs_functions(self) -> bool:
+        return self.backend.runs_functions
+
+    @property
     def location(self) -> str:
         return self.backend.location
 
@@ -251,6 +257,38 @@ class FaultyBackend(Backend):
 
     def delete_log_group(self, group: str) -> None:
         return self._call("delete_log_group", group)
+
+    def describe_function(self, name: str) -> FunctionDescription | None:
+        return self._call("describe_function", name)
+
+    def create_function(
+        self, function: FunctionDescription, code: bytes, owner: str | None = None
+    ) -> None:
+        return self._call("create_function", function, code, owner)
+
+    def update_function_code(self, name: str, code: bytes) -> None:
+        return self._call("update_function_code", name, code)
+
+    def update_function_configuration(self, function: FunctionDescription) -> None:
+        return self._call("update_function_configuration", function)
+
+    def delete_function(self, name: str) -> None:
+        return self._call("delete_function", name)
+
+    def function_role(self, *args: Any, **kwargs: Any) -> RoleDescription:
+        return self._call("function_role", *args, **kwargs)
+
+    def describe_mapping(self, function: str, stream: str) -> MappingDescription | None:
+        return self._call("describe_mapping", function, stream)
+
+    def create_mapping(self, mapping: MappingDescription, owner: str | None = None) -> None:
+        return self._call("create_mapping", mapping, owner)
+
+    def update_mapping(self, mapping: MappingDescription) -> None:
+        return self._call("update_mapping", mapping)
+
+    def delete_mapping(self, function: str, stream: str) -> None:
+        return self._call("delete_mapping", function, stream)
 
     def checkpoint_store_exists(self, pipeline: str) -> bool:
         return self._call("checkpoint_store_exists", pipeline)

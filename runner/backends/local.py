@@ -123,6 +123,7 @@ class LocalBackend(Backend):
 
     name = "local"
     delivers_firehoses = False
+    runs_functions = False
 
     def __init__(
         self,

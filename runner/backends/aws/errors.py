@@ -39,6 +39,7 @@ _THROTTLING = {
     "ProvisionedThroughputExceededException",
     "LimitExceededException",
     "ThrottlingException",
+    "TooManyRequestsException",  # Lambda
     "KMSThrottlingException",
     "RequestLimitExceeded",
     "InternalFailure",
@@ -53,6 +54,7 @@ _ALREADY_EXISTS = {
     "BucketAlreadyOwnedByYou",
     "EntityAlreadyExists",  # IAM
     "ResourceAlreadyExistsException",  # CloudWatch Logs
+    "ResourceConflictException",  # Lambda: a function, or a mapping of the same two ends
 }
 _NO_CREDENTIALS = (
     "pass --profile NAME, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -11,8 +9,6 @@ from botocore.exceptions import ClientError
 from runner.backends.aws.errors import Missing, backend_errors, error_code, one_line
 from runner.backends.aws.session import AwsSession, exclusive_pages, owner_tags, tag_pages
 from runner.backends.base import BackendError, FirehoseDescription
-
-ROLE_PROPAGATION_S = 60
 
 
 class FirehosesMixin(AwsSession):
@@ -66,6 +62,7 @@ class FirehosesMixin(AwsSession):
                 ExtendedS3DestinationConfiguration=destination,
                 **owner_tags(owner),
             ),
+            _role_not_ready,
         )
         self._wait_for_firehose(firehose.name, "ACTIVE")
 
@@ -91,6 +88,7 @@ class FirehosesMixin(AwsSession):
                 DestinationId=found["Destinations"][0]["DestinationId"],
                 ExtendedS3DestinationUpdate=destination,
             ),
+            _role_not_ready,
         )
         self._wait_for_firehose(firehose.name, "ACTIVE")
 
@@ -165,24 +163,11 @@ class FirehosesMixin(AwsSession):
             "CloudWatchLoggingOptions": logging,
         }
 
-    def _while_role_propagates(self, resource: str, call: Callable[[], object]) -> None:
-        """Make the call, again every poll_s while Firehose cannot assume a new role yet."""
-        # IAM is eventually consistent: a role made seconds ago may not be assumable yet.
-        deadline = time.monotonic() + ROLE_PROPAGATION_S
-        with backend_errors(resource):
-            while True:
-                try:
-                    call()
-                    return
-                except ClientError as error:
-                    message = error.response.get("Error", {}).get("Message", "")
-                    role_not_ready = (
-                        error_code(error) == "InvalidArgumentException"
-                        and "role" in message.lower()
-                    )
-                    if not role_not_ready or time.monotonic() > deadline:
-                        raise
-                time.sleep(self.poll_s)
+
+def _role_not_ready(error: ClientError) -> bool:
+    """Whether Firehose refused a role it cannot assume yet (IAM is eventually consistent)."""
+    message = error.response.get("Error", {}).get("Message", "")
+    return error_code(error) == "InvalidArgumentException" and "role" in message.lower()
 
 
 def _arn_name(arn: str) -> str:

@@ -1,5 +1,7 @@
-"""Least privilege for Firehose on AWS: the role each delivery stream assumes, allowed only to
-read its source streams, write its buckets and log to its log groups."""
+"""Least privilege on AWS: the role each Firehose delivery stream assumes, allowed only to read
+its source streams, write its buckets and log to its log groups; and a pipeline's Lambda
+function's execution role, allowed only to read its source stream, write its sinks and dead
+letter, and log to its own log group."""
 
 from __future__ import annotations
 
@@ -96,3 +98,95 @@ def delivery_policy(
             }
         )
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+# Least privilege for a pipeline's Lambda function: the execution role Lambda assumes to read
+# the source stream for the function's event source mapping, and the function to write.
+
+FUNCTION_POLICY_NAME = "pipeline-function"
+
+# What Lambda's event source mapping calls on the stream it reads, with the function's role
+# (Lambda's guide: "Process Amazon Kinesis Data Streams records with Lambda"); it lists
+# kinesis:SubscribeToShard too, which only an enhanced fan-out consumer needs, and pipelines
+# read with standard iterators.
+MAPPING_READ_ACTIONS = [
+    "kinesis:DescribeStream",
+    "kinesis:DescribeStreamSummary",
+    "kinesis:GetRecords",
+    "kinesis:GetShardIterator",
+    "kinesis:ListShards",
+]
+
+
+def function_role(
+    name: str,
+    function: str,
+    source: str,
+    sinks: Sequence[str],
+    dead_letter_stream: str | None,
+    dead_letter_bucket: str | None,
+    dead_letter_prefix: str,
+    *,
+    account_id: str,
+    region: str,
+    partition: str,
+) -> RoleDescription:
+    """The function's execution role `name`, trusted by Lambda, allowed only what the function
+    and its mapping do: read the `source` stream, put records to the `sinks` and the
+    dead-letter stream, put objects to the dead-letter bucket under its prefix, and log to the
+    function's own log group. Every ARN is in the region's `partition`."""
+
+    def stream(name: str) -> str:
+        return f"arn:{partition}:kinesis:{region}:{account_id}:stream/{name}"
+
+    group = f"arn:{partition}:logs:{region}:{account_id}:log-group:/aws/lambda/{function}"
+    written = sorted({*sinks, *([dead_letter_stream] if dead_letter_stream else [])})
+    statements: list[dict] = [
+        {
+            "Sid": "ReadSourceStream",
+            "Effect": "Allow",
+            "Action": MAPPING_READ_ACTIONS,
+            "Resource": [stream(source)],
+        }
+    ]
+    if written:  # IAM refuses a statement without resources
+        statements.append(
+            {
+                "Sid": "WriteSinkStreams",
+                "Effect": "Allow",
+                "Action": ["kinesis:PutRecords"],
+                "Resource": [stream(s) for s in written],
+            }
+        )
+    if dead_letter_bucket is not None:
+        statements.append(
+            {
+                "Sid": "WriteDeadLetterBucket",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [f"arn:{partition}:s3:::{dead_letter_bucket}/{dead_letter_prefix}*"],
+            }
+        )
+    statements.append(
+        {
+            "Sid": "WriteOwnLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            # The group itself (to create it), and its streams (to write to them).
+            "Resource": [group, f"{group}:*"],
+        }
+    )
+    return RoleDescription(
+        name=name,
+        trust_policy={
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "lambda.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        },
+        policies={FUNCTION_POLICY_NAME: {"Version": "2012-10-17", "Statement": statements}},
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from runner.backends.aws.errors import ENDPOINT_SETTINGS, Missing, backend_errors, whole_answers
 from runner.backends.base import DEFAULT_REGION, Backend, BackendError
@@ -30,6 +31,8 @@ _DATA_PLANE = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_
 _CONTROL_PLANE = Config(retries={"mode": "standard"})
 
 WAIT_TIMEOUT_S = 900
+# How long a service may refuse a role just made or changed: IAM is eventually consistent.
+ROLE_PROPAGATION_S = 60
 
 # The tag marking a resource as a pipeline's own (base/ownership.py): pipeline=NAME.
 OWNER_TAG = "pipeline"
@@ -70,7 +73,10 @@ def tag_pages(call: Callable[..., dict], **params: Any) -> dict[str, str]:
 
 
 class AwsSession(Backend):
-    """One region's boto3 session and the clients made from it, shared by every service."""
+    """One region's boto3 session and the clients made from it, shared by every service.
+
+    Waits for a resource poll every `poll_s` by the monotonic `clock` and `sleep` (tests pass
+    fakes)."""
 
     def __init__(
         self,
@@ -78,9 +84,14 @@ class AwsSession(Backend):
         profile: str | None = None,
         endpoint_url: str | None = None,
         poll_s: float = 2.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.endpoint_url = endpoint_url
         self.poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
         with backend_errors("the AWS session"):
             self._session = boto3.Session(profile_name=profile)
             # No region given: AWS_REGION (which boto3 does not read), then boto3's own choice
@@ -164,14 +175,32 @@ class AwsSession(Backend):
 
     def _wait(self, what: str, status: Callable[[], str | None], until: str | None) -> None:
         """Poll `status` every poll_s until it is `until` (None: until the resource is gone)."""
-        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        deadline = self._clock() + WAIT_TIMEOUT_S
         while (current := status()) != until:
             if current is None:
                 raise BackendError(f"{what} vanished while waiting for it to be {until}")
-            if time.monotonic() > deadline:
+            if self._clock() > deadline:
                 wanted = until or "gone"
                 raise BackendError(
                     f"{what} is still {current} after {WAIT_TIMEOUT_S} s, "
                     f"waiting for it to be {wanted}"
                 )
-            time.sleep(self.poll_s)
+            self._sleep(self.poll_s)
+
+    def _while_role_propagates(
+        self,
+        resource: str,
+        call: Callable[[], Any],
+        role_not_ready: Callable[[ClientError], bool],
+    ) -> Any:
+        """Make the call and return its answer; again every poll_s, for up to
+        ROLE_PROPAGATION_S, while the service refuses a new role (`role_not_ready`)."""
+        deadline = self._clock() + ROLE_PROPAGATION_S
+        with backend_errors(resource):
+            while True:
+                try:
+                    return call()
+                except ClientError as error:
+                    if not role_not_ready(error) or self._clock() > deadline:
+                        raise
+                self._sleep(self.poll_s)

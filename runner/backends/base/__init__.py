@@ -3,8 +3,9 @@
 A backend speaks Kinesis' vocabulary (streams, shards, iterators, sequence numbers) so that the
 engine is written once. `local.py` keeps these semantics in one SQLite file; `aws/` maps them
 onto boto3. `Backend` is composed of one part per concern: streams and records (streams.py),
-checkpoints and the run lease (checkpoints.py), buckets, firehoses, and the roles and log
-groups only AWS has (access.py); errors.py holds what they raise. Callers import it all from
+checkpoints and the run lease (checkpoints.py), buckets, firehoses, the roles and log groups
+only AWS has (access.py), and the Lambda functions and event source mappings only AWS runs
+(functions.py); errors.py holds what they raise. Callers import it all from
 here. Which resources a pipeline owns, and how that is found, is in ownership.py.
 """
 
@@ -39,6 +40,16 @@ from runner.backends.base.errors import (
     disk_errors,
 )
 from runner.backends.base.firehoses import FirehoseDescription, Firehoses
+from runner.backends.base.functions import (
+    HANDLER,
+    RUNTIME,
+    FunctionDescription,
+    Functions,
+    MappingDescription,
+    code_sha256,
+    mapping_name,
+    split_mapping_name,
+)
 from runner.backends.base.ownership import KINDS, Ownership
 from runner.backends.base.streams import (
     ITERATOR_TYPES,
@@ -54,9 +65,11 @@ from runner.backends.base.streams import (
 
 __all__ = [
     "DEFAULT_REGION",
+    "HANDLER",
     "ITERATOR_TYPES",
     "KINDS",
     "LOCAL_ACCOUNT_ID",
+    "RUNTIME",
     "SHARD_END",
     "START_MARK",
     "AlreadyExists",
@@ -65,10 +78,12 @@ __all__ = [
     "Behind",
     "EarlierStream",
     "FirehoseDescription",
+    "FunctionDescription",
     "IteratorExpired",
     "Lease",
     "LeaseLapsed",
     "LeaseLost",
+    "MappingDescription",
     "PutResult",
     "Record",
     "RecordBatch",
@@ -82,9 +97,12 @@ __all__ = [
     "Throttled",
     "check_iterator",
     "checkpoint_table",
+    "code_sha256",
     "disk_errors",
     "is_start_mark",
+    "mapping_name",
     "parse_start_mark",
+    "split_mapping_name",
     "start_mark",
 ]
 
@@ -95,7 +113,7 @@ DEFAULT_REGION = "us-east-1"
 LOCAL_ACCOUNT_ID = "000000000000"
 
 
-class Backend(Streams, Checkpoints, Buckets, Firehoses, Access, Ownership):
+class Backend(Streams, Checkpoints, Buckets, Firehoses, Access, Functions, Ownership):
     """What every target offers. Names are resource names, never spec keys."""
 
     name: str  # "local" or "aws"
@@ -103,6 +121,9 @@ class Backend(Streams, Checkpoints, Buckets, Firehoses, Access, Ownership):
     partition: str = "aws"  # the region's ARN partition: aws, aws-cn, aws-us-gov, ...
     # True when the target delivers Firehose streams itself (AWS); otherwise `run` does it.
     delivers_firehoses: bool
+    # True when the target runs a spec's `lambda:` function itself (AWS); otherwise `run`
+    # drives its handler.
+    runs_functions: bool
     # How many shards a reader may ask at once: network targets gain from asking in parallel.
     read_workers: int = 1
 

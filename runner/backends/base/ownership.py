@@ -9,8 +9,19 @@ marks it, so nothing the tool does deletes it.
 from __future__ import annotations
 
 # The kinds of resource a pipeline may own, in the order they are deleted: each before what it
-# uses (a firehose before its stream, bucket, role and log group).
-KINDS = ("firehose", "log group", "role", "stream", "bucket", "checkpoint table")
+# uses (a mapping before its function and stream, a function before its role, a firehose
+# before its stream, bucket, role and log group). A mapping's name is `FUNCTION <- STREAM`
+# (functions.py).
+KINDS = (
+    "event source mapping",
+    "function",
+    "firehose",
+    "log group",
+    "role",
+    "stream",
+    "bucket",
+    "checkpoint table",
+)
 
 
 class Ownership:
