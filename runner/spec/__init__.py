@@ -1,8 +1,10 @@
 """Specs: the YAML document with the position of every value (`document`), and the checks
-(`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in."""
+(`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in.
+
+Only `load` and `schema` import PyYAML and jsonschema, when called: the rest of this package
+works without them (in a Lambda function)."""
 
 from runner.spec.checks import check_prefix, load
-from runner.spec.document import SpecError, schema
 from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
@@ -15,6 +17,7 @@ from runner.spec.model import (
     version,
 )
 from runner.spec.position import Position, parse_position, parse_timestamp
+from runner.spec.problems import SpecError
 
 __all__ = [
     "Bucket",
@@ -34,3 +37,10 @@ __all__ = [
     "schema",
     "version",
 ]
+
+
+def schema() -> dict:
+    """The JSON Schema of a spec, as shipped inside the package."""
+    from runner.spec.document import schema as shipped
+
+    return shipped()

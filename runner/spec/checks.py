@@ -12,20 +12,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.backends.base import DEFAULT_REGION, LOCAL_ACCOUNT_ID
 from runner.records import expressions
 from runner.records.routing import Case, Route
 from runner.records.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
-from runner.spec.document import (
-    Interpolator,
-    Reader,
-    SpecPath,
-    fill_defaults,
-    format_path,
-    validate_shape,
-)
 from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
@@ -36,6 +28,10 @@ from runner.spec.model import (
     version,
 )
 from runner.spec.position import Position, parse_position
+from runner.spec.problems import SpecPath, format_path
+
+if TYPE_CHECKING:
+    from runner.spec.document import Reader
 
 __all__ = ["check_prefix", "load"]
 
@@ -53,6 +49,9 @@ def load(
     `configured_region()` (the target's configuration), asked only then; `account_id(region)`
     is asked only when the spec uses ${account_id}.
     Likely mistakes are the Spec's `warnings`, or with `strict` problems of the SpecError."""
+    # Here only: the rest of the spec layer works where PyYAML and jsonschema are not (Lambda).
+    from runner.spec.document import Interpolator, Reader, fill_defaults, validate_shape
+
     path = Path(path)
     reader = Reader(path)
     document = reader.read()
