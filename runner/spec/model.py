@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.plural import count
@@ -98,6 +98,9 @@ class Spec:
     dead_letter: DeadLetterDestination | None  # None: a file in the state folder
     warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
     version: str = ""  # version() of the bytes it was loaded from
+    # What it was built from: the document with vars, ${account_id} and defaults filled in,
+    # as plain JSON values; `resolved` builds the same Spec from it (a Lambda package holds it).
+    document: dict = field(default_factory=dict, compare=False, repr=False)
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""

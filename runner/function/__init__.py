@@ -1,0 +1,2 @@
+"""The Lambda side: the package a function runs (`package`) and the spec it carries
+(`packaged`)."""
