@@ -1,2 +1,2 @@
-"""The Lambda side: the package a function runs (`package`) and the spec it carries
-(`packaged`)."""
+"""The pipeline as an AWS Lambda function: its handler, the package apply builds, and the local
+emulation of the event source mapping that feeds it."""
