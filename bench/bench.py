@@ -156,8 +156,9 @@ def per_record(records: list[bytes]) -> tuple[float, float]:
     return runner_ns, hand_ns
 
 
-# What a cold start imports: the handler, or until there is one, what it will need.
-HANDLER = ["runner.function.handler"]
+# What a cold start imports: the handler and the backend it opens, or until there is a
+# handler, what it will need.
+HANDLER = ["runner.function.handler", "runner.backends.aws"]
 WITHOUT_HANDLER = ["runner.loop.sink", "runner.loop.dead_letter", "runner.backends.aws"]
 COLD_START = """\
 import sys, time
