@@ -9,7 +9,11 @@ nothing.
    decode, add the four attributes, route, encode, write in PutRecords batches;
 3. the transform-and-route cost per record alone, through `runner` and by hand;
 4. peak memory (the run process's own high-water RSS) at N and at 5 N records;
-5. the ratios.
+5. the ratios;
+6. the spec's Lambda package: its size, and its cold start: in a fresh interpreter as the
+   Lambda runtime starts one, the time to import what the handler needs and load the packaged
+   spec (median of 5), with no bytecode cached (the package holds none and Lambda cannot
+   write one) and with it cached.
 
 BENCH_RECORDS sets N (default 200,000).
 """
@@ -17,6 +21,7 @@ BENCH_RECORDS sets N (default 200,000).
 from __future__ import annotations
 
 import datetime
+import io
 import itertools
 import json
 import os
@@ -25,12 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from runner import spec as spec_module
 from runner.backends.local import LocalBackend
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
+from runner.function import package
 from runner.records.processor import Journey
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +156,53 @@ def per_record(records: list[bytes]) -> tuple[float, float]:
     return runner_ns, hand_ns
 
 
+# What a cold start imports: the handler and the backend it opens, or until there is a
+# handler, what it will need.
+HANDLER = ["runner.function.handler", "runner.backends.aws"]
+WITHOUT_HANDLER = ["runner.loop.sink", "runner.loop.dead_letter", "runner.backends.aws"]
+COLD_START = """\
+import sys, time
+started = time.perf_counter()
+sys.path[:0] = {path!r}
+from runner.function.packaged import load_packaged
+{imports}
+load_packaged()
+print((time.perf_counter() - started) * 1000)
+"""
+
+
+def cold_start(folder: Path, times: int = 5) -> tuple[int, float, float, list[str]]:
+    """The scenario's Lambda package, unpacked in `folder` beside the modules the Lambda runtime
+    offers: (its size in bytes, the median ms of a cold start without and with bytecode
+    cached, the modules it imported besides runner.function.packaged)."""
+    built = package.build(spec_module.load(SPEC))
+    task = folder / "task"
+    zipfile.ZipFile(io.BytesIO(built.code)).extractall(task)
+    runtime = package.runtime_like_lambda(folder / "runtime")
+    handler = (task / "runner" / "function" / "handler.py").exists()
+    modules = HANDLER if handler else WITHOUT_HANDLER
+    code = COLD_START.format(
+        path=[str(task), str(runtime)], imports="\n".join(f"import {m}" for m in modules)
+    )
+
+    def median(*options: str) -> float:
+        samples = sorted(
+            float(
+                subprocess.run(
+                    [sys.executable, "-S", "-I", *options, "-c", code],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            for _ in range(times)
+        )
+        return samples[len(samples) // 2]
+
+    uncached = median("-B")  # first: nothing is cached yet, and -B writes nothing
+    return built.size, uncached, median(), modules
+
+
 def main() -> None:
     count = int(os.environ.get("BENCH_RECORDS", "200000"))
     big = 5 * count
@@ -166,6 +220,8 @@ def main() -> None:
         state = Path(folder) / "big"
         produce(state, big)
         big_s, big_rss, _ = run_pipeline(state)
+    with tempfile.TemporaryDirectory() as folder:
+        size, cold_ms, cached_ms, imported = cold_start(Path(folder))
     run_rate, hand_rate = count / run_s, count / hand_s
     rows = [
         (f"pipeline run, {count:,} records", f"{run_rate:,.0f} records/s", f"{run_s:.2f} s"),
@@ -181,11 +237,15 @@ def main() -> None:
         ("run / hand-written records/s", f"{run_rate / hand_rate:.2f}", "goal >= 0.50"),
         ("runner / hand per-record cost", f"{runner_ns / hand_ns:.2f}", "goal <= 1.50"),
         (f"memory at {big:,} / at {count:,}", f"{big_rss / run_rss:.2f}", "goal <= 1.20"),
+        ("Lambda package of the spec", f"{size / 1024:,.0f} KiB", "limit 50 MiB zipped"),
+        ("Lambda cold start, no bytecode cached", f"{cold_ms:,.0f} ms", "median of 5"),
+        ("Lambda cold start, bytecode cached", f"{cached_ms:,.0f} ms", "median of 5"),
     ]
     width = max(len(row[0]) for row in rows)
     for name, figure, note in rows:
         print(f"  {name:<{width}}  {figure:>18}  {note}")
     print(f"  ({done.strip()})")
+    print(f"  (cold start: load_packaged() and import {', '.join(imported)})")
 
 
 if __name__ == "__main__":

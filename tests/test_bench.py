@@ -4,6 +4,9 @@ import importlib.util
 
 from conftest import PIPELINES, REPO
 
+from runner import spec
+from runner.function import package
+
 
 def load_bench():
     found = importlib.util.spec_from_file_location("bench", REPO / "bench" / "bench.py")
@@ -17,3 +20,12 @@ def test_bench_runs_its_own_copy_of_the_scenario_spec():
     assert bench.SPEC == REPO / "bench" / "scenario.yaml"
     # The copy is the scenario as shipped; a change to one belongs in the other too.
     assert bench.SPEC.read_text() == (PIPELINES / "ecommerce.yaml").read_text()
+
+
+def test_bench_times_the_cold_start_of_the_scenarios_lambda_package(tmp_path):
+    bench = load_bench()
+
+    size, _, _, imported = bench.cold_start(tmp_path, times=1)
+
+    assert size == package.build(spec.load(bench.SPEC)).size
+    assert imported in (bench.HANDLER, bench.WITHOUT_HANDLER)

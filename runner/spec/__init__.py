@@ -1,8 +1,11 @@
 """Specs: the YAML document with the position of every value (`document`), and the checks
-(`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in."""
+(`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in;
+`resolved(...)` builds the same Spec again from the document `load` resolved.
 
-from runner.spec.checks import check_prefix, load
-from runner.spec.document import SpecError, schema
+Only `load` and `schema` import PyYAML and jsonschema, when called: the rest of this package
+works without them (in a Lambda function)."""
+
+from runner.spec.checks import check_prefix, load, resolved
 from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
@@ -16,6 +19,7 @@ from runner.spec.model import (
     version,
 )
 from runner.spec.position import Position, parse_position, parse_timestamp
+from runner.spec.problems import SpecError
 
 __all__ = [
     "Bucket",
@@ -33,6 +37,14 @@ __all__ = [
     "needs_dead_letter_off_machine",
     "parse_position",
     "parse_timestamp",
+    "resolved",
     "schema",
     "version",
 ]
+
+
+def schema() -> dict:
+    """The JSON Schema of a spec, as shipped inside the package."""
+    from runner.spec.document import schema as shipped
+
+    return shipped()

@@ -1,7 +1,9 @@
 """The one way in for a spec: read, interpolate, validate, check, compile, freeze.
 
 `load(path)` returns a frozen `Spec` or raises `SpecError` listing every problem found, each as
-`FILE:LINE:COL: PATH: message`, pointing at the offending node itself.
+`FILE:LINE:COL: PATH: message`, pointing at the offending node itself. `resolved(...)` builds
+the same `Spec` again from the document `load` resolved (`Spec.document`), without PyYAML or
+jsonschema, which only `load` imports.
 """
 
 from __future__ import annotations
@@ -12,20 +14,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from runner.backends.base import DEFAULT_REGION, LOCAL_ACCOUNT_ID
 from runner.records import expressions
 from runner.records.routing import Case, Route
 from runner.records.transform import FilterStep, RemoveStep, RenameStep, SetStep, Step
-from runner.spec.document import (
-    Interpolator,
-    Reader,
-    SpecPath,
-    fill_defaults,
-    format_path,
-    validate_shape,
-)
 from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
@@ -38,8 +32,12 @@ from runner.spec.model import (
     version,
 )
 from runner.spec.position import Position, parse_position
+from runner.spec.problems import SpecError, SpecPath, format_path
 
-__all__ = ["check_prefix", "load"]
+if TYPE_CHECKING:
+    from runner.spec.document import Reader
+
+__all__ = ["check_prefix", "load", "resolved"]
 
 
 def load(
@@ -55,6 +53,9 @@ def load(
     `configured_region()` (the target's configuration), asked only then; `account_id(region)`
     is asked only when the spec uses ${account_id}.
     Likely mistakes are the Spec's `warnings`, or with `strict` problems of the SpecError."""
+    # Here only: the rest of the spec layer works where PyYAML and jsonschema are not (Lambda).
+    from runner.spec.document import Interpolator, Reader, fill_defaults, validate_shape
+
     path = Path(path)
     reader = Reader(path)
     document = reader.read()
@@ -63,8 +64,37 @@ def load(
     wrong = validate_shape(reader, document)
     fill_defaults(document)
     declared = document.get("region") if isinstance(document, dict) else None
-    resolved = region or (declared if isinstance(declared, str) else None) or interpolator.region
-    return _Builder(reader, document, resolved, wrong).build(strict)
+    in_region = region or (declared if isinstance(declared, str) else None) or interpolator.region
+    return _Builder(reader, document, in_region, wrong, version(reader.raw)).build(strict)
+
+
+def resolved(document: dict, path: str | os.PathLike, version: str, region: str) -> Spec:
+    """The Spec that `load` made of the spec at `path` (its file's `version`) for `region`,
+    built again from its resolved document (`Spec.document`) without reading YAML or checking
+    the schema: what a Lambda function does with its packaged spec. Any problem found raises
+    SpecError: `load` found none, so the document is not one it made for this code."""
+    path = Path(path)
+    return _Builder(_Resolved(path), document, region, set(), version).build(strict=False)
+
+
+class _Resolved:
+    """The reader of a document `load` resolved and checked: stands in for the YAML reader."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def problem(self, path: SpecPath, message: str, **_: Any) -> NoReturn:
+        where = format_path(path)
+        raise SpecError([f"{self.path}: resolved spec: {where + ': ' if where else ''}{message}"])
+
+    def warning(self, path: SpecPath, message: str, **_: Any) -> None:
+        """Told when `load` read the spec."""
+
+    def raise_if_any(self, *, strict: bool = False) -> None:
+        """Problems were raised as they were found."""
+
+    def warning_lines(self) -> tuple[str, ...]:
+        return ()
 
 
 _BUCKET_FORBIDDEN = (
@@ -115,11 +145,14 @@ class _Builder:
     a part whose shape is wrong is skipped (its schema error says why), the rest is checked.
     """
 
-    def __init__(self, reader: Reader, document: Any, region: str, wrong: set) -> None:
+    def __init__(
+        self, reader: Reader | _Resolved, document: Any, region: str, wrong: set, version: str
+    ) -> None:
         self.reader = reader
         self.document = document if isinstance(document, dict) else {}
         self.region = region
         self.wrong = wrong
+        self.version = version
         resources_ = self.document.get("resources")
         self.resources = resources_ if isinstance(resources_, dict) else {}
 
@@ -213,7 +246,9 @@ class _Builder:
             dead_letter=dead_letter,
             function=function,
             warnings=self.reader.warning_lines(),
-            version=version(self.reader.raw),
+            version=self.version,
+            # `vars` are applied: what a Spec is built from again (`resolved`) holds none.
+            document={key: value for key, value in doc.items() if key != "vars"},
         )
 
     def position(self, path: SpecPath, text: str) -> Position:

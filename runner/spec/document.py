@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from runner.plural import count
+from runner.spec.problems import SpecError, SpecPath, format_path
 
 SCHEMA_FILE = "pipeline.schema.json"
 MAX_SPEC_BYTES = 1024 * 1024
@@ -26,16 +27,6 @@ MAX_SPEC_BYTES = 1024 * 1024
 # repeat what their anchor holds, so ten lines can stand for billions of values.
 MAX_ALIASED_VALUES = 100_000
 MAX_DEPTH = 64
-
-SpecPath = tuple  # a path in the spec: keys and list indexes
-
-
-class SpecError(Exception):
-    """A spec that cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 def schema() -> dict:
@@ -455,14 +446,3 @@ def _describe(
         yield f"expected {title}, got {_type_word(instance)}", path, False
     else:
         yield error.message, path, False
-
-
-def format_path(path: SpecPath) -> str:
-    """('route', 'cases', 0, 'to') -> 'route.cases[0].to'."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.plural import count
@@ -118,6 +118,9 @@ class Spec:
     function: Function | None = None  # the `lambda:` section: AWS Lambda runs it on aws
     warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
     version: str = ""  # version() of the bytes it was loaded from
+    # What it was built from: the document with vars, ${account_id} and defaults filled in,
+    # as plain JSON values; `resolved` builds the same Spec from it (a Lambda package holds it).
+    document: dict = field(default_factory=dict, compare=False, repr=False)
 
     def summary(self) -> str:
         """One line saying the spec is valid and what it declares."""

@@ -1,0 +1,38 @@
+"""The spec a Lambda package carries, `pipeline-spec.json`: the spec as `load` resolved it,
+written by `package.build` and read by the function once per cold start. Imports no YAML,
+JSON Schema or command-line library: the function has none."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from runner.spec import Spec, resolved
+
+SPEC_FILE = "pipeline-spec.json"
+# The package's root, where the runner package and the spec lie side by side (/var/task).
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def packed(spec: Spec) -> bytes:
+    """`spec` as a package holds it: its resolved document, its file's name, version and
+    region, as compact JSON with the keys in the document's order: the file's, and the
+    schema's for defaults. Not sorted: the order means something (a set step sets its
+    attributes in it, errors list the streams in it), and the file fixes it, so the same spec
+    gives the same bytes."""
+    held = {
+        "document": spec.document,
+        "path": spec.path.name,
+        "region": spec.region,
+        "version": spec.version,
+    }
+    return json.dumps(held, separators=(",", ":")).encode("utf-8")
+
+
+def load_packaged(path: str | os.PathLike | None = None) -> Spec:
+    """The Spec that `packed` wrote to `path` (by default pipeline-spec.json at the package's
+    root), built again without reading YAML or checking the schema. Raises SpecError if the
+    document is not one `load` made for this code."""
+    held = json.loads(Path(ROOT / SPEC_FILE if path is None else path).read_bytes())
+    return resolved(held["document"], held["path"], held["version"], held["region"])
