@@ -83,7 +83,7 @@ def behaviour(loaded):
             for o in map(journey.process, RECORDS)
         ]
     return {
-        "spec": (loaded.path.name, loaded.pipeline, loaded.region, loaded.version),
+        "spec": (loaded.path.name, loaded.pipeline, loaded.region),
         "resources": (dict(loaded.streams), dict(loaded.buckets), dict(loaded.firehoses)),
         "source": loaded.source,
         "dead letter": loaded.dead_letter,
@@ -108,7 +108,8 @@ def test_a_spec_built_from_its_packaged_document_behaves_as_loaded(write_spec, t
     again = load_packaged(tmp_path / SPEC_FILE)
 
     assert behaviour(again) == behaviour(loaded)
-    assert (again.path, again.document) == (Path(path.name), loaded.document)
+    handled = {key: value for key, value in loaded.document.items() if key != "lambda"}
+    assert (again.path, again.document) == (Path(path.name), handled)
     if loaded.route:  # the records were taken every way a record can go
         kinds = {outcome[0] for outcome in behaviour(loaded)["outcomes"]}
         assert kinds >= {"routed", "dead_letter"}, kinds
@@ -178,16 +179,34 @@ def test_the_packaged_spec_is_the_document_in_its_order_its_name_version_and_reg
 ):
     loaded = spec.load(write_spec(MINIMAL, "minimal.yaml"))
 
-    assert packed(loaded).decode() == (
-        '{"document":{"pipeline":"shop","resources":{"streams":{'
+    document = (
+        '{"pipeline":"shop","resources":{"streams":{'
         '"source":{"name":"in","shards":1},"usa":{"name":"usa-out","shards":2},'
         '"other":{"name":"other-out","shards":1}}},'
         '"source":{"stream":"source","start":"trim_horizon"},'
         '"route":{"partition_key":"session_id","cases":['
         '{"when":"country == \'USA\'","to":"usa","continue":false},'
-        '{"to":"other","continue":false}],"unmatched":"dead_letter","newline":true}},'
-        f'"path":"minimal.yaml","region":"us-east-1","version":"{loaded.version}"}}'
+        '{"to":"other","continue":false}],"unmatched":"dead_letter","newline":true}}'
     )
+    assert packed(loaded).decode() == (
+        f'{{"document":{document},'
+        f'"path":"minimal.yaml","region":"us-east-1","version":"{spec.version(document.encode())}"}}'
+    )
+
+
+def test_what_lambda_applies_itself_or_a_comment_leaves_the_packaged_spec_as_it_is(write_spec):
+    base = spec.load(write_spec(SHOP, "shop.yaml"))
+    with_lambda = SHOP.replace("pipeline: shop", "# a comment\npipeline: shop") + (
+        "lambda: {memory_mb: 512, batch_size: 10}\n"
+    )
+    edited = spec.load(write_spec(with_lambda, "shop.yaml"))
+    behaviour_edit = spec.load(
+        write_spec(SHOP.replace("partition_key: session_id", "partition_key: id"), "shop.yaml")
+    )
+
+    assert edited.version != base.version  # the file's
+    assert packed(edited) == packed(base)
+    assert packed(behaviour_edit) != packed(base)
 
 
 def test_a_document_load_did_not_make_is_refused_at_once(tmp_path):

@@ -13,12 +13,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from runner.backends.base import (
+    HANDLER,
     KINDS,
+    RUNTIME,
     AlreadyExists,
     Backend,
     FirehoseDescription,
+    FunctionDescription,
+    MappingDescription,
     checkpoint_table,
+    mapping_name,
+    split_mapping_name,
 )
+from runner.function.package import Package, build
 from runner.plural import count
 from runner.spec import Firehose, Spec
 
@@ -35,9 +42,10 @@ class Change:
     name: str
     detail: str  # e.g. "2 shards" or "shards 2 -> 4"
     apply: Callable[[], None]
+    verb: str = ""  # what the line says is done, when not the action's own word
 
     def line(self) -> str:
-        verb = _VERBS[self.action]
+        verb = self.verb or _VERBS[self.action]
         return f"{self.action} {verb} {self.kind} {self.name} ({self.detail})"
 
 
@@ -54,10 +62,23 @@ def _wanted(spec: Spec, backend: Backend) -> list[Change]:
     kinds = [_streams, _buckets]
     if backend.delivers_firehoses:
         kinds += [_roles, _log_groups]
-        if spec.route is not None:  # a spec without a route never runs, so never checkpoints
+        if _checkpoints_here(spec, backend):
             kinds.insert(2, _checkpoint_store)
     kinds.append(_firehoses)
+    if _in_lambda(spec, backend):
+        kinds += [_function_role, _function, _mapping]
     return [change for kind in kinds for change in kind(spec, backend)]
+
+
+def _in_lambda(spec: Spec, backend: Backend) -> bool:
+    """Whether Lambda runs the spec on this target (its `lambda:` section, on AWS)."""
+    return spec.function is not None and backend.runs_functions
+
+
+def _checkpoints_here(spec: Spec, backend: Backend) -> bool:
+    """Whether `pipeline run` keeps checkpoints on the target for the spec: not for a spec
+    without a route (it never runs), nor for one Lambda runs (Lambda keeps them)."""
+    return spec.route is not None and not _in_lambda(spec, backend)
 
 
 def apply(
@@ -175,8 +196,13 @@ def _declared(spec: Spec, backend: Backend) -> list[tuple[str, str]]:
     if backend.delivers_firehoses:
         declared["log group"] = sorted({f.log_group for f in firehoses if f.log_group})
         declared["role"] = sorted({f.role for f in firehoses})
-        if spec.route is not None:  # a spec without a route never runs, so never checkpoints
+        if _checkpoints_here(spec, backend):
             declared["checkpoint table"] = [checkpoint_table(spec.pipeline)]
+    if _in_lambda(spec, backend):
+        function = spec.function
+        declared["event source mapping"] = [mapping_name(function.name, _source_name(spec))]
+        declared["function"] = [function.name]
+        declared["role"] = sorted({*declared.get("role", []), function.role})
     return [(kind, name) for kind in KINDS for name in declared.get(kind, [])]
 
 
@@ -212,6 +238,10 @@ def _kinds(
     """For each kind of resource, whether one of a name exists, and how to delete it."""
     pipeline = spec.pipeline
     exists: dict[str, Callable[[str], bool]] = {
+        "event source mapping": lambda name: (
+            backend.describe_mapping(*split_mapping_name(name)) is not None
+        ),
+        "function": lambda name: backend.describe_function(name) is not None,
         "firehose": lambda name: backend.describe_firehose(name) is not None,
         "log group": lambda name: backend.describe_log_group(name) is not None,
         "role": lambda name: backend.describe_role(name) is not None,
@@ -220,6 +250,8 @@ def _kinds(
         "checkpoint table": lambda _: backend.checkpoint_store_exists(pipeline),
     }
     delete: dict[str, Callable[[str], None]] = {
+        "event source mapping": lambda name: backend.delete_mapping(*split_mapping_name(name)),
+        "function": backend.delete_function,
         "firehose": backend.delete_firehose,
         "log group": backend.delete_log_group,
         "role": backend.delete_role,
@@ -369,3 +401,146 @@ def _log_groups(spec: Spec, backend: Backend) -> Iterator[Change]:
 
 def _nothing() -> None:
     """Apply nothing: the resource is as the spec says."""
+
+
+# Lambda (a spec with `lambda:`, on AWS)
+
+
+def _source_name(spec: Spec) -> str:
+    return spec.streams[spec.source.stream].name
+
+
+def _function_role(spec: Spec, backend: Backend) -> Iterator[Change]:
+    function = spec.function
+    dead_letter = spec.dead_letter
+    wanted = backend.function_role(
+        function.role,
+        function.name,
+        _source_name(spec),
+        sorted({spec.streams[case.to].name for case in spec.route.cases}),
+        dead_letter_stream=spec.streams[dead_letter.stream].name if dead_letter.stream else None,
+        dead_letter_bucket=spec.buckets[dead_letter.bucket].name if dead_letter.bucket else None,
+        dead_letter_prefix=dead_letter.prefix,
+    )
+    current = backend.describe_role(wanted.name)
+    if current == wanted:
+        yield Change(UNCHANGED, "role", wanted.name, "assumed by Lambda", _nothing)
+        return
+    yield Change(
+        CREATE if current is None else CHANGE,
+        "role",
+        wanted.name,
+        "assumed by Lambda" if current is None else "trust or inline policy differs",
+        lambda: backend.put_role(wanted, spec.pipeline),
+    )
+
+
+def function_description(spec: Spec, package: Package) -> FunctionDescription:
+    """What the target should hold for the spec's function, running this package."""
+    function = spec.function
+    return FunctionDescription(
+        name=function.name,
+        runtime=RUNTIME,
+        handler=HANDLER,
+        memory_mb=function.memory_mb,
+        timeout_s=function.timeout_s,
+        role=function.role,
+        code_sha256=package.sha256,
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
+
+
+def _function(spec: Spec, backend: Backend) -> Iterator[Change]:
+    package = build(spec)
+    wanted = function_description(spec, package)
+    current = backend.describe_function(wanted.name)
+    size = f"package {_megabytes(package.size)}"
+    if current is None:
+        yield Change(
+            CREATE,
+            "function",
+            wanted.name,
+            f"{wanted.runtime}, {wanted.memory_mb} MB, {wanted.timeout_s} s, {size}",
+            lambda: backend.create_function(wanted, package.code, spec.pipeline),
+        )
+        return
+    settings = [name for name in wanted.__dataclass_fields__ if name != "code_sha256"]
+    differences = ", ".join(
+        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
+        for name in settings
+        if getattr(current, name) != getattr(wanted, name)
+    )
+    if differences:
+        yield Change(
+            CHANGE,
+            "function",
+            wanted.name,
+            differences,
+            lambda: backend.update_function_configuration(wanted),
+        )
+    if current.code_sha256 != wanted.code_sha256:
+        yield Change(
+            CHANGE,
+            "function code",
+            wanted.name,
+            f"{size}: the runner or the spec changed",
+            lambda: backend.update_function_code(wanted.name, package.code),
+            verb="update",
+        )
+    if not differences and current.code_sha256 == wanted.code_sha256:
+        yield Change(UNCHANGED, "function", wanted.name, size, _nothing)
+
+
+def mapping_description(spec: Spec) -> MappingDescription:
+    """What the target should hold for the event source mapping of the spec's function."""
+    function = spec.function
+    start = spec.source.start
+    return MappingDescription(
+        function=function.name,
+        stream=_source_name(spec),
+        batch_size=function.batch_size,
+        batching_window_s=function.batching_window_s,
+        parallelization=function.parallelization,
+        max_retries=function.max_retries,
+        max_record_age_s=function.max_record_age_s,
+        bisect_on_error=function.bisect_on_error,
+        starting_position=start.iterator_type,
+        starting_timestamp=start.timestamp,
+    )
+
+
+_MAPPING_SETTINGS = (
+    "batch_size",
+    "batching_window_s",
+    "parallelization",
+    "max_retries",
+    "max_record_age_s",
+    "bisect_on_error",
+    "report_batch_item_failures",
+)
+
+
+def _mapping(spec: Spec, backend: Backend) -> Iterator[Change]:
+    wanted = mapping_description(spec)
+    current = backend.describe_mapping(wanted.function, wanted.stream)
+    kind = "event source mapping"
+    if current is None:
+        yield Change(
+            CREATE,
+            kind,
+            wanted.name,
+            f"batches of {wanted.batch_size}, from {wanted.starting_position}",
+            lambda: backend.create_mapping(wanted, spec.pipeline),
+        )
+    elif current != wanted:
+        differences = ", ".join(
+            f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
+            for name in _MAPPING_SETTINGS
+            if getattr(current, name) != getattr(wanted, name)
+        )
+        yield Change(CHANGE, kind, wanted.name, differences, lambda: backend.update_mapping(wanted))
+    else:
+        yield Change(UNCHANGED, kind, wanted.name, f"batches of {wanted.batch_size}", _nothing)

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from runner.spec import Spec, resolved
+from runner.spec import Spec, resolved, version
 
 SPEC_FILE = "pipeline-spec.json"
 # The package's root, where the runner package and the spec lie side by side (/var/task).
@@ -20,12 +20,20 @@ def packed(spec: Spec) -> bytes:
     region, as compact JSON with the keys in the document's order: the file's, and the
     schema's for defaults. Not sorted: the order means something (a set step sets its
     attributes in it, errors list the streams in it), and the file fixes it, so the same spec
-    gives the same bytes."""
+    gives the same bytes.
+
+    Only what the handler uses is held, so that what Lambda itself applies (the `lambda:`
+    section: memory, batching, retries) and what changes nothing (a comment) leave the
+    package as it is, and apply updates the function's code only when its behaviour may
+    change. Hence the version it holds, which its dead-letter entries carry, is that of the
+    document held, not of the file."""
+    document = {key: value for key, value in spec.document.items() if key != "lambda"}
+    text = json.dumps(document, separators=(",", ":"))
     held = {
-        "document": spec.document,
+        "document": document,
         "path": spec.path.name,
         "region": spec.region,
-        "version": spec.version,
+        "version": version(text.encode("utf-8")),
     }
     return json.dumps(held, separators=(",", ":")).encode("utf-8")
 

@@ -72,8 +72,10 @@ class MappingDescription:
     max_retries: int  # -1: until the record expires
     max_record_age_s: int  # -1: no limit
     bisect_on_error: bool
-    starting_position: str  # TRIM_HORIZON, LATEST or AT_TIMESTAMP
-    starting_timestamp: datetime.datetime | None = None  # with AT_TIMESTAMP
+    # Where the mapping began reading: it cannot change once created (as `start` does not
+    # move a run's checkpoints), so it is not compared.
+    starting_position: str = field(compare=False)  # TRIM_HORIZON, LATEST or AT_TIMESTAMP
+    starting_timestamp: datetime.datetime | None = field(default=None, compare=False)
     report_batch_item_failures: bool = True  # FunctionResponseTypes: ReportBatchItemFailures
     uuid: str = field(default="", compare=False)
     state: str = field(default="", compare=False)  # Creating, Enabled, Updating, ...

@@ -1,0 +1,183 @@
+"""A spec with `lambda:` on the aws target: apply packages the runner with the spec into a
+function, gives it a least-privilege role and maps the source stream to it; a second apply
+changes nothing; edits update the configuration or the code; destroy removes them all.
+Against a moto server on 127.0.0.1 (moto creates functions and mappings, never invokes them)."""
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from conftest import PIPELINES
+
+from runner.cli import cli
+
+ACCOUNT = "123456789012"  # moto's account
+LAMBDA_SPEC = PIPELINES / "ecommerce-lambda.yaml"
+SOURCE = "de-c2w2lab1-kinesis-data-stream"
+FUNCTION = "de-c2w2lab1-etl"
+ROLE = "de-c2w2lab1-etl-role"
+
+
+@pytest.fixture
+def aws(endpoint, tmp_path, monkeypatch):
+    """Fake credentials only, the moto server as the endpoint, no AWS config files."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+    def client(service):
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
+
+    def pipeline(*args, exit_code=0):
+        done = CliRunner().invoke(cli, [*args, "--target", "aws", "--endpoint-url", endpoint])
+        assert done.exit_code == exit_code, done.stdout + done.stderr
+        return done
+
+    yield client, pipeline
+    CliRunner().invoke(
+        cli, ["destroy", str(LAMBDA_SPEC), "--yes", "--target", "aws", "--endpoint-url", endpoint]
+    )
+
+
+def mapping_of(client):
+    (mapping,) = client("lambda").list_event_source_mappings(FunctionName=FUNCTION)[
+        "EventSourceMappings"
+    ]
+    return mapping
+
+
+def test_apply_creates_the_function_its_role_and_its_mapping_with_the_specs_settings(aws):
+    client, pipeline = aws
+
+    applied = pipeline("apply", str(LAMBDA_SPEC)).stdout.splitlines()
+
+    function_line = next(line for line in applied if line.startswith("+ create function "))
+    assert function_line.startswith(
+        f"+ create function {FUNCTION} (python3.13, 256 MB, 60 s, package "
+    )
+    assert f"+ create role {ROLE} (assumed by Lambda)" in applied
+    assert (
+        f"+ create event source mapping {FUNCTION} <- {SOURCE} (batches of 100, from TRIM_HORIZON)"
+        in applied
+    )
+    assert not any("checkpoint table" in line for line in applied)  # Lambda keeps them
+    assert applied[-1] == "Applied: 14 created, 0 changed, 0 unchanged."
+
+    configuration = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]
+    assert (
+        configuration["Runtime"],
+        configuration["Handler"],
+        configuration["MemorySize"],
+        configuration["Timeout"],
+        configuration["Role"],
+    ) == (
+        "python3.13",
+        "runner.function.handler.handle",
+        256,
+        60,
+        f"arn:aws:iam::{ACCOUNT}:role/{ROLE}",
+    )
+    mapping = mapping_of(client)
+    assert mapping["EventSourceArn"] == f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/{SOURCE}"
+    assert (
+        mapping["BatchSize"],
+        mapping["MaximumBatchingWindowInSeconds"],
+        mapping["ParallelizationFactor"],
+        mapping["MaximumRetryAttempts"],
+        mapping["MaximumRecordAgeInSeconds"],
+        mapping["BisectBatchOnFunctionError"],
+        mapping["FunctionResponseTypes"],
+        mapping["StartingPosition"],
+    ) == (100, 1, 1, 5, 3600, True, ["ReportBatchItemFailures"], "TRIM_HORIZON")
+
+    iam = client("iam")
+    trust = iam.get_role(RoleName=ROLE)["Role"]["AssumeRolePolicyDocument"]["Statement"]
+    assert [statement["Principal"] for statement in trust] == [{"Service": "lambda.amazonaws.com"}]
+    (name,) = iam.list_role_policies(RoleName=ROLE)["PolicyNames"]
+    policy = iam.get_role_policy(RoleName=ROLE, PolicyName=name)["PolicyDocument"]
+    allowed = {
+        (action, resource)
+        for statement in policy["Statement"]
+        for action in statement["Action"]
+        for resource in statement["Resource"]
+    }
+    stream = f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/"
+    assert {r for a, r in allowed if a == "kinesis:PutRecords"} == {
+        f"{stream}de-c2w2lab1-usa-data-stream",
+        f"{stream}de-c2w2lab1-international-data-stream",
+    }
+    assert {r for a, r in allowed if a == "kinesis:GetRecords"} == {f"{stream}{SOURCE}"}
+    assert {r for a, r in allowed if a == "s3:PutObject"} == {
+        f"arn:aws:s3:::de-c2w2lab1-{ACCOUNT}-dead-letter/dead-letter/*"
+    }
+
+    again = pipeline("apply", str(LAMBDA_SPEC))
+    assert again.stdout == "No changes: 14 resources up to date.\n"
+
+
+def test_edits_update_the_configuration_the_mapping_or_the_code(aws, tmp_path):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+    code = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]["CodeSha256"]
+    edited = tmp_path / "ecommerce-lambda.yaml"
+    text = LAMBDA_SPEC.read_text()
+
+    edited.write_text(
+        text.replace("memory_mb: 256", "memory_mb: 512").replace(
+            "batch_size: 100", "batch_size: 500"
+        )
+    )
+    planned = pipeline("plan", str(edited)).stdout.splitlines()
+    assert [line for line in planned if line.startswith("~")] == [
+        f"~ change function {FUNCTION} (memory_mb 256 -> 512)",
+        f"~ change event source mapping {FUNCTION} <- {SOURCE} (batch_size 100 -> 500)",
+    ]
+    pipeline("apply", str(edited))
+    assert (
+        client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]["MemorySize"] == 512
+    )
+    assert mapping_of(client)["BatchSize"] == 500
+
+    # A changed route is a changed spec in the package: only the code is updated.
+    edited.write_text(edited.read_text().replace("country == 'USA'", "country == 'US'"))
+    planned = pipeline("plan", str(edited)).stdout.splitlines()
+    changes = [line for line in planned if line.startswith("~")]
+    assert len(changes) == 1
+    assert changes[0].startswith(f"~ update function code {FUNCTION} (package ")
+    assert changes[0].endswith(" MB: the runner or the spec changed)")
+    pipeline("apply", str(edited))
+    updated = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]["CodeSha256"]
+    assert updated != code
+    assert pipeline("apply", str(edited)).stdout.startswith("No changes:")
+
+
+def test_destroy_removes_the_mapping_the_function_and_its_role(aws):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+
+    destroyed = pipeline("destroy", str(LAMBDA_SPEC), "--yes").stdout.splitlines()
+
+    assert destroyed[:3] == [
+        f"- destroy event source mapping {FUNCTION} <- {SOURCE}",
+        f"- destroy function {FUNCTION}",
+        "- destroy firehose de-c2w2lab1-firehose-usa",
+    ]
+    assert client("lambda").list_functions()["Functions"] == []
+    assert client("lambda").list_event_source_mappings()["EventSourceMappings"] == []
+    roles = {role["RoleName"] for role in client("iam").list_roles()["Roles"]}
+    assert ROLE not in roles
+
+
+def test_the_lambda_spec_is_the_scenario_spec_with_a_lambda_section():
+    plain = (PIPELINES / "ecommerce.yaml").read_text()
+    with_lambda = LAMBDA_SPEC.read_text()
+    body = plain[plain.index("pipeline:") :]
+    rest = with_lambda[with_lambda.index("pipeline:") :]
+    assert rest.startswith(body)
+    assert rest[len(body) :].startswith("\nlambda:\n")
