@@ -35,7 +35,8 @@ from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
 from runner.loop.run_info import record_spec_version
 from runner.loop.sink import Sink
-from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
+from runner.records.kpl import BadAggregate, user_records
+from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey, Outcome
 from runner.spec import Spec
 
 STATUS_EVERY_S = 5.0
@@ -46,7 +47,9 @@ LAPSED = "the run lease is not renewed meanwhile: nothing is written"
 @dataclass(frozen=True)
 class RunOptions:
     until_idle: float | None = None  # stop once nothing arrived for this many seconds
-    max_records: int | None = None  # stop after this many source records
+    # Stop after this many records in: a KPL aggregate counts as its user records, and is
+    # taken whole, as checkpoints are at whole records.
+    max_records: int | None = None
     status_every: float = STATUS_EVERY_S
     forget_old_checkpoints: bool = False  # those kept for an earlier stream of the same name
     # A call failing for this long (a lost network, a failing service) ends the run.
@@ -260,9 +263,7 @@ class Engine:
         checkpoints: list[tuple[str, str]] = []
         handled = 0
         for batch in batches:
-            records = self._within_limit(batch.records)
-            for record in records:
-                self._process(batch.shard_id, record, outgoing)
+            records = self._process_batch(batch, outgoing)
             handled += len(records)
             if batch.finished and len(records) == len(batch.records):
                 checkpoints.append((batch.shard_id, SHARD_END))
@@ -284,16 +285,31 @@ class Engine:
             lambda: self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
         )
 
-    def _within_limit(self, records: list[Record]) -> list[Record]:
+    def _process_batch(self, batch: ShardBatch, outgoing: dict) -> list[Record]:
+        """Process a batch's records up to --max-records; returns those processed. A KPL
+        aggregate counts as its user records, and is taken whole."""
         limit = self.options.max_records
-        if limit is None:
-            return records
-        return records[: max(0, limit - self.counts.records_in)]
+        for taken, record in enumerate(batch.records):
+            if limit is not None and self.counts.records_in >= limit:
+                return batch.records[:taken]
+            self._process(batch.shard_id, record, outgoing)
+        return batch.records
 
     def _process(self, shard_id: str, record: Record, outgoing: dict) -> None:
+        """Process a record read, or each user record of a KPL aggregate on its own; a
+        corrupt aggregate goes whole to the dead letter."""
+        try:
+            records = user_records(record)
+        except BadAggregate as error:
+            self._place(shard_id, record, Outcome(DEAD_LETTER, reason=str(error)), outgoing)
+            return
+        for one in records:
+            self._place(shard_id, one, self.journey.process(one.data), outgoing)
+
+    def _place(self, shard_id: str, record: Record, outcome: Outcome, outgoing: dict) -> None:
+        """Count a record's outcome, and add it to the dead letter or to its sinks' entries."""
         counts = self.counts
         counts.records_in += 1
-        outcome = self.journey.process(record.data)
         if outcome.kind == DEAD_LETTER:
             counts.dead_lettered += 1
             self.dead_letter.add(outcome.reason, self.source, shard_id, record)
