@@ -295,6 +295,14 @@ def test_a_run_routes_kpl_aggregates_record_by_record_and_dead_letters_a_corrupt
     assert entry["reason"].startswith("KPL aggregate: bad MD5 checksum")
     assert base64.b64decode(entry["data_base64"]) == corrupt
 
+    consumed = pipeline("consume", "--stream", SOURCE, "--no-follow", "--jsonl")
+    printed = [json.loads(line) for line in consumed.stdout.splitlines()]
+    assert [(p["sub_sequence"], p["data"]) for p in printed[:600]] == [
+        (n % 12, session) for n, session in enumerate(sessions)
+    ]
+    assert "sub_sequence" not in printed[600]
+    assert consumed.stderr.endswith(f": {entry['reason']}: printed whole\n")
+
 
 def stream_exists(kinesis, name):
     try:
