@@ -447,7 +447,8 @@ def produce(
 @click.option(
     "--jsonl",
     is_flag=True,
-    help="One JSON object per record: shard, sequence, partition_key, arrival, data.",
+    help="One JSON object per record: shard, sequence (and sub_sequence for a user record of "
+    "a KPL aggregate), partition_key, arrival, data.",
 )
 @stream_target_options
 @reports_errors

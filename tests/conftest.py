@@ -6,6 +6,7 @@ from pathlib import Path
 import botocore.loaders
 import botocore.session
 import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
 from click.testing import CliRunner
 from fakes import Processes
 from moto import mock_aws
@@ -217,3 +218,16 @@ def shop_applied(target: CliTarget, tmp_path: Path, text: str = SHOP) -> Path:
 def sessions(*ids: str) -> list[tuple[bytes, str]]:
     """PutRecords entries of sessions with these ids, keyed by them."""
     return [(json.dumps({"session_id": i}).encode(), i) for i in ids]
+
+
+def kpl_aggregates(entries, max_size=None):
+    """The records the official KPL aggregation library packs (data, partition key) or
+    (data, partition key, explicit hash key) entries into, in order, as its aggregates' bytes."""
+    aggregator = RecordAggregator(**({"max_size": max_size} if max_size else {}))
+    full = []
+    for data, key, *hash_key in entries:
+        if done := aggregator.add_user_record(key, data, *hash_key):
+            full.append(done)
+    if last := aggregator.clear_and_get():
+        full.append(last)
+    return [aggregate.get_contents()[2] for aggregate in full]

@@ -1,5 +1,6 @@
 """End to end on the aws target: the shipped scenario against a moto server on 127.0.0.1."""
 
+import base64
 import contextlib
 import http.client
 import http.server
@@ -20,7 +21,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from click.testing import CliRunner
-from conftest import PIPELINES, REPO, without_usa
+from conftest import PIPELINES, REPO, kpl_aggregates, without_usa
 from fakes import HungRenewals, Processes, VirtualClock, wait_until
 
 from runner import spec
@@ -32,6 +33,7 @@ from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
 from runner.loop.engine import RunOptions
+from runner.records.processor import encode
 
 ACCOUNT = "123456789012"  # moto's account
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
@@ -265,6 +267,41 @@ def test_apply_creates_the_scenario_and_a_run_routes_every_session(aws, tmp_path
     printed = [json.loads(line) for line in consumed.stdout.splitlines()]
     assert {p["data"]["session_id"] for p in printed} == set(routed[USA])
     assert {p["shard"] for p in printed} <= {"shardId-000000000000", "shardId-000000000001"}
+
+
+def test_a_run_routes_kpl_aggregates_record_by_record_and_dead_letters_a_corrupt_one(aws):
+    client, pipeline = aws
+    pipeline("apply", str(PIPELINES / "ecommerce.yaml"))
+    sessions = list(islice(synthetic_sessions(8), 600))
+    entries = [(encode(session), session["session_id"]) for session in sessions]
+    aggregates = [a for n in range(0, 600, 12) for a in kpl_aggregates(entries[n : n + 12])]
+    corrupt = aggregates[0][:-1] + bytes([aggregates[0][-1] ^ 1])
+    kinesis = client("kinesis")
+    kinesis.put_records(
+        StreamName=SOURCE,
+        Records=[{"Data": data, "PartitionKey": "agg"} for data in [*aggregates, corrupt]],
+    )
+
+    ran = pipeline("run", str(PIPELINES / "ecommerce.yaml"), "--until-idle", "0")
+
+    routed = read_stream(kinesis, USA) + read_stream(kinesis, INTERNATIONAL)
+    assert sorted(r["session_id"] for r in routed) == sorted(s["session_id"] for s in sessions)
+    assert "done: in 601 |" in ran.stderr and "| dead-lettered 1 |" in ran.stderr
+    s3 = client("s3")
+    bucket = f"de-c2w2lab1-{ACCOUNT}-dead-letter"
+    (listed,) = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    body = s3.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()
+    (entry,) = [json.loads(line) for line in body.splitlines()]
+    assert entry["reason"].startswith("KPL aggregate: bad MD5 checksum")
+    assert base64.b64decode(entry["data_base64"]) == corrupt
+
+    consumed = pipeline("consume", "--stream", SOURCE, "--no-follow", "--jsonl")
+    printed = [json.loads(line) for line in consumed.stdout.splitlines()]
+    assert [(p["sub_sequence"], p["data"]) for p in printed[:600]] == [
+        (n % 12, session) for n, session in enumerate(sessions)
+    ]
+    assert "sub_sequence" not in printed[600]
+    assert consumed.stderr.endswith(f": {entry['reason']}: printed whole\n")
 
 
 def stream_exists(kinesis, name):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, kpl_aggregates
 
 from runner.backends.local import LocalBackend
 from runner.cli import cli
@@ -134,6 +134,76 @@ def test_jsonl_prints_one_object_per_record(backend):
         },
     ]
     assert list(printed[0]) == ["shard", "sequence", "partition_key", "arrival", "data"]
+
+
+# KPL aggregates: printed as their user records
+
+
+def test_an_aggregate_is_printed_as_its_user_records_with_their_sub_sequence(backend):
+    (aggregate,) = kpl_aggregates([(b'{"session_id":"a"}', "a"), (b'{"session_id":"b"}', "b")])
+    ((shard, sequence),) = put(backend, (aggregate, "a"))
+
+    result = pipeline("--stream", STREAM, "--no-follow")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f'{shard} {sequence}/0 key=a: {{"session_id":"a"}}\n'
+        f'{shard} {sequence}/1 key=b: {{"session_id":"b"}}\n'
+    )
+
+
+def test_jsonl_shows_each_user_record_of_an_aggregate_with_its_sub_sequence(backend):
+    (aggregate,) = kpl_aggregates([(b'{"n": 1}', "a"), (b"not json", "b")])
+    ((shard, sequence), (_, plain)) = put(backend, (aggregate, "a"), (b'{"n": 3}', "a"))
+    arrived = arrivals(backend)[sequence].isoformat()
+
+    result = pipeline("--stream", STREAM, "--no-follow", "--jsonl")
+
+    assert result.exit_code == 0, result.output
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert printed == [
+        {
+            "shard": shard,
+            "sequence": sequence,
+            "sub_sequence": 0,
+            "partition_key": "a",
+            "arrival": arrived,
+            "data": {"n": 1},
+        },
+        {
+            "shard": shard,
+            "sequence": sequence,
+            "sub_sequence": 1,
+            "partition_key": "b",
+            "arrival": arrived,
+            "data": "not json",
+        },
+        {
+            "shard": shard,
+            "sequence": plain,
+            "partition_key": "a",
+            "arrival": arrivals(backend)[plain].isoformat(),
+            "data": {"n": 3},
+        },
+    ]
+    assert list(printed[0])[:4] == ["shard", "sequence", "sub_sequence", "partition_key"]
+
+
+def test_a_corrupt_aggregate_is_printed_whole_and_said_so(backend):
+    (aggregate,) = kpl_aggregates([(b"{}", "a")])
+    corrupt = aggregate[:-1] + bytes([aggregate[-1] ^ 1])
+    ((shard, sequence),) = put(backend, (corrupt, "a"))
+    said = []
+
+    out = io.StringIO()
+    printed = consume(backend, STREAM, Position(), out, follow=False, jsonl=True, say=said.append)
+
+    assert printed == 1
+    assert json.loads(out.getvalue())["data"] == corrupt.decode("utf-8", errors="replace")
+    assert said == [
+        f"{shard} {sequence}: KPL aggregate: bad MD5 checksum of its 11 protobuf bytes "
+        "(corrupt or cut short): printed whole"
+    ]
 
 
 def test_jsonl_keeps_text_that_is_not_utf8_readable(backend):

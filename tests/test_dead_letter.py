@@ -17,7 +17,7 @@ from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.provision import apply
-from runner.loop.dead_letter import DeadLetter
+from runner.loop.dead_letter import DeadLetter, entry, read_entry
 from runner.loop.engine import RunOptions
 from runner.loop.patience import Patience
 
@@ -65,6 +65,46 @@ def test_entries_go_to_the_declared_stream_and_locally_what_is_too_big_to_the_fi
     assert dead_letter.summary() == (
         f"3 records: 2 in stream rejects, 1 in {path} (too large for a stream record)"
     )
+
+
+def test_the_entry_of_a_user_record_of_a_kpl_aggregate_says_its_sub_sequence_number():
+    user = Record("7", "k1", b"{not json", ARRIVAL, sub_sequence=3)
+
+    found = entry("not JSON", "shop", "in", "shardId-0", user, "v1")
+
+    assert {k: v for k, v in found.items() if k != "dead_lettered_at"} == {
+        "reason": "not JSON",
+        "pipeline": "shop",
+        "spec_version": "v1",
+        "stream": "in",
+        "shard": "shardId-0",
+        "sequence": "7",
+        "sub_sequence": 3,
+        "partition_key": "k1",
+        "arrival": "2026-11-26T12:00:00+00:00",
+        "data": "{not json",
+        "data_base64": base64.b64encode(b"{not json").decode(),
+    }
+    assert list(found)[5:8] == ["sequence", "sub_sequence", "partition_key"]
+    plain = entry("not JSON", "shop", "in", "shardId-0", Record("7", "k1", b"{", ARRIVAL))
+    assert "sub_sequence" not in plain
+
+
+def test_an_entry_read_back_keeps_its_sub_sequence_number_in_its_identity():
+    lines = [
+        json.dumps(entry("not JSON", "shop", "in", "shardId-0", record)).encode()
+        for record in (
+            Record("7", "k1", b"{", ARRIVAL),
+            Record("7", "k1", b"{", ARRIVAL, sub_sequence=0),
+            Record("7", "k2", b"[", ARRIVAL, sub_sequence=1),
+        )
+    ]
+
+    read = [read_entry(line) for line in lines]
+
+    assert [e.record.sub_sequence for e in read] == [None, 0, 1]
+    assert [e.identity for e in read] == ["in shardId-0 7", "in shardId-0 7/0", "in shardId-0 7/1"]
+    assert read_entry(lines[1].replace(b'"sub_sequence": 0', b'"sub_sequence": "0"')) is None
 
 
 WITH_BUCKET = MINIMAL.replace(

@@ -1,5 +1,6 @@
 """End to end: the shipped specs, applied, fed and run on the local backend."""
 
+import base64
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import time
 from itertools import islice
 
 from click.testing import CliRunner
-from conftest import PIPELINES, REPO, read_stream, removed_state
+from conftest import PIPELINES, REPO, kpl_aggregates, read_stream, removed_state
 
 from runner import spec
 from runner.backends.base import is_start_mark
@@ -21,6 +22,7 @@ from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
 from runner.loop.engine import RunOptions
+from runner.records.processor import encode
 
 ECOMMERCE = str(PIPELINES / "ecommerce.yaml")
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
@@ -68,6 +70,18 @@ def without_time(record):
     return {key: value for key, value in record.items() if key != "processing_timestamp"}
 
 
+def routed_by_country(backend, sessions):
+    """The records in the USA and International streams, each by session_id, once checked
+    that they are `sessions`, each with its attributes, in the stream its country says."""
+    usa = {r["session_id"]: r for r in read_stream(backend, USA)}
+    international = {r["session_id"]: r for r in read_stream(backend, INTERNATIONAL)}
+    assert len(usa) + len(international) == len(sessions)
+    for session in sessions:
+        sink = usa if session["country"] == "USA" else international
+        assert without_time(sink[session["session_id"]]) == expected(session)
+    return usa, international
+
+
 def run_until_idle(state, **options):
     loaded = spec.load(ECOMMERCE)
     backend = LocalBackend(state)
@@ -85,15 +99,9 @@ def test_every_session_reaches_the_right_stream_and_bucket_with_its_attributes(s
     lines = run_until_idle(state)
 
     backend = LocalBackend(state)
-    usa = {r["session_id"]: r for r in read_stream(backend, USA)}
-    international = {r["session_id"]: r for r in read_stream(backend, INTERNATIONAL)}
-    assert len(usa) + len(international) == 600
-    for session in sessions:
-        sink = usa if session["country"] == "USA" else international
-        assert without_time(sink[session["session_id"]]) == expected(session)
-        assert re.fullmatch(
-            r"\d{4}-\d\d-\d\dT.*\+00:00", sink[session["session_id"]]["processing_timestamp"]
-        )
+    usa, international = routed_by_country(backend, sessions)
+    for record in [*usa.values(), *international.values()]:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*\+00:00", record["processing_timestamp"])
     for bucket, routed in (
         ("de-c2w2lab1-000000000000-usa", usa),
         ("de-c2w2lab1-000000000000-int", international),
@@ -152,6 +160,46 @@ def test_bad_records_go_to_the_dead_letter_while_good_ones_flow_on(state):
         f"[de-c2w2lab1-etl] dead letter: 5 records in 1 object in bucket {bucket} under "
         "dead-letter/"
     )
+
+
+def kpl_sessions(count, per_aggregate, seed):
+    """`count` synthetic sessions packed `per_aggregate` to a record by the official KPL
+    aggregation library, keyed by session_id; returns (sessions, aggregates)."""
+    sessions = list(islice(synthetic_sessions(seed), count))
+    entries = [(encode(session), session["session_id"]) for session in sessions]
+    aggregates = [
+        aggregate
+        for start in range(0, count, per_aggregate)
+        for aggregate in kpl_aggregates(entries[start : start + per_aggregate])
+    ]
+    return sessions, aggregates
+
+
+def test_kpl_aggregates_are_routed_record_by_record_and_a_corrupt_one_dead_lettered_whole(state):
+    pipeline("apply", ECOMMERCE)
+    sessions, aggregates = kpl_sessions(600, 12, seed=5)
+    corrupt = aggregates[0][:40] + bytes([aggregates[0][40] ^ 0x20]) + aggregates[0][41:]
+    assert len(aggregates) == 50
+    backend = LocalBackend(state)
+    put = backend.put_records(SOURCE, [(data, "agg") for data in [*aggregates, corrupt]])
+
+    lines = run_until_idle(state)
+
+    usa, international = routed_by_country(backend, sessions)
+    (done,) = [line for line in lines if " done: " in line]
+    assert done.startswith(
+        f"[de-c2w2lab1-etl] done: in 601 | out international {len(international)}, "
+        f"usa {len(usa)} | dead-lettered 1 | filtered 0 | dropped 0 | lag 0 ms"
+    )
+    bucket = "de-c2w2lab1-000000000000-dead-letter"
+    (key,) = backend.list_objects(bucket)
+    (entry,) = [json.loads(line) for line in backend.get_object(bucket, key).splitlines()]
+    assert entry["reason"] == (
+        f"KPL aggregate: bad MD5 checksum of its {len(corrupt) - 20} protobuf bytes "
+        "(corrupt or cut short)"
+    )
+    assert (entry["sequence"], entry["partition_key"]) == (put[-1].sequence, "agg")
+    assert base64.b64decode(entry["data_base64"]) == corrupt
 
 
 def test_a_run_continues_after_its_checkpoint(state):

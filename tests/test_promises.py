@@ -2,6 +2,7 @@
 (records that cannot be written, drains that must end, throttled shards, object sizes, long
 throttling, the AWS run lease)."""
 
+import base64
 import contextlib
 import json
 import math
@@ -15,7 +16,7 @@ import time
 import pytest
 from botocore.exceptions import ReadTimeoutError
 from click.testing import CliRunner
-from conftest import MINIMAL, read_stream, removed_state, session_ids
+from conftest import MINIMAL, kpl_aggregates, read_stream, removed_state, session_ids
 from fakes import (
     Clock,
     FaultyBackend,
@@ -143,6 +144,73 @@ def test_a_record_that_cannot_be_encoded_is_dead_lettered_and_the_loop_goes_on(t
     assert counts.records_in == 5
     assert sum(counts.out.values()) + counts.dead_lettered == 5
     assert {"a", "d"} <= set(routed_ids(backend))
+
+
+# KPL aggregates: each user record is processed on its own; checkpoints stay at whole records.
+
+
+def dead_letter_entries(state, pipeline="review"):
+    path = state / "dead-letter" / f"{pipeline}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_each_user_record_of_an_aggregate_is_processed_on_its_own(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    (aggregate,) = kpl_aggregates([*sessions("a"), (b"{not json", "b"), *sessions("c")])
+    (first, last) = backend.put_records("in", [(aggregate, "a"), *sessions("d")])
+
+    counts = make_engine(loaded, backend, state).run()
+
+    assert (counts.records_in, counts.out["out"], counts.dead_lettered) == (4, 3, 1)
+    assert [(r["session_id"], r["total"]) for r in read_stream(backend, "out")] == [
+        ("a", 0),
+        ("c", 0),
+        ("d", 0),
+    ]
+    (entry,) = dead_letter_entries(state)
+    assert {key: entry[key] for key in ("reason", "sequence", "sub_sequence", "partition_key")} == {
+        "reason": "not JSON: Expecting property name enclosed in double quotes at column 2",
+        "sequence": first.sequence,
+        "sub_sequence": 1,
+        "partition_key": "b",
+    }
+    assert (entry["data"], list(entry)[5:8]) == (
+        "{not json",
+        ["sequence", "sub_sequence", "partition_key"],
+    )
+    assert backend.get_checkpoints("review", "in") == {last.shard_id: last.sequence}
+
+
+def test_a_corrupt_aggregate_goes_whole_to_the_dead_letter(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    (aggregate,) = kpl_aggregates(sessions("a", "b"))
+    corrupt = aggregate[:-1] + bytes([aggregate[-1] ^ 1])
+    backend.put_records("in", [*sessions("x"), (corrupt, "a"), *sessions("y")])
+
+    counts = make_engine(loaded, backend, state).run()
+
+    assert (counts.records_in, counts.out["out"], counts.dead_lettered) == (3, 2, 1)
+    assert routed_ids(backend) == ["x", "y"]
+    (entry,) = dead_letter_entries(state)
+    assert entry["reason"] == (
+        f"KPL aggregate: bad MD5 checksum of its {len(aggregate) - 20} protobuf bytes "
+        "(corrupt or cut short)"
+    )
+    assert base64.b64decode(entry["data_base64"]) == corrupt
+    assert (entry["partition_key"], entry["data"], "sub_sequence" in entry) == ("a", None, False)
+
+
+def test_max_records_takes_an_aggregate_whole_and_the_next_run_goes_on_after_it(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    (aggregate,) = kpl_aggregates(sessions("a", "b", "c"))
+    (put, _) = backend.put_records("in", [(aggregate, "a"), *sessions("d")])
+
+    first = make_engine(loaded, backend, state, max_records=2).run()
+
+    assert (first.records_in, routed_ids(backend)) == (3, ["a", "b", "c"])
+    assert backend.get_checkpoints("review", "in") == {put.shard_id: put.sequence}
+    second = make_engine(loaded, backend, state).run()
+    assert (second.records_in, routed_ids(backend)) == (1, ["a", "b", "c", "d"])
 
 
 def test_what_reaches_a_sink_is_always_json(tmp_path):

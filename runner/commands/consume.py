@@ -1,4 +1,8 @@
-"""`pipeline consume`: print a stream's records, every shard, from a chosen position."""
+"""`pipeline consume`: print a stream's records, every shard, from a chosen position.
+
+A KPL aggregate is printed as its user records, each with its sub-sequence number; one that
+cannot be read is printed whole, and said so on stderr.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ from typing import IO
 from runner.backends.base import Backend, Record
 from runner.loop.reader import StreamReader
 from runner.plural import count
+from runner.records.kpl import BadAggregate, user_records
 from runner.records.processor import BadRecord, parse_json
 from runner.spec.position import Position
 
 
 def readable(shard_id: str, record: Record) -> str:
     text = record.data.decode("utf-8", errors="replace").rstrip("\n")
-    return f"{shard_id} {record.sequence} key={record.partition_key}: {text}"
+    sub = "" if record.sub_sequence is None else f"/{record.sub_sequence}"
+    return f"{shard_id} {record.sequence}{sub} key={record.partition_key}: {text}"
 
 
 def as_json(shard_id: str, record: Record) -> str:
@@ -24,9 +30,10 @@ def as_json(shard_id: str, record: Record) -> str:
         data = parse_json(record.data)
     except BadRecord:
         data = record.data.decode("utf-8", errors="replace")
-    entry = {
-        "shard": shard_id,
-        "sequence": record.sequence,
+    entry = {"shard": shard_id, "sequence": record.sequence}
+    if record.sub_sequence is not None:
+        entry["sub_sequence"] = record.sub_sequence
+    entry |= {
         "partition_key": record.partition_key,
         "arrival": record.arrival.isoformat(),
         "data": data,
@@ -64,8 +71,9 @@ def consume(
             batches = reader.poll()
             for batch in batches:
                 for record in batch.records:
-                    out.write(show(batch.shard_id, record) + "\n")
-                printed += len(batch.records)
+                    for one in _user_records(batch.shard_id, record, say):
+                        out.write(show(batch.shard_id, one) + "\n")
+                        printed += 1
             out.flush()
             if not follow and (reader.caught_up or reader.done):
                 return printed
@@ -77,3 +85,12 @@ def consume(
                 sleep(reader.wait_time())
     except KeyboardInterrupt:
         return printed  # Ctrl-C is how a following consumer is meant to stop
+
+
+def _user_records(shard_id: str, record: Record, say: Callable[[str], None]) -> list[Record]:
+    """The user records of a KPL aggregate, or the record itself (said so if a corrupt one)."""
+    try:
+        return user_records(record)
+    except BadAggregate as error:
+        say(f"{shard_id} {record.sequence}: {error}: printed whole")
+        return [record]

@@ -1,11 +1,12 @@
 """The dead letter: where a record that cannot be delivered goes, with why and where it was.
 
 Each entry holds the reason, the version of the spec that judged the record (`spec.version`),
-the source stream, shard and sequence number, the partition key, the arrival time and the
-original bytes (base64, plus the text when it is UTF-8). It is a declared stream or a declared
-bucket when the spec names one, otherwise `<state-dir>/dead-letter/<pipeline>.jsonl`. In a
-bucket, each write is one JSON Lines object keyed like Firehose's: prefix + YYYY/MM/DD/HH/ +
-<pipeline>-1-YYYY-MM-DD-HH-MM-SS-<uuid>.
+the source stream, shard and sequence number (and, for a user record of a KPL aggregate, its
+sub-sequence number), the partition key, the arrival time and the original bytes (base64, plus
+the text when it is UTF-8). It is a declared stream or a declared bucket when the spec names
+one, otherwise `<state-dir>/dead-letter/<pipeline>.jsonl`. In a bucket, each write is one JSON
+Lines object keyed like Firehose's: prefix + YYYY/MM/DD/HH/ + <pipeline>-1-YYYY-MM-DD-HH-MM-SS-
+<uuid>.
 
 Where the checkpoints live off this machine (the aws target), nothing they move past may live
 only in its state folder: a run there needs a stream or a bucket, and an entry too large for a
@@ -47,13 +48,16 @@ def entry(
         text = record.data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
+    place = {"sequence": record.sequence}
+    if record.sub_sequence is not None:
+        place["sub_sequence"] = record.sub_sequence
     return {
         "reason": reason,
         "pipeline": pipeline,
         "spec_version": spec_version,
         "stream": stream,
         "shard": shard_id,
-        "sequence": record.sequence,
+        **place,
         "partition_key": record.partition_key,
         "arrival": record.arrival.isoformat(),
         "dead_lettered_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -73,7 +77,9 @@ class Entry:
     @property
     def identity(self) -> str:
         """The original record's place, the same in every entry made for it."""
-        return f"{self.stream} {self.shard} {self.record.sequence}"
+        sub = self.record.sub_sequence
+        place = f"{self.stream} {self.shard} {self.record.sequence}"
+        return place if sub is None else f"{place}/{sub}"
 
 
 def read_entry(line: bytes) -> Entry | None:
@@ -85,10 +91,19 @@ def read_entry(line: bytes) -> Entry | None:
             partition_key=str(found["partition_key"]),
             data=base64.b64decode(found["data_base64"], validate=True),
             arrival=datetime.datetime.fromisoformat(found["arrival"]),
+            sub_sequence=_sub_sequence(found.get("sub_sequence")),
         )
         return Entry(record, str(found["stream"]), str(found["shard"]))
     except (ValueError, KeyError, TypeError):  # binascii.Error is a ValueError
         return None
+
+
+def _sub_sequence(value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise TypeError("not a sub-sequence number")
+    return value
 
 
 def run_refusal(spec: Spec, target: str) -> str | None:

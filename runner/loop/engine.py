@@ -46,7 +46,9 @@ LAPSED = "the run lease is not renewed meanwhile: nothing is written"
 @dataclass(frozen=True)
 class RunOptions:
     until_idle: float | None = None  # stop once nothing arrived for this many seconds
-    max_records: int | None = None  # stop after this many source records
+    # Stop after this many records in: a KPL aggregate counts as its user records, and is
+    # taken whole, as checkpoints are at whole records.
+    max_records: int | None = None
     status_every: float = STATUS_EVERY_S
     forget_old_checkpoints: bool = False  # those kept for an earlier stream of the same name
     # A call failing for this long (a lost network, a failing service) ends the run.
@@ -241,9 +243,7 @@ class Engine:
         checkpoints: list[tuple[str, str]] = []
         handled = 0
         for batch in batches:
-            records = self._within_limit(batch.records)
-            for record in records:
-                taken.take(batch.shard_id, record)
+            records = self._take_batch(batch, taken)
             handled += len(records)
             if batch.finished and len(records) == len(batch.records):
                 checkpoints.append((batch.shard_id, SHARD_END))
@@ -265,11 +265,15 @@ class Engine:
             lambda: self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
         )
 
-    def _within_limit(self, records: list[Record]) -> list[Record]:
+    def _take_batch(self, batch: ShardBatch, taken: Round) -> list[Record]:
+        """Take a batch's records up to --max-records; returns those taken. A KPL aggregate
+        counts as its user records, and is taken whole."""
         limit = self.options.max_records
-        if limit is None:
-            return records
-        return records[: max(0, limit - self.counts.records_in)]
+        for number, record in enumerate(batch.records):
+            if limit is not None and self.counts.records_in >= limit:
+                return batch.records[:number]
+            taken.take(batch.shard_id, record)
+        return batch.records
 
     def _finish_deliveries(self) -> None:
         """Flush every delivery once it has read what this run wrote to its stream (not what

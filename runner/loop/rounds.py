@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from runner.backends.base import Record
 from runner.loop.dead_letter import DeadLetter
+from runner.records.kpl import BadAggregate, user_records
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey
 
 Entry = tuple[bytes, str]  # (data, partition key), as a sink takes it
@@ -61,7 +62,18 @@ class Round:
         self.dead_origins: list[int] = []  # of the records dead-lettered, in order
 
     def take(self, shard_id: str, record: Record, origin: int = 0) -> None:
-        """Decide where one source record goes; never raises for anything in it."""
+        """Decide where one source record goes, or each user record of a KPL aggregate on its
+        own (a corrupt aggregate goes whole to the dead letter); never raises for anything in
+        it."""
+        try:
+            records = user_records(record)
+        except BadAggregate as error:
+            self.reject(shard_id, record, str(error), origin)
+            return
+        for one in records:
+            self._place(shard_id, one, origin)
+
+    def _place(self, shard_id: str, record: Record, origin: int) -> None:
         counts = self.counts
         counts.records_in += 1
         outcome = self.journey.process(record.data)

@@ -58,6 +58,9 @@ class Record:
     partition_key: str
     data: bytes
     arrival: datetime.datetime  # timezone-aware, UTC
+    # Of a user record in a KPL aggregate (records/kpl.py): its place there, from 0; the
+    # sequence number is the aggregate's. None for a plain record.
+    sub_sequence: int | None = None
 
 
 @dataclass(frozen=True)
