@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
 from conftest import MINIMAL, session_ids
 from fakes import Clock, FaultyBackend
 
@@ -227,3 +228,21 @@ def test_a_dead_letter_that_cannot_be_written_fails_the_batch_from_its_first_bad
     assert answer == {"batchItemFailures": [{"itemIdentifier": "101"}]}
     assert session_ids(backend, "usa-out") == ["u1", "u2"]
     assert dead_letters(backend) == []
+
+
+def test_kpl_aggregates_are_routed_record_by_record_and_a_corrupt_one_dead_lettered(shop):
+    loaded, backend = shop
+    aggregator = RecordAggregator()
+    for session_id, country in (("u1", "USA"), ("i1", "Peru"), ("u2", "USA")):
+        aggregator.add_user_record(session_id, session(session_id, country))
+    key, _, aggregate = aggregator.clear_and_get().get_contents()
+    corrupt = aggregate[:-1] + bytes([aggregate[-1] ^ 1])  # a flipped bit of its MD5
+    core = FunctionCore(loaded, backend, report=lambda line: None)
+
+    answer = core.handle(kinesis_event([("7", key, aggregate), ("8", key, corrupt)]), 60_000)
+
+    assert answer == {"batchItemFailures": []}
+    assert session_ids(backend, "usa-out") == ["u1", "u2"]
+    assert session_ids(backend, "other-out") == ["i1"]
+    ((sequence, reason),) = dead_letters(backend)
+    assert (sequence, reason.split(":")[0]) == ("8", "KPL aggregate")

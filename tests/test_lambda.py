@@ -3,18 +3,31 @@ function, gives it a least-privilege role and maps the source stream to it; a se
 changes nothing; edits update the configuration or the code; destroy removes them all.
 Against a moto server on 127.0.0.1 (moto creates functions and mappings, never invokes them)."""
 
+import base64
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from itertools import islice
+
 import boto3
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES
 
+from runner import spec
 from runner.cli import cli
+from runner.commands.produce import synthetic_sessions
+from runner.function import package
 
 ACCOUNT = "123456789012"  # moto's account
 LAMBDA_SPEC = PIPELINES / "ecommerce-lambda.yaml"
 SOURCE = "de-c2w2lab1-kinesis-data-stream"
 FUNCTION = "de-c2w2lab1-etl"
 ROLE = "de-c2w2lab1-etl-role"
+USA = "de-c2w2lab1-usa-data-stream"
+INTERNATIONAL = "de-c2w2lab1-international-data-stream"
 
 
 @pytest.fixture
@@ -43,6 +56,18 @@ def aws(endpoint, tmp_path, monkeypatch):
     CliRunner().invoke(
         cli, ["destroy", str(LAMBDA_SPEC), "--yes", "--target", "aws", "--endpoint-url", endpoint]
     )
+
+
+def read_stream(kinesis, name):
+    """Every record of a stream, parsed, shard by shard."""
+    records = []
+    for shard in kinesis.list_shards(StreamName=name)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        answer = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+        records += [json.loads(record["Data"]) for record in answer["Records"]]
+    return records
 
 
 def mapping_of(client):
@@ -181,3 +206,90 @@ def test_the_lambda_spec_is_the_scenario_spec_with_a_lambda_section():
     rest = with_lambda[with_lambda.index("pipeline:") :]
     assert rest.startswith(body)
     assert rest[len(body) :].startswith("\nlambda:\n")
+
+
+def test_the_unpacked_package_in_a_fresh_interpreter_handles_an_event_of_moto_records(
+    aws, endpoint, tmp_path
+):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+    kinesis = client("kinesis")
+    sessions = list(islice(synthetic_sessions(7), 20))
+    entries = [{"Data": json.dumps(s).encode(), "PartitionKey": s["session_id"]} for s in sessions]
+    kinesis.put_records(StreamName=SOURCE, Records=[*entries, {"Data": b"{", "PartitionKey": "x"}])
+    (shard,) = kinesis.list_shards(StreamName=SOURCE)["Shards"]
+    iterator = kinesis.get_shard_iterator(
+        StreamName=SOURCE, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    event = {
+        "Records": [
+            {
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": record["PartitionKey"],
+                    "sequenceNumber": record["SequenceNumber"],
+                    "data": base64.b64encode(record["Data"]).decode(),
+                    "approximateArrivalTimestamp": record[
+                        "ApproximateArrivalTimestamp"
+                    ].timestamp(),
+                },
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventID": f"{shard['ShardId']}:{record['SequenceNumber']}",
+                "eventName": "aws:kinesis:record",
+                "awsRegion": "us-east-1",
+                "eventSourceARN": f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/{SOURCE}",
+            }
+            for record in kinesis.get_records(ShardIterator=iterator)["Records"]
+        ]
+    }
+    loaded = spec.load(LAMBDA_SPEC, account_id=lambda region: ACCOUNT)
+    task = tmp_path / "task"
+    zipfile.ZipFile(io.BytesIO(package.build(loaded).code)).extractall(task)
+    runtime = package.runtime_like_lambda(tmp_path / "runtime")
+    (tmp_path / "event.json").write_text(json.dumps(event))
+    code = f"""
+import json, sys
+sys.path[:0] = [{str(task)!r}, {str(runtime)!r}]
+from runner.function.handler import handle
+class Context:
+    def get_remaining_time_in_millis(self):
+        return 60_000
+print(json.dumps(handle(json.load(open("event.json")), Context())))
+"""
+    environment = {
+        "AWS_ACCESS_KEY_ID": "testing",  # what Lambda gives a function: its role's keys,
+        "AWS_SECRET_ACCESS_KEY": "testing",  # its region; no config files
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    done = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", code],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert (done.returncode, done.stdout) == (0, '{"batchItemFailures": []}\n'), done.stderr
+    assert done.stderr.splitlines()[-1].startswith("[de-c2w2lab1-etl] in 21 | out ")
+    routed = {
+        name: sorted(record["session_id"] for record in read_stream(kinesis, name))
+        for name in (USA, INTERNATIONAL)
+    }
+    assert routed == {
+        USA: sorted(s["session_id"] for s in sessions if s["country"] == "USA"),
+        INTERNATIONAL: sorted(s["session_id"] for s in sessions if s["country"] != "USA"),
+    }
+    s3 = client("s3")
+    bucket = f"de-c2w2lab1-{ACCOUNT}-dead-letter"
+    (key,) = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    (entry,) = [
+        json.loads(line)
+        for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
+    ]
+    assert (entry["reason"], entry["data"]) == (
+        "not JSON: Expecting property name enclosed in double quotes at column 2",
+        "{",
+    )
