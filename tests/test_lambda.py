@@ -15,6 +15,7 @@ import boto3
 import pytest
 from click.testing import CliRunner
 from conftest import PIPELINES
+from test_aws_pipeline import read_stream
 
 from runner import spec
 from runner.cli import cli
@@ -56,18 +57,6 @@ def aws(endpoint, tmp_path, monkeypatch):
     CliRunner().invoke(
         cli, ["destroy", str(LAMBDA_SPEC), "--yes", "--target", "aws", "--endpoint-url", endpoint]
     )
-
-
-def read_stream(kinesis, name):
-    """Every record of a stream, parsed, shard by shard."""
-    records = []
-    for shard in kinesis.list_shards(StreamName=name)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        answer = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-        records += [json.loads(record["Data"]) for record in answer["Records"]]
-    return records
 
 
 def mapping_of(client):
