@@ -80,8 +80,9 @@ def test_apply_creates_the_function_its_role_and_its_mapping_with_the_specs_sett
         f"+ create event source mapping {FUNCTION} <- {SOURCE} (batches of 100, from TRIM_HORIZON)"
         in applied
     )
-    assert not any("checkpoint table" in line for line in applied)  # Lambda keeps them
-    assert applied[-1] == "Applied: 14 created, 0 changed, 0 unchanged."
+    # Lambda keeps the source's checkpoints; the table keeps redrive's positions.
+    assert "+ create checkpoint table de-c2w2lab1-etl-checkpoints (DynamoDB, on demand)" in applied
+    assert applied[-1] == "Applied: 15 created, 0 changed, 0 unchanged."
 
     configuration = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]
     assert (
@@ -132,7 +133,7 @@ def test_apply_creates_the_function_its_role_and_its_mapping_with_the_specs_sett
     }
 
     again = pipeline("apply", str(LAMBDA_SPEC))
-    assert again.stdout == "No changes: 14 resources up to date.\n"
+    assert again.stdout == "No changes: 15 resources up to date.\n"
 
 
 def test_edits_update_the_configuration_the_mapping_or_the_code(aws, tmp_path):
@@ -282,3 +283,34 @@ print(json.dumps(handle(json.load(open("event.json")), Context())))
         "not JSON: Expecting property name enclosed in double quotes at column 2",
         "{",
     )
+
+
+def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+
+    shown = pipeline("status", str(LAMBDA_SPEC)).stdout.splitlines()
+
+    (mapping,) = client("lambda").list_event_source_mappings()["EventSourceMappings"]
+    assert shown[:2] == [
+        "pipeline de-c2w2lab1-etl on the aws target in us-east-1 at " + shown[0].split(" at ")[1],
+        f"source: stream {SOURCE}, 1 shard",
+    ]
+    assert shown[2:8] == [
+        "  shardId-000000000000  open",
+        f"lambda: function {FUNCTION} (python3.13, 256 MB, 60 s) runs this spec",
+        f"  mapping {mapping['UUID']}: {mapping['State']}, last result "
+        f"{mapping.get('LastProcessingResult') or 'none yet'}",
+        "  batches of 100, window 1 s, 1 per shard at once, retries 5, max record age 3600 s, "
+        "bisect on error on, started at TRIM_HORIZON",
+        "  Lambda keeps the checkpoints: how far behind it is, is the function's IteratorAge "
+        "metric in CloudWatch",
+        f"dead letter: bucket de-c2w2lab1-{ACCOUNT}-dead-letter under dead-letter/: 0 entries "
+        "in 0 objects",
+    ]
+
+    edited = tmp_path / "ecommerce-lambda.yaml"
+    edited.write_text(LAMBDA_SPEC.read_text().replace("country == 'USA'", "country == 'US'"))
+    shown = pipeline("status", str(edited), "--json").stdout
+    assert json.loads(shown)["lambda"]["code_current"] is False
+    assert json.loads(shown)["lambda"]["mapping"]["batch_size"] == 100

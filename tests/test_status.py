@@ -83,6 +83,7 @@ def test_status_after_a_run_shows_each_shard_the_dead_letter_and_the_spec_versio
             "last_run": {"version": ran_version, "recorded_at": "<time>"},
             "differs": False,
         },
+        "lambda": None,  # `pipeline run` runs it, not Lambda
     }
 
     path.write_text(SHOP + "# edited after the run\n")

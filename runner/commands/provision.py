@@ -62,7 +62,7 @@ def _wanted(spec: Spec, backend: Backend) -> list[Change]:
     kinds = [_streams, _buckets]
     if backend.delivers_firehoses:
         kinds += [_roles, _log_groups]
-        if _checkpoints_here(spec, backend):
+        if _checkpoints_here(spec):
             kinds.insert(2, _checkpoint_store)
     kinds.append(_firehoses)
     if _in_lambda(spec, backend):
@@ -75,10 +75,11 @@ def _in_lambda(spec: Spec, backend: Backend) -> bool:
     return spec.function is not None and backend.runs_functions
 
 
-def _checkpoints_here(spec: Spec, backend: Backend) -> bool:
-    """Whether `pipeline run` keeps checkpoints on the target for the spec: not for a spec
-    without a route (it never runs), nor for one Lambda runs (Lambda keeps them)."""
-    return spec.route is not None and not _in_lambda(spec, backend)
+def _checkpoints_here(spec: Spec) -> bool:
+    """Whether the pipeline keeps checkpoints on the target: not for a spec without a route
+    (it never runs). Where Lambda runs it, Lambda keeps the source's checkpoints, but the
+    table still holds `pipeline redrive`'s positions in the dead letter."""
+    return spec.route is not None
 
 
 def apply(
@@ -196,7 +197,7 @@ def _declared(spec: Spec, backend: Backend) -> list[tuple[str, str]]:
     if backend.delivers_firehoses:
         declared["log group"] = sorted({f.log_group for f in firehoses if f.log_group})
         declared["role"] = sorted({f.role for f in firehoses})
-        if _checkpoints_here(spec, backend):
+        if _checkpoints_here(spec):
             declared["checkpoint table"] = [checkpoint_table(spec.pipeline)]
     if _in_lambda(spec, backend):
         function = spec.function

@@ -21,12 +21,15 @@ from runner.backends.base import (
     BackendError,
     Behind,
     EarlierStream,
+    FunctionDescription,
+    MappingDescription,
     RunHolder,
     RunInfo,
     Shard,
     is_start_mark,
     parse_start_mark,
 )
+from runner.function.package import build
 from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.reader import FORGET_OPTION
@@ -51,6 +54,69 @@ class DeadLetterPlace:
 
 
 @dataclass(frozen=True)
+class FunctionStatus:
+    """A pipeline Lambda runs: its function and event source mapping as the target has them
+    (None: not there), and whether the function runs this spec and this runner."""
+
+    name: str
+    function: FunctionDescription | None
+    mapping: MappingDescription | None
+    current: bool  # the function's code is the package apply would build now
+
+    def as_json(self) -> dict[str, Any]:
+        mapping = self.mapping
+        return {
+            "function": self.name,
+            "deployed": self.function is not None,
+            "code_current": self.current,
+            "mapping": None
+            if mapping is None
+            else {
+                "uuid": mapping.uuid,
+                "state": mapping.state,
+                "last_result": mapping.last_result,
+                "batch_size": mapping.batch_size,
+                "batching_window_s": mapping.batching_window_s,
+                "parallelization": mapping.parallelization,
+                "max_retries": mapping.max_retries,
+                "max_record_age_s": mapping.max_record_age_s,
+                "bisect_on_error": mapping.bisect_on_error,
+                "starting_position": mapping.starting_position,
+            },
+        }
+
+    def lines(self, path: Path) -> list[str]:
+        function, mapping = self.function, self.mapping
+        if function is None:
+            return [f"lambda: function {self.name} not found: `pipeline apply {path}` creates it"]
+        code = (
+            "runs this spec"
+            if self.current
+            else f"runs another version of the spec or runner: `pipeline apply {path}` updates it"
+        )
+        lines = [
+            f"lambda: function {self.name} ({function.runtime}, {function.memory_mb} MB, "
+            f"{function.timeout_s} s) {code}"
+        ]
+        if mapping is None:
+            lines.append(f"  no event source mapping feeds it: `pipeline apply {path}` creates it")
+            return lines
+        retries = "until they expire" if mapping.max_retries == -1 else mapping.max_retries
+        age = "no limit" if mapping.max_record_age_s == -1 else f"{mapping.max_record_age_s} s"
+        lines += [
+            f"  mapping {mapping.uuid}: {mapping.state or '?'}, last result "
+            f"{mapping.last_result or 'none yet'}",
+            f"  batches of {mapping.batch_size}, window {mapping.batching_window_s} s, "
+            f"{mapping.parallelization} per shard at once, retries {retries}, "
+            f"max record age {age}, bisect on error {'on' if mapping.bisect_on_error else 'off'}, "
+            f"started at {mapping.starting_position}",
+            "  Lambda keeps the checkpoints: how far behind it is, is the function's "
+            "IteratorAge metric in CloudWatch",
+        ]
+        return lines
+
+
+@dataclass(frozen=True)
 class Status:
     spec: Spec
     location: str  # where the target looks, e.g. "the local target in .pipeline"
@@ -61,6 +127,7 @@ class Status:
     dead_letter: list[DeadLetterPlace]
     last_run: RunInfo | None
     now: datetime.datetime
+    function: FunctionStatus | None = None  # when Lambda runs the pipeline on this target
 
     @property
     def differs(self) -> bool | None:
@@ -108,6 +175,7 @@ class Status:
                 },
                 "differs": self.differs,
             },
+            "lambda": None if self.function is None else self.function.as_json(),
         }
 
     def lines(self) -> list[str]:
@@ -117,6 +185,15 @@ class Status:
         ]
         if self.earlier:
             lines.append(f"  {self.earlier}")
+        if self.function is not None:
+            lines += [
+                f"  {s.shard.shard_id}  {'open' if s.shard.is_open else 'closed'}"
+                for s in self.shards
+            ]
+            lines += self.function.lines(self.spec.path)
+            lines += [f"dead letter: {line}" for line in self._dead_letter_lines()]
+            lines.append(f"spec: {self.spec.path} version {self.spec.version}")
+            return [line.rstrip() for line in lines]
         rows = [("shard", "state", "checkpoint", "behind", "checkpointed")]
         rows += [
             (
@@ -184,6 +261,19 @@ def status(
     """Gather where the pipeline stands on the target; writes nothing."""
     stream = source_stream(spec, backend)
     shards = backend.list_shards(stream)
+    if spec.function is not None and backend.runs_functions:
+        return Status(
+            spec=spec,
+            location=backend.location,
+            stream=stream,
+            shards=[ShardStatus(shard, None, None, Behind(), None) for shard in shards],
+            earlier=None,
+            holder=None,
+            dead_letter=dead_letter_places(spec, backend, state_dir, sleep),
+            last_run=None,
+            now=now(),
+            function=function_status(spec, backend),
+        )
     # None on AWS for a spec without a route: it never runs, so apply makes no table for it.
     kept = backend.checkpoint_store_exists(spec.pipeline)
     earlier = None
@@ -211,6 +301,15 @@ def status(
         last_run=backend.get_run_info(spec.pipeline) if kept else None,
         now=now(),
     )
+
+
+def function_status(spec: Spec, backend: Backend) -> FunctionStatus:
+    """The function and mapping of a spec Lambda runs, as the target has them."""
+    name = spec.function.name
+    function = backend.describe_function(name)
+    mapping = backend.describe_mapping(name, spec.streams[spec.source.stream].name)
+    current = function is not None and function.code_sha256 == build(spec).sha256
+    return FunctionStatus(name, function, mapping, current)
 
 
 def source_stream(spec: Spec, backend: Backend) -> str:
