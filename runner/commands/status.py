@@ -53,6 +53,20 @@ class DeadLetterPlace:
     objects: int | None = None  # in a bucket: how many objects hold them
 
 
+_MAPPING_FIELDS = (
+    "uuid",
+    "state",
+    "last_result",
+    "batch_size",
+    "batching_window_s",
+    "parallelization",
+    "max_retries",
+    "max_record_age_s",
+    "bisect_on_error",
+    "starting_position",
+)
+
+
 @dataclass(frozen=True)
 class FunctionStatus:
     """A pipeline Lambda runs: its function and event source mapping as the target has them
@@ -71,18 +85,7 @@ class FunctionStatus:
             "code_current": self.current,
             "mapping": None
             if mapping is None
-            else {
-                "uuid": mapping.uuid,
-                "state": mapping.state,
-                "last_result": mapping.last_result,
-                "batch_size": mapping.batch_size,
-                "batching_window_s": mapping.batching_window_s,
-                "parallelization": mapping.parallelization,
-                "max_retries": mapping.max_retries,
-                "max_record_age_s": mapping.max_record_age_s,
-                "bisect_on_error": mapping.bisect_on_error,
-                "starting_position": mapping.starting_position,
-            },
+            else {name: getattr(mapping, name) for name in _MAPPING_FIELDS},
         }
 
     def lines(self, path: Path) -> list[str]:
