@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from runner.backends.base import (
     HANDLER,
     KINDS,
+    MAPPING_SETTINGS,
     RUNTIME,
     AlreadyExists,
     Backend,
@@ -513,17 +514,6 @@ def mapping_description(spec: Spec) -> MappingDescription:
     )
 
 
-_MAPPING_SETTINGS = (
-    "batch_size",
-    "batching_window_s",
-    "parallelization",
-    "max_retries",
-    "max_record_age_s",
-    "bisect_on_error",
-    "report_batch_item_failures",
-)
-
-
 def _mapping(spec: Spec, backend: Backend) -> Iterator[Change]:
     wanted = mapping_description(spec)
     current = backend.describe_mapping(wanted.function, wanted.stream)
@@ -539,7 +529,7 @@ def _mapping(spec: Spec, backend: Backend) -> Iterator[Change]:
     elif current != wanted:
         differences = ", ".join(
             f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
-            for name in _MAPPING_SETTINGS
+            for name in MAPPING_SETTINGS
             if getattr(current, name) != getattr(wanted, name)
         )
         yield Change(CHANGE, kind, wanted.name, differences, lambda: backend.update_mapping(wanted))

@@ -16,6 +16,7 @@ from typing import Any
 
 from runner.backends import CHECKPOINTS_OFF_MACHINE
 from runner.backends.base import (
+    MAPPING_SETTINGS,
     SHARD_END,
     Backend,
     BackendError,
@@ -53,18 +54,7 @@ class DeadLetterPlace:
     objects: int | None = None  # in a bucket: how many objects hold them
 
 
-_MAPPING_FIELDS = (
-    "uuid",
-    "state",
-    "last_result",
-    "batch_size",
-    "batching_window_s",
-    "parallelization",
-    "max_retries",
-    "max_record_age_s",
-    "bisect_on_error",
-    "starting_position",
-)
+_MAPPING_FIELDS = ("uuid", "state", "last_result", *MAPPING_SETTINGS, "starting_position")
 
 
 @dataclass(frozen=True)

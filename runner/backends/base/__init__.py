@@ -42,6 +42,7 @@ from runner.backends.base.errors import (
 from runner.backends.base.firehoses import FirehoseDescription, Firehoses
 from runner.backends.base.functions import (
     HANDLER,
+    MAPPING_SETTINGS,
     RUNTIME,
     FunctionDescription,
     Functions,
@@ -66,6 +67,7 @@ from runner.backends.base.streams import (
 __all__ = [
     "DEFAULT_REGION",
     "HANDLER",
+    "MAPPING_SETTINGS",
     "ITERATOR_TYPES",
     "KINDS",
     "LOCAL_ACCOUNT_ID",

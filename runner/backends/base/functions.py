@@ -58,6 +58,18 @@ class FunctionDescription:
     environment: dict[str, str] = field(default_factory=dict)
 
 
+# The settings of a mapping that an update can change (the rest are fixed at its creation).
+MAPPING_SETTINGS = (
+    "batch_size",
+    "batching_window_s",
+    "parallelization",
+    "max_retries",
+    "max_record_age_s",
+    "bisect_on_error",
+    "report_batch_item_failures",
+)
+
+
 @dataclass(frozen=True)
 class MappingDescription:
     """A Kinesis event source mapping as provisioning compares it: from the stream (by name)
