@@ -20,6 +20,7 @@ BENCH_RECORDS sets N (default 200,000).
 
 from __future__ import annotations
 
+import base64
 import datetime
 import io
 import itertools
@@ -38,6 +39,7 @@ from runner.backends.local import LocalBackend
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
 from runner.function import package
+from runner.function.handler import FunctionCore
 from runner.records.processor import Journey
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,10 +158,8 @@ def per_record(records: list[bytes]) -> tuple[float, float]:
     return runner_ns, hand_ns
 
 
-# What a cold start imports: the handler and the backend it opens, or until there is a
-# handler, what it will need.
+# What a cold start imports: the handler and the backend it opens on its first call.
 HANDLER = ["runner.function.handler", "runner.backends.aws"]
-WITHOUT_HANDLER = ["runner.loop.sink", "runner.loop.dead_letter", "runner.backends.aws"]
 COLD_START = """\
 import sys, time
 started = time.perf_counter()
@@ -179,8 +179,7 @@ def cold_start(folder: Path, times: int = 5) -> tuple[int, float, float, list[st
     task = folder / "task"
     zipfile.ZipFile(io.BytesIO(built.code)).extractall(task)
     runtime = package.runtime_like_lambda(folder / "runtime")
-    handler = (task / "runner" / "function" / "handler.py").exists()
-    modules = HANDLER if handler else WITHOUT_HANDLER
+    modules = HANDLER
     code = COLD_START.format(
         path=[str(task), str(runtime)], imports="\n".join(f"import {m}" for m in modules)
     )
@@ -203,6 +202,42 @@ def cold_start(folder: Path, times: int = 5) -> tuple[int, float, float, list[st
     return built.size, uncached, median(), modules
 
 
+def handler_cost(state: Path, count: int, batch: int = 100) -> float:
+    """Nanoseconds per record of the Lambda handler over the local backend: `count` sessions
+    in events of `batch` records (the mapping's default), each decoded, processed and written
+    to its sink as in Lambda (best of 3)."""
+    backend = LocalBackend(state)
+    loaded = spec_module.load(SPEC)
+    apply(loaded, backend, lambda line: None)
+    sessions = list(itertools.islice(synthetic_sessions(SEED), count))
+    events = [
+        {
+            "Records": [
+                {
+                    "kinesis": {
+                        "partitionKey": s["session_id"],
+                        "sequenceNumber": str(start + offset),
+                        "data": base64.b64encode(json.dumps(s).encode()).decode(),
+                        "approximateArrivalTimestamp": time.time(),
+                    },
+                    "eventID": f"shardId-000000000000:{start + offset}",
+                }
+                for offset, s in enumerate(sessions[start : start + batch])
+            ]
+        }
+        for start in range(0, count, batch)
+    ]
+    core = FunctionCore(loaded, backend, report=lambda line: None)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for event in events:
+            core.handle(event, remaining_ms=60_000)
+        times.append(time.perf_counter() - started)
+    backend.close()
+    return min(times) / count * 1e9
+
+
 def main() -> None:
     count = int(os.environ.get("BENCH_RECORDS", "200000"))
     big = 5 * count
@@ -222,6 +257,7 @@ def main() -> None:
         big_s, big_rss, _ = run_pipeline(state)
     with tempfile.TemporaryDirectory() as folder:
         size, cold_ms, cached_ms, imported = cold_start(Path(folder))
+        handler_ns = handler_cost(Path(folder) / "handler", min(count, 20_000))
     run_rate, hand_rate = count / run_s, count / hand_s
     rows = [
         (f"pipeline run, {count:,} records", f"{run_rate:,.0f} records/s", f"{run_s:.2f} s"),
@@ -240,6 +276,11 @@ def main() -> None:
         ("Lambda package of the spec", f"{size / 1024:,.0f} KiB", "limit 50 MiB zipped"),
         ("Lambda cold start, no bytecode cached", f"{cold_ms:,.0f} ms", "median of 5"),
         ("Lambda cold start, bytecode cached", f"{cached_ms:,.0f} ms", "median of 5"),
+        (
+            "Lambda handler per record, batches of 100",
+            f"{handler_ns / 1000:,.1f} us",
+            f"run: {1e6 / run_rate:,.1f} us per record",
+        ),
     ]
     width = max(len(row[0]) for row in rows)
     for name, figure, note in rows:

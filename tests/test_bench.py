@@ -2,9 +2,10 @@
 
 import importlib.util
 
-from conftest import PIPELINES, REPO
+from conftest import PIPELINES, REPO, read_stream
 
 from runner import spec
+from runner.backends.local import LocalBackend
 from runner.function import package
 
 
@@ -28,4 +29,14 @@ def test_bench_times_the_cold_start_of_the_scenarios_lambda_package(tmp_path):
     size, _, _, imported = bench.cold_start(tmp_path, times=1)
 
     assert size == package.build(spec.load(bench.SPEC)).size
-    assert imported in (bench.HANDLER, bench.WITHOUT_HANDLER)
+    assert imported == ["runner.function.handler", "runner.backends.aws"]
+
+
+def test_bench_times_the_handler_on_events_of_the_scenarios_records(tmp_path):
+    bench = load_bench()
+
+    assert bench.handler_cost(tmp_path / "state", 200) > 0
+
+    # Three timed passes over the 200 sessions, each routed and written as in Lambda.
+    backend = LocalBackend(tmp_path / "state")
+    assert len(read_stream(backend, bench.USA) + read_stream(backend, bench.INTERNATIONAL)) == 600
