@@ -314,3 +314,26 @@ def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
     shown = pipeline("status", str(edited), "--json").stdout
     assert json.loads(shown)["lambda"]["code_current"] is False
     assert json.loads(shown)["lambda"]["mapping"]["batch_size"] == 100
+
+
+def test_a_lambda_section_removed_from_the_spec_is_pruned(aws, tmp_path):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+    plain = tmp_path / "ecommerce.yaml"
+    text = LAMBDA_SPEC.read_text()
+    plain.write_text(text[: text.index("\nlambda:\n")] + "\n")
+
+    left = pipeline("apply", str(plain)).stdout.splitlines()
+    assert left[-1] == "3 resources are no longer in the spec: pipeline apply --prune deletes them"
+    assert client("lambda").list_functions()["Functions"] != []
+
+    pruned = pipeline("apply", str(plain), "--prune", "--yes").stdout.splitlines()
+
+    assert pruned[:3] == [
+        f"- delete event source mapping {FUNCTION} <- {SOURCE} (no longer in the spec)",
+        f"- delete function {FUNCTION} (no longer in the spec)",
+        f"- delete role {ROLE} (no longer in the spec)",
+    ]
+    assert client("lambda").list_functions()["Functions"] == []
+    assert client("lambda").list_event_source_mappings()["EventSourceMappings"] == []
+    assert ROLE not in {role["RoleName"] for role in client("iam").list_roles()["Roles"]}
