@@ -245,6 +245,29 @@ def test_an_edit_of_what_needs_a_restart_is_refused(tmp_path, edit, why):
     assert session_ids(run.backend, "other-out") == ["after"]
 
 
+@pytest.mark.parametrize("adding", [True, False])
+def test_adding_or_removing_the_lambda_section_needs_a_restart(tmp_path, adding):
+    plain = (
+        MINIMAL.replace(
+            "    other: {name: other-out, shards: 1}\n",
+            "    other: {name: other-out, shards: 1}\n    rejects: {name: rejects, shards: 1}\n",
+        )
+        + "dead_letter: {stream: rejects}\n"
+    )
+    with_lambda = plain + "lambda: {function: shop-etl}\n"
+    run = Run(tmp_path, plain if adding else with_lambda)
+    run.at(1, run.edit(with_lambda if adding else plain))
+    run.at(5, run.stop)
+
+    run.run()
+
+    change = "none -> function shop-etl" if adding else "function shop-etl -> none"
+    assert run.said() == [
+        f"[shop] spec not reloaded: a change of lambda ({change}) needs a restart; "
+        "this run keeps version 1"
+    ]
+
+
 def test_a_change_of_the_firehoses_the_run_delivers_is_refused(tmp_path):
     with_firehose = MINIMAL.replace(
         "source:\n  stream",

@@ -1,7 +1,9 @@
 """`pipeline run`: check the resources, take the run lock, run the loop and report what it did.
 
 The loop itself is `runner.loop.engine.Engine`; this module says what a user sees around it:
-the start lines, the refusals, the summary.
+the start lines, the refusals, the summary. A spec with `lambda:` runs on the local target as
+Lambda would run it: the engine hands its records to the Lambda handler
+(`runner.function.emulation`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.backends.base import Backend, BackendError, checkpoint_table
+from runner.function.emulation import Emulation, running_line
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Engine, RunOptions
 from runner.loop.patience import GaveUp
@@ -48,7 +51,16 @@ def run(
             return 130
         record_spec_version(backend, spec)  # for `pipeline status`
         # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
-        engine = Engine(spec, backend, state_dir, options, report, lease=lease, reloads=follow)
+        engine = Engine(
+            spec,
+            backend,
+            state_dir,
+            options,
+            report,
+            lease=lease,
+            reloads=follow,
+            handover=Emulation if spec.function is not None else None,
+        )
         try:
             return _run(engine, report)
         except GaveUp as error:
@@ -62,6 +74,8 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
         f"(Ctrl-C stops cleanly)"
     )
+    if spec.function is not None:
+        report(f"[{spec.pipeline}] {running_line(spec.function)}")
     # Said at once, so that a renamed `pipeline:` (new checkpoints) does not pass unnoticed.
     resumed = len(engine.reader.checkpoints)
     if resumed:
@@ -94,7 +108,12 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
             f"{count(delivery.records, 'record')} in {count(len(delivery.objects), 'object')} "
             f"to bucket {delivery.bucket}"
         )
-    for dead_letter in engine.dead_letters:  # more than one if a reload moved it
+    emulation = engine.handover
+    # More than one if a reload moved it (or, for the handler, made a new one).
+    dead_letters = (
+        emulation.dead_letters if isinstance(emulation, Emulation) else engine.dead_letters
+    )
+    for dead_letter in dead_letters:
         if dead_letter.count:
             report(f"[{spec.pipeline}] dead letter: {dead_letter.summary()}")
     return 0

@@ -11,7 +11,7 @@ possible.
 
 Lambda's entry point is `handle`; the packaged spec and the AWS backend are loaded once per
 cold start. `FunctionCore` is the same handler over any backend: the local target's emulation
-of the event source mapping drives it, and so do the tests.
+of the event source mapping drives it (runner.function.emulation), and so do the tests.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import bisect
 import datetime
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,14 +44,19 @@ MARGIN_SHARE = 0.2
 
 
 class Deadline:
-    """A stop request that is set once the clock passes `at`: Patience then ends its waits."""
+    """A stop request that is set once the clock passes `at` (the invocation's), or once
+    `stopping` is (a local run's Ctrl-C): Patience then ends its waits."""
 
-    def __init__(self, at: float, clock: Callable[[], float]) -> None:
-        self.at = at
+    def __init__(self, clock: Callable[[], float], stopping: threading.Event | None = None) -> None:
+        self.at = 0.0
         self.clock = clock
+        self.stopping = stopping
+
+    def stopped(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
 
     def is_set(self) -> bool:
-        return self.clock() >= self.at
+        return self.clock() >= self.at or self.stopped()
 
 
 class FunctionCore:
@@ -65,55 +71,64 @@ class FunctionCore:
         sleep: Callable[[float], None] = time.sleep,
         report: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
         state_dir: Path | None = None,  # for a file dead letter, which only the local target has
+        stopping: threading.Event | None = None,  # a local run's stop: ends a write's waits
+        log_counts: bool = True,  # each invocation's counts (a local run's status says them)
     ) -> None:
         self.spec = spec
         self.backend = backend
         self.clock = clock
         self.sleep = sleep
         self.report = report
+        self.log_counts = log_counts
         self.state_dir = state_dir or Path(tempfile.gettempdir())
         self.journey = Journey(spec.transform, spec.route)
         self.source = spec.streams[spec.source.stream].name
         self.routes = list(dict.fromkeys(case.to for case in spec.route.cases))
-        self.counts = Counts()  # over every invocation of this core
+        # Waits end at each invocation's deadline, which handle() sets.
+        self.deadline = Deadline(clock, stopping)
+        patience = Patience(
+            service=f"the {backend.name} target",
+            report=self._say,
+            stopping=self.deadline,  # type: ignore[arg-type]  # is_set() is all it asks
+            clock=clock,
+            sleep=sleep,
+        )
+        # Kept over invocations: what they wrote adds up (the sinks' `written`, the dead
+        # letter's count), as a local run's deliveries and summary need.
+        self.sinks = {
+            key: Sink(backend, spec.streams[key].name, sleep=sleep, patience=patience)
+            for key in self.routes
+        }
+        self.dead_letter = DeadLetter(
+            spec, backend, self.state_dir, report=self._say, patience=patience
+        )
+        self.last = Counts()  # of the last invocation: the records it handled, not retried
+        self.counts = Counts()  # the same over every invocation of this core
 
     def handle(self, event: dict, remaining_ms: int) -> dict:
         """Take one event's records; returns Lambda's partial batch response."""
         seconds = remaining_ms / 1000
-        deadline = Deadline(
-            self.clock() + seconds - min(MARGIN_S, seconds * MARGIN_SHARE), self.clock
-        )
-        patience = Patience(
-            service=f"the {self.backend.name} target",
-            report=self._say,
-            stopping=deadline,  # type: ignore[arg-type]  # is_set() is all it asks
-            clock=self.clock,
-            sleep=self.sleep,
-        )
-        sinks = {
-            key: Sink(
-                self.backend, self.spec.streams[key].name, sleep=self.sleep, patience=patience
-            )
-            for key in self.routes
-        }
-        dead_letter = DeadLetter(
-            self.spec, self.backend, self.state_dir, report=self._say, patience=patience
-        )
+        self.deadline.at = self.clock() + seconds - min(MARGIN_S, seconds * MARGIN_SHARE)
+        self.dead_letter.keep_first(0)  # anything an invocation that raised left unwritten
         counts = Counts()
-        taken = Round(self.journey, sinks, dead_letter, self.source, counts, origins=True)
+        taken = Round(self.journey, self.sinks, self.dead_letter, self.source, counts, origins=True)
         records = event.get("Records") if isinstance(event, dict) else None
         sequences: list[str] = []
+        before: list[Counts] = []  # the counts before each record, to tell what a retry redoes
         for origin, item in enumerate(records if isinstance(records, list) else []):
             shard_id, record, problem = _event_record(item)
             sequences.append(record.sequence)
+            before.append(_totals(counts))
             if problem:
                 taken.reject(shard_id, record, problem, origin)
             else:
                 taken.take(shard_id, record, origin)
-        failed = self._write(taken, sinks, dead_letter)
-        self._add(counts)
+        failed = self._write(taken)
+        self.last = counts if failed is None else _before(before[failed], taken, failed)
+        self.counts.add(self.last)
         if failed is None:
-            self._say(counts.line())
+            if self.log_counts:
+                self._say(counts.line())
             return {"batchItemFailures": []}
         self._say(
             f"in {len(sequences)} | written: the {count(failed, 'record')} before record "
@@ -121,9 +136,10 @@ class FunctionCore:
         )
         return {"batchItemFailures": [{"itemIdentifier": sequences[failed]}]}
 
-    def _write(self, taken: Round, sinks: dict[str, Sink], dead_letter: DeadLetter) -> int | None:
+    def _write(self, taken: Round) -> int | None:
         """Write the round, each sink then the dead letter, stopping at the first record not
         wholly written; returns its origin, or None when all went in."""
+        sinks, dead_letter = self.sinks, self.dead_letter
         failed: int | None = None
         for key, entries in taken.outgoing.items():
             origins = taken.origins[key]
@@ -137,7 +153,7 @@ class FunctionCore:
             except (BackendError, Abandoned) as error:
                 first = origins[accepted.index(False)]
                 failed = first if failed is None else min(failed, first)
-                self._say(f"stream {sinks[key].stream}: {_why(error)}")
+                self._say(f"stream {sinks[key].stream}: {self._why(error)}")
         dead = taken.dead_origins
         if failed is not None:
             dead_letter.keep_first(bisect.bisect_left(dead, failed))
@@ -146,25 +162,37 @@ class FunctionCore:
             dead_letter.write()
         except (BackendError, Abandoned) as error:
             failed = dead[0] if failed is None else min(failed, dead[0])
-            self._say(f"dead letter {dead_letter.where()}: {_why(error)}")
+            self._say(f"dead letter {dead_letter.where()}: {self._why(error)}")
         return failed
-
-    def _add(self, counts: Counts) -> None:
-        total = self.counts
-        total.records_in += counts.records_in
-        total.out.update(counts.out)
-        total.dead_lettered += counts.dead_lettered
-        total.filtered += counts.filtered
-        total.dropped += counts.dropped
 
     def _say(self, line: str) -> None:
         self.report(f"[{self.spec.pipeline}] {line}")
 
+    def _why(self, error: Exception) -> str:
+        if isinstance(error, Abandoned) and self.deadline.stopped():
+            return f"still failing when the run was stopped: {error}"
+        if isinstance(error, Abandoned):
+            return f"still failing when the invocation's time was nearly up: {error}"
+        return str(error)
 
-def _why(error: Exception) -> str:
-    if isinstance(error, Abandoned):
-        return f"still failing when the invocation's time was nearly up: {error}"
-    return str(error)
+
+def _totals(counts: Counts) -> Counts:
+    """The counts but those per route (which the round's origins tell)."""
+    return Counts(
+        records_in=counts.records_in,
+        dead_lettered=counts.dead_lettered,
+        filtered=counts.filtered,
+        dropped=counts.dropped,
+    )
+
+
+def _before(totals: Counts, taken: Round, failed: int) -> Counts:
+    """The counts of the records before origin `failed`, whose counts but per route were
+    `totals` when it came: those written, which a retry from `failed` does not redo."""
+    for key, origins in taken.origins.items():
+        if written := bisect.bisect_left(origins, failed):
+            totals.out[key] = written
+    return totals
 
 
 def _event_record(item: Any) -> tuple[str, Record, str | None]:

@@ -4,6 +4,9 @@ At-least-once: a shard's checkpoint moves only after every record before it is i
 the dead letter, so a crash re-reads at most the batch in flight. SIGINT/SIGTERM stop reading;
 what was read is written and checkpointed, every record routed is delivered, and the run exits 0.
 A new version of the spec (`--watch`, see `reload`) is swapped in between rounds.
+
+A `Handover` may take the records read in place of the engine's own rounds: the local run of a
+spec with `lambda:` hands them to the Lambda handler as Lambda's event source mapping does.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runner.backends.base import (
     SHARD_END,
@@ -55,6 +58,30 @@ class RunOptions:
     give_up_after: float | None = GIVE_UP_AFTER_S
 
 
+class Handover(Protocol):
+    """Who takes the records a run reads in place of its own rounds (`pipeline run` plugs in
+    runner.function.emulation for a spec with `lambda:`). It writes through the engine's
+    backend, checkpoints with `Engine.checkpoint` only past records it handled, and adds to
+    the run's counts what it handled."""
+
+    @property
+    def held(self) -> int:
+        """Records read and not handed over yet (not checkpointed)."""
+
+    def take(self, batches: list[ShardBatch], counts: Counts, *, flush: bool = False) -> int:
+        """Take a round's batches and hand over what is due (all it holds when `flush`);
+        returns how many records it handed over. Raises Abandoned when a stop ends a wait."""
+
+    def due_in(self) -> float | None:
+        """Seconds until records held are due, or None when none are."""
+
+    def written(self, stream: str) -> dict[str, int]:
+        """Shard id -> highest sequence number it put into `stream`."""
+
+    def swap(self, spec: Spec) -> None:
+        """Hand the next records over under a new version of the spec."""
+
+
 class Engine:
     def __init__(
         self,
@@ -68,6 +95,7 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
         lease: Lease | None = None,
         reloads: Reloads | None = None,  # None: the run keeps its spec, saying once if it changed
+        handover: Callable[[Engine], Handover] | None = None,
     ) -> None:
         self.lease = lease or Lease()
         # The loop uses the backend through this, so that it writes (sinks, the dead letter,
@@ -122,9 +150,10 @@ class Engine:
                 report=lambda line: report(f"[{spec.pipeline}] {line}"),
             ),
             clock=clock,
-            on_start=self._checkpoint,  # where a shard was first read, so a restart goes on
+            on_start=self.checkpoint,  # where a shard was first read, so a restart goes on
         )
         self.counts = Counts()
+        self.handover = handover(self) if handover else None
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in flight."""
@@ -135,6 +164,7 @@ class Engine:
         with _StopOnSignals(self.stop):
             first_read = None
             last_activity = next_status = self.clock()
+            abandoned = False
             while not self._stopping.is_set():
                 try:
                     self.lease.check()  # also when idle: a run that lost its lease stops
@@ -143,6 +173,7 @@ class Engine:
                 polled = self.clock()
                 handled = self._round()
                 if handled is None:
+                    abandoned = True
                     break
                 if new := self.watch.poll():  # between rounds: after this one's checkpoints
                     self._swap(new)
@@ -164,7 +195,9 @@ class Engine:
                     if now - last_activity >= self.options.until_idle and self.reader.caught_up:
                         break
                 if not moved:
-                    self.sleep(min(self.reader.wait_time(), MAX_SLEEP_S))
+                    self.sleep(min(self.reader.wait_time(), MAX_SLEEP_S, self._due_in()))
+            if self.handover is not None and not abandoned:
+                self._round(flush=True)  # what it holds is read: handed over before the end
             self._finish_deliveries()
         self.counts.lag_ms = self.reader.lag_ms
         return self.counts
@@ -195,6 +228,8 @@ class Engine:
             self.dead_letters.append(self.dead_letter)
         self.dead_letter.spec_version = new.version
         self.spec = new
+        if self.handover is not None:
+            self.handover.swap(new)
         record_spec_version(self.backend, new)  # `pipeline status` shows the version in use
 
     def _lease_note(self, error: BackendError) -> str | None:
@@ -203,27 +238,40 @@ class Engine:
 
     def _limit_reached(self) -> bool:
         limit = self.options.max_records
-        return limit is not None and self.counts.records_in >= limit
+        return limit is not None and self.counts.records_in + self._held() >= limit
 
-    def _round(self) -> int | None:
-        """Read, write and checkpoint once; returns records handled, or None when a stop ended
-        a wait for a failing service (what was read is read again by the next run). A round
-        that fails adds nothing to the counts, which say only what was written."""
+    def _held(self) -> int:
+        return self.handover.held if self.handover else 0
+
+    def _due_in(self) -> float:
+        due = self.handover.due_in() if self.handover else None
+        return MAX_SLEEP_S if due is None else due
+
+    def _round(self, *, flush: bool = False) -> int | None:
+        """Read, write and checkpoint once (with `flush`, only hand over what the handover
+        holds); returns records handled, or None when a stop ended a wait for a failing
+        service (what was read is read again by the next run). A round that fails adds
+        nothing to the counts, which say only what was written; a handover adds to them
+        only what it checkpointed."""
         counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
         try:
+            if flush:
+                return self.handover.take([], self.counts, flush=True)
             batches = self._poll()
             if failing := self.reader.failing:
                 self.patience.failing(*failing)
             return self._handle(batches)
         except Abandoned as error:
-            self.counts = counted  # as if the round, not checkpointed, was never read
+            if self.handover is None:
+                self.counts = counted  # as if the round, not checkpointed, was never read
             self.report(
                 f"[{self.spec.pipeline}] stopped while waiting for {self.patience.service}: "
                 f"{error}: what was read since the last checkpoint is read again by the next run"
             )
             return None
         except BaseException:
-            self.counts = counted  # e.g. a full disk: its records are read again by the next run
+            if self.handover is None:  # e.g. a full disk: its records are read again next run
+                self.counts = counted
             raise
 
     def _poll(self) -> list[ShardBatch]:
@@ -236,7 +284,12 @@ class Engine:
             ) from error
 
     def _handle(self, batches: list[ShardBatch]) -> int:
-        """Process, write and checkpoint one round of batches; returns records handled."""
+        """Process, write and checkpoint one round of batches; returns records handled (with
+        a handover: records taken in or handed over)."""
+        if self.handover is not None:
+            batches = self._within_limit(batches)
+            read = sum(len(batch.records) for batch in batches)
+            return read + self.handover.take(batches, self.counts)
         if not batches:
             return 0
         taken = Round(self.journey, self.sinks, self.dead_letter, self.source, self.counts)
@@ -256,10 +309,10 @@ class Engine:
         self.patience.retry(self.lease.check)
         self.dead_letter.write()
         for shard_id, sequence in checkpoints:
-            self._checkpoint(shard_id, sequence)
+            self.checkpoint(shard_id, sequence)
         return handled
 
-    def _checkpoint(self, shard_id: str, sequence: str) -> None:
+    def checkpoint(self, shard_id: str, sequence: str) -> None:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
         self.patience.retry(
             lambda: self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
@@ -275,6 +328,21 @@ class Engine:
             taken.take(batch.shard_id, record)
         return batch.records
 
+    def _within_limit(self, batches: list[ShardBatch]) -> list[ShardBatch]:
+        """The batches cut to --max-records (counting what the handover holds): a shard
+        cut short is not finished."""
+        limit = self.options.max_records
+        if limit is None:
+            return batches
+        left = max(0, limit - self.counts.records_in - self._held())
+        cut = []
+        for batch in batches:
+            records = batch.records[:left]
+            left -= len(records)
+            finished = batch.finished and len(records) == len(batch.records)
+            cut.append(dataclasses.replace(batch, records=records, finished=finished))
+        return cut
+
     def _finish_deliveries(self) -> None:
         """Flush every delivery once it has read what this run wrote to its stream (not what
         others keep writing there), so a run stopped by a signal has delivered all it routed.
@@ -289,7 +357,11 @@ class Engine:
     def _written_to(self, stream: str) -> dict[str, int]:
         """Shard id -> highest sequence number this run put into `stream`."""
         sink = self._made_sinks.get(stream)
-        return dict(sink.written) if sink else {}
+        written = dict(sink.written) if sink else {}
+        if self.handover is not None:
+            for shard_id, sequence in self.handover.written(stream).items():
+                written[shard_id] = max(sequence, written.get(shard_id, -1))
+        return written
 
 
 class Fenced:

@@ -8,7 +8,8 @@ loaded as `validate` loads it, and:
 
 - an invalid one is reported, error by error, and the run keeps its version;
 - one changing what a run cannot change on the way (its name, region, source stream, `start`,
-  or the firehoses it delivers) is refused, saying so;
+  the firehoses it delivers, or whether Lambda's handler takes the records) is refused, saying
+  so;
 - one needing resources that do not exist yet waits for `pipeline apply`, checking again every
   few seconds;
 - any other is swapped in, saying what changed.
@@ -18,6 +19,7 @@ Without `--watch`, a change is only said once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from runner.backends.base import BackendError
 from runner.plural import count
-from runner.spec import Spec, SpecError, version
+from runner.spec import Function, Spec, SpecError, version
 
 LOOK_EVERY_S = 0.5  # a saved change is acted on within two looks
 RECHECK_EVERY_S = 2.0  # how often a version waiting for `pipeline apply` checks again
@@ -183,7 +185,13 @@ def restart_changes(old: Spec, new: Spec, *, delivers: bool) -> list[str]:
             found.append(f"{what} ({before} -> {after})")
     if delivers and _firehoses(old) != _firehoses(new):
         found.append("resources.firehoses (this run delivers them)")
+    if (old.function is None) != (new.function is None):
+        found.append(f"lambda ({_function(old)} -> {_function(new)})")
     return found
+
+
+def _function(spec: Spec) -> str:
+    return f"function {spec.function.name}" if spec.function else "none"
 
 
 def source_stream(spec: Spec) -> str:
@@ -207,8 +215,19 @@ def changes(old: Spec, new: Spec) -> str:
         parts.append(f"partition key {before} -> {after}")
     if dead_letter_place(old) != dead_letter_place(new):
         parts.append(f"dead letter {dead_letter_place(old)} -> {dead_letter_place(new)}")
+    if old.function and new.function and old.function != new.function:
+        parts.append("lambda " + _function_changes(old.function, new.function))
     parts.append("transform " + ("unchanged" if old.transform == new.transform else "changed"))
     return "; ".join(parts)
+
+
+def _function_changes(old: Function, new: Function) -> str:
+    """e.g. 'batch_size 100 -> 10, bisect_on_error True -> False'."""
+    return ", ".join(
+        f"{field.name} {getattr(old, field.name)} -> {getattr(new, field.name)}"
+        for field in dataclasses.fields(Function)
+        if getattr(old, field.name) != getattr(new, field.name)
+    )
 
 
 def _route_changes(old: Spec, new: Spec) -> str:

@@ -26,15 +26,29 @@ class Counts:
     dead_lettered: int = 0
     filtered: int = 0
     dropped: int = 0
+    # Gone past unhandled, as Lambda's event source mapping does once its retries are spent
+    # (the local run of a `lambda:` spec); said only when some were.
+    discarded: int = 0
     lag_ms: int = 0
     busy_s: float = 0.0  # from the first record read to the last handled
 
+    def add(self, more: Counts) -> None:
+        """Add the records `more` counts (not its lag or time)."""
+        self.records_in += more.records_in
+        self.out.update(more.out)
+        self.dead_lettered += more.dead_lettered
+        self.filtered += more.filtered
+        self.dropped += more.dropped
+        self.discarded += more.discarded
+
     def line(self) -> str:
         routes = ", ".join(f"{key} {count}" for key, count in sorted(self.out.items())) or "none"
+        discarded = f" | discarded {self.discarded}" if self.discarded else ""
         rate = f" | took {self.busy_s:.2f} s" if self.busy_s else ""
         return (
             f"in {self.records_in} | out {routes} | dead-lettered {self.dead_lettered} | "
-            f"filtered {self.filtered} | dropped {self.dropped} | lag {self.lag_ms} ms{rate}"
+            f"filtered {self.filtered} | dropped {self.dropped}{discarded} | "
+            f"lag {self.lag_ms} ms{rate}"
         )
 
 
