@@ -34,7 +34,7 @@ class RecordTest:
     partition_key: str | None = None
     record: dict | None = None
     contains: dict | None = None
-    asserts: tuple[Expression, ...] = ()
+    asserts: tuple[tuple[str, Expression], ...] = ()  # each with where it is written
     dead_letter: str | None = None  # text the reason must contain
     filtered: bool = False
     dropped: bool = False
@@ -153,30 +153,37 @@ def _record(
         if routes is not None and key not in routes:
             known = ", ".join(routes)
             reader.problem(path + ("to", index), f"unknown route '{key}' (routes: {known})")
-    texts = raw.get("assert", ())
+    texts = raw.get("assert", [])
     if isinstance(texts, str):
-        asserts = [expression(path + ("assert",), texts)]
+        texts = {path + ("assert",): texts}
     else:
-        asserts = [expression(path + ("assert", index), text) for index, text in enumerate(texts)]
+        texts = {path + ("assert", index): text for index, text in enumerate(texts)}
+    asserts = []
+    for where, text in texts.items():
+        compiled = expression(where, text)
+        if compiled is not None:
+            asserts.append((_place(reader, where), compiled))
     data = raw["raw"] if "raw" in raw else json.dumps(raw["input"], ensure_ascii=False)
-    places = {}
-    for key in expected:
-        line, col = reader.locate(path + (key,), at_key=True)
-        places[key] = f"{reader.path}:{line}:{col}: {format_path(path + (key,))}"
     return RecordTest(
         index=path[-1],
         # A lone surrogate (\ud800 in YAML) gives bytes that are not UTF-8, as a producer might.
         data=data.encode("utf-8", "surrogatepass"),
-        places=places,
+        places={key: _place(reader, path + (key,), at_key=True) for key in expected},
         to=None if to is None else tuple(to),
         partition_key=raw.get("partition_key"),
         record=raw.get("record"),
         contains=raw.get("contains"),
-        asserts=tuple(compiled for compiled in asserts if compiled is not None),
+        asserts=tuple(asserts),
         dead_letter=raw.get("dead_letter"),
         filtered=raw.get("filtered", False),
         dropped=raw.get("dropped", False),
     )
+
+
+def _place(reader: _Reader, path: SpecPath, *, at_key: bool = False) -> str:
+    """Where the node of `path` (or its key) is written: FILE:LINE:COL: PATH."""
+    line, col = reader.locate(path, at_key=at_key)
+    return f"{reader.path}:{line}:{col}: {format_path(path)}"
 
 
 def _listed(words: list[str], last: str) -> str:
