@@ -372,3 +372,33 @@ def test_strict_refuses_a_test_file_with_a_warning(shop):
     )
     assert (warned.exit_code, warned.stderr) == (0, warning)
     assert (refused.exit_code, refused.stderr) == (2, warning)
+
+
+def readme_block(start):
+    """The README's text from `start` to the end of its code block."""
+    text = (REPO / "README.md").read_text()
+    at = text.index(start)
+    return text[at : text.index("```", at)]
+
+
+def test_the_tour_of_the_readme_shows_a_test_that_passes_on_the_scenario(tmp_path):
+    shown = readme_block("# yaml-language-server: $schema=../schemas/pipeline-test.schema.json\n")
+    scenario_copy(tmp_path, lambda text: shown)
+
+    done = pipeline_test(str(tmp_path / "pipelines"))
+
+    assert (done.exit_code, done.stderr, done.stdout.splitlines()[-1]) == (
+        0,
+        "",
+        "2 passed, 0 failed",
+    )
+
+
+def test_the_readme_shows_what_pipeline_test_prints(monkeypatch):
+    monkeypatch.chdir(REPO)
+    shown = readme_block("$ pipeline test pipelines/\n").splitlines()[1:]
+
+    printed = pipeline_test("pipelines/").stdout.splitlines()
+
+    assert [line for line in printed if line in shown] == [line for line in shown if line != "…"]
+    assert (printed[0], printed[-1]) == (shown[0], shown[-1])
