@@ -16,6 +16,7 @@ $(INSTALLED): setup.cfg pyproject.toml
 
 test: install
 	$(BIN)/pytest -q
+	$(BIN)/pipeline test pipelines/
 
 lint: install
 	$(BIN)/ruff check runner tests

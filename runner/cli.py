@@ -18,7 +18,7 @@ from runner.backends import TARGETS
 from runner.backends.base import BackendError
 from runner.commands import consume as consume_module
 from runner.commands import produce as produce_module
-from runner.commands import provision
+from runner.commands import provision, spec_tests
 from runner.commands import redrive as redrive_module
 from runner.commands import reset as reset_module
 from runner.commands import run as run_command
@@ -469,6 +469,21 @@ def consume(
         say=say,
     )
     return EXIT_OK
+
+
+@cli.command("test")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the results to this file as JUnit XML, for CI.",
+)
+@strict_option
+@reports_errors
+def run_tests(paths: tuple[str, ...], junit: Path | None, strict: bool) -> int:
+    """Run the tests of specs (PATHS: specs, their NAME.test.yaml, or folders of specs; default
+    .): records in, expected routes and records out; no stream, state or AWS at all."""
+    return spec_tests.run_tests(paths or (".",), out=echo, warn=say, strict=strict, junit=junit)
 
 
 @cli.command()

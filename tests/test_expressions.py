@@ -36,6 +36,25 @@ def test_each_search_reads_the_clock_it_is_given():
     }
 
 
+def test_uuid_gives_the_ids_of_the_clocks_source_the_same_for_the_same_seed():
+    ids = expressions.compile("[uuid(), uuid()]")
+    first = ids.search({}, Clock(uuid=expressions.seeded_uuids(0)))
+    again = ids.search({}, Clock(uuid=expressions.seeded_uuids(0)))
+    other = ids.search({}, Clock(uuid=expressions.seeded_uuids(1)))
+
+    assert (
+        first
+        == again
+        == [
+            "e3e70682-c209-4cac-a29f-6fbed82c07cd",
+            "f728b4fa-4248-4e3a-8a5d-2f346baa9455",
+        ]
+    )
+    assert other != first
+    assert [uuid.UUID(text).version for text in first] == [4, 4]
+    assert ids.search({})[0] not in first  # the system clock's are random
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -64,6 +64,18 @@ def test_make_takes_the_target_from_pipeline_target(tmp_path, env):
     assert dry.stdout.split()[-3:] == ["x.yaml", "--target", "aws"]
 
 
+def test_make_test_runs_the_shipped_specs_tests_after_the_suite(env):
+    dry = subprocess.run(
+        ["make", "-n", "-o", "install", "test", "VENV=venv"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert dry.stdout.splitlines() == ["venv/bin/pytest -q", "venv/bin/pipeline test pipelines/"]
+
+
 def test_produce_and_consume_need_a_stream(env):
     for target in ("produce", "consume"):
         done = subprocess.run(

@@ -178,7 +178,7 @@ def test_every_module_of_the_package_imports_without_yaml_jsonschema_or_click(in
     assert printed == (
         "yaml absent\njsonschema absent\nclick absent\njmespath from the package: True\n"
         "imported ['runner.spec', 'runner.spec.checks', 'runner.spec.model', "
-        "'runner.spec.position', 'runner.spec.problems']\n"
+        "'runner.spec.position', 'runner.spec.problems', 'runner.spec.testing']\n"
     )
 
 

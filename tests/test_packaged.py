@@ -65,7 +65,11 @@ RECORDS = [
     b"\xff",
 ]
 SPECS = {
-    **{path.stem: path.read_text() for path in sorted(PIPELINES.glob("*.yaml"))},
+    **{
+        path.stem: path.read_text()
+        for path in sorted(PIPELINES.glob("*.yaml"))
+        if not spec.is_test_file(path)
+    },
     "minimal": MINIMAL,
     "shop": SHOP,
     "every part": EVERY_PART,
@@ -207,6 +211,19 @@ def test_what_lambda_applies_itself_or_a_comment_leaves_the_packaged_spec_as_it_
     assert edited.version != base.version  # the file's
     assert packed(edited) == packed(base)
     assert packed(behaviour_edit) != packed(base)
+
+
+def test_a_specs_tests_leave_the_packaged_spec_as_it_is(write_spec):
+    base = spec.load(write_spec(SHOP, "shop.yaml"))
+    tested = spec.load(
+        write_spec(
+            SHOP + "tests:\n  - name: t\n    records: [{input: {}, dead_letter: route}]\n",
+            "shop.yaml",
+        )
+    )
+
+    assert len(tested.tests) == 1 and "tests" in tested.document
+    assert packed(tested) == packed(base)
 
 
 def test_a_document_load_did_not_make_is_refused_at_once(tmp_path):

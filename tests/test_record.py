@@ -53,3 +53,16 @@ def test_a_journey_takes_the_transform_steps_and_the_route_alone():
     dropping = Journey([count], Route(route.partition_key, route.cases, "drop", newline=False))
     assert dropping.process(b'{"id": "b", "items": [1]}').kind == DROPPED
     assert dropping.process(b'{"id": "a", "items": [1, 2]}').payload.endswith(b"}")
+
+
+def test_a_journey_takes_a_whole_clock_with_its_uuid_source():
+    stamp = SetStep(
+        "transform[0].set",
+        (("at", expressions.compile("now()")), ("id", expressions.compile("uuid()"))),
+    )
+    route = Route(expressions.compile("at"), (Case("out"),))
+    clock = expressions.Clock(lambda: 1.5, uuid=lambda: "an-id")
+
+    routed = Journey([stamp], route, clock).process(b"{}")
+
+    assert routed.payload == b'{"at":"1970-01-01T00:00:01.500+00:00","id":"an-id"}\n'

@@ -15,6 +15,11 @@ SPEC_FILE = "pipeline-spec.json"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Of a spec's document, what the handler does not use: what Lambda applies itself, and the tests
+# `pipeline test` runs.
+_NOT_HELD = ("lambda", "tests")
+
+
 def packed(spec: Spec) -> bytes:
     """`spec` as a package holds it: its resolved document, its file's name, version and
     region, as compact JSON with the keys in the document's order: the file's, and the
@@ -23,11 +28,11 @@ def packed(spec: Spec) -> bytes:
     gives the same bytes.
 
     Only what the handler uses is held, so that what Lambda itself applies (the `lambda:`
-    section: memory, batching, retries) and what changes nothing (a comment) leave the
-    package as it is, and apply updates the function's code only when its behaviour may
-    change. Hence the version it holds, which its dead-letter entries carry, is that of the
-    document held, not of the file."""
-    document = {key: value for key, value in spec.document.items() if key != "lambda"}
+    section: memory, batching, retries), the spec's tests and what changes nothing (a
+    comment) leave the package as it is, and apply updates the function's code only when its
+    behaviour may change. Hence the version it holds, which its dead-letter entries carry, is
+    that of the document held, not of the file."""
+    document = {key: value for key, value in spec.document.items() if key not in _NOT_HELD}
     text = json.dumps(document, separators=(",", ":"))
     held = {
         "document": document,

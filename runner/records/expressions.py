@@ -6,7 +6,7 @@ functions `pipeline` adds to JMESPath's own.
 | `now()` | the time of processing in UTC to the millisecond: `2026-11-26T13:33:50.123+00:00` |
 | `epoch()` | the time of processing, whole seconds since 1970-01-01 UTC |
 | `epoch_ms()` | the same in milliseconds |
-| `uuid()` | a random UUID (version 4) as text |
+| `uuid()` | a random UUID (version 4) as text (from the clock's source: `seeded_uuids` in tests) |
 | `upper(text)` / `lower(text)` | the text in upper / lower case |
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import random
 import re
 import time
 import uuid as uuid_module
@@ -35,6 +36,8 @@ __all__ = [
     "is_true",
     "json_type",
     "likely_mistakes",
+    "random_uuid",
+    "seeded_uuids",
 ]
 
 
@@ -42,13 +45,29 @@ class ExpressionError(ValueError):
     """An expression that cannot compile: bad syntax, an unknown function, a wrong arity."""
 
 
+def random_uuid() -> str:
+    """A random UUID (version 4) as text: what uuid() gives."""
+    return str(uuid_module.uuid4())
+
+
+def seeded_uuids(seed: int | str = 0) -> Callable[[], str]:
+    """A source of version 4 UUIDs drawn from `seed`: the same ones, in the same order, each
+    time it is made (for `pipeline test`, where uuid() must give what a test expects)."""
+    draw = random.Random(seed).getrandbits
+    return lambda: str(uuid_module.UUID(int=draw(128), version=4))
+
+
 class Clock:
-    """The time now(), epoch() and epoch_ms() give: `read()`, seconds since 1970, at each call.
+    """The time now(), epoch() and epoch_ms() give: `read()`, seconds since 1970, at each call;
+    and the ids uuid() gives: `uuid()`, random unless another source is given.
 
     A search is given one (a record's journey has its own), else it uses SYSTEM_CLOCK."""
 
-    def __init__(self, read: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, read: Callable[[], float] = time.time, uuid: Callable[[], str] = random_uuid
+    ) -> None:
         self.read = read
+        self.uuid = uuid
         self._last_now: tuple[int, str] = (-1, "")
 
     def now(self) -> str:
@@ -77,7 +96,7 @@ ADDED = {
         Function("now", Clock.now, contextual=True),
         Function("epoch", Clock.epoch, contextual=True),
         Function("epoch_ms", Clock.epoch_ms, contextual=True),
-        Function("uuid", lambda: str(uuid_module.uuid4())),
+        Function("uuid", lambda clock: clock.uuid(), contextual=True),
         Function("upper", str.upper, ("string",)),
         Function("lower", str.lower, ("string",)),
     )

@@ -43,9 +43,11 @@ class Journey:
     once."""
 
     def __init__(
-        self, steps: Sequence[Step], route: Route, clock: Callable[[], float] = time.time
+        self, steps: Sequence[Step], route: Route, clock: Callable[[], float] | Clock = time.time
     ) -> None:
-        self.clock = Clock(clock)  # what now(), epoch() and epoch_ms() give; seconds since 1970
+        # What now(), epoch() and epoch_ms() give (seconds since 1970), or a whole Clock, e.g.
+        # one whose uuid() is seeded (`pipeline test`).
+        self.clock = clock if isinstance(clock, Clock) else Clock(clock)
         self.steps = tuple(steps)
         self.route = route
         self.ending = b"\n" if route.newline else b""

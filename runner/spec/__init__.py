@@ -1,11 +1,12 @@
 """Specs: the YAML document with the position of every value (`document`), and the checks
 (`checks`) that turn it into the frozen model (`model`). `load(path)` is the one way in;
-`resolved(...)` builds the same Spec again from the document `load` resolved.
+`resolved(...)` builds the same Spec again from the document `load` resolved. `load_tests`
+reads a spec's tests kept beside it (NAME.test.yaml), as `load` reads those in it (`testing`).
 
-Only `load` and `schema` import PyYAML and jsonschema, when called: the rest of this package
-works without them (in a Lambda function)."""
+Only `load`, `load_tests` and `schema` import PyYAML and jsonschema, when called: the rest of
+this package works without them (in a Lambda function)."""
 
-from runner.spec.checks import check_prefix, load, resolved
+from runner.spec.checks import check_prefix, load, load_tests, resolved
 from runner.spec.model import (
     Bucket,
     DeadLetterDestination,
@@ -20,6 +21,7 @@ from runner.spec.model import (
 )
 from runner.spec.position import Position, parse_position, parse_timestamp
 from runner.spec.problems import SpecError
+from runner.spec.testing import RecordTest, SpecTest, is_test_file, kept_beside, spec_beside
 
 __all__ = [
     "Bucket",
@@ -27,18 +29,24 @@ __all__ = [
     "Firehose",
     "Function",
     "Position",
+    "RecordTest",
     "Source",
     "Spec",
     "SpecError",
+    "SpecTest",
     "Stream",
     "check_prefix",
     "dead_letter_off_machine",
+    "is_test_file",
+    "kept_beside",
     "load",
+    "load_tests",
     "needs_dead_letter_off_machine",
     "parse_position",
     "parse_timestamp",
     "resolved",
     "schema",
+    "spec_beside",
     "version",
 ]
 

@@ -3,12 +3,13 @@
 `load(path)` returns a frozen `Spec` or raises `SpecError` listing every problem found, each as
 `FILE:LINE:COL: PATH: message`, pointing at the offending node itself. `resolved(...)` builds
 the same `Spec` again from the document `load` resolved (`Spec.document`), without PyYAML or
-jsonschema, which only `load` imports.
+jsonschema, which only `load` and `load_tests` (a spec's NAME.test.yaml) import.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -33,11 +34,12 @@ from runner.spec.model import (
 )
 from runner.spec.position import Position, parse_position
 from runner.spec.problems import SpecError, SpecPath, format_path
+from runner.spec.testing import SpecTest, build_tests
 
 if TYPE_CHECKING:
     from runner.spec.document import Reader
 
-__all__ = ["check_prefix", "load", "resolved"]
+__all__ = ["check_prefix", "load", "load_tests", "resolved"]
 
 
 def load(
@@ -68,6 +70,61 @@ def load(
     return _Builder(reader, document, in_region, wrong, version(reader.raw)).build(strict)
 
 
+def load_tests(
+    path: str | os.PathLike,
+    spec: Spec,
+    *,
+    strict: bool = False,
+    warn: Callable[[str], None] = lambda line: None,
+) -> tuple[SpecTest, ...]:
+    """The tests in the test file at `path` (NAME.test.yaml beside the spec NAME.yaml) of
+    `spec`, loaded: checked against the schema of test files, the spec's route and the names of
+    its own tests, as `load` checks the spec's. `warn` is told each likely mistake, which
+    `strict` makes a problem of the SpecError."""
+    from runner.spec.document import Reader, fill_defaults, schema_of_tests, validate_shape
+
+    reader = Reader(Path(path), noun="test file", keys="tests")
+    document = reader.read()
+    wrong = validate_shape(reader, document, schema_of_tests())
+    fill_defaults(document)  # {"tests": [...]} is shaped as in a spec, so are its defaults
+    raw = document.get("tests") if isinstance(document, dict) else None
+    routes = _routes(spec.route)
+    if raw and routes is None:
+        reader.problem(("tests",), f"{_NO_ROUTE} (spec {spec.path})")
+    taken = {test.name: f"{test.path}:{test.line}" for test in spec.tests}
+    expression = functools.partial(_expression, reader)
+    tests = build_tests(reader, raw, routes, wrong, expression, taken)
+    reader.raise_if_any(strict=strict)
+    for line in reader.warning_lines():
+        warn(line)
+    return tests
+
+
+_NO_ROUTE = "the spec has no route, so its tests have nothing to run: add route: with its cases"
+
+
+def _routes(route: Route | None) -> tuple[str, ...] | None:
+    """The keys records may be routed to, in the order of the cases."""
+    return None if route is None else tuple(dict.fromkeys(case.to for case in route.cases))
+
+
+def _expression(
+    reader: Reader | _Resolved, path: SpecPath, text: Any
+) -> expressions.Expression | None:
+    """`text` compiled, or None when it is not text (the schema said so) or does not compile
+    (told to `reader`, as its likely mistakes are)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        compiled = expressions.compile(text)
+    except expressions.ExpressionError as error:
+        reader.problem(path, f"'{text}': {error}")
+        return None
+    for mistake in expressions.likely_mistakes(compiled):
+        reader.warning(path, f"'{text}': {mistake}")
+    return compiled
+
+
 def resolved(document: dict, path: str | os.PathLike, version: str, region: str) -> Spec:
     """The Spec that `load` made of the spec at `path` (its file's `version`) for `region`,
     built again from its resolved document (`Spec.document`) without reading YAML or checking
@@ -92,6 +149,10 @@ class _Resolved:
 
     def raise_if_any(self, *, strict: bool = False) -> None:
         """Problems were raised as they were found."""
+
+    def locate(self, path: SpecPath, *, at_key: bool = False) -> tuple[int, int]:
+        """Positions are not kept: the first line stands for every node."""
+        return (1, 1)
 
     def warning_lines(self) -> tuple[str, ...]:
         return ()
@@ -232,6 +293,7 @@ class _Builder:
         if "lambda" in doc:
             with self.tolerant(("lambda",)):
                 function = self.function(doc["lambda"], route, "dead_letter" in doc)
+        tests = self.tests(doc.get("tests"), route)
         self.reader.raise_if_any(strict=strict)
         return Spec(
             path=self.reader.path,
@@ -245,11 +307,19 @@ class _Builder:
             route=route,
             dead_letter=dead_letter,
             function=function,
+            tests=tests,
             warnings=self.reader.warning_lines(),
             version=self.version,
             # `vars` are applied: what a Spec is built from again (`resolved`) holds none.
             document={key: value for key, value in doc.items() if key != "vars"},
         )
+
+    def tests(self, raw: Any, route: Route | None) -> tuple[SpecTest, ...]:
+        """The spec's own tests; their route keys are checked once the route is known good."""
+        if raw and route is None and "route" not in self.document:
+            self.reader.problem(("tests",), _NO_ROUTE)
+        routes = None if self.is_wrong(("route",)) else _routes(route)
+        return build_tests(self.reader, raw, routes, self.wrong, self.expression, {})
 
     def position(self, path: SpecPath, text: str) -> Position:
         """Where `text` says to start. If it says nothing valid, the spec is refused (the
@@ -392,16 +462,7 @@ class _Builder:
         )
 
     def expression(self, path: SpecPath, text: Any) -> expressions.Expression | None:
-        if not isinstance(text, str):
-            return None
-        try:
-            compiled = expressions.compile(text)
-        except expressions.ExpressionError as error:
-            self.reader.problem(path, f"'{text}': {error}")
-            return None
-        for mistake in expressions.likely_mistakes(compiled):
-            self.reader.warning(path, f"'{text}': {mistake}")
-        return compiled
+        return _expression(self.reader, path, text)
 
     def step(self, index: int, raw: dict) -> Step | None:
         """The step, or None when an expression of it did not compile (already reported)."""

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import referencing
 import yaml
 
 from runner.plural import count
 from runner.spec.problems import SpecError, SpecPath, format_path
 
 SCHEMA_FILE = "pipeline.schema.json"
+TEST_SCHEMA_FILE = "pipeline-test.schema.json"  # NAME.test.yaml, made of the spec schema's parts
 MAX_SPEC_BYTES = 1024 * 1024
 # Bounds that no real spec nears and that refuse a "YAML bomb" before it is expanded: aliases
 # repeat what their anchor holds, so ten lines can stand for billions of values.
@@ -31,7 +33,16 @@ MAX_DEPTH = 64
 
 def schema() -> dict:
     """The JSON Schema of a spec, as shipped inside the package."""
-    return json.loads(resources.files("runner").joinpath(SCHEMA_FILE).read_text("utf-8"))
+    return _shipped(SCHEMA_FILE)
+
+
+def schema_of_tests() -> dict:
+    """The JSON Schema of a test file (NAME.test.yaml), made of the spec schema's parts."""
+    return _shipped(TEST_SCHEMA_FILE)
+
+
+def _shipped(name: str) -> dict:
+    return json.loads(resources.files("runner").joinpath(name).read_text("utf-8"))
 
 
 def _in_order(located: list[tuple[int, int, str]]) -> list[str]:
@@ -39,10 +50,15 @@ def _in_order(located: list[tuple[int, int, str]]) -> list[str]:
 
 
 class Reader:
-    """Parses YAML into plain values, remembering where each value and key stands."""
+    """Parses YAML into plain values, remembering where each value and key stands. Messages
+    call the file a `noun` (spec, test file) holding a mapping of `keys`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, noun: str = "spec", keys: str = "pipeline, resources and source"
+    ) -> None:
         self.path = path
+        self.noun = noun
+        self.keys = keys
         self.marks: dict[SpecPath, tuple[int, int]] = {}
         self.key_marks: dict[SpecPath, tuple[int, int]] = {}
         self.problems: list[tuple[int, int, str]] = []
@@ -67,11 +83,14 @@ class Reader:
     def _located(
         self, path: SpecPath, message: str, at_key: bool, mark: tuple[int, int] | None
     ) -> tuple[int, int, str]:
-        if mark is None:
-            mark = (self.key_marks if at_key else self.marks).get(path) or self._nearest(path)
+        line, col = mark or self.locate(path, at_key=at_key)
         where = format_path(path)
-        line, col = mark
         return (line, col, f"{self.path}:{line}:{col}: {where + ': ' if where else ''}{message}")
+
+    def locate(self, path: SpecPath, *, at_key: bool = False) -> tuple[int, int]:
+        """The line and column of the node of `path` (or of its key), else of the nearest
+        node holding it."""
+        return (self.key_marks if at_key else self.marks).get(path) or self._nearest(path)
 
     def _nearest(self, path: SpecPath) -> tuple[int, int]:
         while path and path not in self.marks:
@@ -98,14 +117,17 @@ class Reader:
         except FileNotFoundError:
             raise SpecError([f"{self.path}: no such file"]) from None
         except IsADirectoryError:
-            raise SpecError([f"{self.path}: is a directory, not a spec file"]) from None
+            raise SpecError([f"{self.path}: is a directory, not a {self.noun} file"]) from None
         except OSError as error:
             raise SpecError([f"{self.path}: cannot read: {error.strerror}"]) from None
         self.raw = raw
         if len(raw) > MAX_SPEC_BYTES:
             told = f"{size} bytes" if size > MAX_SPEC_BYTES else "over 1 MiB"
             raise self.fail(
-                1, 1, f"the spec is {told}; a spec may be at most 1 MiB ({MAX_SPEC_BYTES} bytes)"
+                1,
+                1,
+                f"the {self.noun} is {told}; a {self.noun} may be at most 1 MiB "
+                f"({MAX_SPEC_BYTES} bytes)",
             )
         try:
             text = raw.decode("utf-8")
@@ -119,9 +141,7 @@ class Reader:
             node = loader.get_single_node()
             if node is None:
                 raise self.fail(
-                    1,
-                    1,
-                    "the spec is empty; expected a mapping with pipeline, resources and source",
+                    1, 1, f"the {self.noun} is empty; expected a mapping with {self.keys}"
                 )
             return self._value(loader, node, ())
         except _Refused as error:
@@ -147,8 +167,8 @@ class Reader:
                 self.warning(
                     (),
                     f"the yaml-language-server modeline's $schema '{found['schema']}' does not "
-                    "exist (the path is relative to the spec's folder), so editors cannot check "
-                    "the spec",
+                    f"exist (the path is relative to the {self.noun}'s folder), so editors cannot "
+                    f"check the {self.noun}",
                     mark=(number, found.start("schema") + 1),
                 )
 
@@ -279,8 +299,9 @@ class Interpolator:
                         at_key=True,
                     )
                 self.vars[name] = self.value(value, path)
+        # Tests are taken as written: their records are data, like those of a stream.
         return {
-            key: value if key == "vars" else self.value(value, (key,))
+            key: value if key in ("vars", "tests") else self.value(value, (key,))
             for key, value in document.items()
         }
 
@@ -354,10 +375,15 @@ def _type_word(value: Any) -> str:
     return repr(value)
 
 
-def validate_shape(reader: Reader, document: Any) -> set[SpecPath]:
-    """Report every schema error; returns the paths of the nodes found wrong (for a missing
-    key, the path it would have)."""
-    validator = jsonschema.Draft202012Validator(schema())
+def validate_shape(reader: Reader, document: Any, shape: dict | None = None) -> set[SpecPath]:
+    """Report every schema error, against the spec's schema or `shape` (which may refer to the
+    spec's by its file's name, as schema_of_tests() does); returns the paths of the nodes found
+    wrong (for a missing key, the path it would have)."""
+    spec_schema = schema()
+    registry = referencing.Registry().with_resource(
+        SCHEMA_FILE, referencing.Resource.from_contents(spec_schema)
+    )
+    validator = jsonschema.Draft202012Validator(shape or spec_schema, registry=registry)
     wrong: set[SpecPath] = set()
     for error in validator.iter_errors(document):
         path = tuple(error.absolute_path)

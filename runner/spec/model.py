@@ -13,6 +13,7 @@ from runner.plural import count
 from runner.records.routing import Route
 from runner.records.transform import Step
 from runner.spec.position import Position
+from runner.spec.testing import SpecTest
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class Spec:
     route: Route | None  # None: the spec only declares resources
     dead_letter: DeadLetterDestination | None  # None: a file in the state folder
     function: Function | None = None  # the `lambda:` section: AWS Lambda runs it on aws
+    # Its `tests:`, which `pipeline test` runs; they change nothing a run does.
+    tests: tuple[SpecTest, ...] = field(default=(), compare=False)
     warnings: tuple[str, ...] = ()  # likely mistakes, each FILE:LINE:COL: PATH: warning: ...
     version: str = ""  # version() of the bytes it was loaded from
     # What it was built from: the document with vars, ${account_id} and defaults filled in,
