@@ -234,7 +234,10 @@ def _confirm_deleting(yes: bool, verb: str, pipeline: str, target: Target) -> Ca
 @target_options
 @reports_errors
 def apply(spec: str, prune: bool, yes: bool, strict: bool, target: Target) -> int:
-    """Create what is missing and fix what differs; deletes only with --prune."""
+    """Create what is missing and fix what differs; deletes only with --prune.
+
+    On the aws target, a spec with a lambda: section also gets its function (the runner and
+    the spec, packaged), its role and its event source mapping."""
     loaded = target.load(spec, strict=strict, warn=say)
     changes = provision.apply(
         loaded,
@@ -275,7 +278,11 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     help="Stop once nothing new arrived for this long and all is flushed.",
 )
 @click.option(
-    "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N source records."
+    "--max-records",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Stop after N records (each user record of a KPL aggregate counts; an aggregate is "
+    "taken whole).",
 )
 @click.option(
     "--forget-old-checkpoints",
@@ -310,7 +317,11 @@ def run(
     strict: bool,
     target: Target,
 ) -> int:
-    """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly)."""
+    """Consume, transform, route and deliver until stopped (Ctrl-C stops cleanly).
+
+    A spec with a lambda: section runs here, on the local target, through the Lambda
+    handler, in batches shaped as Lambda's; on the aws target Lambda runs it, and run refuses.
+    """
     # For run: what it refuses is said once, as its error, not as a warning first.
     load = functools.partial(target.load, spec, strict=strict, warn=say, for_run=True)
     loaded = load()

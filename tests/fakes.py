@@ -290,6 +290,9 @@ class FaultyBackend(Backend):
     def delete_mapping(self, function: str, stream: str) -> None:
         return self._call("delete_mapping", function, stream)
 
+    def feeding(self, stream: str) -> list:
+        return self._call("feeding", stream)
+
     def checkpoint_store_exists(self, pipeline: str) -> bool:
         return self._call("checkpoint_store_exists", pipeline)
 

@@ -18,9 +18,11 @@ from conftest import PIPELINES
 from test_aws_pipeline import read_stream
 
 from runner import spec
+from runner.backends.aws import AwsBackend
 from runner.cli import cli
 from runner.commands.produce import synthetic_sessions
 from runner.function import package
+from runner.spec import version
 
 ACCOUNT = "123456789012"  # moto's account
 LAMBDA_SPEC = PIPELINES / "ecommerce-lambda.yaml"
@@ -57,6 +59,10 @@ def aws(endpoint, tmp_path, monkeypatch):
     CliRunner().invoke(
         cli, ["destroy", str(LAMBDA_SPEC), "--yes", "--target", "aws", "--endpoint-url", endpoint]
     )
+
+
+def aws_endpoint(client):
+    return client("kinesis").meta.endpoint_url
 
 
 def mapping_of(client):
@@ -150,7 +156,8 @@ def test_edits_update_the_configuration_the_mapping_or_the_code(aws, tmp_path):
     )
     planned = pipeline("plan", str(edited)).stdout.splitlines()
     assert [line for line in planned if line.startswith("~")] == [
-        f"~ change function {FUNCTION} (memory_mb 256 -> 512)",
+        f"~ change function {FUNCTION} (memory_mb 256 -> 512, spec version "
+        f"{spec.load(LAMBDA_SPEC).version} -> {spec.load(edited).version})",
         f"~ change event source mapping {FUNCTION} <- {SOURCE} (batch_size 100 -> 500)",
     ]
     pipeline("apply", str(edited))
@@ -159,17 +166,39 @@ def test_edits_update_the_configuration_the_mapping_or_the_code(aws, tmp_path):
     )
     assert mapping_of(client)["BatchSize"] == 500
 
-    # A changed route is a changed spec in the package: only the code is updated.
+    # A changed route is a changed spec in the package: the code is updated, and the spec
+    # version the function's dead-letter entries carry.
+    before = spec.load(edited).version
     edited.write_text(edited.read_text().replace("country == 'USA'", "country == 'US'"))
     planned = pipeline("plan", str(edited)).stdout.splitlines()
     changes = [line for line in planned if line.startswith("~")]
-    assert len(changes) == 1
-    assert changes[0].startswith(f"~ update function code {FUNCTION} (package ")
-    assert changes[0].endswith(" MB: the runner or the spec changed)")
+    assert changes[0] == (
+        f"~ change function {FUNCTION} (spec version {before} -> {spec.load(edited).version})"
+    )
+    assert changes[1].startswith(f"~ update function code {FUNCTION} (package ")
+    assert changes[1].endswith(" MB: the runner or the spec changed)")
+    assert len(changes) == 2
     pipeline("apply", str(edited))
-    updated = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]["CodeSha256"]
-    assert updated != code
+    updated = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]
+    assert updated["CodeSha256"] != code
+    assert updated["Environment"]["Variables"] == {
+        "PIPELINE_SPEC_VERSION": spec.load(edited).version
+    }
     assert pipeline("apply", str(edited)).stdout.startswith("No changes:")
+
+    # What the handler does not use (a firehose's buffer, where the source starts, a comment)
+    # changes the spec's version, not the code.
+    edited.write_text(
+        "# a comment\n"
+        + edited.read_text()
+        .replace("interval_s: 60", "interval_s: 120")
+        .replace("start: trim_horizon", "start: latest")
+    )
+    changes = [line for line in pipeline("plan", str(edited)).stdout.splitlines() if "~" in line]
+    applied = updated["Environment"]["Variables"]["PIPELINE_SPEC_VERSION"]
+    assert [line for line in changes if "function" in line] == [
+        f"~ change function {FUNCTION} (spec version {applied} -> {spec.load(edited).version})"
+    ]
 
 
 def test_destroy_removes_the_mapping_the_function_and_its_role(aws):
@@ -252,6 +281,7 @@ print(json.dumps(handle(json.load(open("event.json")), Context())))
         "AWS_SECRET_ACCESS_KEY": "testing",  # its region; no config files
         "AWS_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
+        "PIPELINE_SPEC_VERSION": loaded.version,  # as apply configures the function
     }
     done = subprocess.run(
         [sys.executable, "-S", "-I", "-c", code],
@@ -283,6 +313,7 @@ print(json.dumps(handle(json.load(open("event.json")), Context())))
         "not JSON: Expecting property name enclosed in double quotes at column 2",
         "{",
     )
+    assert entry["spec_version"] == loaded.version == version(LAMBDA_SPEC)
 
 
 def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
@@ -298,7 +329,7 @@ def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
     ]
     assert shown[2:8] == [
         "  shardId-000000000000  open",
-        f"lambda: function {FUNCTION} (python3.13, 256 MB, 60 s) runs this spec",
+        f"lambda: function {FUNCTION} (python3.13, 256 MB, 60 s) runs this spec, as it says",
         f"  mapping {mapping['UUID']}: {mapping['State']}, last result "
         f"{mapping.get('LastProcessingResult') or 'none yet'}",
         "  batches of 100, window 1 s, 1 per shard at once, retries 5, max record age 3600 s, "
@@ -310,10 +341,29 @@ def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
     ]
 
     edited = tmp_path / "ecommerce-lambda.yaml"
-    edited.write_text(LAMBDA_SPEC.read_text().replace("country == 'USA'", "country == 'US'"))
-    shown = pipeline("status", str(edited), "--json").stdout
-    assert json.loads(shown)["lambda"]["code_current"] is False
-    assert json.loads(shown)["lambda"]["mapping"]["batch_size"] == 100
+    edited.write_text(
+        LAMBDA_SPEC.read_text()
+        .replace("memory_mb: 256", "memory_mb: 1024")
+        .replace("batch_size: 100", "batch_size: 300")
+        .replace("start: trim_horizon", "start: latest")
+    )
+    shown = pipeline("status", str(edited)).stdout.splitlines()
+    assert shown[3:7] == [
+        f"lambda: function {FUNCTION} (python3.13, 256 MB, 60 s) differs from the spec; "
+        f"`pipeline apply {edited}` would:",
+        f"    ~ change function {FUNCTION} (memory_mb 256 -> 1024, spec version "
+        f"{spec.load(LAMBDA_SPEC).version} -> {spec.load(edited).version})",
+        f"    ~ change event source mapping {FUNCTION} <- {SOURCE} (batch_size 100 -> 300)",
+        f"  mapping {mapping['UUID']}: {mapping['State']}, last result "
+        f"{mapping.get('LastProcessingResult') or 'none yet'}",
+    ]
+    assert shown[7].endswith(
+        "started at TRIM_HORIZON (the spec's start is LATEST, which a mapping cannot change: "
+        "it reads on from where it is)"
+    )
+    found = json.loads(pipeline("status", str(edited), "--json").stdout)["lambda"]
+    assert (found["as_the_spec_says"], len(found["differences"])) == (False, 2)
+    assert found["mapping"]["batch_size"] == 100
 
 
 def test_a_lambda_section_removed_from_the_spec_is_pruned(aws, tmp_path):
@@ -337,3 +387,54 @@ def test_a_lambda_section_removed_from_the_spec_is_pruned(aws, tmp_path):
     assert client("lambda").list_functions()["Functions"] == []
     assert client("lambda").list_event_source_mappings()["EventSourceMappings"] == []
     assert ROLE not in {role["RoleName"] for role in client("iam").list_roles()["Roles"]}
+
+
+def test_a_function_of_that_name_not_made_by_the_pipeline_is_never_taken_over(aws):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+    client("lambda").untag_resource(
+        Resource=client("lambda").get_function(FunctionName=FUNCTION)["Configuration"][
+            "FunctionArn"
+        ],
+        TagKeys=["pipeline"],
+    )
+    code = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]["CodeSha256"]
+
+    try:
+        refused = pipeline("apply", str(LAMBDA_SPEC), exit_code=1)
+        kept = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]
+    finally:
+        client("lambda").delete_function(FunctionName=FUNCTION)  # destroy keeps it
+
+    assert refused.stderr == (
+        f"error: function {FUNCTION} exists and was not created by pipeline de-c2w2lab1-etl "
+        "(its pipeline tag: none): apply would replace its code; name another function in "
+        "lambda.function, or delete that one\n"
+    )
+    assert kept["CodeSha256"] == code
+
+
+def test_lambda_and_a_pipeline_run_never_both_read_the_source(aws, tmp_path):
+    client, pipeline = aws
+    plain = PIPELINES / "ecommerce.yaml"
+    pipeline("apply", str(plain))
+    backend = AwsBackend("us-east-1", endpoint_url=aws_endpoint(client))
+    with backend.running("de-c2w2lab1-etl", lambda line: None):
+        refused = pipeline("apply", str(LAMBDA_SPEC), exit_code=1)
+    backend.close()
+    assert refused.stderr.startswith(
+        f"error: a pipeline run of de-c2w2lab1-etl reads stream {SOURCE} (lease held by "
+    )
+    assert refused.stderr.endswith(
+        "): stop it before Lambda runs the pipeline, or both handle every record\n"
+    )
+    assert client("lambda").list_functions()["Functions"] == []  # nothing touched
+
+    pipeline("apply", str(LAMBDA_SPEC))
+    run = pipeline("run", str(plain), "--until-idle", "0", exit_code=1)
+    assert run.stderr == (
+        f"error: Lambda function {FUNCTION} runs pipeline de-c2w2lab1-etl already (its event "
+        f"source mapping reads stream {SOURCE}): a run here too would handle every record "
+        f"twice; `pipeline apply {plain} --prune` deletes the mapping of a spec without "
+        "lambda:\n"
+    )

@@ -16,8 +16,9 @@ import sys
 from collections import Counter
 
 import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
 from click.testing import CliRunner
-from conftest import FIXED_NOW, REPO, read_stream
+from conftest import FIXED_NOW, MINIMAL, REPO, read_stream
 from fakes import VirtualClock, lease_on
 from moto import mock_aws
 
@@ -615,3 +616,23 @@ def test_a_dry_run_after_a_redrive_was_cut_short_shows_what_is_not_written_again
     assert setup.cli("redrive", setup.fixed).exit_code == 0
     assert setup.sinks() == SINKS
     assert setup.waiting() == {f"file {path}": 2}
+
+
+def test_a_corrupt_kpl_aggregate_redriven_keeps_its_reason(tmp_path, write_spec):
+
+    state = tmp_path / "state"
+    path = write_spec(MINIMAL)
+    backend = LocalBackend(state)
+    apply(spec.load(path), backend, lambda line: None)
+    aggregator = RecordAggregator()
+    aggregator.add_user_record("a", b'{"session_id": "a", "country": "USA"}')
+    key, _, aggregate = aggregator.clear_and_get().get_contents()
+    backend.put_records("in", [(aggregate[:-1] + bytes([aggregate[-1] ^ 1]), key)])
+    options = ["--state-dir", str(state)]
+    assert CliRunner().invoke(cli, ["run", str(path), "--until-idle", "0", *options]).exit_code == 0
+
+    shown = CliRunner().invoke(cli, ["redrive", str(path), "--dry-run", *options])
+
+    assert shown.exit_code == 0, shown.output
+    (line,) = [line for line in shown.output.splitlines() if line.startswith("line 1:")]
+    assert line.startswith("line 1: dead letter: KPL aggregate: bad MD5 checksum of its ")

@@ -880,8 +880,8 @@ def test_lambda_settings_out_of_lambdas_bounds_are_refused_at_their_line(write_s
 def test_a_lambda_spec_needs_a_stream_or_bucket_dead_letter_and_a_route(write_spec):
     path = write_spec(MINIMAL + "lambda: {memory_mb: 512}\n")
     assert problems(path) == [
-        f"{path}:15:9: lambda: run by Lambda the dead letter must be a stream or a bucket, "
-        "since Lambda keeps the checkpoints and a function has no state folder: add "
+        f"{path}:15:9: lambda: for a pipeline run by Lambda, the dead letter must be a stream "
+        "or a bucket, since Lambda keeps the checkpoints and a function has no state folder: add "
         "dead_letter: {bucket: KEY} with a key of resources.buckets (it holds entries of any "
         "size), or dead_letter: {stream: KEY}"
     ]

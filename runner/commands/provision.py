@@ -9,6 +9,8 @@ there and did not create (adopted) is never deleted.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ from runner.backends.base import (
     RUNTIME,
     AlreadyExists,
     Backend,
+    BackendError,
     FirehoseDescription,
     FunctionDescription,
     MappingDescription,
@@ -26,6 +29,7 @@ from runner.backends.base import (
     mapping_name,
     split_mapping_name,
 )
+from runner.function.handler import SPEC_VERSION
 from runner.function.package import Package, build
 from runner.plural import count
 from runner.spec import Firehose, Spec
@@ -97,6 +101,7 @@ def apply(
     then it is listed and `confirm` asked before anything is touched (declined: nothing is,
     and no change returned); once the rest is applied, it is deleted, each before what it uses."""
     planned = plan(spec, backend)
+    _refuse_a_second_reader(spec, backend, planned)
     deletions = [change for change in planned if change.action == DELETE]
     if prune and deletions:
         backend.check_writable()  # before listing them, as if they could go
@@ -408,6 +413,9 @@ def _nothing() -> None:
 # Lambda (a spec with `lambda:`, on AWS)
 
 
+MAPPING = "event source mapping"
+
+
 def _source_name(spec: Spec) -> str:
     return spec.streams[spec.source.stream].name
 
@@ -448,6 +456,9 @@ def function_description(spec: Spec, package: Package) -> FunctionDescription:
         timeout_s=function.timeout_s,
         role=function.role,
         code_sha256=package.sha256,
+        # The spec file's version, which its dead-letter entries carry: a configuration,
+        # so that an edit of the file that changes no behaviour updates no code.
+        environment={SPEC_VERSION: spec.version},
     )
 
 
@@ -455,10 +466,39 @@ def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
 
 
+def _refuse_a_second_reader(spec: Spec, backend: Backend, planned: list[Change]) -> None:
+    """Refuse, before touching anything, to map the source stream to the function while a
+    `pipeline run` of the pipeline reads it: both would handle every record."""
+    mapping = [c for c in planned if c.kind == MAPPING and c.action == CREATE]
+    if not mapping or not backend.checkpoint_store_exists(spec.pipeline):
+        return
+    holder = backend.run_holder(spec.pipeline)
+    if holder is not None and not holder.left_over(datetime.datetime.now(datetime.timezone.utc)):
+        raise BackendError(
+            f"a pipeline run of {spec.pipeline} reads stream {_source_name(spec)} ({holder.kind} "
+            f"held by {holder.owner}): stop it before Lambda runs the pipeline, or both handle "
+            "every record"
+        )
+
+
+def lambda_changes(spec: Spec, backend: Backend) -> list[Change]:
+    """What apply would change of the function and mapping of a spec Lambda runs."""
+    found = [*_function(spec, backend), *_mapping(spec, backend)]
+    return [change for change in found if change.action != UNCHANGED]
+
+
 def _function(spec: Spec, backend: Backend) -> Iterator[Change]:
     package = build(spec)
     wanted = function_description(spec, package)
     current = backend.describe_function(wanted.name)
+    if current is not None and current.owner != spec.pipeline:
+        # Adopting it would replace someone's code, and destroy would then delete the role
+        # it was given.
+        raise BackendError(
+            f"function {wanted.name} exists and was not created by pipeline {spec.pipeline} "
+            f"(its pipeline tag: {current.owner or 'none'}): apply would replace its code; "
+            "name another function in lambda.function, or delete that one"
+        )
     size = f"package {_megabytes(package.size)}"
     if current is None:
         yield Change(
@@ -469,9 +509,9 @@ def _function(spec: Spec, backend: Backend) -> Iterator[Change]:
             lambda: backend.create_function(wanted, package.code, spec.pipeline),
         )
         return
-    settings = [name for name in wanted.__dataclass_fields__ if name != "code_sha256"]
+    settings = [f.name for f in dataclasses.fields(wanted) if f.compare and f.name != "code_sha256"]
     differences = ", ".join(
-        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
+        _difference(name, getattr(current, name), getattr(wanted, name))
         for name in settings
         if getattr(current, name) != getattr(wanted, name)
     )
@@ -496,6 +536,14 @@ def _function(spec: Spec, backend: Backend) -> Iterator[Change]:
         yield Change(UNCHANGED, "function", wanted.name, size, _nothing)
 
 
+def _difference(name: str, current: object, wanted: object) -> str:
+    """How a setting of the function differs, e.g. "memory_mb 256 -> 512"."""
+    if name == "environment" and isinstance(current, dict) and isinstance(wanted, dict):
+        was = current.get(SPEC_VERSION, "none")
+        return f"spec version {was} -> {wanted.get(SPEC_VERSION)}"
+    return f"{name} {current!r} -> {wanted!r}"
+
+
 def mapping_description(spec: Spec) -> MappingDescription:
     """What the target should hold for the event source mapping of the spec's function."""
     function = spec.function
@@ -517,13 +565,14 @@ def mapping_description(spec: Spec) -> MappingDescription:
 def _mapping(spec: Spec, backend: Backend) -> Iterator[Change]:
     wanted = mapping_description(spec)
     current = backend.describe_mapping(wanted.function, wanted.stream)
-    kind = "event source mapping"
+    kind = MAPPING
     if current is None:
         yield Change(
             CREATE,
             kind,
             wanted.name,
-            f"batches of {wanted.batch_size}, from {wanted.starting_position}",
+            f"batches of {wanted.batch_size}, from {wanted.starting_position}"
+            + (f" {wanted.starting_timestamp.isoformat()}" if wanted.starting_timestamp else ""),
             lambda: backend.create_mapping(wanted, spec.pipeline),
         )
     elif current != wanted:

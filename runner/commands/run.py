@@ -40,6 +40,7 @@ def run(
     if refused:
         raise SpecError([f"{spec.path}: {refused}"])
     check_resources(spec, backend)
+    check_not_in_lambda(spec, backend)
     follow = reloads(backend, reload) if reload else None
     with contextlib.ExitStack() as held:
         try:
@@ -138,6 +139,20 @@ def refusal(spec: Spec, target: str) -> str | None:
             f"this pipeline runs in Lambda function {spec.function.name}; pipeline status shows it"
         )
     return run_refusal(spec, target)
+
+
+def check_not_in_lambda(spec: Spec, backend: Backend) -> None:
+    """Refuse to run a pipeline whose source stream Lambda reads for it already (a mapping its
+    apply made, from a spec with `lambda:`): both would handle every record."""
+    source = spec.streams[spec.source.stream].name
+    for mapping in backend.feeding(source):
+        if mapping.owner == spec.pipeline:
+            raise BackendError(
+                f"Lambda function {mapping.function} runs pipeline {spec.pipeline} already (its "
+                f"event source mapping reads stream {source}): a run here too would handle "
+                f"every record twice; `pipeline apply {spec.path} --prune` deletes the mapping "
+                "of a spec without lambda:"
+            )
 
 
 def check_resources(spec: Spec, backend: Backend) -> None:

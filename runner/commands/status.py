@@ -30,7 +30,7 @@ from runner.backends.base import (
     is_start_mark,
     parse_start_mark,
 )
-from runner.function.package import build
+from runner.commands.provision import lambda_changes
 from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.reader import FORGET_OPTION
@@ -60,19 +60,21 @@ _MAPPING_FIELDS = ("uuid", "state", "last_result", *MAPPING_SETTINGS, "starting_
 @dataclass(frozen=True)
 class FunctionStatus:
     """A pipeline Lambda runs: its function and event source mapping as the target has them
-    (None: not there), and whether the function runs this spec and this runner."""
+    (None: not there), and what differs from the spec (what `pipeline apply` would change)."""
 
     name: str
     function: FunctionDescription | None
     mapping: MappingDescription | None
-    current: bool  # the function's code is the package apply would build now
+    differences: list[str]  # plan lines, e.g. "~ change function f (memory_mb 256 -> 512)"
+    start: str  # where the spec says the source is read from, e.g. TRIM_HORIZON
 
     def as_json(self) -> dict[str, Any]:
         mapping = self.mapping
         return {
             "function": self.name,
             "deployed": self.function is not None,
-            "code_current": self.current,
+            "as_the_spec_says": not self.differences,
+            "differences": self.differences,
             "mapping": None
             if mapping is None
             else {name: getattr(mapping, name) for name in _MAPPING_FIELDS},
@@ -82,27 +84,33 @@ class FunctionStatus:
         function, mapping = self.function, self.mapping
         if function is None:
             return [f"lambda: function {self.name} not found: `pipeline apply {path}` creates it"]
-        code = (
-            "runs this spec"
-            if self.current
-            else f"runs another version of the spec or runner: `pipeline apply {path}` updates it"
-        )
         lines = [
             f"lambda: function {self.name} ({function.runtime}, {function.memory_mb} MB, "
-            f"{function.timeout_s} s) {code}"
+            f"{function.timeout_s} s) "
+            + (
+                f"differs from the spec; `pipeline apply {path}` would:"
+                if self.differences
+                else "runs this spec, as it says"
+            )
         ]
+        lines += [f"    {difference}" for difference in self.differences]
         if mapping is None:
-            lines.append(f"  no event source mapping feeds it: `pipeline apply {path}` creates it")
             return lines
         retries = "until they expire" if mapping.max_retries == -1 else mapping.max_retries
         age = "no limit" if mapping.max_record_age_s == -1 else f"{mapping.max_record_age_s} s"
+        started = f"started at {mapping.starting_position}"
+        if mapping.starting_position != self.start:
+            started += (
+                f" (the spec's start is {self.start}, which a mapping cannot change: it reads "
+                "on from where it is)"
+            )
         lines += [
             f"  mapping {mapping.uuid}: {mapping.state or '?'}, last result "
             f"{mapping.last_result or 'none yet'}",
             f"  batches of {mapping.batch_size}, window {mapping.batching_window_s} s, "
             f"{mapping.parallelization} per shard at once, retries {retries}, "
             f"max record age {age}, bisect on error {'on' if mapping.bisect_on_error else 'off'}, "
-            f"started at {mapping.starting_position}",
+            f"{started}",
             "  Lambda keeps the checkpoints: how far behind it is, is the function's "
             "IteratorAge metric in CloudWatch",
         ]
@@ -184,6 +192,11 @@ class Status:
                 for s in self.shards
             ]
             lines += self.function.lines(self.spec.path)
+            if self.holder is not None and not self.holder.left_over(self.now):
+                lines.append(
+                    f"run: a pipeline run reads the stream too ({held_by(self.holder)}): "
+                    "it and Lambda both handle every record; stop it"
+                )
             lines += [f"dead letter: {line}" for line in self._dead_letter_lines()]
             lines.append(f"spec: {self.spec.path} version {self.spec.version}")
             return [line.rstrip() for line in lines]
@@ -261,7 +274,9 @@ def status(
             stream=stream,
             shards=[ShardStatus(shard, None, None, Behind(), None) for shard in shards],
             earlier=None,
-            holder=None,
+            holder=backend.run_holder(spec.pipeline)
+            if backend.checkpoint_store_exists(spec.pipeline)
+            else None,
             dead_letter=dead_letter_places(spec, backend, state_dir, sleep),
             last_run=None,
             now=now(),
@@ -301,8 +316,8 @@ def function_status(spec: Spec, backend: Backend) -> FunctionStatus:
     name = spec.function.name
     function = backend.describe_function(name)
     mapping = backend.describe_mapping(name, spec.streams[spec.source.stream].name)
-    current = function is not None and function.code_sha256 == build(spec).sha256
-    return FunctionStatus(name, function, mapping, current)
+    differences = [change.line() for change in lambda_changes(spec, backend)]
+    return FunctionStatus(name, function, mapping, differences, spec.source.start.iterator_type)
 
 
 def source_stream(spec: Spec, backend: Backend) -> str:

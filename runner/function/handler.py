@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import dataclasses
 import datetime
+import os
 import sys
 import tempfile
 import threading
@@ -36,6 +38,9 @@ from runner.loop.sink import Sink
 from runner.plural import count
 from runner.records.processor import Journey
 from runner.spec import Spec
+
+# The function's environment variable holding the version of the spec file it runs.
+SPEC_VERSION = "PIPELINE_SPEC_VERSION"
 
 # Writes are retried until this close to the invocation's deadline (at most this share of its
 # time), so that the batch can still be answered with what failed.
@@ -239,9 +244,12 @@ def handle(event: dict, context: Any) -> dict:
 
 
 def _cold_start() -> FunctionCore:
-    """The packaged spec, loaded once, over the AWS backend of its region."""
+    """The packaged spec, loaded once, over the AWS backend of its region. Its version, which
+    dead-letter entries carry, is the spec file's, given by the function's configuration."""
     from runner.backends.aws import AwsBackend
     from runner.function.packaged import load_packaged
 
     spec = load_packaged()
+    if os.environ.get(SPEC_VERSION):
+        spec = dataclasses.replace(spec, version=os.environ[SPEC_VERSION])
     return FunctionCore(spec, AwsBackend(spec.region))

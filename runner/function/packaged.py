@@ -20,19 +20,32 @@ ROOT = Path(__file__).resolve().parents[2]
 _NOT_HELD = ("lambda", "tests")
 
 
-def packed(spec: Spec) -> bytes:
-    """`spec` as a package holds it: its resolved document, its file's name, version and
-    region, as compact JSON with the keys in the document's order: the file's, and the
-    schema's for defaults. Not sorted: the order means something (a set step sets its
-    attributes in it, errors list the streams in it), and the file fixes it, so the same spec
-    gives the same bytes.
+def held_document(document: dict) -> dict:
+    """Of a spec's resolved document, what the handler uses: not the `lambda:` section (Lambda
+    applies it), the tests, the firehoses (AWS delivers them), nor where the mapping starts
+    reading (fixed once it is created): the source stream's start reads as the default."""
+    held = {key: value for key, value in document.items() if key not in _NOT_HELD}
+    resources = held.get("resources")
+    if isinstance(resources, dict) and "firehoses" in resources:
+        held["resources"] = {key: value for key, value in resources.items() if key != "firehoses"}
+    source = held.get("source")
+    if isinstance(source, dict) and "start" in source:
+        held["source"] = {**source, "start": "trim_horizon"}
+    return held
 
-    Only what the handler uses is held, so that what Lambda itself applies (the `lambda:`
-    section: memory, batching, retries), the spec's tests and what changes nothing (a
-    comment) leave the package as it is, and apply updates the function's code only when its
-    behaviour may change. Hence the version it holds, which its dead-letter entries carry, is
-    that of the document held, not of the file."""
-    document = {key: value for key, value in spec.document.items() if key not in _NOT_HELD}
+
+def packed(spec: Spec) -> bytes:
+    """`spec` as a package holds it: what the handler uses of its resolved document
+    (held_document), its file's name, the version of what is held, and its region, as compact
+    JSON with the keys in the document's order: the file's, and the schema's for defaults. Not
+    sorted: the order means something (a set step sets its attributes in it, errors list the
+    streams in it), and the file fixes it, so the same spec gives the same bytes.
+
+    So an edit of what the handler does not use (the `lambda:` section, the tests, a firehose,
+    a comment) leaves the package as it is, and apply updates the function's code only when
+    what it does may change. The version of the spec file, which dead-letter entries carry,
+    is the function's configuration (its environment), not its code."""
+    document = held_document(spec.document)
     text = json.dumps(document, separators=(",", ":"))
     held = {
         "document": document,

@@ -47,13 +47,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.backends.base import SHARD_END, Backend, Lease
+from runner.backends.base import SHARD_END, Backend, Lease, Record
 from runner.loop.backlog import Backlog, Batch, Waiting, backlogs, reached, read_through
 from runner.loop.dead_letter import DeadLetter, read_entry
 from runner.loop.patience import GIVE_UP_AFTER_S, Patience
 from runner.loop.reader import StreamReader
 from runner.loop.sink import Sink
 from runner.plural import count
+from runner.records.kpl import BadAggregate, user_records
 from runner.records.processor import DEAD_LETTER, DROPPED, FILTERED, Journey, Outcome
 from runner.spec import Spec
 
@@ -220,7 +221,7 @@ class Redrive:
     def _process(self, item: Waiting, outgoing: dict, already: set[str]) -> Outcome:
         counts = self.counts
         counts.redriven += 1
-        outcome = self.journey.process(item.entry.record.data)
+        outcome = self._outcome(item.entry.record)
         if self.show:
             self.show(item, outcome)
         if outcome.kind == DEAD_LETTER:
@@ -237,6 +238,15 @@ class Redrive:
                 if self.sinks[key].stream not in already:
                     outgoing[key].append((outcome.payload, outcome.partition_key))
         return outcome
+
+    def _outcome(self, record: Record) -> Outcome:
+        """What happens to an entry's record: a corrupt KPL aggregate (dead-lettered whole by
+        the run) is judged as the run judged it, not as bytes that are not UTF-8."""
+        try:
+            user_records(record)
+        except BadAggregate as error:
+            return Outcome(DEAD_LETTER, reason=str(error))
+        return self.journey.process(record.data)
 
     # The intent of a batch, and what a redrive cut short had written
 

@@ -417,7 +417,8 @@ class _Builder:
         they outlive the function: a stream or a bucket."""
         if not has_dead_letter:
             why = "since Lambda keeps the checkpoints and a function has no state folder"
-            self.reader.problem(("lambda",), needs_dead_letter_off_machine("run by Lambda", why))
+            where = "for a pipeline run by Lambda,"
+            self.reader.problem(("lambda",), needs_dead_letter_off_machine(where, why))
         if route is None and not self.is_wrong(("route",)):
             self.reader.problem(
                 ("lambda",), "a pipeline run by Lambda needs a route: add route: with its cases"

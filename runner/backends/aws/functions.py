@@ -47,6 +47,7 @@ class FunctionsMixin(AwsSession):
             role=found["Role"].rsplit("/", 1)[-1],  # arn:...:role/path/NAME
             code_sha256=found["CodeSha256"],
             environment=found.get("Environment", {}).get("Variables", {}),
+            owner=self._lambda_owner(f"function '{name}'", found["FunctionArn"]),
         )
 
     def create_function(
@@ -121,9 +122,25 @@ class FunctionsMixin(AwsSession):
     def describe_mapping(self, function: str, stream: str) -> MappingDescription | None:
         """The mapping from the stream to the function, or None if there is none."""
         found = self._mapping(function, stream)
-        if found is None:
-            return None
+        return None if found is None else self._mapping_description(found)
+
+    def feeding(self, stream: str) -> list[MappingDescription]:
+        """The mappings through which Lambda reads the stream, whatever function they feed."""
+        client = self._client("lambda")
+        with backend_errors(f"the event source mappings of stream '{stream}'"):
+            pages = client.get_paginator("list_event_source_mappings").paginate(
+                EventSourceArn=self._arn("kinesis", f"stream/{stream}")
+            )
+            found = [m for page in pages for m in page["EventSourceMappings"]]
+        return [self._mapping_description(mapping) for mapping in found]
+
+    def _mapping_description(self, found: dict) -> MappingDescription:
+        function = _function_name(found["FunctionArn"])
+        stream = found["EventSourceArn"].split("/")[-1]
         timestamp = found.get("StartingPositionTimestamp")
+        arn = found.get("EventSourceMappingArn") or self._arn(
+            "lambda", f"event-source-mapping:{found['UUID']}"
+        )
         return MappingDescription(
             function=function,
             stream=stream,
@@ -141,7 +158,15 @@ class FunctionsMixin(AwsSession):
             uuid=found["UUID"],
             state=found.get("State", ""),
             last_result=found.get("LastProcessingResult"),
+            owner=self._lambda_owner(
+                f"event source mapping '{mapping_name(function, stream)}'", arn
+            ),
         )
+
+    def _lambda_owner(self, what: str, arn: str) -> str | None:
+        """The pipeline a function's or mapping's tag names, or None."""
+        with backend_errors(what):
+            return self._client("lambda").list_tags(Resource=arn).get("Tags", {}).get(OWNER_TAG)
 
     def create_mapping(self, mapping: MappingDescription, owner: str | None = None) -> None:
         """Create the mapping, enabled, tagged pipeline=OWNER, again while the function's role

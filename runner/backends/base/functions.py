@@ -56,6 +56,7 @@ class FunctionDescription:
     role: str  # the execution role's name
     code_sha256: str  # of the package: code_sha256(code)
     environment: dict[str, str] = field(default_factory=dict)
+    owner: str | None = field(default=None, compare=False)  # the pipeline its tag names
 
 
 # The settings of a mapping that an update can change (the rest are fixed at its creation).
@@ -92,6 +93,7 @@ class MappingDescription:
     uuid: str = field(default="", compare=False)
     state: str = field(default="", compare=False)  # Creating, Enabled, Updating, ...
     last_result: str | None = field(default=None, compare=False)  # e.g. "OK"
+    owner: str | None = field(default=None, compare=False)  # the pipeline its tag names
 
     @property
     def name(self) -> str:
@@ -164,3 +166,8 @@ class Functions:
     def delete_mapping(self, function: str, stream: str) -> None:
         """Delete the mapping; return once it is gone."""
         raise self._no_functions()
+
+    def feeding(self, stream: str) -> list[MappingDescription]:
+        """The mappings through which Lambda reads the stream (by name), whatever function
+        they feed; the default, a target without Lambda, has none."""
+        return []
