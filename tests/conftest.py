@@ -1,6 +1,7 @@
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 
 import botocore.loaders
@@ -74,6 +75,18 @@ route:
       to: usa
     - to: other
 """
+
+
+# What a run's status and summary lines say of time: the rates, and how long it took.
+TIMES = re.compile(
+    r" \| [0-9.]+ in/s, [0-9.]+ out/s over the last [0-9.e+-]+ s"
+    r"| \| took [0-9.]+ s from the first record to the last"
+)
+
+
+def timeless(text):
+    """A run's lines without what they say of time (the rates, how long it took)."""
+    return TIMES.sub("", text)
 
 
 def without_usa(spec_text):
