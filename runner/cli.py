@@ -106,6 +106,18 @@ def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
     return value
 
 
+def _metrics_address(context: Any, parameter: Any, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    # Here, not at the top: only a run serving metrics loads prometheus_client and http.server.
+    from runner.commands.metrics import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise click.BadParameter(f"'{value}': {error}") from None
+
+
 SPEC_REGION = "AWS region (default: the spec's region, else your AWS configuration's)."
 STREAM_REGION = "AWS region (default: your AWS configuration's, else us-east-1)."
 
@@ -297,6 +309,13 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     help="Follow edits of SPEC: swap in each valid saved version between rounds (once "
     "`pipeline apply` made what it needs).",
 )
+@click.option(
+    "--metrics",
+    metavar="[HOST:]PORT",
+    callback=_metrics_address,
+    help="Serve Prometheus metrics at /metrics, and /healthz and /ready, on this address "
+    "(without HOST: 127.0.0.1; port 0: a free one, said at the start).",
+)
 @strict_option
 @target_options
 @reports_errors
@@ -307,6 +326,7 @@ def run(
     forget_old_checkpoints: bool,
     give_up_after: float,
     watch: bool,
+    metrics: tuple[str, int] | None,
     strict: bool,
     target: Target,
 ) -> int:
@@ -322,7 +342,9 @@ def run(
     )
     reload = load if watch else None
     backend = target.backend(loaded.region)
-    return run_command.run(loaded, backend, target.state_dir, options, say, reload=reload)
+    return run_command.run(
+        loaded, backend, target.state_dir, options, say, reload=reload, metrics=metrics
+    )
 
 
 class PositionType(click.ParamType):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from fakes import Processes
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.local import LocalBackend
@@ -87,6 +88,19 @@ TIMES = re.compile(
 def timeless(text):
     """A run's lines without what they say of time (the rates, how long it took)."""
     return TIMES.sub("", text)
+
+
+def samples(exposition):
+    """Prometheus metrics text as {(sample name, ((label, value), ...)): value}, without the
+    `_created` times."""
+    if isinstance(exposition, bytes):
+        exposition = exposition.decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
 
 
 def without_usa(spec_text):

@@ -10,7 +10,7 @@ from itertools import islice
 
 import pytest
 from click.testing import CliRunner
-from conftest import MINIMAL, PIPELINES, read_stream, session_ids, timeless
+from conftest import MINIMAL, PIPELINES, read_stream, samples, session_ids, timeless
 from fakes import Clock, FaultyBackend
 
 from runner import spec
@@ -18,6 +18,7 @@ from runner.backends.base import SHARD_END, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import run as run_command
+from runner.commands.metrics import Metrics
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
 from runner.function.emulation import Emulation
@@ -502,6 +503,48 @@ def test_a_poison_record_is_bisected_down_to_and_discarded_after_its_retries(tmp
         "in 10 | out other 6, usa 3 | dead-lettered 0 | filtered 0 | dropped 0 | discarded 1"
     )
     assert shop_.checkpoints() == {SHARD: seq[-1]}
+
+
+def test_a_lambda_spec_run_locally_reports_its_metrics(tmp_path):
+    shop_ = Shop(tmp_path, shop(shards=2, batch_size=1, max_retries=0))
+    shop_.put(*[(f"s{n}", "USA" if n % 2 else "Peru") for n in range(8)], b"{not json")
+    metrics = Metrics("shop")
+
+    counts = shop_.engine(invoke=Spy(raise_on=b'"s5"'), observer=metrics).run()
+
+    found = samples(metrics.exposition()[0])
+    of_shop = ("pipeline", "shop")
+    assert {
+        dict(labels)["shard"]: value
+        for (name, labels), value in found.items()
+        if name == "pipeline_records_received_total"
+    } == counts.received
+    assert (counts.records_in, sum(counts.received.values())) == (9, 9)
+    assert (
+        {
+            route: found[
+                (
+                    "pipeline_records_routed_total",
+                    (of_shop, ("route", route), ("stream", f"{route}-out")),
+                )
+            ]
+            for route in ("usa", "other")
+        }
+        == counts.out
+        == {"usa": 3, "other": 4}
+    )
+    assert found[("pipeline_records_dead_lettered_total", (of_shop, ("reason", "not_json")))] == 1
+    assert found[("pipeline_records_discarded_total", (of_shop,))] == counts.discarded == 1
+    assert (
+        found[
+            (
+                "pipeline_put_records_entries_total",
+                (of_shop, ("result", "ok"), ("stream", "usa-out")),
+            )
+        ]
+        == 3
+    )
+    assert found[("pipeline_checkpoint_write_seconds_count", (of_shop,))] >= 9
 
 
 def test_without_bisect_a_failed_batch_is_retried_whole_then_discarded(tmp_path):

@@ -13,9 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.backends.base import Backend, BackendError, checkpoint_table
+from runner.commands.health import Health
 from runner.function.emulation import Emulation, running_line
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Engine, RunOptions
+from runner.loop.lines import Line
+from runner.loop.observer import NO_OBSERVER
 from runner.loop.patience import GaveUp
 from runner.loop.reload import Reloads
 from runner.loop.run_info import record_spec_version
@@ -30,18 +33,37 @@ def run(
     options: RunOptions,
     report: Callable[[str], None],
     reload: Callable[[], Spec] | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """`pipeline run`: check the resources, take the run lock, run the loop, report what it
     did; returns 0, or 130 when Ctrl-C stopped it before it could finish cleanly (a second
     one, or one while waiting for the lock). Raises LeaseLost, after the summary line, if the
     run lost its lock.
-    With `reload` (`--watch`), which loads the spec file again, the run follows its edits."""
+    With `reload` (`--watch`), which loads the spec file again, the run follows its edits.
+    With `metrics` (`--metrics`: host and port; port 0 takes a free one), it serves its
+    metrics and health there until it ends."""
     refused = refusal(spec, backend.name)
     if refused:
         raise SpecError([f"{spec.path}: {refused}"])
-    check_resources(spec, backend)
-    follow = reloads(backend, reload) if reload else None
+    observer, health = NO_OBSERVER, Health()
     with contextlib.ExitStack() as held:
+        if metrics:  # first, so that a port in use is said before anything is read
+            # Here, not at the top: only a run serving metrics loads prometheus_client.
+            from runner.commands.metrics import Metrics, MetricsServer
+
+            observer = Metrics(spec.pipeline)
+            server = MetricsServer(*metrics, observer, health)
+            held.callback(server.close)
+            report(
+                Line(
+                    f"[{spec.pipeline}] metrics at http://{server.address}/metrics "
+                    "(health: /healthz, /ready)",
+                    event="metrics",
+                    address=server.address,
+                )
+            )
+        check_resources(spec, backend)
+        follow = reloads(backend, reload) if reload else None
         try:
             lease = held.enter_context(
                 backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}"))
@@ -60,7 +82,9 @@ def run(
             lease=lease,
             reloads=follow,
             handover=Emulation if spec.function is not None else None,
+            observer=observer,
         )
+        health.attach(engine)
         try:
             return _run(engine, report)
         except GaveUp as error:
