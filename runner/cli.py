@@ -24,6 +24,7 @@ from runner.commands import reset as reset_module
 from runner.commands import run as run_command
 from runner.commands import status as status_module
 from runner.commands import validate as validate_command
+from runner.commands.log import FORMATS, HUMAN, RunLog
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
 from runner.loop import engine
@@ -40,22 +41,25 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
+        log = kwargs.get("log_format")  # a run's lines, errors too, in the format asked for
+        error_line = log.error if isinstance(log, RunLog) else say
         try:
             code = command(*args, **kwargs)
         except SpecError as error:
-            click.echo(str(error), err=True)
+            for line in error.problems:
+                error_line(line)
             sys.exit(EXIT_INVALID)
         except BackendError as error:
-            click.echo(f"error: {error}", err=True)
+            error_line(f"error: {error}")
             sys.exit(EXIT_FAILURE)
         except BrokenPipeError:
             sys.stderr.close()  # `pipeline consume ... | head` is fine
             sys.exit(EXIT_OK)
         except OSError as error:  # one the command did not name, e.g. its output's disk full
-            click.echo(f"error: {_os_error(error)}", err=True)
+            error_line(f"error: {_os_error(error)}")
             sys.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            error_line("interrupted")
             sys.exit(130)
         finally:
             target = kwargs.get("target")
@@ -104,6 +108,22 @@ def _endpoint(context: Any, parameter: Any, value: str | None) -> str | None:
             f"'{value}' is not a URL; write it with its scheme, e.g. http://{value}"
         )
     return value
+
+
+def _metrics_address(context: Any, parameter: Any, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    # Here, not at the top: only a run serving metrics loads prometheus_client and http.server.
+    from runner.commands.metrics import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise click.BadParameter(f"'{value}': {error}") from None
+
+
+def _run_log(context: Any, parameter: Any, value: str) -> RunLog:
+    return RunLog(value, say)
 
 
 SPEC_REGION = "AWS region (default: the spec's region, else your AWS configuration's)."
@@ -304,6 +324,22 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     help="Follow edits of SPEC: swap in each valid saved version between rounds (once "
     "`pipeline apply` made what it needs).",
 )
+@click.option(
+    "--metrics",
+    metavar="[HOST:]PORT",
+    callback=_metrics_address,
+    help="Serve Prometheus metrics at /metrics, and /healthz and /ready, on this address "
+    "(without HOST: 127.0.0.1; port 0: a free one, said at the start).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default=HUMAN,
+    show_default=True,
+    callback=_run_log,
+    help="How the run writes its lines: as text, or each as one JSON object (time, level, "
+    "pipeline, message and fields).",
+)
 @strict_option
 @target_options
 @reports_errors
@@ -314,6 +350,8 @@ def run(
     forget_old_checkpoints: bool,
     give_up_after: float,
     watch: bool,
+    metrics: tuple[str, int] | None,
+    log_format: RunLog,
     strict: bool,
     target: Target,
 ) -> int:
@@ -323,8 +361,11 @@ def run(
     handler, in batches shaped as Lambda's; on the aws target Lambda runs it, and run refuses.
     """
     # For run: what it refuses is said once, as its error, not as a warning first.
-    load = functools.partial(target.load, spec, strict=strict, warn=say, for_run=True)
+    load = functools.partial(
+        target.load, spec, strict=strict, warn=log_format.warning, for_run=True
+    )
     loaded = load()
+    log_format.pipeline = loaded.pipeline
     options = engine.RunOptions(
         until_idle=until_idle,
         max_records=max_records,
@@ -333,7 +374,9 @@ def run(
     )
     reload = load if watch else None
     backend = target.backend(loaded.region)
-    return run_command.run(loaded, backend, target.state_dir, options, say, reload=reload)
+    return run_command.run(
+        loaded, backend, target.state_dir, options, log_format, reload=reload, metrics=metrics
+    )
 
 
 class PositionType(click.ParamType):

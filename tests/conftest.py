@@ -1,6 +1,7 @@
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 
 import botocore.loaders
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from fakes import Processes
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.local import LocalBackend
@@ -74,6 +76,31 @@ route:
       to: usa
     - to: other
 """
+
+
+# What a run's status and summary lines say of time: the rates, and how long it took.
+TIMES = re.compile(
+    r" \| [0-9.]+ in/s, [0-9.]+ out/s over the last [0-9.e+-]+ s"
+    r"| \| took [0-9.]+ s from the first record to the last"
+)
+
+
+def timeless(text):
+    """A run's lines without what they say of time (the rates, how long it took)."""
+    return TIMES.sub("", text)
+
+
+def samples(exposition):
+    """Prometheus metrics text as {(sample name, ((label, value), ...)): value}, without the
+    `_created` times."""
+    if isinstance(exposition, bytes):
+        exposition = exposition.decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
 
 
 def without_usa(spec_text):

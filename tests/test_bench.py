@@ -40,3 +40,12 @@ def test_bench_times_the_handler_on_events_of_the_scenarios_records(tmp_path):
     # Three timed passes over the 200 sessions, each routed and written as in Lambda.
     backend = LocalBackend(tmp_path / "state")
     assert len(read_stream(backend, bench.USA) + read_stream(backend, bench.INTERNATIONAL)) == 600
+
+
+def test_bench_runs_the_pipeline_with_metrics_served_too(tmp_path):
+    bench = load_bench()
+    bench.produce(tmp_path / "state", 10).close()
+
+    _, _, done = bench.run_pipeline(tmp_path / "state", *bench.METRICS)
+
+    assert done.startswith("[de-c2w2lab1-etl] done: in 10 | out ")

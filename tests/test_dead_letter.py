@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import MINIMAL, read_stream
+from conftest import MINIMAL, read_stream, timeless
 from fakes import PIPELINE, FailingDisk, FaultyBackend, full_disk, with_own_mounts
 from moto import mock_aws
 
@@ -353,7 +353,7 @@ def aws_run_with_a_stream_dead_letter(write_spec, tmp_path, records):
         entries = read_stream(backend, "rejects")
         checkpoints = backend.get_checkpoints("shop", "in")
         backend.close()
-    return error, entries, checkpoints, re.sub(r" \| took [0-9.]+ s", "", lines[-1])
+    return error, entries, checkpoints, timeless(lines[-1])
 
 
 def test_on_aws_an_entry_too_large_for_a_stream_record_goes_there_without_its_text_copy(

@@ -10,7 +10,7 @@ from itertools import islice
 
 import pytest
 from click.testing import CliRunner
-from conftest import MINIMAL, PIPELINES, read_stream, session_ids
+from conftest import MINIMAL, PIPELINES, read_stream, samples, session_ids, timeless
 from fakes import Clock, FaultyBackend
 
 from runner import spec
@@ -18,11 +18,13 @@ from runner.backends.base import SHARD_END, Throttled
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import run as run_command
+from runner.commands.metrics import Metrics
 from runner.commands.produce import synthetic_sessions
 from runner.commands.provision import apply
 from runner.function.emulation import Emulation
 from runner.function.handler import FunctionCore
 from runner.loop.engine import Engine, RunOptions
+from runner.loop.observer import NO_OBSERVER
 
 SHARD = "shardId-000000000000"
 
@@ -89,7 +91,15 @@ class Shop:
             ],
         )
 
-    def engine(self, backend=None, invoke=FunctionCore.handle, now=None, reloads=None, **options):
+    def engine(
+        self,
+        backend=None,
+        invoke=FunctionCore.handle,
+        now=None,
+        reloads=None,
+        observer=NO_OBSERVER,
+        **options,
+    ):
         options.setdefault("until_idle", 1.0)
         options.setdefault("status_every", 3600)
         emulation = {"invoke": invoke, **({"now": now} if now else {})}
@@ -103,6 +113,7 @@ class Shop:
             sleep=self.clock.sleep,
             reloads=reloads,
             handover=lambda engine: Emulation(engine, **emulation),
+            observer=observer,
         )
         return self.run
 
@@ -199,7 +210,7 @@ def test_the_scenario_with_a_lambda_section_routes_as_it_does_without(tmp_path):
             )
             for bucket in ("de-c2w2lab1-000000000000-usa", "de-c2w2lab1-000000000000-int")
         }
-        summary = [line.split(" | took")[0] for line in lines if "done:" in line]
+        summary = [timeless(line) for line in lines if "done:" in line]
         found[name] = (routed, delivered, summary)
 
     assert found["lambda"] == found["plain"]
@@ -395,13 +406,14 @@ def test_a_sink_failing_longer_than_an_invocation_is_retried_from_the_failed_rec
     assert session_ids(shop_.backend, "other-out") == ["i0", "i1", "i2"]
     assert counts.line() == (
         "in 5 | out other 3, usa 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms"
-        f" | took {counts.busy_s:.2f} s"
+        f" | took {counts.busy_s:.2f} s from the first record to the last"
     )
     still_failing = (
         "[shop] stream usa-out: still failing when the invocation's time was nearly up: "
         "Rate exceeded for stream usa-out"
     )
-    assert [line for line in shop_.lines if "waiting for the local target" not in line] == [
+    said = [line for line in shop_.lines if "waiting for the local target" not in line]
+    assert [timeless(line) for line in said] == [
         still_failing,
         f"[shop] in 5 | written: the 1 record before record {seq[1]}, which Lambda retries from",
         f"[shop] {SHARD}: the handler reported record {seq[1]} failed; retry 1 of 5 from "
@@ -410,7 +422,7 @@ def test_a_sink_failing_longer_than_an_invocation_is_retried_from_the_failed_rec
         f"[shop] in 4 | written: the 0 records before record {seq[1]}, which Lambda retries from",
         f"[shop] {SHARD}: the handler reported record {seq[1]} failed; retry 2 of 5 from "
         f"record {seq[1]} in 0.1 s",
-        f"[shop] {counts.line()}",
+        "[shop] in 5 | out other 3, usa 2 | dead-lettered 0 | filtered 0 | dropped 0 | lag 0 ms",
     ]
     assert shop_.checkpoints() == {SHARD: seq[-1]}
 
@@ -491,6 +503,48 @@ def test_a_poison_record_is_bisected_down_to_and_discarded_after_its_retries(tmp
         "in 10 | out other 6, usa 3 | dead-lettered 0 | filtered 0 | dropped 0 | discarded 1"
     )
     assert shop_.checkpoints() == {SHARD: seq[-1]}
+
+
+def test_a_lambda_spec_run_locally_reports_its_metrics(tmp_path):
+    shop_ = Shop(tmp_path, shop(shards=2, batch_size=1, max_retries=0))
+    shop_.put(*[(f"s{n}", "USA" if n % 2 else "Peru") for n in range(8)], b"{not json")
+    metrics = Metrics("shop")
+
+    counts = shop_.engine(invoke=Spy(raise_on=b'"s5"'), observer=metrics).run()
+
+    found = samples(metrics.exposition()[0])
+    of_shop = ("pipeline", "shop")
+    assert {
+        dict(labels)["shard"]: value
+        for (name, labels), value in found.items()
+        if name == "pipeline_records_received_total"
+    } == counts.received
+    assert (counts.records_in, sum(counts.received.values())) == (9, 9)
+    assert (
+        {
+            route: found[
+                (
+                    "pipeline_records_routed_total",
+                    (of_shop, ("route", route), ("stream", f"{route}-out")),
+                )
+            ]
+            for route in ("usa", "other")
+        }
+        == counts.out
+        == {"usa": 3, "other": 4}
+    )
+    assert found[("pipeline_records_dead_lettered_total", (of_shop, ("reason", "not_json")))] == 1
+    assert found[("pipeline_records_discarded_total", (of_shop,))] == counts.discarded == 1
+    assert (
+        found[
+            (
+                "pipeline_put_records_entries_total",
+                (of_shop, ("result", "ok"), ("stream", "usa-out")),
+            )
+        ]
+        == 3
+    )
+    assert found[("pipeline_checkpoint_write_seconds_count", (of_shop,))] >= 9
 
 
 def test_without_bisect_a_failed_batch_is_retried_whole_then_discarded(tmp_path):
@@ -609,7 +663,7 @@ def test_pipeline_run_of_a_lambda_spec_says_it_runs_the_handler_locally(tmp_path
     result = runner.invoke(cli, ["run", str(path), "--until-idle", "0"])
 
     assert result.exit_code == 0, result.output
-    lines = [line.split(" | took")[0] for line in result.stderr.splitlines()]
+    lines = [timeless(line) for line in result.stderr.splitlines()]
     assert lines == [
         "[shop] reading in on the local target (Ctrl-C stops cleanly)",
         "[shop] running Lambda function shop-etl's handler locally: batches of 100, "

@@ -27,32 +27,54 @@ def test_the_tree_keeps_the_layers():
     checked = lint_imports(REPO)
 
     assert (checked.returncode, checked.stderr) == (0, ""), checked.stdout + checked.stderr
-    assert checked.stdout.endswith("Contracts: 2 kept, 0 broken.\n")
+    assert checked.stdout.endswith("Contracts: 3 kept, 0 broken.\n")
 
 
-def test_records_importing_the_loop_breaks_the_layers(tmp_path):
+def lint_imports_with(tmp_path, module: str, imported: str):
+    """lint-imports on a copy of the tree whose `module` (a path under runner/) imports
+    `imported` in its last line; returns its answer and that line's number."""
     shutil.copytree(
         REPO / "runner", tmp_path / "runner", ignore=shutil.ignore_patterns("__pycache__")
     )
-    transform = tmp_path / "runner" / "records" / "transform.py"
-    transform.write_text(transform.read_text() + "\nimport runner.loop  # noqa: E402\n")
-    line = len(transform.read_text().splitlines())
+    path = tmp_path / "runner" / module
+    path.write_text(path.read_text() + f"\nimport {imported}  # noqa: E402\n")
+    return lint_imports(tmp_path), len(path.read_text().splitlines())
 
-    checked = lint_imports(tmp_path)
 
-    assert checked.returncode == 1, checked.stdout + checked.stderr
-    assert checked.stdout[checked.stdout.index("Contracts: ") :] == (
-        "Contracts: 1 kept, 1 broken.\n"
+def one_broken(contract: str, problem: str) -> str:
+    """What lint-imports ends with when `contract` alone is broken, for `problem`."""
+    return (
+        "Contracts: 2 kept, 1 broken.\n"
         "\n\n"
         "----------------\n"
         "Broken contracts\n"
         "----------------\n"
         "\n"
-        "Layers: cli, commands, function, loop, spec, records, compiler, backends\n"
-        "------------------------------------------------------------------------\n"
+        f"{contract}\n"
+        f"{'-' * len(contract)}\n"
         "\n"
-        "runner.records is not allowed to import runner.loop:\n"
-        "\n"
-        f"- runner.records.transform -> runner.loop (l.{line})\n"
+        f"{problem}\n"
         "\n\n"
+    )
+
+
+def test_records_importing_the_loop_breaks_the_layers(tmp_path):
+    checked, line = lint_imports_with(tmp_path, "records/transform.py", "runner.loop")
+
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert checked.stdout[checked.stdout.index("Contracts: ") :] == one_broken(
+        "Layers: cli, commands, function, loop, spec, records, compiler, backends",
+        "runner.records is not allowed to import runner.loop:\n\n"
+        f"- runner.records.transform -> runner.loop (l.{line})",
+    )
+
+
+def test_the_loop_importing_prometheus_client_breaks_the_metrics_contract(tmp_path):
+    checked, line = lint_imports_with(tmp_path, "loop/sink.py", "prometheus_client")
+
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert checked.stdout[checked.stdout.index("Contracts: ") :] == one_broken(
+        "Only runner.commands.metrics imports prometheus_client",
+        "runner is not allowed to import prometheus_client:\n\n"
+        f"-   runner.loop.sink -> prometheus_client (l.{line})",
     )

@@ -5,6 +5,7 @@ from fakes import Clock, FaultyBackend
 
 from runner.backends.base import SHARD_END, Throttled
 from runner.backends.local import LocalBackend
+from runner.loop.observer import Observer
 from runner.loop.reader import StreamReader
 from runner.spec.position import Position
 
@@ -533,3 +534,47 @@ def test_done_once_every_shard_read_is_closed_and_read_to_its_end(backend, clock
     assert reader.done
     assert data(read) == ["p0", "p1"]
     assert reader.poll() == []
+
+
+class Throttles(Observer):
+    def __init__(self):
+        self.shards = []
+
+    def get_records_throttled(self, shard_id):
+        self.shards.append(shard_id)
+
+
+def test_each_throttled_get_records_call_is_told_with_its_shard(backend, clock):
+    backend.create_stream("events", 2)
+    put(backend, "events", *[f"r{i}" for i in range(4)])
+    watched = Watched(backend, clock, throttled=["shardId-000000000001"], throttle=3)
+    throttles = Throttles()
+    reader = StreamReader(watched, "events", clock=clock, observer=throttles)
+
+    drain(reader, clock)
+
+    assert throttles.shards == ["shardId-000000000001"] * 3
+
+
+def test_not_open_says_which_shards_have_had_no_iterator_yet(backend, clock):
+    backend.create_stream("events", 2)
+    put(backend, "events", *[f"r{i}" for i in range(4)])
+    reader = StreamReader(backend, "events", clock=clock)
+    assert reader.not_open() == (
+        "2 shards without an iterator yet (shardId-000000000000, shardId-000000000001)"
+    )
+
+    drain(reader, clock)
+
+    assert reader.not_open() is None
+
+
+def test_not_open_while_the_shards_are_not_listed(backend, clock):
+    backend.create_stream("events", 1)
+
+    def throttled(list_shards, stream):
+        raise Throttled("Rate exceeded")
+
+    reader = StreamReader(FaultyBackend(backend, list_shards=throttled), "events", clock=clock)
+
+    assert reader.not_open() == "the shards of stream events are not listed yet"

@@ -15,20 +15,51 @@ from runner.records.transform import SetStep
 
 
 @pytest.mark.parametrize(
-    "data, reason",
+    "data, reason, cause",
     [
-        (b"\xff", "not UTF-8: invalid start byte at byte 0"),
-        (b"{not json", "not JSON: Expecting property name enclosed in double quotes at column 2"),
-        (b'{"x": NaN}', "not JSON: NaN is not a JSON value"),
-        (b'{"x": -Infinity}', "not JSON: -Infinity is not a JSON value"),
-        (b"[" * 513 + b"]" * 513, "not JSON this runner reads: nested deeper than 512 levels"),
-        (b"[1, 2]", "not a JSON object: got an array"),
+        (b"\xff", "not UTF-8: invalid start byte at byte 0", "not_utf8"),
+        (
+            b"{not json",
+            "not JSON: Expecting property name enclosed in double quotes at column 2",
+            "not_json",
+        ),
+        (b'{"x": NaN}', "not JSON: NaN is not a JSON value", "not_json"),
+        (b'{"x": -Infinity}', "not JSON: -Infinity is not a JSON value", "not_json"),
+        (
+            b"[" * 513 + b"]" * 513,
+            "not JSON this runner reads: nested deeper than 512 levels",
+            "not_json",
+        ),
+        (b"[1, 2]", "not a JSON object: got an array", "not_object"),
     ],
 )
-def test_what_is_not_a_record_says_why(data, reason):
+def test_what_is_not_a_record_says_why_and_of_which_class_the_reason_is(data, reason, cause):
     with pytest.raises(BadRecord) as caught:
         parse_record(data)
-    assert str(caught.value) == reason
+    assert (str(caught.value), caught.value.cause) == (reason, cause)
+
+
+def test_each_dead_lettered_outcome_names_the_class_of_its_reason():
+    total = SetStep("transform[0].set", (("n", expressions.compile("sum(items)")),))
+    route = Route(expressions.compile("id"), (Case("out", expressions.compile("n > `1`")),))
+    journey = Journey([total], route)
+    records = {
+        b"\xff": "not_utf8",
+        b"{not json": "not_json",
+        b"[1]": "not_object",
+        b'{"id": "a", "items": "text"}': "transform",
+        b'{"id": {"an": "object"}, "items": [2]}': "route",
+        b'{"id": "a", "items": [1]}': "unmatched",
+        b'{"id": "a", "items": [2], "text": "\\udc00"}': "not_encodable",
+        b'{"id": "a", "items": [2], "text": "' + b"x" * 1_048_576 + b'"}': "too_large",
+    }
+
+    outcomes = {data: journey.process(data) for data in records}
+
+    assert {data: (o.kind, o.cause) for data, o in outcomes.items()} == {
+        data: (DEAD_LETTER, cause) for data, cause in records.items()
+    }
+    assert journey.process(b'{"id": "a", "items": [2]}').cause == ""
 
 
 def test_the_depth_limit_is_the_same_wherever_it_is_checked_and_ignores_text():

@@ -22,6 +22,7 @@ from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.provision import apply
 from runner.loop.engine import Engine, RunOptions
+from runner.loop.observer import Observer
 from runner.loop.run_info import record_spec_version
 
 # Version 2 of MINIMAL (conftest): Canadian sessions to a stream of their own.
@@ -44,7 +45,7 @@ class Run:
     `on(text, action)` does `action` once a reported line contains `text`; `at(seconds,
     action)` once the clock has passed `seconds`."""
 
-    def __init__(self, tmp_path, text, *, watch=True, backend=None, tick=0.0):
+    def __init__(self, tmp_path, text, *, watch=True, backend=None, tick=0.0, observer=None):
         self.path = tmp_path / "spec.yaml"
         self.path.write_text(text)
         self.state = tmp_path / "state"
@@ -56,6 +57,7 @@ class Run:
         self.tick = tick  # how far the clock moves each time it is read
         self.hooks = []  # (text, action)
         self.timers = []  # (seconds, action)
+        self.observer = observer or Observer()
 
     def on(self, text, action):
         self.hooks.append((text, action))
@@ -100,6 +102,7 @@ class Run:
             clock=self.clock,
             sleep=self.sleep,
             reloads=run_command.reloads(self.backend, reload) if reload else None,
+            observer=self.observer,
         )
         return self.engine.run()
 
@@ -243,6 +246,34 @@ def test_an_edit_of_what_needs_a_restart_is_refused(tmp_path, edit, why):
 
     assert run.said() == [f"[shop] spec not reloaded: {why}; this run keeps version 1"]
     assert session_ids(run.backend, "other-out") == ["after"]
+
+
+class Reloads(Observer):
+    def __init__(self):
+        self.results = []
+
+    def spec_reload(self, result):
+        self.results.append(result)
+
+
+def test_the_result_of_each_new_version_is_told_to_the_observer(tmp_path):
+    reloads = Reloads()
+    run = Run(tmp_path, MINIMAL, observer=reloads)
+    run.at(1, run.edit(CANADA.replace("to: canada", "to: canadaa")))
+    run.at(3, run.edit(CANADA))
+    run.at(6, lambda: apply(spec.load(run.path), run.backend, lambda line: None))
+    run.at(12, run.edit(CANADA.replace("pipeline: shop", "pipeline: shop2")))
+    run.at(16, run.stop)
+
+    run.run()
+
+    assert reloads.results == ["invalid", "waiting", "reloaded", "refused"]
+    assert [line.split(":")[0] for line in run.said()[1:]] == [
+        "[shop] spec not reloaded",
+        "[shop] waiting for pipeline apply",
+        "[shop] spec reloaded (version 2)",
+        "[shop] spec not reloaded",
+    ]
 
 
 @pytest.mark.parametrize("adding", [True, False])

@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from conftest import SHOP, CliTarget, sessions, shop_applied
+from conftest import SHOP, CliTarget, sessions, shop_applied, timeless
 
 from runner import spec
 from runner.backends.base import SHARD_END, BackendError
@@ -24,7 +24,7 @@ def run(target: CliTarget, path):
     done = target.invoke("run", str(path), "--until-idle", "0")
     assert done.exit_code == 0, done.output
     lines = done.stderr.splitlines()
-    return [lines[1], re.sub(r" \| took [0-9.]+ s$", "", lines[-1])]
+    return [lines[1], timeless(lines[-1])]
 
 
 def read_and_checkpointed(target: CliTarget, path, backend, ids):

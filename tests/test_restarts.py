@@ -6,7 +6,7 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from conftest import read_stream
+from conftest import read_stream, timeless
 from moto import mock_aws
 
 from runner import spec
@@ -59,7 +59,7 @@ def run(loaded, backend, state, **options):
     lines = []
     options = RunOptions(until_idle=0, **options)
     assert run_command.run(loaded, backend, state, options, lines.append) == 0
-    return [re.sub(r" \| took [0-9.]+ s$", "", line) for line in lines]
+    return [timeless(line) for line in lines]
 
 
 def sessions(*ids):

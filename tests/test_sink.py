@@ -2,6 +2,7 @@ import pytest
 
 from runner.backends.base import BackendError, PutResult, StreamNotFound, Throttled
 from runner.backends.limits import MAX_BATCH_BYTES
+from runner.loop.observer import Observer
 from runner.loop.patience import Abandoned, Patience
 from runner.loop.sink import Sink, batches, waves
 
@@ -293,3 +294,43 @@ def test_a_put_cut_short_says_which_entries_the_stream_took():
 
     assert accepted == [True, False, True]
     assert kinesis.calls == [[b"a", b"b", b"c"]]
+
+
+# What the sink tells its observer (`pipeline run --metrics`)
+
+
+class Noted(Observer):
+    def __init__(self):
+        self.calls = []
+
+    def put_records(self, stream, results):
+        self.calls.append((stream, dict(results)))
+
+    def put_retried(self, stream):
+        self.calls.append((stream, "retry"))
+
+
+def test_each_call_tells_its_entries_by_result_and_each_retry_is_told():
+    class Failing(Kinesis):
+        def put_records(self, stream, entries):
+            results = super().put_records(stream, entries)
+            if len(self.calls) == 2:  # of the retry of b and c, c fails otherwise
+                results[1] = PutResult(error_code="InternalFailure", error_message="oops")
+            return results
+
+    kinesis = Failing({b"b", b"c"}, set(), Throttled("Rate exceeded"))
+    noted = Noted()
+    sink = Sink(kinesis, "events", sleep=lambda seconds: None, observer=noted)
+
+    sink.put(entries("a", "b", "c"))
+
+    assert noted.calls == [
+        ("events", {"ok": 1, "throttled": 2, "failed": 0}),
+        ("events", "retry"),
+        ("events", {"ok": 1, "throttled": 0, "failed": 1}),
+        ("events", "retry"),
+        ("events", {"throttled": 1}),
+        ("events", "retry"),
+        ("events", {"ok": 1, "throttled": 0, "failed": 0}),
+    ]
+    assert kinesis.calls == [[b"a", b"b", b"c"], [b"b", b"c"], [b"c"], [b"c"]]

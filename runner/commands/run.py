@@ -13,11 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.backends.base import Backend, BackendError, checkpoint_table
+from runner.commands.health import Health
 from runner.function.emulation import Emulation, running_line
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Engine, RunOptions
+from runner.loop.lines import ERROR, INFO, WARNING, Line, of_pipeline
+from runner.loop.observer import NO_OBSERVER
 from runner.loop.patience import GaveUp
 from runner.loop.reload import Reloads
+from runner.loop.rounds import Counts
 from runner.loop.run_info import record_spec_version
 from runner.plural import count
 from runner.spec import Spec, SpecError
@@ -30,25 +34,49 @@ def run(
     options: RunOptions,
     report: Callable[[str], None],
     reload: Callable[[], Spec] | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """`pipeline run`: check the resources, take the run lock, run the loop, report what it
     did; returns 0, or 130 when Ctrl-C stopped it before it could finish cleanly (a second
     one, or one while waiting for the lock). Raises LeaseLost, after the summary line, if the
     run lost its lock.
-    With `reload` (`--watch`), which loads the spec file again, the run follows its edits."""
+    With `reload` (`--watch`), which loads the spec file again, the run follows its edits.
+    With `metrics` (`--metrics`: host and port; port 0 takes a free one), it serves its
+    metrics and health there until it ends."""
     refused = refusal(spec, backend.name)
     if refused:
         raise SpecError([f"{spec.path}: {refused}"])
-    check_resources(spec, backend)
-    check_not_in_lambda(spec, backend)
-    follow = reloads(backend, reload) if reload else None
+    observer, health = NO_OBSERVER, Health()
     with contextlib.ExitStack() as held:
+        if metrics:  # first, so that a port in use is said before anything is read
+            # Here, not at the top: only a run serving metrics loads prometheus_client.
+            from runner.commands.metrics import Metrics, MetricsServer
+
+            observer = Metrics(spec.pipeline)
+            server = MetricsServer(*metrics, observer, health)
+            held.callback(server.close)
+            report(
+                Line(
+                    f"[{spec.pipeline}] metrics at http://{server.address}/metrics "
+                    "(health: /healthz, /ready)",
+                    event="metrics",
+                    address=server.address,
+                )
+            )
+        check_resources(spec, backend)
+        check_not_in_lambda(spec, backend)
+        follow = reloads(backend, reload) if reload else None
         try:
             lease = held.enter_context(
-                backend.running(spec.pipeline, lambda line: report(f"[{spec.pipeline}] {line}"))
+                backend.running(spec.pipeline, of_pipeline(spec.pipeline, report))
             )
         except KeyboardInterrupt:  # e.g. while another run's lease is waited for
-            report(f"[{spec.pipeline}] stopped while waiting for the run lease: nothing was read")
+            report(
+                Line(
+                    f"[{spec.pipeline}] stopped while waiting for the run lease: nothing was read",
+                    WARNING,
+                )
+            )
             return 130
         record_spec_version(backend, spec)  # for `pipeline status`
         # The checkpoints are read once the lease is held: a run finishing meanwhile moves them.
@@ -61,7 +89,9 @@ def run(
             lease=lease,
             reloads=follow,
             handover=Emulation if spec.function is not None else None,
+            observer=observer,
         )
+        health.attach(engine)
         try:
             return _run(engine, report)
         except GaveUp as error:
@@ -72,8 +102,13 @@ def run(
 def _run(engine: Engine, report: Callable[[str], None]) -> int:
     spec, backend = engine.spec, engine.backend
     report(
-        f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
-        f"(Ctrl-C stops cleanly)"
+        Line(
+            f"[{spec.pipeline}] reading {engine.source} on the {backend.name} target "
+            f"(Ctrl-C stops cleanly)",
+            event="start",
+            source=engine.source,
+            target=backend.name,
+        )
     )
     if spec.function is not None:
         report(f"[{spec.pipeline}] {running_line(spec.function)}")
@@ -91,18 +126,21 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         counts = engine.run()
     except KeyboardInterrupt:  # a second Ctrl-C
         report(
-            f"[{spec.pipeline}] stopped at once: what was read since the last checkpoint "
-            "is read again by the next run"
+            Line(
+                f"[{spec.pipeline}] stopped at once: what was read since the last checkpoint "
+                "is read again by the next run",
+                WARNING,
+            )
         )
         return 130
     except GaveUp:
-        report(f"[{spec.pipeline}] stopped: {engine.counts.line()}")
+        report(_summary(spec, "stopped", engine.counts, ERROR))
         raise
     except Exception:
         # What was done until then; the error itself is said last, by the caller.
-        report(f"[{spec.pipeline}] stopped by an error: {engine.counts.line()}")
+        report(_summary(spec, "stopped by an error", engine.counts, ERROR))
         raise
-    report(f"[{spec.pipeline}] done: {counts.line()}")
+    report(_summary(spec, "done", counts))
     for delivery in engine.deliveries:
         report(
             f"[{spec.pipeline}] firehose {delivery.firehose.name}: "
@@ -118,6 +156,13 @@ def _run(engine: Engine, report: Callable[[str], None]) -> int:
         if dead_letter.count:
             report(f"[{spec.pipeline}] dead letter: {dead_letter.summary()}")
     return 0
+
+
+def _summary(spec: Spec, how: str, counts: Counts, level: str = INFO) -> Line:
+    """The run's last counts, e.g. "[shop] done: in 3 | ...", with them as fields."""
+    return Line(
+        f"[{spec.pipeline}] {how}: {counts.line()}", level, event="summary", **counts.fields()
+    )
 
 
 def reloads(backend: Backend, load: Callable[[], Spec]) -> Reloads:

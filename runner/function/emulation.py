@@ -38,6 +38,7 @@ from runner.backends.base import SHARD_END, Backend, BackendError, Record
 from runner.function.handler import FunctionCore
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.engine import Engine
+from runner.loop.lines import INFO, WARNING, Line
 from runner.loop.patience import backoff_cap
 from runner.loop.reader import ShardBatch
 from runner.loop.rounds import Counts
@@ -149,6 +150,7 @@ class Emulation:
             state_dir=engine.state_dir,
             stopping=engine.patience.stopping,
             log_counts=False,  # the run's status lines say them
+            observer=engine.observer,
         )
         self.cores.append(self.core)
 
@@ -215,7 +217,7 @@ class Emulation:
             outcome = self._invoke(shard_id, part)
             if outcome.handled:
                 self.engine.checkpoint(shard_id, part[outcome.handled - 1].sequence)
-                counts.add(self.core.last)
+                counts.add(self.core.last, shard_id)
             rest = part[outcome.handled :]
             if not rest:
                 since = None
@@ -247,7 +249,8 @@ class Emulation:
             of = f" of {function.max_retries}" if function.max_retries != -1 else ""
             self._say(
                 f"{shard_id}: {outcome.failure}; retry {retries + 1}{of} from record "
-                f"{rest[0].sequence} in {wait:g} s"
+                f"{rest[0].sequence} in {wait:g} s",
+                WARNING,
             )
             patience.wait(failing, since, wait)
             pending.insert(0, (rest, retries + 1))
@@ -282,15 +285,15 @@ class Emulation:
     ) -> None:
         """Go on past `records`, as Lambda does once their retries are spent, saying so."""
         self.engine.checkpoint(shard_id, records[-1].sequence)
-        counts.records_in += len(records)
-        counts.discarded += len(records)
+        counts.add(Counts(records_in=len(records), discarded=len(records)), shard_id)
         self._say(
             f"{shard_id}: Lambda would discard {_records(records)} {why}: {failure}; "
-            f"the run goes on past {'them' if len(records) > 1 else 'it'}"
+            f"the run goes on past {'them' if len(records) > 1 else 'it'}",
+            WARNING,
         )
 
-    def _say(self, line: str) -> None:
-        self.engine.report(f"[{self.spec.pipeline}] {line}")
+    def _say(self, line: str, level: str = INFO) -> None:
+        self.engine.report(Line(f"[{self.spec.pipeline}] {line}", level))
 
 
 def _arn(backend: Backend, service: str, region: str, resource: str) -> str:

@@ -32,6 +32,8 @@ from typing import Any
 
 from runner.backends.base import Backend, BackendError, Record
 from runner.loop.dead_letter import DeadLetter
+from runner.loop.lines import WARNING, Line, after
+from runner.loop.observer import NO_OBSERVER, Observer
 from runner.loop.patience import Abandoned, Patience
 from runner.loop.rounds import Counts, Round
 from runner.loop.sink import Sink
@@ -41,6 +43,9 @@ from runner.spec import Spec
 
 # The function's environment variable holding the version of the spec file it runs.
 SPEC_VERSION = "PIPELINE_SPEC_VERSION"
+
+# The class of a dead letter's reason for a record of an event that cannot be read as one.
+BAD_EVENT = "bad_event"
 
 # Writes are retried until this close to the invocation's deadline (at most this share of its
 # time), so that the batch can still be answered with what failed.
@@ -78,6 +83,7 @@ class FunctionCore:
         state_dir: Path | None = None,  # for a file dead letter, which only the local target has
         stopping: threading.Event | None = None,  # a local run's stop: ends a write's waits
         log_counts: bool = True,  # each invocation's counts (a local run's status says them)
+        observer: Observer = NO_OBSERVER,  # told its sinks' PutRecords results (a local run's)
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -101,7 +107,9 @@ class FunctionCore:
         # Kept over invocations: what they wrote adds up (the sinks' `written`, the dead
         # letter's count), as a local run's deliveries and summary need.
         self.sinks = {
-            key: Sink(backend, spec.streams[key].name, sleep=sleep, patience=patience)
+            key: Sink(
+                backend, spec.streams[key].name, sleep=sleep, patience=patience, observer=observer
+            )
             for key in self.routes
         }
         self.dead_letter = DeadLetter(
@@ -125,7 +133,7 @@ class FunctionCore:
             sequences.append(record.sequence)
             before.append(_totals(counts))
             if problem:
-                taken.reject(shard_id, record, problem, origin)
+                taken.reject(shard_id, record, problem, BAD_EVENT, origin)
             else:
                 taken.take(shard_id, record, origin)
         failed = self._write(taken)
@@ -137,7 +145,8 @@ class FunctionCore:
             return {"batchItemFailures": []}
         self._say(
             f"in {len(sequences)} | written: the {count(failed, 'record')} before record "
-            f"{sequences[failed]}, which Lambda retries from"
+            f"{sequences[failed]}, which Lambda retries from",
+            WARNING,
         )
         return {"batchItemFailures": [{"itemIdentifier": sequences[failed]}]}
 
@@ -158,7 +167,7 @@ class FunctionCore:
             except (BackendError, Abandoned) as error:
                 first = origins[accepted.index(False)]
                 failed = first if failed is None else min(failed, first)
-                self._say(f"stream {sinks[key].stream}: {self._why(error)}")
+                self._say(f"stream {sinks[key].stream}: {self._why(error)}", WARNING)
         dead = taken.dead_origins
         if failed is not None:
             dead_letter.keep_first(bisect.bisect_left(dead, failed))
@@ -167,11 +176,12 @@ class FunctionCore:
             dead_letter.write()
         except (BackendError, Abandoned) as error:
             failed = dead[0] if failed is None else min(failed, dead[0])
-            self._say(f"dead letter {dead_letter.where()}: {self._why(error)}")
+            self._say(f"dead letter {dead_letter.where()}: {self._why(error)}", WARNING)
         return failed
 
-    def _say(self, line: str) -> None:
-        self.report(f"[{self.spec.pipeline}] {line}")
+    def _say(self, line: str, level: str | None = None) -> None:
+        """Say a line (of a level, when given), as one of the pipeline."""
+        self.report(after(f"[{self.spec.pipeline}] ", Line(line, level) if level else line))
 
     def _why(self, error: Exception) -> str:
         if isinstance(error, Abandoned) and self.deadline.stopped():
@@ -182,7 +192,8 @@ class FunctionCore:
 
 
 def _totals(counts: Counts) -> Counts:
-    """The counts but those per route (which the round's origins tell)."""
+    """The counts but those per route and per class of dead letter reason (which the round's
+    origins tell)."""
     return Counts(
         records_in=counts.records_in,
         dead_lettered=counts.dead_lettered,
@@ -197,6 +208,7 @@ def _before(totals: Counts, taken: Round, failed: int) -> Counts:
     for key, origins in taken.origins.items():
         if written := bisect.bisect_left(origins, failed):
             totals.out[key] = written
+    totals.dead_causes.update(taken.dead_causes[: bisect.bisect_left(taken.dead_origins, failed)])
     return totals
 
 

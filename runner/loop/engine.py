@@ -32,10 +32,12 @@ from runner.backends.base import (
 )
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.delivery import Delivery
+from runner.loop.lines import WARNING, Line, of_pipeline
+from runner.loop.observer import NO_OBSERVER, Observer
 from runner.loop.patience import GIVE_UP_AFTER_S, Abandoned, Patience
 from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
-from runner.loop.rounds import Counts, Round
+from runner.loop.rounds import Counts, Rates, Round
 from runner.loop.run_info import record_spec_version
 from runner.loop.sink import Sink
 from runner.records.processor import Journey
@@ -96,8 +98,15 @@ class Engine:
         lease: Lease | None = None,
         reloads: Reloads | None = None,  # None: the run keeps its spec, saying once if it changed
         handover: Callable[[Engine], Handover] | None = None,
+        observer: Observer = NO_OBSERVER,  # told what the run does, e.g. for --metrics
     ) -> None:
         self.lease = lease or Lease()
+        self.observer = observer
+        # For a health check: when the last round began and ended (by the clock), and whether
+        # the loop ended.
+        self.round_began: float | None = None
+        self.round_ended: float | None = None
+        self.ended = False
         # The loop uses the backend through this, so that it writes (sinks, the dead letter,
         # deliveries, checkpoints) nothing once the run no longer holds its lease.
         backend = Fenced(backend, self.lease)
@@ -113,7 +122,7 @@ class Engine:
         self.patience = Patience(
             give_up_after=options.give_up_after,
             service=f"the {backend.name} target",
-            report=lambda line: report(f"[{spec.pipeline}] {line}"),
+            report=of_pipeline(spec.pipeline, report),
             stopping=self._stopping,
             status_every=options.status_every,
             clock=clock,
@@ -126,7 +135,12 @@ class Engine:
         self.dead_letter = self._dead_letter(spec)
         self.dead_letters = [self.dead_letter]  # the current one last
         self.watch = SpecWatch(
-            spec, reloads, report, clock, delivers=not backend.delivers_firehoses
+            spec,
+            reloads,
+            report,
+            clock,
+            delivers=not backend.delivers_firehoses,
+            observer=observer,
         )
         self.deliveries = (
             []
@@ -147,10 +161,11 @@ class Engine:
                 who=f"pipeline {spec.pipeline}",
                 start=str(spec.source.start),
                 forget=options.forget_old_checkpoints,
-                report=lambda line: report(f"[{spec.pipeline}] {line}"),
+                report=of_pipeline(spec.pipeline, report),
             ),
             clock=clock,
             on_start=self.checkpoint,  # where a shard was first read, so a restart goes on
+            observer=observer,
         )
         self.counts = Counts()
         self.handover = handover(self) if handover else None
@@ -161,20 +176,28 @@ class Engine:
 
     def run(self) -> Counts:
         """Run until stopped, idle for --until-idle or --max-records handled."""
+        try:
+            return self._run()
+        finally:
+            self.ended = True
+
+    def _run(self) -> Counts:
         with _StopOnSignals(self.stop):
             first_read = None
             last_activity = next_status = self.clock()
+            last_status = (next_status, self.counts.copy())  # for the rates
             abandoned = False
             while not self._stopping.is_set():
                 try:
                     self.lease.check()  # also when idle: a run that lost its lease stops
                 except LeaseLapsed:
                     pass  # it may be renewed yet: reading goes on, writing waits (_Fenced)
-                polled = self.clock()
+                polled = self.round_began = self.clock()
                 handled = self._round()
                 if handled is None:
                     abandoned = True
                     break
+                self._round_ended()
                 if new := self.watch.poll():  # between rounds: after this one's checkpoints
                     self._swap(new)
                 if handled:
@@ -186,7 +209,8 @@ class Engine:
                     last_activity = now
                 if now >= next_status:
                     self.counts.lag_ms = self.reader.lag_ms
-                    self.report(f"[{self.spec.pipeline}] {self.counts.line()}")
+                    self.report(self._status(*last_status, now))
+                    last_status = (now, self.counts.copy())
                     next_status = now + self.options.status_every
                 if self._limit_reached():
                     break
@@ -200,12 +224,30 @@ class Engine:
                 self._round(flush=True)  # what it holds is read: handed over before the end
             self._finish_deliveries()
         self.counts.lag_ms = self.reader.lag_ms
+        self._round_ended()
         return self.counts
+
+    def _status(self, since: float, before: Counts, now: float) -> Line:
+        """The status line: the counts, and the rates since the last one."""
+        rates = Rates.between(before, self.counts, now - since)
+        return Line(
+            f"[{self.spec.pipeline}] {self.counts.line(rates)}",
+            event="status",
+            **self.counts.fields(rates),
+        )
+
+    def _round_ended(self) -> None:
+        self.round_ended = self.clock()
+        self.observer.round_ended(self.counts, self.spec, self.reader.lag_by_shard())
 
     def _sink(self, stream: str) -> Sink:
         if stream not in self._made_sinks:
             self._made_sinks[stream] = Sink(
-                self.backend, stream, sleep=self.sleep, patience=self.patience
+                self.backend,
+                stream,
+                sleep=self.sleep,
+                patience=self.patience,
+                observer=self.observer,
             )
         return self._made_sinks[stream]
 
@@ -214,7 +256,7 @@ class Engine:
             spec,
             self.backend,
             self.state_dir,
-            report=lambda line: self.report(f"[{spec.pipeline}] {line}"),
+            report=of_pipeline(spec.pipeline, self.report),
             patience=self.patience,
         )
 
@@ -253,7 +295,7 @@ class Engine:
         service (what was read is read again by the next run). A round that fails adds
         nothing to the counts, which say only what was written; a handover adds to them
         only what it checkpointed."""
-        counted = dataclasses.replace(self.counts, out=self.counts.out.copy())
+        counted = self.counts.copy()
         try:
             if flush:
                 return self.handover.take([], self.counts, flush=True)
@@ -265,8 +307,12 @@ class Engine:
             if self.handover is None:
                 self.counts = counted  # as if the round, not checkpointed, was never read
             self.report(
-                f"[{self.spec.pipeline}] stopped while waiting for {self.patience.service}: "
-                f"{error}: what was read since the last checkpoint is read again by the next run"
+                Line(
+                    f"[{self.spec.pipeline}] stopped while waiting for {self.patience.service}: "
+                    f"{error}: what was read since the last checkpoint is read again by the "
+                    "next run",
+                    WARNING,
+                )
             )
             return None
         except BaseException:
@@ -314,19 +360,25 @@ class Engine:
 
     def checkpoint(self, shard_id: str, sequence: str) -> None:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
+        started = self.clock()
         self.patience.retry(
             lambda: self.backend.set_checkpoint(self.spec.pipeline, self.source, shard_id, sequence)
         )
+        self.observer.checkpoint_written(self.clock() - started)
 
     def _take_batch(self, batch: ShardBatch, taken: Round) -> list[Record]:
         """Take a batch's records up to --max-records; returns those taken. A KPL aggregate
         counts as its user records, and is taken whole."""
-        limit = self.options.max_records
+        limit, counts = self.options.max_records, self.counts
+        before = counts.records_in
+        taken_records = batch.records
         for number, record in enumerate(batch.records):
-            if limit is not None and self.counts.records_in >= limit:
-                return batch.records[:number]
+            if limit is not None and counts.records_in >= limit:
+                taken_records = batch.records[:number]
+                break
             taken.take(batch.shard_id, record)
-        return batch.records
+        counts.received[batch.shard_id] += counts.records_in - before  # once a batch
+        return taken_records
 
     def _within_limit(self, batches: list[ShardBatch]) -> list[ShardBatch]:
         """The batches cut to --max-records (counting what the handover holds): a shard

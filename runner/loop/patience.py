@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from runner.backends.base import BackendError, Throttled
+from runner.loop.lines import WARNING, Line
 
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 5.0
@@ -78,8 +79,11 @@ class Patience:
             left = "" if limit is None else f"; gives up in {limit - lasted:.0f} s"
             note = self.note(error)
             self.report(
-                f"waiting for {self.service}: {error} (retrying for {lasted:.0f} s{left})"
-                + (f" ({note})" if note else "")
+                Line(
+                    f"waiting for {self.service}: {error} (retrying for {lasted:.0f} s{left})"
+                    + (f" ({note})" if note else ""),
+                    WARNING,
+                )
             )
             self._next_status = now + self.status_every
 

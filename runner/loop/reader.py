@@ -28,6 +28,7 @@ from runner.backends.base import (
     start_mark,
 )
 from runner.backends.limits import MAX_GET_RECORDS
+from runner.loop.observer import NO_OBSERVER, Observer
 from runner.plural import count
 from runner.spec.position import Position
 
@@ -78,6 +79,7 @@ class ShardBatch:
 class _ShardState:
     shard: Shard
     iterator: str | None = None
+    opened: bool = False  # it had an iterator once
     last_sequence: str | None = None  # of the last record handed out
     next_call: float = 0.0
     throttle_wait: float = 0.0
@@ -101,6 +103,7 @@ class StreamReader:
     # Called with (shard id, checkpoint) when a shard without checkpoint is first read, before
     # any of its records is handed out: the caller stores it, so a restart goes on from there.
     on_start: Callable[[str, str], None] | None = None
+    observer: Observer = NO_OBSERVER  # told of throttled calls
 
     def __post_init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None  # for targets that read shards in parallel
@@ -150,6 +153,21 @@ class StreamReader:
     def lag_ms(self) -> int:
         return max((s.millis_behind for s in self._shards.values()), default=0)
 
+    def lag_by_shard(self) -> dict[str, int]:
+        """How far behind the newest record each shard read now was at its last read (ms)."""
+        return {shard_id: s.millis_behind for shard_id, s in self._shards.items() if not s.finished}
+
+    def not_open(self) -> str | None:
+        """Why not every shard to read has had an iterator yet (e.g. "shard X has no iterator
+        yet"), or None when each has."""
+        shards = list(self._shards.items())  # at once: a health check asks from its thread
+        if not shards and not self._followed:
+            return f"the shards of stream {self.stream} are not listed yet"
+        waiting = [shard_id for shard_id, s in shards if not s.opened]
+        if waiting:
+            return f"{count(len(waiting), 'shard')} without an iterator yet ({', '.join(waiting)})"
+        return None
+
     @property
     def caught_up(self) -> bool:
         """True when every shard's last answer was empty with nothing behind, or it finished,
@@ -185,12 +203,15 @@ class StreamReader:
         try:
             if state.iterator is None:
                 state.iterator = self._iterator_for(state)
+                state.opened = True
             answer = self.backend.get_records(state.iterator, self.limit)
         except IteratorExpired:
             state.iterator = None  # renewed from the last record handed out, next call
             state.at_end = False  # not known to be caught up until it is asked again
             return None
         except Throttled as error:
+            if state.iterator is not None:  # GetRecords, not GetShardIterator
+                self.observer.get_records_throttled(state.shard.shard_id)
             state.failing_since = state.failing_since if state.failure else now
             state.failure = error
             state.at_end = False

@@ -27,6 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.backends.base import BackendError
+from runner.loop.lines import WARNING, Line, of_pipeline
+from runner.loop.observer import (
+    FAILED_TO_LOAD,
+    INVALID,
+    NO_OBSERVER,
+    REFUSED,
+    RELOADED,
+    WAITING,
+    Observer,
+)
 from runner.plural import count
 from runner.spec import Function, Spec, SpecError, version
 
@@ -76,12 +86,14 @@ class SpecWatch:
         clock: Callable[[], float],
         *,
         delivers: bool,  # whether the run delivers the spec's firehoses itself
+        observer: Observer = NO_OBSERVER,  # told the result of each new version acted on
     ) -> None:
+        self.observer = observer
         self.spec = spec
         self.number = 1  # versions this run has used
         self.reloads = reloads
         self.say = report  # a line as it is: a spec error
-        self.report = lambda line: report(f"[{spec.pipeline}] {line}")
+        self.report = of_pipeline(spec.pipeline, report)
         self.clock = clock
         self.delivers = delivers
         self.file = SpecFile(spec.path)
@@ -115,22 +127,26 @@ class SpecWatch:
         if not self._told:
             self._told = True
             self.report(
-                "spec changed on disk; this run keeps the version it started with "
-                "(restart, or use --watch)"
+                Line(
+                    "spec changed on disk; this run keeps the version it started with "
+                    "(restart, or use --watch)",
+                    WARNING,
+                )
             )
 
     def _load(self) -> Spec | None:
         try:
             new = self.reloads.load()
         except BackendError as error:  # e.g. STS asked for a new ${account_id}
-            self.report(f"cannot load the new spec (trying again): {error}")
+            self.observer.spec_reload(FAILED_TO_LOAD)
+            self.report(Line(f"cannot load the new spec (trying again): {error}", WARNING))
             self._seen = None  # so that the next look tries again, after a while
             self._next_look = self.clock() + RECHECK_EVERY_S
             return None
         except SpecError as error:
             for line in error.problems:
-                self.say(line)  # FILE:LINE:COL: PATH: message, as validate says it
-            self._kept(f"it has {count(len(error.problems), 'error')}")
+                self.say(Line(line, WARNING))  # FILE:LINE:COL: PATH: message, as validate says
+            self._kept(f"it has {count(len(error.problems), 'error')}", INVALID)
             return None
         self._seen = new.version  # what was loaded, if saved again meanwhile
         return new
@@ -141,10 +157,10 @@ class SpecWatch:
             return None
         if needs_restart := restart_changes(self.spec, new, delivers=self.delivers):
             verb = "needs" if len(needs_restart) == 1 else "need"
-            self._kept(f"a change of {_listed(needs_restart)} {verb} a restart")
+            self._kept(f"a change of {_listed(needs_restart)} {verb} a restart", REFUSED)
             return None
         if refused := self.reloads.refusal(new):
-            self._kept(f"{new.path}: {refused}")
+            self._kept(f"{new.path}: {refused}", REFUSED)
             return None
         if not self._exists(new, again=again):
             self._waiting = new
@@ -152,7 +168,14 @@ class SpecWatch:
             return None
         self._waiting = None
         self.number += 1
-        self.report(f"spec reloaded (version {self.number}): {changes(self.spec, new)}")
+        self.observer.spec_reload(RELOADED)
+        self.report(
+            Line(
+                f"spec reloaded (version {self.number}): {changes(self.spec, new)}",
+                event="reload",
+                version=self.number,
+            )
+        )
         self.spec = new
         return new
 
@@ -161,15 +184,24 @@ class SpecWatch:
         try:
             missing = self.reloads.missing(new)
         except BackendError as error:
-            self.report(f"cannot check the resources of the new spec (trying again): {error}")
+            self.observer.spec_reload(FAILED_TO_LOAD)
+            self.report(
+                Line(f"cannot check the resources of the new spec (trying again): {error}", WARNING)
+            )
             return False
         if missing and not again:
+            self.observer.spec_reload(WAITING)
             verb = "does" if len(missing) == 1 else "do"
-            self.report(f"waiting for pipeline apply: {_listed(missing)} {verb} not exist")
+            self.report(
+                Line(f"waiting for pipeline apply: {_listed(missing)} {verb} not exist", WARNING)
+            )
         return not missing
 
-    def _kept(self, why: str) -> None:
-        self.report(f"spec not reloaded: {why}; this run keeps version {self.number}")
+    def _kept(self, why: str, result: str) -> None:
+        self.observer.spec_reload(result)
+        self.report(
+            Line(f"spec not reloaded: {why}; this run keeps version {self.number}", WARNING)
+        )
 
 
 def restart_changes(old: Spec, new: Spec, *, delivers: bool) -> list[str]:

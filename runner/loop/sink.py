@@ -12,14 +12,16 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from runner.backends.base import Backend, BackendError, Throttled
+from runner.backends.base import Backend, BackendError, PutResult, Throttled
 from runner.backends.limits import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, entry_size
+from runner.loop.observer import FAILED, NO_OBSERVER, OK, THROTTLED, Observer
 from runner.loop.patience import Patience, backoff_cap
 
 Entry = tuple[bytes, str]  # (data, partition key)
 
 # PutRecords entry errors that a later attempt can fix; any other fails the run.
-RETRYABLE = frozenset({"ProvisionedThroughputExceededException", "InternalFailure"})
+THROTTLING = "ProvisionedThroughputExceededException"
+RETRYABLE = frozenset({THROTTLING, "InternalFailure"})
 
 
 def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
@@ -75,6 +77,7 @@ class Sink:
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
         patience: Patience | None = None,
+        observer: Observer = NO_OBSERVER,  # told each call's results
     ) -> None:
         self.backend = backend
         self.stream = stream
@@ -82,6 +85,7 @@ class Sink:
         self.jitter = jitter
         # How long calls that fail whole are retried; by default, for as long as they fail.
         self.patience = patience or Patience(sleep=sleep)
+        self.observer = observer
         self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
 
     def put(self, entries: Sequence[Entry], accepted: list[bool] | None = None) -> None:
@@ -101,6 +105,8 @@ class Sink:
         attempt = 0
         since: float | None = None  # when the calls began to fail with nothing accepted
         while pending:
+            if attempt:
+                self.observer.put_retried(self.stream)
             started = self.patience.clock()
             failed, failure = self._try_put(pending, entries, accepted)
             if not failed:
@@ -124,7 +130,9 @@ class Sink:
         try:
             results = self.backend.put_records(self.stream, [entries[p] for p in pending])
         except Throttled as error:
+            self.observer.put_records(self.stream, {THROTTLED: len(pending)})
             return pending, error
+        self.observer.put_records(self.stream, _by_result(results))
         for position, result in zip(pending, results, strict=True):
             if result.ok:
                 accepted[position] = True
@@ -151,3 +159,10 @@ class Sink:
     def _backoff(self, attempt: int) -> float:
         # Jitter: a random wait between half and all of an exponentially growing cap.
         return backoff_cap(attempt) * (0.5 + self.jitter() / 2)
+
+
+def _by_result(results: Sequence[PutResult]) -> dict[str, int]:
+    """A PutRecords call's entries by result: put, throttled, failed otherwise."""
+    failed = [result.error_code for result in results if not result.ok]
+    throttled = failed.count(THROTTLING)
+    return {OK: len(results) - len(failed), THROTTLED: throttled, FAILED: len(failed) - throttled}

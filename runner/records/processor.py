@@ -16,12 +16,19 @@ from runner.records.transform import Filtered, Step, TransformError
 
 ROUTED, FILTERED, DEAD_LETTER, DROPPED = "routed", "filtered", "dead_letter", "dropped"
 
+# Why a record is dead-lettered, as a class of few values (a metric's label), beside the reason's
+# text: the record is not UTF-8, not JSON, not an object; a transform step or the route failed on
+# it; no case took it; it cannot be written as JSON, or is too large for the sink.
+NOT_UTF8, NOT_JSON, NOT_OBJECT = "not_utf8", "not_json", "not_object"
+TRANSFORM, ROUTE, UNMATCHED = "transform", "route", "unmatched"
+NOT_ENCODABLE, TOO_LARGE = "not_encodable", "too_large"
+
 
 class Outcome:
     """What happens to one record. A plain class: one is made per record, and a frozen
     dataclass costs several times as much to make."""
 
-    __slots__ = ("kind", "sinks", "partition_key", "payload", "reason")
+    __slots__ = ("kind", "sinks", "partition_key", "payload", "reason", "cause")
 
     def __init__(
         self,
@@ -30,12 +37,14 @@ class Outcome:
         partition_key: str = "",
         payload: bytes = b"",  # what is written to each sink
         reason: str = "",  # why, when dead-lettered or dropped
+        cause: str = "",  # the class of the reason, e.g. NOT_JSON
     ) -> None:
         self.kind = kind
         self.sinks = sinks
         self.partition_key = partition_key
         self.payload = payload
         self.reason = reason
+        self.cause = cause
 
 
 class Journey:
@@ -58,34 +67,42 @@ class Journey:
         try:
             record = parse_record(data)
         except BadRecord as error:
-            return Outcome(DEAD_LETTER, reason=str(error))
+            return Outcome(DEAD_LETTER, reason=str(error), cause=error.cause)
         try:
             for step in self.steps:
                 step.apply(record, self.clock)
             sinks, key = self.route.decide(record, self.clock)
         except Filtered:
             return Outcome(FILTERED)
-        except (TransformError, RouteError) as error:
-            return Outcome(DEAD_LETTER, reason=str(error))
+        except TransformError as error:
+            return Outcome(DEAD_LETTER, reason=str(error), cause=TRANSFORM)
+        except RouteError as error:
+            return Outcome(DEAD_LETTER, reason=str(error), cause=ROUTE)
         if not sinks:
-            reason = "no route case took the record"
-            return Outcome(DROPPED if self.drop_unmatched else DEAD_LETTER, reason=reason)
+            kind = DROPPED if self.drop_unmatched else DEAD_LETTER
+            return Outcome(kind, reason="no route case took the record", cause=UNMATCHED)
         try:
             payload = encode(record) + self.ending
             size = entry_size(payload, key)
         except ValueError as error:  # e.g. a lone surrogate, an infinite number
-            return Outcome(DEAD_LETTER, reason=f"cannot be written as JSON: {error}")
+            reason = f"cannot be written as JSON: {error}"
+            return Outcome(DEAD_LETTER, reason=reason, cause=NOT_ENCODABLE)
         if size > MAX_RECORD_BYTES:
             return Outcome(
                 DEAD_LETTER,
                 reason=f"too large for the sink: {size} bytes with its partition key, "
                 f"over Kinesis' {MAX_RECORD_BYTES}",
+                cause=TOO_LARGE,
             )
         return Outcome(ROUTED, sinks, key, payload)
 
 
 class BadRecord(ValueError):
-    """Bytes that are not a JSON object; the text is the reason."""
+    """Bytes that are not a JSON object; the text is the reason, `cause` its class."""
+
+    def __init__(self, reason: str, cause: str = NOT_JSON) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 def _not_json(constant: str) -> None:
@@ -102,7 +119,7 @@ def parse_json(data: bytes) -> object:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise BadRecord(f"not UTF-8: {error.reason} at byte {error.start}") from None
+        raise BadRecord(f"not UTF-8: {error.reason} at byte {error.start}", NOT_UTF8) from None
     # The decoder's own limit depends on how deep the caller's stack is, so preview and run
     # could disagree near it; a fixed limit, checked only where it could be reached, cannot.
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
@@ -146,7 +163,7 @@ def parse_record(data: bytes) -> dict:
     """A record: a JSON object, or BadRecord saying why not."""
     record = parse_json(data)
     if not isinstance(record, dict):
-        raise BadRecord(f"not a JSON object: got {json_type(record)}")
+        raise BadRecord(f"not a JSON object: got {json_type(record)}", NOT_OBJECT)
     return record
 
 
