@@ -19,6 +19,7 @@ from runner.commands.produce import (
     ABROAD,
     USA_CITIES,
     ProduceOptions,
+    Stops,
     json_lines,
     main,
     produce,
@@ -335,7 +336,7 @@ class Recorder:
     def __init__(self):
         self.events = []
 
-    def put(self, entries):
+    def put(self, entries, accepted=None):
         self.events.append(("put", [key for _, key in entries]))
 
     def sleep(self, seconds):
@@ -450,3 +451,23 @@ def test_the_mean_gap_is_the_scenarios_for_synthetic_sessions_unless_given():
     assert ProduceOptions(key, synthetic=True).gap == 10.0
     assert ProduceOptions(key, synthetic=True, mean_gap=0.5).gap == 0.5
     assert ProduceOptions(key, file=[]).gap == 0.0
+
+
+def test_a_stop_asked_while_a_batch_is_put_counts_the_batch_it_put():
+    """The signal comes while PutRecords is in flight (here: from inside it): the batch is
+    put and counted, and producing stops before the next one."""
+    stops = Stops()
+    recorder = Recorder()
+    puts = []
+
+    class Stopped(Recorder):
+        def put(self, entries, accepted=None):
+            puts.append(len(entries))
+            stops.handle(signal.SIGTERM, None)  # as the handler would, mid-call
+
+    records = ((f"line {n}", {"session_id": f"s{n}"}) for n in range(1, 1001))
+    key = compile_expression("session_id")
+    result = produce(Stopped(), records, key, warn=recorder.events.append, stops=stops)
+
+    assert (result.sent, result.last, result.interrupted) == (500, "line 500", True)
+    assert puts == [500]

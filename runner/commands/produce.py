@@ -20,6 +20,7 @@ from typing import IO
 
 from runner.backends.base import Backend, BackendError, StateLost
 from runner.backends.limits import MAX_RECORD_BYTES, entry_size
+from runner.loop.patience import Abandoned, Patience
 from runner.loop.sink import Sink
 from runner.plural import count
 from runner.records.expressions import Expression
@@ -95,6 +96,22 @@ class Produced:
     error: str | None = None  # what stopped it early, if anything but Ctrl-C
 
 
+class Stops:
+    """Ctrl-C and SIGTERM while producing: at once while waiting for input, but a batch being
+    put is put first (or its wait for a throttled stream ends), so that what is said to be
+    put is what was put; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.putting = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.putting and not self.asked.is_set():
+            self.asked.set()
+            return
+        raise KeyboardInterrupt
+
+
 def produce(
     sink: Sink,
     records: Iterable[tuple[str, dict | bytes | BadLine]],  # (label for messages, record)
@@ -105,21 +122,33 @@ def produce(
     warn: Callable[[str], None],
     progress: Callable[[int], None] = lambda sent: None,
     sleep: Callable[[float], None] = time.sleep,
+    stops: Stops | None = None,
 ) -> Produced:
     """Put every record, keyed by `key`; report bad lines through `warn` and go on.
     Ctrl-C, SIGTERM or an error stops it: what was put before is counted (whole batches, in
     order), the result says why it stopped."""
+    stops = stops or Stops()
     result = Produced()
     gaps = random.Random(None if seed is None else seed + 1)
     batch: list[tuple[bytes, str]] = []
     last = None
 
     def flush() -> None:
-        sink.put(batch)
+        accepted = [False] * len(batch)
+        stops.putting = True
+        try:
+            sink.put(batch, accepted)
+        except Abandoned:  # stopped while the stream was throttled: count what went in
+            result.sent += sum(accepted)
+            raise KeyboardInterrupt from None
+        finally:
+            stops.putting = False
         result.sent += len(batch)
         result.last = last
         progress(len(batch))
         batch.clear()
+        if stops.asked.is_set():  # a stop asked while the batch was being put
+            raise KeyboardInterrupt
 
     try:
         for label, record in records:
@@ -150,17 +179,21 @@ def produce(
 
 
 @contextlib.contextmanager
-def _terminated_as_interrupted() -> Iterator[None]:
-    """SIGTERM (`kill`, a container stopping) stops producing as Ctrl-C does, so that it
-    says how many records were put instead of dying silently."""
+def _stopped_by_signals(stops: Stops) -> Iterator[None]:
+    """Ctrl-C, and SIGTERM (`kill`, a container stopping) as Ctrl-C, stop producing as
+    `stops` says, so that it says how many records were put instead of dying silently."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers belong to the main thread
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {number: signal.signal(number, stops.handle) for number in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def raw_lines(lines: Iterable[bytes], label: Callable[[int], str]) -> Iterator[tuple[str, bytes]]:
@@ -239,15 +272,17 @@ def main(
         # An endless trickle shows each record as it goes, as the scenario's producer does.
         numbers = itertools.count(1)
         progress = lambda sent: warn(f"put record {next(numbers)} into {stream}")  # noqa: E731
-    with _terminated_as_interrupted():
+    stops = Stops()
+    with _stopped_by_signals(stops):
         result = produce(
-            Sink(backend, stream),
+            Sink(backend, stream, patience=Patience(stopping=stops.asked)),
             records,
             options.key,
             mean_gap=gap,
             seed=options.seed,
             warn=warn,
             progress=progress,
+            stops=stops,
         )
     # Said when stopped early, so that the user resends only what is not in yet.
     through = f" (through {result.last})" if result.last else ""
