@@ -2,10 +2,12 @@
 metrics a run keeps (added once a round), and the server answering /metrics, /healthz and
 /ready, which stops with the run."""
 
+import http.client
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -23,9 +25,11 @@ from runner import spec
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import run as run_command
-from runner.commands.metrics import Metrics, parse_address
+from runner.commands.health import Health
+from runner.commands.metrics import Metrics, MetricsServer, parse_address
 from runner.commands.provision import apply
 from runner.loop.engine import RunOptions
+from runner.loop.lines import WARNING
 from runner.loop.rounds import Counts
 
 # MINIMAL with two source shards, a filter and unmatched records dropped.
@@ -63,6 +67,10 @@ def test_an_address_without_a_host_is_the_loopback(text, address):
         ("localhost:", "'' is not a port (0 to 65535)"),
         ("::1:9108", "write an IPv6 address in brackets, e.g. [::1]:9108"),
         ("[nope]:9108", "'nope' is not an IPv6 address"),
+        ("[::1]", "no port: write [::1]:PORT, e.g. [::1]:9108"),
+        ("http://127.0.0.1:9108", "give HOST:PORT, not a URL, e.g. 127.0.0.1:9108"),
+        ("http://[::1]:9108/metrics", "give HOST:PORT, not a URL, e.g. [::1]:9108"),
+        ("http://", "give HOST:PORT, not a URL"),
     ],
 )
 def test_a_bad_address_says_what_is_wrong(text, problem):
@@ -263,6 +271,84 @@ def test_ready_goes_from_503_to_200_once_every_shard_has_an_iterator(tmp_path):
 
     assert ended == [0]
     assert refused(f"{url}/healthz")
+
+
+def reset(url):
+    """Connect to the server at `url` and close the connection with a reset, sending nothing."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def answering():
+    """Whether the server still has a thread answering a request."""
+    return any("process_request_thread" in thread.name for thread in threading.enumerate())
+
+
+def test_a_client_going_away_is_not_news_and_a_failure_of_ours_is_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    path, loaded, backend = shop_applied(tmp_path)
+
+    def broken(self, accept=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Metrics, "exposition", broken)
+    lines, ended = [], []
+    running = threading.Thread(
+        target=lambda: ended.append(
+            run_command.run(
+                loaded,
+                backend,
+                tmp_path / "state",
+                RunOptions(max_records=1),
+                lines.append,
+                metrics=("127.0.0.1", 0),
+            )
+        )
+    )
+    running.start()
+    wait_until(lambda: lines)
+    url = lines[0].split(" metrics at ")[1].split("/metrics")[0]
+
+    reset(url)
+    for _ in range(2):  # answered in order of connection: after the reset one
+        with pytest.raises(http.client.RemoteDisconnected):
+            urllib.request.urlopen(f"{url}/metrics", timeout=5)
+    assert get(f"{url}/healthz") == (200, "alive\n")
+    backend.put_records("in", sessions(("a", "USA")))
+    running.join(timeout=30)
+    wait_until(lambda: not answering())
+
+    assert ended == [0]
+    failures = [line for line in lines if "metrics:" in line]
+    assert failures == ["[shop] metrics: answering a request failed: RuntimeError: boom"]
+    assert failures[0].level == WARNING
+    assert capsys.readouterr().err == ""
+
+
+def test_head_answers_the_status_and_headers_of_get_without_the_body():
+    metrics = Metrics("shop")
+    server = MetricsServer("127.0.0.1", 0, metrics, Health())
+    try:
+        host, port = server.address.rsplit(":", 1)
+        answers = {}
+        for path in ("/healthz", "/ready", "/metrics", "/nothing"):
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.request("HEAD", path)
+            answer = connection.getresponse()
+            answers[path] = (answer.status, answer.getheader("Content-Length"), answer.read())
+            connection.close()
+        metrics_length = str(len(metrics.exposition()[0]))
+    finally:
+        server.close()
+
+    assert answers == {
+        "/healthz": (200, str(len("alive: starting\n")), b""),
+        "/ready": (503, str(len("not ready: the run is starting\n")), b""),
+        "/metrics": (200, metrics_length, b""),
+        "/nothing": (404, str(len("not found: try /metrics, /healthz or /ready\n")), b""),
+    }
 
 
 def start_run(processes, tmp_path, path, *options):

@@ -14,8 +14,10 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import socket
+import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -32,6 +34,7 @@ from runner.records import processor
 from runner.spec import Spec
 
 LOOPBACK = "127.0.0.1"
+TEXT = "text/plain; charset=utf-8"
 # Every class of a dead letter's reason, so that each one's counter is there from the start.
 DEAD_LETTER_CAUSES = (
     processor.NOT_UTF8,
@@ -52,6 +55,11 @@ CHECKPOINT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 def parse_address(text: str) -> tuple[str, int]:
     """(host, port) of `--metrics`: PORT, HOST:PORT or [IPv6]:PORT; without a host, the
     loopback. Raises ValueError saying what is wrong."""
+    if "://" in text:
+        given = urllib.parse.urlsplit(text).netloc
+        raise ValueError(f"give HOST:PORT, not a URL{f', e.g. {given}' if given else ''}")
+    if text.startswith("[") and text.endswith("]"):
+        raise ValueError(f"no port: write {text}:PORT, e.g. {text}:9108")
     host, colon, port = text.rpartition(":")
     if not colon:
         host, port = "", text
@@ -198,19 +206,26 @@ def _added(now: Counter, before: Counter) -> list[tuple[str, int]]:
 
 
 class MetricsServer:
-    """An HTTP server, in a thread of its own, answering GET /metrics, /healthz and /ready."""
+    """An HTTP server, in a thread of its own, answering GET and HEAD of /metrics, /healthz and
+    /ready. A client going away mid-request is not news; a failure of ours answering is
+    `say`d, one line for each kind of failure."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: Health,
+        say: Callable[[str], None] = lambda line: None,
+    ) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family})
         try:
-            self.server = server((host, port), _handler(metrics, health))
+            self.server = _Server((host, port), _handler(metrics, health), family, say)
         except OSError as error:  # a port in use, a host that is not this machine's
             where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             raise BackendError(
                 f"cannot serve metrics on {where}: {error.strerror or error}"
             ) from None
-        self.server.daemon_threads = True
         bound_host, bound_port = self.server.server_address[:2]
         self.address = (
             f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
@@ -227,24 +242,57 @@ class MetricsServer:
         self._thread.join()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        family: socket.AddressFamily,
+        say: Callable[[str], None],
+    ) -> None:
+        self.address_family = family  # read by the constructor, to make the socket
+        self.say = say
+        self.said: set[str] = set()
+        super().__init__(address, handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Instead of socketserver's traceback on stderr: nothing for a client that went away
+        (a probe's timeout, a reset connection), else one line, once for each kind."""
+        error = sys.exc_info()[1]
+        if error is None or isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        kind = f"{type(error).__name__}: {error}".splitlines()[0]
+        if kind not in self.said:
+            self.said.add(kind)
+            self.say(f"metrics: answering a request failed: {kind}")
+
+
 def _handler(metrics: Metrics, health: Health) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            self._answer(*self._page())
+
+        def do_HEAD(self) -> None:  # some probes ask only for the status
+            self._answer(*self._page(), body=False)
+
+        def _page(self) -> tuple[int, bytes, str]:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._answer(200, *metrics.exposition(self.headers.get("Accept")))
-            elif path in ("/healthz", "/ready"):
+                return (200, *metrics.exposition(self.headers.get("Accept")))
+            if path in ("/healthz", "/ready"):
                 good, why = health.alive() if path == "/healthz" else health.ready()
-                self._answer(200 if good else 503, f"{why}\n".encode())
-            else:
-                self._answer(404, b"not found: try /metrics, /healthz or /ready\n")
+                return 200 if good else 503, f"{why}\n".encode(), TEXT
+            return 404, b"not found: try /metrics, /healthz or /ready\n", TEXT
 
-        def _answer(self, status: int, body: bytes, kind: str = "text/plain; charset=utf-8"):
+        def _answer(self, status: int, page: bytes, kind: str, *, body: bool = True) -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(page)))
             self.end_headers()
-            self.wfile.write(body)
+            if body:
+                self.wfile.write(page)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not news for the run's output

@@ -53,7 +53,12 @@ def run(
             from runner.commands.metrics import Metrics, MetricsServer
 
             observer = Metrics(spec.pipeline)
-            server = MetricsServer(*metrics, observer, health)
+            server = MetricsServer(
+                *metrics,
+                observer,
+                health,
+                say=lambda line: report(Line(f"[{spec.pipeline}] {line}", WARNING)),
+            )
             held.callback(server.close)
             report(
                 Line(
