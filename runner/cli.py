@@ -24,7 +24,7 @@ from runner.commands import reset as reset_module
 from runner.commands import run as run_command
 from runner.commands import status as status_module
 from runner.commands import validate as validate_command
-from runner.commands.log import FORMATS, HUMAN, RunLog
+from runner.commands.log import FORMATS, HUMAN, JSON, RunLog
 from runner.commands.preview import preview as preview_records
 from runner.commands.target import Target
 from runner.loop import engine
@@ -124,6 +124,28 @@ def _metrics_address(context: Any, parameter: Any, value: str | None) -> tuple[s
 
 def _run_log(context: Any, parameter: Any, value: str) -> RunLog:
     return RunLog(value, say)
+
+
+class LogsCommand(click.Command):
+    """A command taking --log-format: with `--log-format json` on its command line, a usage
+    error is one JSON line too (level error, click's message), as the lines of the run are."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        asks_json = _asks_json(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as error:
+            if not asks_json:
+                raise
+            RunLog(JSON, say).error(error.format_message())
+            ctx.exit(error.exit_code)
+
+
+def _asks_json(args: list[str]) -> bool:
+    """Whether `args` (before any `--`) say --log-format json."""
+    given = args[: args.index("--")] if "--" in args else args
+    pairs = zip(given, [*given[1:], ""])
+    return "--log-format=json" in given or ("--log-format", "json") in pairs
 
 
 SPEC_REGION = "AWS region (default: the spec's region, else your AWS configuration's)."
@@ -289,7 +311,7 @@ def destroy(spec: str, yes: bool, strict: bool, target: Target) -> int:
     return EXIT_OK
 
 
-@cli.command()
+@cli.command(cls=LogsCommand)
 @spec_argument
 @click.option(
     "--until-idle",

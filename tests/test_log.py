@@ -180,3 +180,28 @@ def test_the_problems_of_an_invalid_spec_are_json_too(tmp_path):
             "(streams: source, usa, other)",
         }
     ]
+
+
+def test_a_usage_error_is_one_json_line_with_log_format_json_and_click_text_without(tmp_path):
+    path = tmp_path / "shop.yaml"
+    path.write_text(MINIMAL)
+    bad_metrics = "Invalid value for '--metrics': 'abc': 'abc' is not a port (0 to 65535)"
+    bad_idle = "Invalid value for '--until-idle': -1.0 is not in the range x>=0."
+
+    results = [
+        run(tmp_path, str(path), "--metrics", "abc"),
+        CliRunner().invoke(cli, ["run", str(path), "--log-format=json", "--until-idle", "-1"]),
+        CliRunner().invoke(cli, ["run", str(path), "--until-idle", "-1"]),
+    ]
+
+    assert [result.exit_code for result in results] == [2, 2, 2]
+    assert parsed(results[0].stderr) == [
+        {"level": "error", "pipeline": None, "message": bad_metrics}
+    ]
+    assert parsed(results[1].stderr) == [{"level": "error", "pipeline": None, "message": bad_idle}]
+    assert results[2].stderr == (
+        "Usage: cli run [OPTIONS] SPEC\n"
+        "Try 'cli run --help' for help.\n"
+        "\n"
+        f"Error: {bad_idle}\n"
+    )
