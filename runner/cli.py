@@ -43,11 +43,12 @@ def reports_errors(command: Callable[..., int | None]) -> Callable[..., None]:
     def run(*args: Any, **kwargs: Any) -> None:
         log = kwargs.get("log_format")  # a run's lines, errors too, in the format asked for
         error_line = log.error if isinstance(log, RunLog) else say
+        warning_line = log.warning if isinstance(log, RunLog) else say
         try:
             code = command(*args, **kwargs)
         except SpecError as error:
             for line in error.problems:
-                error_line(line)
+                (warning_line if line in error.warnings else error_line)(line)
             sys.exit(EXIT_INVALID)
         except BackendError as error:
             error_line(f"error: {error}")
@@ -383,18 +384,19 @@ def run(
     handler, in batches shaped as Lambda's; on the aws target Lambda runs it, and run refuses.
     """
     # For run: what it refuses is said once, as its error, not as a warning first.
-    load = functools.partial(
-        target.load, spec, strict=strict, warn=log_format.warning, for_run=True
-    )
-    loaded = load()
+    load = functools.partial(target.load, spec, strict=strict, for_run=True)
+    first_warnings: list[str] = []  # said once the pipeline they are about is known
+    loaded = load(warn=first_warnings.append)
     log_format.pipeline = loaded.pipeline
+    for line in first_warnings:
+        log_format.warning(line)
     options = engine.RunOptions(
         until_idle=until_idle,
         max_records=max_records,
         forget_old_checkpoints=forget_old_checkpoints,
         give_up_after=give_up_after,
     )
-    reload = load if watch else None
+    reload = functools.partial(load, warn=log_format.warning) if watch else None
     backend = target.backend(loaded.region)
     return run_command.run(
         loaded, backend, target.state_dir, options, log_format, reload=reload, metrics=metrics

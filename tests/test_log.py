@@ -98,7 +98,7 @@ def test_every_line_of_a_run_is_one_json_object(tmp_path):
     assert result.exit_code == 0, result.output
     lines = parsed(result.stderr)
     for line in lines:
-        line.pop("busy_s", None)
+        line.pop("took_s", None)
         line["message"] = timeless(line["message"])
         for rate in ("in_per_s", "out_per_s", "rate_interval_s"):
             line.pop(rate, None)
@@ -200,8 +200,41 @@ def test_a_usage_error_is_one_json_line_with_log_format_json_and_click_text_with
     ]
     assert parsed(results[1].stderr) == [{"level": "error", "pipeline": None, "message": bad_idle}]
     assert results[2].stderr == (
-        "Usage: cli run [OPTIONS] SPEC\n"
-        "Try 'cli run --help' for help.\n"
-        "\n"
-        f"Error: {bad_idle}\n"
+        f"Usage: cli run [OPTIONS] SPEC\nTry 'cli run --help' for help.\n\nError: {bad_idle}\n"
+    )
+
+
+def test_a_spec_warning_is_a_warning_refused_or_not_with_the_pipeline_once_known(tmp_path):
+    path = tmp_path / "shop.yaml"
+    modeline = "# yaml-language-server: $schema=nowhere.json\n"
+    warning = (
+        f"{path}:1:33: warning: the yaml-language-server modeline's $schema 'nowhere.json' "
+        "does not exist (the path is relative to the spec's folder), so editors cannot check "
+        "the spec"
+    )
+    path.write_text(modeline + MINIMAL.replace("to: usa", "to: nowhere"))
+    refused = run(tmp_path, str(path))
+    path.write_text(modeline + MINIMAL)  # not applied
+    strict = run(tmp_path, str(path), "--strict")
+    accepted = run(tmp_path, str(path))
+
+    assert (refused.exit_code, parsed(refused.stderr)) == (
+        2,
+        [
+            {"level": "warning", "pipeline": None, "message": warning},
+            {
+                "level": "error",
+                "pipeline": None,
+                "message": f"{path}:14:11: route.cases[0].to: unknown stream 'nowhere' "
+                "(streams: source, usa, other)",
+            },
+        ],
+    )
+    assert (strict.exit_code, parsed(strict.stderr)) == (
+        2,
+        [{"level": "warning", "pipeline": None, "message": warning}],
+    )
+    assert (accepted.exit_code, parsed(accepted.stderr)[0]) == (
+        1,
+        {"level": "warning", "pipeline": "shop", "message": warning},
     )

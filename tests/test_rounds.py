@@ -58,7 +58,7 @@ def test_the_status_line_says_the_counts_the_rates_and_what_took_means():
         "dropped": 0,
         "discarded": 0,
         "lag_ms": 250,
-        "busy_s": 3.25,
+        "took_s": 3.25,
         "in_per_s": 2.5,
         "out_per_s": 2.0,
         "rate_interval_s": 2.0,

@@ -84,7 +84,7 @@ class Counts:
             "dropped": self.dropped,
             "discarded": self.discarded,
             "lag_ms": self.lag_ms,
-            "busy_s": round(self.busy_s, 3),
+            "took_s": round(self.busy_s, 3),  # what line() says "took"
         }
         if rates:
             found.update(rates.fields())

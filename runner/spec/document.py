@@ -101,7 +101,8 @@ class Reader:
         """Raise every problem, with the warnings among them, in the order of the file;
         `strict` counts warnings as problems."""
         if self.problems or (strict and self.warnings):
-            raise SpecError(_in_order(self.problems + self.warnings))
+            warnings = frozenset(text for _, _, text in self.warnings)
+            raise SpecError(_in_order(self.problems + self.warnings), warnings)
 
     def warning_lines(self) -> tuple[str, ...]:
         return tuple(_in_order(self.warnings))

@@ -8,11 +8,13 @@ SpecPath = tuple  # a path in the spec: keys and list indexes
 
 
 class SpecError(Exception):
-    """A spec that cannot be used; `problems` holds one line per problem."""
+    """A spec that cannot be used; `problems` holds one line per problem, with the spec's
+    warnings among them (`warnings`: which they are)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: frozenset[str] = frozenset()) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = warnings
 
 
 def format_path(path: SpecPath) -> str:
