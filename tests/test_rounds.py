@@ -72,6 +72,13 @@ def test_a_summary_keeps_its_fields_and_says_no_rates_nor_time_when_none_passed(
     )
 
 
+def test_a_status_line_gives_rates_only_over_a_second_or_more():
+    """The first status line comes after the first round, a few milliseconds into the run."""
+    assert Rates.between(Counts(), counts(), 0.00113) is None
+    assert Rates.between(Counts(), counts(), 0.999) is None
+    assert Rates.between(Counts(), counts(), 1.0) == Rates(7.0, 5.0, 1.0)
+
+
 def test_a_run_counts_records_in_per_shard_and_dead_letters_per_class_of_reason(tmp_path):
     path = tmp_path / "shop.yaml"
     path.write_text(SPEC)

@@ -21,6 +21,8 @@ Entry = tuple[bytes, str]  # (data, partition key), as a sink takes it
 
 # The class of a dead letter's reason (see runner.records.processor) for a corrupt KPL aggregate.
 KPL_AGGREGATE = "kpl_aggregate"
+# The shortest time a status line's rates are given over.
+RATES_OVER_S = 1.0
 
 
 @dataclass
@@ -106,9 +108,10 @@ class Rates:
 
     @classmethod
     def between(cls, before: Counts, after: Counts, seconds: float) -> Rates | None:
-        """The rates from the counts `before` to those `after`, `seconds` later; None when
-        no time passed."""
-        if seconds <= 0:
+        """The rates from the counts `before` to those `after`, `seconds` later; None over
+        less than RATES_OVER_S (the first status line of a run comes after its first round),
+        where a few records would make a rate of thousands a second."""
+        if seconds < RATES_OVER_S:
             return None
         return cls(
             (after.records_in - before.records_in) / seconds,
