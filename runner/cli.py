@@ -123,6 +123,19 @@ def _metrics_address(context: Any, parameter: Any, value: str | None) -> tuple[s
         raise click.BadParameter(f"'{value}': {error}") from None
 
 
+def _junit_file(context: Any, parameter: Any, value: Path | None) -> Path | None:
+    """--junit's file, checked before any test runs: one that cannot be written is a usage
+    error, not a failure found once every test ran."""
+    if value is None:
+        return None
+    folder = value.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"'{value}': there is no folder {folder} to write it in")
+    if not os.access(value if value.exists() else folder, os.W_OK):
+        raise click.BadParameter(f"'{value}': cannot be written (permission denied)")
+    return value
+
+
 def _run_log(context: Any, parameter: Any, value: str) -> RunLog:
     return RunLog(value, say)
 
@@ -554,6 +567,7 @@ def consume(
 @click.option(
     "--junit",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_junit_file,
     help="Also write the results to this file as JUnit XML, for CI.",
 )
 @strict_option

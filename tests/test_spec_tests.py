@@ -360,6 +360,77 @@ def test_junit_through_the_command_line(shop, tmp_path):
     assert [case.get("name") for suite in suites for case in suite] == ["every fate, as expected"]
 
 
+def test_junit_xml_holds_test_names_with_characters_xml_cannot(shop, tmp_path):
+    folder = shop(
+        AS_EXPECTED.replace("every fate, as expected", r'"bell \x01, lone \ud800 and \uffff"')
+    )
+    report = tmp_path / "junit.xml"
+
+    code = run_tests([str(folder)], out=lambda line: None, warn=print, junit=report)
+
+    (suite,) = ElementTree.parse(report).getroot()
+    assert code == 0
+    assert [case.get("name") for case in suite] == [r"bell \x01, lone \ud800 and \uffff"]
+
+
+def test_junit_xml_of_invalid_specs_has_an_error_per_problem(tmp_path, shop):
+    shop(AS_EXPECTED.replace("to: [usa]", "to: [usaa]"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL.replace("to: usa", "to: nowhere"))
+    report = tmp_path / "junit.xml"
+
+    done = pipeline_test(str(tmp_path), "--junit", str(report))
+
+    root = ElementTree.parse(report).getroot()
+    assert (done.exit_code, done.stdout) == (2, "")
+    problems = done.stderr.splitlines()
+    assert len(problems) == 2
+    counts = {"tests": "2", "failures": "0", "errors": "2"}
+    assert root.attrib == {"name": "pipeline test", **counts}
+    (suite,) = root
+    assert suite.attrib == {"name": "invalid specs and test files", **counts, "skipped": "0"}
+    assert [
+        (case.get("classname"), case.get("name"), error.get("message"), error.text)
+        for case in suite
+        for error in case
+    ] == [
+        (str(bad), f"{bad}:13:11", problems[0], problems[0] + "\n"),
+        (
+            f"{tmp_path}/shop.test.yaml",
+            f"{tmp_path}/shop.test.yaml:6:14",
+            problems[1],
+            problems[1] + "\n",
+        ),
+    ]
+
+
+def test_a_junit_file_that_cannot_be_written_is_a_usage_error_before_any_test_runs(shop, tmp_path):
+    folder = shop(AS_EXPECTED)
+
+    done = pipeline_test(str(folder), "--junit", str(tmp_path / "gone" / "junit.xml"))
+
+    assert (done.exit_code, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--junit': '{tmp_path}/gone/junit.xml': there is no folder "
+        f"{tmp_path}/gone to write it in"
+    )
+
+
+def test_a_junit_file_that_fails_to_be_written_still_ends_with_the_tally(shop, tmp_path):
+    folder = shop(AS_EXPECTED)
+    out, warned = [], []
+
+    code = run_tests(
+        [str(folder)], out=out.append, warn=warned.append, junit=tmp_path / "gone" / "junit.xml"
+    )
+
+    assert code == 1
+    assert warned == [
+        f"error: cannot write the JUnit XML to {tmp_path}/gone/junit.xml: No such file or directory"
+    ]
+    assert out[-1] == "1 passed, 0 failed"
+
+
 def test_strict_refuses_a_test_file_with_a_warning(shop):
     folder = shop(AS_EXPECTED.replace('"big"', "'big || country == \"USA\"'"))
 

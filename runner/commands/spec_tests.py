@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -56,8 +57,14 @@ def run_tests(
     each likely mistake of a spec or test file, which `strict` refuses; write JUnit XML to
     `junit`. Returns 0 if every test passed, 1 if one failed. A spec or test file that is not
     valid raises SpecError with the problems of all, before any test runs."""
+    try:
+        loaded = _loaded(specs_at(paths), strict, warn)
+    except SpecError as error:
+        if junit is not None:  # for CI, which shows what is in the file
+            _write(junit_problems(error.problems), junit, warn)
+        raise
     results: list[tuple[Spec, list[Result]]] = []
-    for spec, tests, beside in _loaded(specs_at(paths), strict, warn):
+    for spec, tests, beside in loaded:
         if not tests and spec.route is None:
             out(f"{spec.path}: no tests: it has no route, so no record goes anywhere to test")
         elif not tests:
@@ -72,10 +79,19 @@ def run_tests(
         results.append((spec, ran))
     failed = sum(1 for _, ran in results for result in ran if result.failures)
     passed = sum(len(ran) for _, ran in results) - failed
-    out(f"{passed} passed, {failed} failed")
-    if junit is not None:
-        junit_xml(results).write(junit, encoding="utf-8", xml_declaration=True)
-    return 1 if failed else 0
+    written = junit is None or _write(junit_xml(results), junit, warn)
+    out(f"{passed} passed, {failed} failed")  # the last line, whatever happened before
+    return 1 if failed or not written else 0
+
+
+def _write(tree: ElementTree.ElementTree, path: Path, warn: Callable[[str], None]) -> bool:
+    """Write JUnit XML to `path`; whether it could (if not, `warn` says why)."""
+    try:
+        tree.write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as error:
+        warn(f"error: cannot write the JUnit XML to {path}: {error.strerror or error}")
+        return False
+    return True
 
 
 def specs_at(paths: Iterable[str]) -> list[Path]:
@@ -238,10 +254,10 @@ def _diff(expected: Any, got: Any) -> list[str]:
 
 def junit_xml(results: list[tuple[Spec, list[Result]]]) -> ElementTree.ElementTree:
     """JUnit XML for CI: a testsuite per spec, a testcase per test, a failure with its lines."""
-    root = ElementTree.Element("testsuites", name="pipeline test")
+    root = _element(None, "testsuites", name="pipeline test")
     for spec, ran in results:
         failed = sum(1 for result in ran if result.failures)
-        suite = ElementTree.SubElement(
+        suite = _element(
             root,
             "testsuite",
             name=str(spec.path),
@@ -251,7 +267,7 @@ def junit_xml(results: list[tuple[Spec, list[Result]]]) -> ElementTree.ElementTr
             skipped="0",
         )
         for result in ran:
-            case = ElementTree.SubElement(
+            case = _element(
                 suite,
                 "testcase",
                 classname=str(spec.path),
@@ -261,10 +277,50 @@ def junit_xml(results: list[tuple[Spec, list[Result]]]) -> ElementTree.ElementTr
             )
             if result.failures:
                 lines = [line for failure in result.failures for line in failure]
-                failure = ElementTree.SubElement(case, "failure", message=result.failures[0][0])
-                failure.text = "\n".join(lines) + "\n"
+                _element(case, "failure", "\n".join(lines) + "\n", message=result.failures[0][0])
     root.set("tests", str(sum(len(ran) for _, ran in results)))
     root.set("failures", str(sum(1 for _, ran in results for result in ran if result.failures)))
+    return _indented(root)
+
+
+def junit_problems(problems: list[str]) -> ElementTree.ElementTree:
+    """JUnit XML for specs or test files that are not valid (no test ran): a testcase with an
+    error for each problem, named by where it is (FILE:LINE:COL)."""
+    counts = {"tests": str(len(problems)), "failures": "0", "errors": str(len(problems))}
+    root = _element(None, "testsuites", name="pipeline test", **counts)
+    suite = _element(root, "testsuite", name="invalid specs and test files", **counts, skipped="0")
+    for problem in problems:
+        where = problem.split(": ", 1)[0]
+        case = _element(suite, "testcase", classname=_FILE_OF.sub("", where), name=where)
+        _element(case, "error", problem + "\n", message=problem)
+    return _indented(root)
+
+
+_FILE_OF = re.compile(r"(:\d+){1,2}$")  # FILE:LINE:COL -> FILE
+# What XML 1.0 cannot hold, even escaped: most control characters, lone surrogates, U+FFFE/F.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    """`text` as XML can hold it: each character it cannot written as its escape, e.g. \\x01."""
+    return _NOT_XML.sub(lambda found: repr(found[0])[1:-1], text)
+
+
+def _element(
+    parent: ElementTree.Element | None, tag: str, text: str | None = None, **attributes: str
+) -> ElementTree.Element:
+    """An element (under `parent`, if any), its text and attributes as XML can hold them."""
+    held = {key: _xml(value) for key, value in attributes.items()}
+    if parent is None:
+        element = ElementTree.Element(tag, held)
+    else:
+        element = ElementTree.SubElement(parent, tag, held)
+    if text is not None:
+        element.text = _xml(text)
+    return element
+
+
+def _indented(root: ElementTree.Element) -> ElementTree.ElementTree:
     tree = ElementTree.ElementTree(root)
     ElementTree.indent(tree)
     return tree
