@@ -290,6 +290,41 @@ def test_a_spec_with_tests_in_it_and_beside_it_runs_both(shop):
     ]
 
 
+def test_other_yaml_files_of_a_folder_are_skipped_once_each_saying_so(shop):
+    folder = shop(AS_EXPECTED)
+    (folder / "other.yaml").write_text("foo: bar\n")
+    (folder / "docker-compose.yml").write_text("services:\n  web: {image: nginx}\n")
+    (folder / "list.yaml").write_text("- pipeline\n")
+    (folder / "later.yaml").write_text("kind: A\n---\npipeline: second-document\n")
+
+    done = pipeline_test(str(folder), str(folder))
+
+    assert (done.exit_code, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        f"{folder}/docker-compose.yml: skipped: not a pipeline spec",
+        f"{folder}/later.yaml: skipped: not a pipeline spec",
+        f"{folder}/list.yaml: skipped: not a pipeline spec",
+        f"{folder}/other.yaml: skipped: not a pipeline spec",
+        f"PASS {folder}/shop.yaml: every fate, as expected",
+        "1 passed, 0 failed",
+    ]
+
+
+def test_a_yaml_file_of_a_folder_that_is_a_spec_but_invalid_is_refused(shop):
+    folder = shop(AS_EXPECTED)
+    (folder / "broken.yaml").write_text("pipeline: [shop\n")
+    (folder / "typo.yaml").write_text(MINIMAL.replace("to: usa", "to: usaa"))
+
+    done = pipeline_test(str(folder))
+
+    assert (done.exit_code, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        f"{folder}/broken.yaml:2:1: invalid YAML: expected ',' or ']', but got '<stream end>'",
+        f"{folder}/typo.yaml:13:11: route.cases[0].to: unknown stream 'usaa' "
+        "(streams: source, usa, other)",
+    ]
+
+
 def test_a_folder_without_specs_or_with_a_test_file_alone_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "lone").mkdir()

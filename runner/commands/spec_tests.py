@@ -57,8 +57,11 @@ def run_tests(
     each likely mistake of a spec or test file, which `strict` refuses; write JUnit XML to
     `junit`. Returns 0 if every test passed, 1 if one failed. A spec or test file that is not
     valid raises SpecError with the problems of all, before any test runs."""
+    specs, skipped = specs_at(paths)
+    for path in skipped:
+        out(f"{path}: skipped: not a pipeline spec")
     try:
-        loaded = _loaded(specs_at(paths), strict, warn)
+        loaded = _loaded(specs, strict, warn)
     except SpecError as error:
         if junit is not None:  # for CI, which shows what is in the file
             _write(junit_problems(error.problems), junit, warn)
@@ -94,11 +97,13 @@ def _write(tree: ElementTree.ElementTree, path: Path, warn: Callable[[str], None
     return True
 
 
-def specs_at(paths: Iterable[str]) -> list[Path]:
+def specs_at(paths: Iterable[str]) -> tuple[list[Path], list[Path]]:
     """The specs `paths` name, each once: a spec, its test file, or a folder (the specs in it,
-    by name). A folder with no spec, or with a test file whose spec is not beside it, raises
+    by name); and the other YAML files of those folders (not specs: no `pipeline:`), skipped.
+    A folder with no spec, or with a test file whose spec is not beside it, raises
     SpecError."""
     specs: list[Path] = []
+    skipped: list[Path] = []
     problems = []
     for path in map(Path, paths):
         if not path.is_dir():
@@ -106,6 +111,8 @@ def specs_at(paths: Iterable[str]) -> list[Path]:
             continue
         files = sorted(item for item in path.iterdir() if item.suffix in SPEC_SUFFIXES)
         found = [item for item in files if not is_test_file(item) and item.is_file()]
+        skipped.extend(item for item in found if not spec_module.is_spec(item))
+        found = [item for item in found if item not in skipped]
         for item in files:
             if is_test_file(item) and not spec_beside(item).is_file():
                 problems.append(f"{item}: no spec {spec_beside(item).name} beside it to test")
@@ -114,7 +121,7 @@ def specs_at(paths: Iterable[str]) -> list[Path]:
         specs.extend(found)
     if problems:
         raise SpecError(problems)
-    return list(dict.fromkeys(specs))
+    return list(dict.fromkeys(specs)), list(dict.fromkeys(skipped))
 
 
 def _loaded(

@@ -3,8 +3,10 @@
 `resolved(...)` builds the same Spec again from the document `load` resolved. `load_tests`
 reads a spec's tests kept beside it (NAME.test.yaml), as `load` reads those in it (`testing`).
 
-Only `load`, `load_tests` and `schema` import PyYAML and jsonschema, when called: the rest of
-this package works without them (in a Lambda function)."""
+Only `load`, `load_tests`, `schema` and `is_spec` import PyYAML and jsonschema, when called:
+the rest of this package works without them (in a Lambda function)."""
+
+from pathlib import Path
 
 from runner.spec.checks import check_prefix, load, load_tests, resolved
 from runner.spec.model import (
@@ -37,6 +39,7 @@ __all__ = [
     "Stream",
     "check_prefix",
     "dead_letter_off_machine",
+    "is_spec",
     "is_test_file",
     "kept_beside",
     "load",
@@ -56,3 +59,11 @@ def schema() -> dict:
     from runner.spec.document import schema as shipped
 
     return shipped()
+
+
+def is_spec(path: Path) -> bool:
+    """Whether the YAML file at `path` is meant as a spec (a mapping with `pipeline:`), not
+    another YAML file of its folder; one that is not YAML at all counts as a spec."""
+    from runner.spec.document import is_spec as meant
+
+    return meant(path)

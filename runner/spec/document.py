@@ -206,6 +206,27 @@ class Reader:
         return value
 
 
+def is_spec(path: Path) -> bool:
+    """Whether the YAML file at `path` is meant as a spec: its (first) document a mapping
+    with a top-level `pipeline` key. A file that cannot be read as YAML may be a spec with a
+    mistake, so it counts as one (loading it says what is wrong)."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            return True
+        loader = _Loader(raw.decode("utf-8"))
+        try:
+            node = loader.get_node() if loader.check_node() else None  # the first document
+        finally:
+            loader.dispose()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True
+    return isinstance(node, yaml.MappingNode) and any(
+        isinstance(key, yaml.ScalarNode) and key.value == "pipeline" for key, _ in node.value
+    )
+
+
 class _Refused(yaml.YAMLError):
     def __init__(self, mark: yaml.Mark, message: str) -> None:
         super().__init__(message)
