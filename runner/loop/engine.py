@@ -5,6 +5,9 @@ the dead letter, so a crash re-reads at most the batch in flight. SIGINT/SIGTERM
 what was read is written and checkpointed, every record routed is delivered, and the run exits 0.
 A new version of the spec (`--watch`, see `reload`) is swapped in between rounds.
 
+On a target whose calls wait on the network (AWS), a round hides their latency: the sinks'
+PutRecords calls go out at once (see `sink`), and so do the shards' checkpoints.
+
 A `Handover` may take the records read in place of the engine's own rounds: the local run of a
 spec with `lambda:` hands them to the Lambda handler as Lambda's event source mapping does.
 """
@@ -12,6 +15,7 @@ spec with `lambda:` hands them to the Lambda handler as Lambda's event source ma
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -39,7 +43,8 @@ from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
 from runner.loop.rounds import Counts, Rates, Round
 from runner.loop.run_info import record_spec_version
-from runner.loop.sink import Sink
+from runner.loop.sink import Sink, put_all
+from runner.loop.workers import Workers
 from runner.records.processor import Journey
 from runner.spec import Spec
 
@@ -129,6 +134,8 @@ class Engine:
             sleep=sleep,
             note=self._lease_note,
         )
+        # PutRecords calls and checkpoints at once, on a target whose calls wait on the network.
+        self.writers = Workers(backend.write_workers, "sink-writer")
         self._made_sinks: dict[str, Sink] = {}  # by stream name, also those routed no more
         self.sinks = {key: self._sink(spec.streams[key].name) for key in routed(spec)}
         self.state_dir = state_dir
@@ -179,6 +186,7 @@ class Engine:
         try:
             return self._run()
         finally:
+            self.writers.close()
             self.ended = True
 
     def _run(self) -> Counts:
@@ -348,15 +356,21 @@ class Engine:
                 checkpoints.append((batch.shard_id, SHARD_END))
             elif records:
                 checkpoints.append((batch.shard_id, records[-1].sequence))
-        for key, entries in taken.outgoing.items():
-            if entries:
-                self.sinks[key].put(entries)
+        sinks = self.sinks
+        put_all(
+            ((sinks[key], entries) for key, entries in taken.outgoing.items() if entries),
+            self.writers,
+        )
         # The dead letter may be a local file, which Fenced does not see.
         self.patience.retry(self.lease.check)
         self.dead_letter.write()
-        for shard_id, sequence in checkpoints:
-            self.checkpoint(shard_id, sequence)
+        self.writers.all(
+            [functools.partial(self._checkpoint_call, shard, seq) for shard, seq in checkpoints]
+        )
         return handled
+
+    def _checkpoint_call(self, shard_id: str, sequence: str, stop: threading.Event) -> None:
+        self.checkpoint(shard_id, sequence)
 
     def checkpoint(self, shard_id: str, sequence: str) -> None:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""
