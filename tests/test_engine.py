@@ -1,14 +1,17 @@
-"""The loop on a target whose calls wait on the network: it puts its lanes and checkpoints at
-once, and the local target keeps making every call in the run's own thread."""
+"""The loop on a target whose calls wait on the network: it reads the next round while it
+writes this one, and puts its lanes and checkpoints at once, keeping its promises: nothing is
+checkpointed past a record not written, a stop writes what was read, and the local target
+keeps making every call in the run's own thread."""
 
 import json
 import threading
 
+import pytest
 from conftest import MINIMAL, session_ids
 from fakes import Clock, FaultyBackend
 
 from runner import spec
-from runner.backends.base import is_start_mark
+from runner.backends.base import BackendError, is_start_mark
 from runner.backends.local import LocalBackend
 from runner.commands.provision import apply
 from runner.loop import engine
@@ -44,8 +47,8 @@ def put_sessions(backend, count):
 
 
 def on_the_network(backend, clock, before_get=lambda: None, **faults):
-    """The local backend as a run sees a network target: it writes lanes and checkpoints at
-    once. Each GetRecords call takes the time a shard waits between two (so the
+    """The local backend as a run sees a network target: it reads ahead, and writes lanes and
+    checkpoints at once. Each GetRecords call takes the time a shard waits between two (so the
     next read is due once the round is read) and answers at most PER_READ records; the name of
     the thread making it is noted in `reads`."""
 
@@ -76,6 +79,78 @@ def run_on(loaded, backend, state, clock):
 def moved(checkpoints):
     """The checkpoints past records, without start marks (where a shard began reading)."""
     return {shard: at for shard, at in checkpoints.items() if not is_start_mark(at)}
+
+
+def test_a_write_failing_while_the_next_round_is_read_checkpoints_nothing_past_what_was_written(
+    tmp_path,
+):
+    loaded, backend, state = setup(tmp_path)
+    ids, written = put_sessions(backend, 30)
+    clock = Clock()
+
+    def put_records(put, stream, entries):
+        # Round 2 (s10 to s19) cannot be written to the USA stream.
+        if stream == "usa-out" and any(b'"s1' in data for data, _ in entries):
+            raise BackendError(f"stream '{stream}' refused 1 records: KMSAccessDeniedException")
+        return put(stream, entries)
+
+    network = on_the_network(backend, clock, put_records=put_records)
+
+    with pytest.raises(BackendError, match="refused 1 records"):
+        run_on(loaded, network, state, clock).run()
+
+    # Round 2 was read ahead while round 1 was written, round 3 while round 2 failed.
+    assert network.reads == ["MainThread", "read-ahead_0", "read-ahead_0"]
+    shard = written[0].shard_id
+    assert moved(backend.get_checkpoints("shop", "in")) == {shard: written[9].sequence}
+
+    # The next run reads again from s10: every session reaches its sink.
+    run_on(loaded, backend, state, Clock()).run()
+    assert sorted(set(session_ids(backend, "usa-out", "other-out"))) == ids
+    assert moved(backend.get_checkpoints("shop", "in")) == {shard: written[29].sequence}
+
+
+def test_a_read_ahead_failing_ends_the_run_once_the_round_written_meanwhile_is_checkpointed(
+    tmp_path,
+):
+    loaded, backend, state = setup(tmp_path)
+    ids, written = put_sessions(backend, 30)
+    clock = Clock()
+
+    def fail_reading_ahead():
+        if threading.current_thread().name.startswith("read-ahead"):
+            raise BackendError("stream 'in': AccessDeniedException: not allowed to read")
+
+    network = on_the_network(backend, clock, before_get=fail_reading_ahead)
+
+    with pytest.raises(BackendError, match="not allowed to read"):
+        run_on(loaded, network, state, clock).run()
+
+    assert network.reads == ["MainThread", "read-ahead_0"]
+    assert sorted(session_ids(backend, "usa-out", "other-out")) == ids[:10]
+    shard = written[0].shard_id
+    assert moved(backend.get_checkpoints("shop", "in")) == {shard: written[9].sequence}
+
+
+def test_a_stop_while_the_next_round_is_read_writes_and_checkpoints_it_and_reads_no_more(tmp_path):
+    loaded, backend, state = setup(tmp_path)
+    ids, written = put_sessions(backend, 30)
+    clock = Clock()
+
+    def stop_while_reading_ahead():
+        if threading.current_thread().name.startswith("read-ahead"):
+            runner.stop()  # as Ctrl-C does
+
+    network = on_the_network(backend, clock, before_get=stop_while_reading_ahead)
+    runner = run_on(loaded, network, state, clock)
+
+    counts = runner.run()
+
+    assert network.reads == ["MainThread", "read-ahead_0"]
+    assert counts.records_in == 20
+    assert sorted(session_ids(backend, "usa-out", "other-out")) == ids[:20]
+    shard = written[0].shard_id
+    assert moved(backend.get_checkpoints("shop", "in")) == {shard: written[19].sequence}
 
 
 def test_the_shards_checkpoints_of_a_round_are_written_at_once(tmp_path):
