@@ -315,3 +315,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    import latency  # bench/latency.py, beside this file: the AWS latency figures
+
+    latency.main()

@@ -122,6 +122,7 @@ class FaultyBackend(Backend):
         self._faults = faults
         self.called: Counter[str] = Counter()
         self.read_workers = backend.read_workers  # a test may change it
+        self.write_workers = backend.write_workers  # and this
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self.called[method] += 1

@@ -1040,6 +1040,16 @@ def test_data_plane_throttling_is_not_retried_by_botocore(backend):
     assert backend.get_records(iterator).records == []
 
 
+def test_the_data_plane_keeps_a_connection_for_each_call_a_run_makes_at_once(backend):
+    # A run reads ahead (read_workers at once) while it writes (write_workers at once); with
+    # fewer connections kept, urllib3 opens more and warns on stderr as it discards them.
+    at_once = backend.read_workers + backend.write_workers
+    assert at_once > 10  # botocore's default pool
+    for service in ("kinesis", "dynamodb"):
+        config = backend._client(service, data_plane=True).meta.config
+        assert config.max_pool_connections == at_once
+
+
 def test_control_plane_throttling_is_retried_by_botocore(backend):
     backend.create_stream("orders", 1)
     sent = throttle_first(backend._client("kinesis"), "DescribeStreamSummary", times=1)

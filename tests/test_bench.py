@@ -5,12 +5,13 @@ import importlib.util
 from conftest import PIPELINES, REPO, read_stream
 
 from runner import spec
+from runner.backends.aws import AwsBackend
 from runner.backends.local import LocalBackend
 from runner.function import package
 
 
-def load_bench():
-    found = importlib.util.spec_from_file_location("bench", REPO / "bench" / "bench.py")
+def load_bench(name="bench"):
+    found = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(found)
     found.loader.exec_module(module)
     return module
@@ -49,3 +50,36 @@ def test_bench_runs_the_pipeline_with_metrics_served_too(tmp_path):
     _, _, done = bench.run_pipeline(tmp_path / "state", *bench.METRICS)
 
     assert done.startswith("[de-c2w2lab1-etl] done: in 10 | out ")
+
+
+def test_the_latency_bench_waits_before_every_call_and_reads_at_most_a_shards_share(tmp_path):
+    latency = load_bench("latency")
+    waits = []
+    late = latency.Late(LocalBackend(tmp_path), delay=0.02, per_read=3, sleep=waits.append)
+
+    late.create_stream("events", 1)
+    late.put_records("events", [(b"a", "a"), (b"b", "b"), (b"c", "c"), (b"d", "d")])
+    (shard,) = late.list_shards("events")
+    iterator = late.get_shard_iterator("events", shard.shard_id, "TRIM_HORIZON")
+
+    assert [r.data for r in late.get_records(iterator).records] == [b"a", b"b", b"c"]
+    assert waits == [0.02] * 5
+    # As a run sees the AWS target: Firehose delivers, and calls go out at once.
+    assert (late.delivers_firehoses, late.read_workers, late.write_workers) == (
+        True,
+        AwsBackend.read_workers,
+        AwsBackend.write_workers,
+    )
+
+
+def test_the_latency_bench_runs_the_scenario_in_its_own_process_behind_a_late_target(tmp_path):
+    latency, bench = load_bench("latency"), load_bench()
+    sinks = (bench.USA, bench.INTERNATIONAL)
+    path = latency.spec_with(tmp_path, sink_shards=4)
+    latency.produce(tmp_path / "state", path, 100)
+
+    assert latency.rate(path, tmp_path / "state", 100) > 0
+
+    backend = LocalBackend(tmp_path / "state")
+    assert sum(len(read_stream(backend, sink)) for sink in sinks) == 100
+    assert [len(backend.list_shards(sink)) for sink in sinks] == [4, 4]

@@ -104,3 +104,21 @@ def test_without_a_deadline_it_waits_as_long_as_it_takes():
     assert lines == [
         f"waiting for the aws target: {LOST} (retrying for {hour} s)" for hour in (3601, 7201)
     ]
+
+
+def test_calls_failing_at_once_say_so_once_between_them():
+    # Lanes and checkpoints wait in threads of their own: one saying so while another fails
+    # too (here, as soon as the first begins to say so) makes one line, not two.
+    lines = []
+    waits, now = patience(lines, give_up_after=300)
+
+    def report(line):
+        lines.append(line)
+        waits.failing(LOST, since=0.0)  # another call, failing since as long
+
+    waits.report = report
+    now[0] = 6.0
+
+    waits.failing(LOST, since=0.0)
+
+    assert lines == [f"waiting for the aws target: {LOST} (retrying for 6 s; gives up in 294 s)"]

@@ -1,10 +1,16 @@
+import hashlib
+import threading
+from collections import Counter
+
 import pytest
 
 from runner.backends.base import BackendError, PutResult, StreamNotFound, Throttled
 from runner.backends.limits import MAX_BATCH_BYTES
+from runner.backends.local import LocalBackend
 from runner.loop.observer import Observer
 from runner.loop.patience import Abandoned, Patience
-from runner.loop.sink import Sink, batches, waves
+from runner.loop.sink import Sink, batches, put_all, waves
+from runner.loop.workers import Workers
 
 MIB = 1024 * 1024
 THROTTLED = "ProvisionedThroughputExceededException"
@@ -334,3 +340,180 @@ def test_each_call_tells_its_entries_by_result_and_each_retry_is_told():
         ("events", {"ok": 1, "throttled": 0, "failed": 0}),
     ]
     assert kinesis.calls == [[b"a", b"b", b"c"], [b"b", b"c"], [b"c"], [b"c"]]
+
+
+# Lanes: a round's entries put at once, one lane per shard of the stream
+
+
+class InFlight:
+    """PutRecords on local streams, through calls that may be in flight at once: the first
+    `together` calls wait for each other, so that they are; a partition key of a stream in two
+    calls in flight at once is noted in `shared`. Every third entry of a key fails the first
+    time it is sent (throttled, or an internal failure of Kinesis), whichever thread sends it."""
+
+    def __init__(self, backend, together):
+        self.backend = backend
+        self.together = threading.Barrier(together, timeout=10)
+        self.calls = 0
+        self.flying = Counter()  # (stream, partition key) -> calls in flight holding it
+        self.shared = set()
+        self.sent = set()
+        self.lock = threading.Lock()
+
+    def list_shards(self, stream):
+        return self.backend.list_shards(stream)
+
+    def put_records(self, stream, entries):
+        keys = {(stream, key) for _, key in entries}
+        with self.lock:
+            self.calls += 1
+            first = self.calls <= self.together.parties
+            self.shared |= {key for key in keys if self.flying[key]}
+            self.flying.update(keys)
+        try:
+            if first:
+                self.together.wait()
+            return self._put(stream, entries)
+        finally:
+            with self.lock:
+                self.flying.subtract(keys)
+
+    def _put(self, stream, entries):
+        failing = {}
+        with self.lock:
+            for data, _ in entries:
+                if data not in self.sent and int(data.split(b"-")[1]) % 3 == 2:
+                    failing[data] = ENTRY_ERRORS[len(self.sent) % 2]
+                self.sent.add(data)
+        passing = [entry for entry in entries if entry[0] not in failing]
+        accepted = iter(self.backend.put_records(stream, passing) if passing else [])
+        return [
+            PutResult(error_code=failing[data], error_message="try again")
+            if data in failing
+            else next(accepted)
+            for data, _ in entries
+        ]
+
+
+ENTRY_ERRORS = ("ProvisionedThroughputExceededException", "InternalFailure")
+
+
+def by_key(entries):
+    keys = {}
+    for data, key in entries:
+        keys.setdefault(key, []).append(data)
+    return keys
+
+
+def shard_records(backend, stream):
+    """Each shard's records, (data, partition key), shard by shard."""
+    found = []
+    for shard in backend.list_shards(stream):
+        iterator = backend.get_shard_iterator(stream, shard.shard_id, "TRIM_HORIZON")
+        records = []
+        while batch := backend.get_records(iterator).records:
+            records += [(record.data, record.partition_key) for record in batch]
+            iterator = backend.get_shard_iterator(
+                stream, shard.shard_id, "AFTER_SEQUENCE_NUMBER", sequence=batch[-1].sequence
+            )
+        found.append(records)
+    return found
+
+
+def test_lanes_split_a_put_by_the_shard_each_partition_key_hashes_to(tmp_path):
+    backend = LocalBackend(tmp_path)
+    backend.create_stream("events", 4)
+    sent = [(f"{key}-{n}".encode(), f"key{key}") for n in range(3) for key in range(40)]
+    sink = Sink(backend, "events")
+
+    lanes = sink.lanes(sent)
+    for lane in lanes:
+        lane(threading.Event())
+
+    # One lane per shard, in the order of their hash keys, each key's entries in order.
+    assert [lane.args[0] for lane in lanes] == shard_records(backend, "events")
+    assert len(lanes) == 4
+
+
+def test_a_one_shard_stream_is_one_lane_and_no_entries_none(tmp_path):
+    backend = LocalBackend(tmp_path)
+    backend.create_stream("events", 1)
+    sink = Sink(backend, "events")
+
+    assert [lane.args[0] for lane in sink.lanes(entries("a", "b"))] == [entries("a", "b")]
+    assert sink.lanes([]) == []
+
+
+def test_lanes_at_once_keep_each_keys_order_whatever_fails(tmp_path):
+    # Two sinks of 3 shards, their six lanes in flight at once; many records per key, over
+    # several batches of 500 per lane, a third of them failing once.
+    backend = LocalBackend(tmp_path)
+    puts = {
+        stream: [(f"{stream}{key}-{n}".encode(), str(key)) for n in range(30) for key in range(100)]
+        for stream in ("usa", "international")
+    }
+    for stream in puts:
+        backend.create_stream(stream, 3)
+    kinesis = InFlight(backend, together=6)
+    sinks = {stream: Sink(kinesis, stream, sleep=lambda seconds: None) for stream in puts}
+    workers = Workers(6, "sink-writer")
+
+    put_all([(sinks[stream], sent) for stream, sent in puts.items()], workers)
+    workers.close()
+
+    assert kinesis.shared == set()  # no key was ever in two calls at once
+    for stream, sent in puts.items():
+        shards = shard_records(backend, stream)
+        assert by_key(entry for shard in shards for entry in shard) == by_key(sent)
+        last = [read_last(backend, stream, shard) for shard in backend.list_shards(stream)]
+        assert sinks[stream].written == dict(last)
+
+
+def read_last(backend, stream, shard):
+    iterator = backend.get_shard_iterator(stream, shard.shard_id, "TRIM_HORIZON")
+    return shard.shard_id, int(backend.get_records(iterator).records[-1].sequence)
+
+
+def test_a_lane_refused_fails_the_put_and_stops_the_others_before_their_next_call(tmp_path):
+    backend = LocalBackend(tmp_path)
+    backend.create_stream("events", 2)
+    half = 2**127  # where the second shard's hash keys begin
+    low = [key for key in map(str, range(3000)) if hash_key(key) < half]
+    refused = next(key for n in range(100) if hash_key(key := f"refused{n}") >= half)
+    stops = []  # the event the lanes see, set once one fails
+
+    class Refusing:
+        calls = 0
+
+        def list_shards(self, stream):
+            return backend.list_shards(stream)
+
+        def put_records(self, stream, entries):
+            Refusing.calls += 1
+            if entries[0][1] == refused:
+                raise BackendError("stream 'events' refused 1 records: KMSAccessDeniedException")
+            assert stops[0].wait(timeout=10)  # the other lane failed meanwhile
+            return backend.put_records(stream, entries)
+
+    def watched(lane):
+        def call(stop):
+            stops.append(stop)
+            lane(stop)
+
+        return call
+
+    # The low lane has three batches to put, the other one entry.
+    sent = [(f"{key}-0".encode(), key) for key in low[:1500]] + [(b"x-0", refused)]
+    lanes = Sink(Refusing(), "events", sleep=lambda seconds: None).lanes(sent)
+    workers = Workers(2, "sink-writer")
+
+    with pytest.raises(BackendError, match="refused 1 records"):
+        workers.all([watched(lane) for lane in lanes])
+    workers.close()
+
+    assert Refusing.calls == 2
+    assert [len(shard) for shard in shard_records(backend, "events")] == [500, 0]
+
+
+def hash_key(key):
+    return int.from_bytes(hashlib.md5(key.encode()).digest(), "big")

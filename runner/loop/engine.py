@@ -1,9 +1,13 @@
 """The loop: read batches from every source shard, transform, route, write, checkpoint.
 
 At-least-once: a shard's checkpoint moves only after every record before it is in a sink or in
-the dead letter, so a crash re-reads at most the batch in flight. SIGINT/SIGTERM stop reading;
+the dead letter, so a crash re-reads at most the batches in flight. SIGINT/SIGTERM stop reading;
 what was read is written and checkpointed, every record routed is delivered, and the run exits 0.
 A new version of the spec (`--watch`, see `reload`) is swapped in between rounds.
+
+On a target whose calls wait on the network (AWS), a round hides their latency: the next round
+is read while this one is written, the sinks' PutRecords calls go out at once (see `sink`), and
+so do the shards' checkpoints. Between rounds the loop's threads are idle.
 
 A `Handover` may take the records read in place of the engine's own rounds: the local run of a
 spec with `lambda:` hands them to the Lambda handler as Lambda's event source mapping does.
@@ -11,7 +15,9 @@ spec with `lambda:` hands them to the Lambda handler as Lambda's event source ma
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -39,7 +45,8 @@ from runner.loop.reader import ShardBatch, StreamReader, stored_checkpoints
 from runner.loop.reload import Reloads, SpecWatch, dead_letter_place, routed
 from runner.loop.rounds import Counts, Rates, Round
 from runner.loop.run_info import record_spec_version
-from runner.loop.sink import Sink
+from runner.loop.sink import Sink, put_all
+from runner.loop.workers import Workers
 from runner.records.processor import Journey
 from runner.spec import Spec
 
@@ -129,6 +136,8 @@ class Engine:
             sleep=sleep,
             note=self._lease_note,
         )
+        # PutRecords calls and checkpoints at once, on a target whose calls wait on the network.
+        self.writers = Workers(backend.write_workers, "sink-writer")
         self._made_sinks: dict[str, Sink] = {}  # by stream name, also those routed no more
         self.sinks = {key: self._sink(spec.streams[key].name) for key in routed(spec)}
         self.state_dir = state_dir
@@ -169,9 +178,14 @@ class Engine:
         )
         self.counts = Counts()
         self.handover = handover(self) if handover else None
+        # The next round's read, made while this round is written where reads wait on the
+        # network; what it read is taken by the next round, or read again by the next run.
+        self._reads_ahead = backend.read_workers > 1 and self.handover is None
+        self._ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ahead: concurrent.futures.Future[list[ShardBatch]] | None = None
 
     def stop(self) -> None:
-        """Ask the loop to stop after the batch in flight."""
+        """Ask the loop to stop after the batches in flight (those read ahead too)."""
         self._stopping.set()
 
     def run(self) -> Counts:
@@ -179,6 +193,10 @@ class Engine:
         try:
             return self._run()
         finally:
+            self._drop_ahead()
+            if self._ahead_pool is not None:
+                self._ahead_pool.shutdown()
+            self.writers.close()
             self.ended = True
 
     def _run(self) -> Counts:
@@ -187,7 +205,8 @@ class Engine:
             last_activity = next_status = self.clock()
             last_status = (next_status, self.counts.copy())  # for the rates
             abandoned = False
-            while not self._stopping.is_set():
+            # After a stop, what was read ahead is still written and checkpointed.
+            while not self._stopping.is_set() or self._ahead is not None:
                 try:
                     self.lease.check()  # also when idle: a run that lost its lease stops
                 except LeaseLapsed:
@@ -299,11 +318,12 @@ class Engine:
         try:
             if flush:
                 return self.handover.take([], self.counts, flush=True)
-            batches = self._poll()
+            batches = self._next_batches()
             if failing := self.reader.failing:
                 self.patience.failing(*failing)
             return self._handle(batches)
         except Abandoned as error:
+            self._drop_ahead()
             if self.handover is None:
                 self.counts = counted  # as if the round, not checkpointed, was never read
             self.report(
@@ -316,9 +336,38 @@ class Engine:
             )
             return None
         except BaseException:
+            self._drop_ahead()
             if self.handover is None:  # e.g. a full disk: its records are read again next run
                 self.counts = counted
             raise
+
+    def _next_batches(self) -> list[ShardBatch]:
+        """The batches read ahead during the last round (raising what that read raised); the
+        reader's next ones when none were, unless a stop was asked."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            batches = ahead.result()
+            if batches or self._stopping.is_set():
+                return batches
+        return self._poll()
+
+    def _read_ahead(self) -> None:
+        """Begin reading the next round, unless a stop was asked."""
+        if self._stopping.is_set():
+            return
+        if self._ahead_pool is None:
+            self._ahead_pool = concurrent.futures.ThreadPoolExecutor(1, "read-ahead")
+        self._ahead = self._ahead_pool.submit(self._poll)
+
+    def _settle_ahead(self) -> None:
+        """Wait for the read ahead to end: between rounds, the reader is the loop's alone."""
+        if self._ahead is not None:
+            concurrent.futures.wait([self._ahead])
+
+    def _drop_ahead(self) -> None:
+        """Forget the read ahead, once it has ended: nothing of it is checkpointed."""
+        self._settle_ahead()
+        self._ahead = None
 
     def _poll(self) -> list[ShardBatch]:
         """The reader's next batches (it may also record where a shard starts: a write)."""
@@ -348,15 +397,25 @@ class Engine:
                 checkpoints.append((batch.shard_id, SHARD_END))
             elif records:
                 checkpoints.append((batch.shard_id, records[-1].sequence))
-        for key, entries in taken.outgoing.items():
-            if entries:
-                self.sinks[key].put(entries)
+        limit = self.options.max_records
+        if self._reads_ahead and handled and (limit is None or self.counts.records_in < limit):
+            self._read_ahead()
+        sinks = self.sinks
+        put_all(
+            ((sinks[key], entries) for key, entries in taken.outgoing.items() if entries),
+            self.writers,
+        )
         # The dead letter may be a local file, which Fenced does not see.
         self.patience.retry(self.lease.check)
         self.dead_letter.write()
-        for shard_id, sequence in checkpoints:
-            self.checkpoint(shard_id, sequence)
+        self.writers.all(
+            [functools.partial(self._checkpoint_call, shard, seq) for shard, seq in checkpoints]
+        )
+        self._settle_ahead()
         return handled
+
+    def _checkpoint_call(self, shard_id: str, sequence: str, stop: threading.Event) -> None:
+        self.checkpoint(shard_id, sequence)
 
     def checkpoint(self, shard_id: str, sequence: str) -> None:
         """Write a checkpoint, waiting out throttling or a passing fault of the store."""

@@ -31,7 +31,7 @@ RELOADED, INVALID, REFUSED, WAITING, FAILED_TO_LOAD = (
 
 class Observer:
     """Hooks that do nothing; a watcher overrides those it wants. They may be called from the
-    reader's threads."""
+    run's threads: the reader's, and those writing sinks and checkpoints at once."""
 
     def round_ended(self, counts: Counts, spec: Spec, lag_ms: Mapping[str, int]) -> None:
         """A round ended: the run's counts so far, the spec it handled the round with, and

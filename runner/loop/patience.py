@@ -62,6 +62,7 @@ class Patience:
         self.sleep = sleep
         self.note = note  # what to add to a status line about `error`, e.g. the lease's state
         self._next_status = 0.0
+        self._status_lock = threading.Lock()  # calls made at once wait in several threads
 
     def failing(self, error: BackendError, since: float) -> None:
         """Note that a call has failed with `error` since `since` (by the clock): says so once
@@ -75,7 +76,11 @@ class Patience:
                 f"gave up waiting for {self.service} after {limit:g} s (--give-up-after): "
                 f"{error}; the next run reads again what this one did not checkpoint"
             )
-        if lasted >= self.status_every and now >= self._next_status:
+        with self._status_lock:
+            due = lasted >= self.status_every and now >= self._next_status
+            if due:
+                self._next_status = now + self.status_every
+        if due:
             left = "" if limit is None else f"; gives up in {limit - lasted:.0f} s"
             note = self.note(error)
             self.report(
@@ -85,7 +90,6 @@ class Patience:
                     WARNING,
                 )
             )
-            self._next_status = now + self.status_every
 
     def wait(self, error: BackendError, since: float, seconds: float) -> None:
         """Wait `seconds` before trying again a call that has failed since `since`; raises

@@ -4,24 +4,45 @@ entries that failed, with exponential backoff and jitter. Throttling is waited o
 Per partition key, records land in the order they were given. PutRecords does not keep order
 inside a call (an entry that fails is retried after later ones have landed), so a batch is sent
 in waves holding at most one entry per key, each wave accepted whole before the next is sent.
+
+On a target whose calls wait on the network, a round's entries are put in lanes at once, one
+lane per shard of the stream (by the hash of the partition key, as Kinesis routes them), each
+lane in order as above: all the entries of a key are in one lane, so a key's entries are never
+in two calls at once, and a shard's write limit slows its own lane only.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import hashlib
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from runner.backends.base import Backend, BackendError, PutResult, Throttled
 from runner.backends.limits import MAX_BATCH_BYTES, MAX_BATCH_RECORDS, entry_size
 from runner.loop.observer import FAILED, NO_OBSERVER, OK, THROTTLED, Observer
 from runner.loop.patience import Patience, backoff_cap
+from runner.loop.workers import Call, Stopped, Workers
 
 Entry = tuple[bytes, str]  # (data, partition key)
 
 # PutRecords entry errors that a later attempt can fix; any other fails the run.
 THROTTLING = "ProvisionedThroughputExceededException"
 RETRYABLE = frozenset({THROTTLING, "InternalFailure"})
+SHARDS_KEPT_S = 30.0  # the lanes follow a reshard of the stream this soon
+
+
+def put_all(puts: Iterable[tuple[Sink, Sequence[Entry]]], workers: Workers) -> None:
+    """Put each sink's entries: one sink after the other where `workers` has one worker, else
+    the lanes of every sink at once."""
+    if workers.count <= 1:
+        for sink, entries in puts:
+            sink.put(entries)
+        return
+    workers.all([lane for sink, entries in puts for lane in sink.lanes(entries)])
 
 
 def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
@@ -87,24 +108,65 @@ class Sink:
         self.patience = patience or Patience(sleep=sleep)
         self.observer = observer
         self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
+        self._written_lock = threading.Lock()  # lanes put at once
+        self._shard_starts: list[int] = []  # the open shards' starting hash keys, sorted
+        self._shards_until = 0.0  # by the patience's clock
 
-    def put(self, entries: Sequence[Entry], accepted: list[bool] | None = None) -> None:
+    def put(
+        self,
+        entries: Sequence[Entry],
+        accepted: list[bool] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         """Return once every entry is in the stream; raises BackendError for what retrying
         cannot fix (a missing stream, a refused request). With `accepted` (one flag per entry),
         each entry's flag is set as the stream takes it, so that a caller whose put was cut
-        short (an error, a stop, Lambda's deadline) knows which are in."""
+        short (an error, a stop, Lambda's deadline) knows which are in. Once `stop` is set,
+        raises Stopped before its next call."""
         flags = accepted if accepted is not None else [False] * len(entries)
         for group in _batch_positions(entries):
             batch = [entries[i] for i in group]
             for wave in _wave_positions(batch):
-                self._put_wave([group[i] for i in wave], entries, flags)
+                self._put_wave([group[i] for i in wave], entries, flags, stop)
 
-    def _put_wave(self, pending: list[int], entries: Sequence[Entry], accepted: list[bool]) -> None:
+    def lanes(self, entries: Sequence[Entry]) -> list[Call]:
+        """The put of `entries` as calls that may be made at once: one for each shard their
+        partition keys hash to, putting that shard's entries in order."""
+        starts = self._starts()
+        if len(starts) <= 1:
+            return [functools.partial(self._lane, entries)] if entries else []
+        by_shard: list[list[Entry]] = [[] for _ in starts]
+        for entry in entries:
+            by_shard[bisect.bisect_right(starts, _hash_key(entry[1])) - 1].append(entry)
+        return [functools.partial(self._lane, lane) for lane in by_shard if lane]
+
+    def _lane(self, entries: Sequence[Entry], stop: threading.Event) -> None:
+        self.put(entries, stop=stop)
+
+    def _starts(self) -> list[int]:
+        """The starting hash keys of the stream's open shards, listed again every
+        SHARDS_KEPT_S: a stale list only makes two lanes write to one shard."""
+        now = self.patience.clock()
+        if now >= self._shards_until:
+            shards = self.patience.retry(lambda: self.backend.list_shards(self.stream))
+            self._shard_starts = sorted(s.starting_hash_key for s in shards if s.is_open)
+            self._shards_until = now + SHARDS_KEPT_S
+        return self._shard_starts
+
+    def _put_wave(
+        self,
+        pending: list[int],
+        entries: Sequence[Entry],
+        accepted: list[bool],
+        stop: threading.Event | None = None,
+    ) -> None:
         """Put the entries at these positions, of distinct partition keys, retrying the failed
         ones until all are in."""
         attempt = 0
         since: float | None = None  # when the calls began to fail with nothing accepted
         while pending:
+            if stop is not None and stop.is_set():
+                raise Stopped(f"stream {self.stream}: stopped with entries left to put")
             if attempt:
                 self.observer.put_retried(self.stream)
             started = self.patience.clock()
@@ -133,12 +195,13 @@ class Sink:
             self.observer.put_records(self.stream, {THROTTLED: len(pending)})
             return pending, error
         self.observer.put_records(self.stream, _by_result(results))
-        for position, result in zip(pending, results, strict=True):
-            if result.ok:
-                accepted[position] = True
-                sequence = int(result.sequence)
-                if sequence > self.written.get(result.shard_id, -1):
-                    self.written[result.shard_id] = sequence
+        with self._written_lock:
+            for position, result in zip(pending, results, strict=True):
+                if result.ok:
+                    accepted[position] = True
+                    sequence = int(result.sequence)
+                    if sequence > self.written.get(result.shard_id, -1):
+                        self.written[result.shard_id] = sequence
         failed = [p for p, result in zip(pending, results, strict=True) if not result.ok]
         refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
         if refused:
@@ -159,6 +222,12 @@ class Sink:
     def _backoff(self, attempt: int) -> float:
         # Jitter: a random wait between half and all of an exponentially growing cap.
         return backoff_cap(attempt) * (0.5 + self.jitter() / 2)
+
+
+def _hash_key(partition_key: str) -> int:
+    """The 128-bit hash Kinesis routes a partition key by: the MD5 of its UTF-8 bytes."""
+    digest = hashlib.md5(partition_key.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _by_result(results: Sequence[PutResult]) -> dict[str, int]:

@@ -37,3 +37,4 @@ class AwsBackend(
     delivers_firehoses = True
     runs_functions = True
     read_workers = 16  # each GetRecords waits on the network: ask shards in parallel
+    write_workers = 32  # and so does each PutRecords call and checkpoint

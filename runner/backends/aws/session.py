@@ -131,7 +131,14 @@ class AwsSession(Backend):
         with self._lock:
             client = self._clients.get((service, data_plane))
             if client is None:
-                client = self._new_client(service, _DATA_PLANE if data_plane else _CONTROL_PLANE)
+                config = _CONTROL_PLANE
+                if data_plane:
+                    # A run reads shards and writes lanes and checkpoints at once, while it
+                    # reads ahead: a connection for each call, where botocore keeps 10 (with
+                    # fewer, urllib3 says "Connection pool is full, discarding connection").
+                    connections = self.read_workers + self.write_workers
+                    config = _DATA_PLANE.merge(Config(max_pool_connections=connections))
+                client = self._new_client(service, config)
                 self._clients[(service, data_plane)] = client
             return client
 

@@ -128,6 +128,8 @@ class Backend(Streams, Checkpoints, Buckets, Firehoses, Access, Functions, Owner
     runs_functions: bool
     # How many shards a reader may ask at once: network targets gain from asking in parallel.
     read_workers: int = 1
+    # How many PutRecords calls and checkpoints a run may make at once, likewise.
+    write_workers: int = 1
 
     @property
     @abc.abstractmethod
