@@ -1,6 +1,7 @@
 """`make bench` measures the reference scenario, whatever a user did to the shipped spec."""
 
 import importlib.util
+import json
 
 from conftest import PIPELINES, REPO, read_stream
 
@@ -40,3 +41,19 @@ def test_bench_times_the_handler_on_events_of_the_scenarios_records(tmp_path):
     # Three timed passes over the 200 sessions, each routed and written as in Lambda.
     backend = LocalBackend(tmp_path / "state")
     assert len(read_stream(backend, bench.USA) + read_stream(backend, bench.INTERNATIONAL)) == 600
+
+
+def test_bench_times_the_work_alone_from_a_jsonl_file_to_one_per_route(tmp_path):
+    bench = load_bench()
+
+    handled, seconds = bench.pure_compute_loop(tmp_path, 300)
+
+    assert handled == 300 and seconds > 0
+    usa = (tmp_path / "usa.jsonl").read_bytes().splitlines()
+    international = (tmp_path / "international.jsonl").read_bytes().splitlines()
+    assert len(usa) + len(international) == 300
+    records = [json.loads(line) for line in usa + international]
+    assert {r["country"] == "USA" for r in map(json.loads, usa)} == {True}
+    assert "USA" not in {r["country"] for r in map(json.loads, international)}
+    added = {"processing_timestamp", "overall_product_quantity", "overall_in_shopping_cart"}
+    assert all(added | {"total_different_products"} <= record.keys() for record in records)
