@@ -376,20 +376,34 @@ class LocalBackend(Backend):
         entries = list(entries)
         check_batch(stream, entries)
         arrival_ms = self._now_ms()
-        results: list[PutResult] = []
         with self._tx(write=True) as db:
             retention_hours = self._stream(db, stream, active=True)
             # The open shards come from one _open_shards call, so they are in hash order.
             shards = [s for s in self._shards(db, stream) if s.is_open]
             starts = [s.starting_hash_key for s in shards]
-            for data, key in entries:
-                shard_id = shards[bisect.bisect_right(starts, partition_hash(key)) - 1].shard_id
-                cursor = db.execute(
-                    "INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (stream, shard_id, key, bytes(data), arrival_ms),
+            ids = [s.shard_id for s in shards]
+            rows = [
+                (
+                    stream,
+                    ids[bisect.bisect_right(starts, partition_hash(key)) - 1],
+                    key,
+                    data,
+                    arrival_ms,
                 )
-                results.append(PutResult(shard_id=shard_id, sequence=str(cursor.lastrowid)))
+                for data, key in entries
+            ]
+            # One statement for the batch. This transaction holds the write lock, so the rows
+            # take the next numbers in turn, as AUTOINCREMENT gives them.
+            first = self._next_sequence(db)
+            db.executemany(
+                "INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            results = [
+                PutResult(shard_id=row[1], sequence=str(number))
+                for number, row in enumerate(rows, first)
+            ]
             # Trimming on every write would cost a scan per batch; once a minute is plenty.
             if self._clock() - self._last_trim.get(stream, 0.0) >= TRIM_INTERVAL_S:
                 self._last_trim[stream] = self._clock()
