@@ -175,10 +175,11 @@ def test_latest_returns_only_records_put_after_it(backend, three_records):
 
 
 def test_records_keep_key_and_utc_arrival(backend, three_records):
-    first = read_all(backend, "events", "shardId-000000000000")[0]
+    records = read_all(backend, "events", "shardId-000000000000")
 
-    assert (first.sequence, first.partition_key) == (three_records[0], "k")
-    assert first.arrival == datetime.datetime.fromtimestamp(START, datetime.timezone.utc)
+    assert (records[0].sequence, records[0].partition_key) == (three_records[0], "k")
+    assert records[0].arrival == datetime.datetime.fromtimestamp(START, datetime.timezone.utc)
+    assert [r.arrival for r in records] == [at(0), at(1), at(2)]  # each put's own time
 
 
 def test_get_records_pages_by_limit_and_reports_lag(backend, clock):
@@ -211,6 +212,19 @@ def test_get_records_returns_at_most_ten_mib(backend):
     second = backend.get_records(first.next_iterator)
 
     assert (len(first.records), len(second.records)) == (10, 1)
+
+
+def test_get_records_counts_a_partition_key_in_utf8_bytes(backend):
+    backend.create_stream("events", 1)
+    # "é" is 2 bytes: ten of these are 10 MiB exactly, and one more byte is over.
+    for count in (4, 4, 2):
+        backend.put_records("events", [(b"x" * (1024 * 1024 - 2), "é")] * count)
+    backend.put_records("events", [(b"x", "é")])
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
+
+    first = backend.get_records(iterator)
+
+    assert len(first.records) == 10
 
 
 def test_iterators_expire_after_five_minutes(backend, clock, three_records):

@@ -66,7 +66,6 @@ from runner.backends.limits import (
     check_batch,
     check_get_records_limit,
     check_shard_count,
-    entry_size,
 )
 
 HASH_SPACE = 2**128
@@ -343,18 +342,23 @@ class LocalBackend(Backend):
             shard = self._shard(db, stream, shard_id)
             cutoff = self._now_ms() - self._stream(db, stream) * 3_600_000
             retained = "stream = ? AND shard_id = ? AND sequence > ? AND arrival_ms >= ?"
+            # Each row's size as entry_size counts it: its data and its key's UTF-8 bytes.
             rows = db.execute(
-                f"SELECT sequence, partition_key, data, arrival_ms FROM records "
+                "SELECT sequence, partition_key, data, arrival_ms, "
+                "length(data) + length(CAST(partition_key AS BLOB)) FROM records "
                 f"WHERE {retained} ORDER BY sequence LIMIT ?",
                 (stream, shard_id, after, cutoff, limit),
             )
             records: list[Record] = []
             size = last_arrival_ms = 0
-            for number, key, data, arrival_ms in rows:
-                size += entry_size(data, key)
+            arrival = _utc(0)
+            for number, key, data, arrival_ms, entry_bytes in rows:
+                size += entry_bytes
                 if records and size > MAX_GET_BYTES:
                     break
-                records.append(Record(str(number), key, data, _utc(arrival_ms)))
+                if arrival_ms != last_arrival_ms:  # the records of one put share their time
+                    arrival = _utc(arrival_ms)
+                records.append(Record(str(number), key, data, arrival))
                 after, last_arrival_ms = number, arrival_ms
             newest = db.execute(
                 f"SELECT arrival_ms FROM records WHERE {retained} ORDER BY sequence DESC LIMIT 1",
