@@ -6,8 +6,10 @@ The engine and `preview` both use `Journey.process`, so what preview shows is wh
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
+from json.encoder import c_make_encoder, encode_basestring
 
 from runner.backends.limits import MAX_RECORD_BYTES, entry_size
 from runner.records.expressions import Clock, json_type
@@ -57,10 +59,11 @@ class Journey:
             record = parse_record(data)
         except BadRecord as error:
             return Outcome(DEAD_LETTER, reason=str(error))
+        clock = self.clock
         try:
             for step in self.steps:
-                step.apply(record, self.clock)
-            sinks, key = self.route.decide(record, self.clock)
+                step.apply(record, clock)
+            sinks, key = self.route.decide(record, clock)
         except Filtered:
             return Outcome(FILTERED)
         except (TransformError, RouteError) as error:
@@ -93,6 +96,7 @@ def _not_json(constant: str) -> None:
 # Made once: json.loads and json.dumps with options build a new coder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SCAN = _DECODER.scan_once
 
 
 def parse_json(data: bytes) -> object:
@@ -105,6 +109,14 @@ def parse_json(data: bytes) -> object:
     # could disagree near it; a fixed limit, checked only where it could be reached, cannot.
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise BadRecord(f"not JSON this runner reads: nested deeper than {MAX_DEPTH} levels")
+    # What decode() does for text with no whitespace around the value, without its two regex
+    # matches; anything else (whitespace, an error) takes decode() to be read or explained.
+    try:
+        value, end = _SCAN(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as error:
@@ -148,7 +160,39 @@ def parse_record(data: bytes) -> dict:
     return record
 
 
+class _Encoder(threading.local):
+    """_ENCODER.encode without making a C encoder for every record: one is made once in each
+    thread, and again after a failure, which may leave it holding the ids of the objects it
+    was in."""
+
+    def __init__(self) -> None:
+        self.encode = self._make()
+
+    def _make(self) -> Callable[[object, int], Sequence[str]]:
+        return c_make_encoder(
+            {},  # the ids of the arrays and objects being written, to refuse a cycle
+            _ENCODER.default,
+            encode_basestring,  # ensure_ascii=False
+            None,  # no indent
+            _ENCODER.key_separator,
+            _ENCODER.item_separator,
+            False,  # sort_keys
+            False,  # skipkeys
+            False,  # allow_nan
+        )
+
+    def __call__(self, record: dict) -> str:
+        try:
+            return "".join(self.encode(record, 0))
+        except BaseException:
+            self.encode = self._make()
+            raise
+
+
+_encode = _Encoder() if c_make_encoder is not None else _ENCODER.encode
+
+
 def encode(record: dict) -> bytes:
     """A record as sinks receive it: compact JSON in UTF-8. Raises ValueError for what JSON
     cannot hold (an infinite number) or UTF-8 cannot encode (a lone surrogate)."""
-    return _ENCODER.encode(record).encode("utf-8")
+    return _encode(record).encode("utf-8")
