@@ -18,7 +18,7 @@ import json
 import re
 import time
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runner import compiler
@@ -32,6 +32,7 @@ __all__ = [
     "ExpressionError",
     "SearchError",
     "compile",
+    "compile_object",
     "is_true",
     "json_type",
     "likely_mistakes",
@@ -92,6 +93,15 @@ def compile(text: str) -> Expression:  # noqa: A001 - the name JMESPath users ex
         return compiler.compile(text, ADDED, SYSTEM_CLOCK)
     except compiler.CompileError as error:
         raise ExpressionError(f"{error}{_suggestion(error.reason)}") from None
+
+
+def compile_object(fields: Sequence[tuple[str, str]]) -> Expression:
+    """Compile several valid expressions (`compile` took each) into one search giving the
+    object of their values by name; raises ExpressionError if, together, they cannot be."""
+    try:
+        return compiler.compile_object(fields, ADDED, SYSTEM_CLOCK)
+    except compiler.CompileError as error:
+        raise ExpressionError(str(error)) from None
 
 
 def likely_mistakes(expression: Expression) -> list[str]:
