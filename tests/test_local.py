@@ -256,6 +256,21 @@ def test_iterator_arguments_are_checked(backend, three_records):
         backend.get_shard_iterator("nope", shard, "LATEST")
 
 
+def test_a_new_state_file_has_pages_of_16_kib_and_an_older_one_keeps_its_own(tmp_path):
+    older = tmp_path / "older"
+    older.mkdir()
+    with contextlib.closing(sqlite3.connect(older / "pipeline.db")) as db:
+        db.executescript("PRAGMA page_size=4096; CREATE TABLE earlier (x)")
+    for folder, page_size in ((tmp_path / "new", 16384), (older, 4096)):
+        backend = LocalBackend(folder)
+        backend.create_stream("events", 1)
+        put(backend, "events", "a")
+        assert [r.data for r in read_all(backend, "events", "shardId-000000000000")] == [b"a"]
+        backend.close()
+        with contextlib.closing(sqlite3.connect(folder / "pipeline.db")) as db:
+            assert db.execute("PRAGMA page_size").fetchone() == (page_size,)
+
+
 def test_records_survive_closing_and_reopening(tmp_path):
     backend = LocalBackend(tmp_path)
     backend.create_stream("events", 2)
