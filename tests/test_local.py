@@ -298,6 +298,28 @@ def test_records_past_retention_are_gone(backend, clock):
     assert [r.data for r in read_all(backend, "events", "shardId-000000000000")] == [b"new"]
 
 
+def test_behind_counts_the_records_after_a_position_that_are_still_retained(backend, clock):
+    backend.create_stream("events", 2)
+    half = partition_hash("k") >= 2**127
+    other_key = next(k for k in map(str, range(99)) if (partition_hash(k) >= 2**127) != half)
+    old, _ = put(backend, "events", "old", "old")
+    (other,) = put(backend, "events", "old, in the other shard", key=other_key)
+    assert other.shard_id != old.shard_id
+    clock.now += 24 * 3600 - 10
+    first, *_ = put(backend, "events", "a", "b", "c")
+    put(backend, "events", "new, in the other shard", key=other_key)
+
+    def behind(iterator_type, **position):
+        return backend.behind("events", old.shard_id, iterator_type, **position).records
+
+    assert behind("TRIM_HORIZON") == 5
+    assert behind("AFTER_SEQUENCE_NUMBER", sequence=first.sequence) == 2
+    clock.now += 20  # the three old records are past the 24 hours, not yet removed
+    assert behind("TRIM_HORIZON") == 3
+    assert behind("AFTER_SEQUENCE_NUMBER", sequence=old.sequence) == 3
+    assert behind("AFTER_SEQUENCE_NUMBER", sequence=first.sequence) == 2
+
+
 # PutRecords refusals
 
 

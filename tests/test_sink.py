@@ -293,3 +293,16 @@ def test_a_put_cut_short_says_which_entries_the_stream_took():
 
     assert accepted == [True, False, True]
     assert kinesis.calls == [[b"a", b"b", b"c"]]
+
+
+def test_a_sink_keeps_what_the_stream_took_in_order_once_asked():
+    kinesis = Kinesis(set(), {b"b"})  # b fails once, then goes in after c
+    sink, _ = sink_on(kinesis)
+    sink.put(entries("x"))
+    assert sink.take_written() == {}  # nothing kept until asked
+
+    sink.keep_written()
+    sink.put(entries("a", "b", "c"))
+
+    assert sink.take_written() == {"shardId-000000000000": [(2, b"a"), (3, b"c"), (4, b"b")]}
+    assert sink.take_written() == {}

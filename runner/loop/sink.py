@@ -83,6 +83,20 @@ class Sink:
         # How long calls that fail whole are retried; by default, for as long as they fail.
         self.patience = patience or Patience(sleep=sleep)
         self.written: dict[str, int] = {}  # shard id -> highest sequence number put there
+        # shard id -> (sequence number, data) of each entry put there, in order, while a
+        # delivery of the stream takes them (keep_written), so that it need not read them back
+        self._kept: dict[str, list[tuple[int, bytes]]] | None = None
+
+    def keep_written(self) -> None:
+        """From now on, keep each entry put for take_written."""
+        if self._kept is None:
+            self._kept = {}
+
+    def take_written(self) -> dict[str, list[tuple[int, bytes]]]:
+        """Shard id -> (sequence number, data) of each entry put there since the last call,
+        in the order the stream took them (rising numbers)."""
+        kept, self._kept = self._kept or {}, {} if self._kept is not None else None
+        return kept
 
     def put(self, entries: Sequence[Entry], accepted: list[bool] | None = None) -> None:
         """Return once every entry is in the stream; raises BackendError for what retrying
@@ -125,12 +139,15 @@ class Sink:
             results = self.backend.put_records(self.stream, [entries[p] for p in pending])
         except Throttled as error:
             return pending, error
+        kept = self._kept
         for position, result in zip(pending, results, strict=True):
             if result.ok:
                 accepted[position] = True
                 sequence = int(result.sequence)
                 if sequence > self.written.get(result.shard_id, -1):
                     self.written[result.shard_id] = sequence
+                if kept is not None:
+                    kept.setdefault(result.shard_id, []).append((sequence, entries[position][0]))
         failed = [p for p, result in zip(pending, results, strict=True) if not result.ok]
         refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
         if refused:
