@@ -10,8 +10,8 @@ from runner.backends.local import LocalBackend
 from runner.function import package
 
 
-def load_bench():
-    found = importlib.util.spec_from_file_location("bench", REPO / "bench" / "bench.py")
+def load_bench(name="bench"):
+    found = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(found)
     found.loader.exec_module(module)
     return module
@@ -57,3 +57,14 @@ def test_bench_times_the_work_alone_from_a_jsonl_file_to_one_per_route(tmp_path)
     assert "USA" not in {r["country"] for r in map(json.loads, international)}
     added = {"processing_timestamp", "overall_product_quantity", "overall_in_shopping_cart"}
     assert all(added | {"total_different_products"} <= record.keys() for record in records)
+
+
+def test_the_emulators_bench_says_so_and_succeeds_where_node_is_missing(monkeypatch, capsys):
+    emulators = load_bench("emulators")
+    monkeypatch.setattr(emulators.shutil, "which", lambda tool: None)
+
+    assert emulators.main() == 0
+
+    assert capsys.readouterr().out == (
+        "bench-emulators: node and npm not found: kinesalite needs them; skipped\n"
+    )
