@@ -50,16 +50,17 @@ class Clock:
 
     def __init__(self, read: Callable[[], float] = time.time) -> None:
         self.read = read
-        self._last_now: tuple[int, str] = (-1, "")
+        self._last_millis = -1
+        self._last_now = ""
 
     def now(self) -> str:
         """The time in UTC to the millisecond, ISO-8601: 2026-11-26T13:33:50.123+00:00."""
         # Records handled within the same millisecond share one timestamp, formatted once.
         millis = int(self.read() * 1000)
-        if millis != self._last_now[0]:
+        if millis != self._last_millis:
             moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
-            self._last_now = (millis, moment.isoformat(timespec="milliseconds"))
-        return self._last_now[1]
+            self._last_millis, self._last_now = millis, moment.isoformat(timespec="milliseconds")
+        return self._last_now
 
     def epoch(self) -> int:
         """Whole seconds since 1970-01-01 UTC."""

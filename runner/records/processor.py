@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from json.encoder import c_make_encoder, encode_basestring
 
-from runner.backends.limits import MAX_RECORD_BYTES, entry_size
+from runner.backends.limits import MAX_RECORD_BYTES
 from runner.records.expressions import Clock, json_type
 from runner.records.routing import Route, RouteError
 from runner.records.transform import Filtered, Step, TransformError
@@ -50,13 +50,15 @@ class Journey:
         self.clock = Clock(clock)  # what now(), epoch() and epoch_ms() give; seconds since 1970
         self.steps = tuple(steps)
         self.route = route
-        self.ending = b"\n" if route.newline else b""
+        self.ending = "\n" if route.newline else ""
         self.drop_unmatched = route.unmatched == "drop"
 
     def process(self, data: bytes) -> Outcome:
         """Decide what happens to one record; never raises for anything in `data`."""
         try:
-            record = parse_record(data)
+            record = parse_json(data)
+            if type(record) is not dict:  # the usual object passes without another call
+                record = _as_record(record)
         except BadRecord as error:
             return Outcome(DEAD_LETTER, reason=str(error))
         clock = self.clock
@@ -72,8 +74,8 @@ class Journey:
             reason = "no route case took the record"
             return Outcome(DROPPED if self.drop_unmatched else DEAD_LETTER, reason=reason)
         try:
-            payload = encode(record) + self.ending
-            size = entry_size(payload, key)
+            payload = encode(record, self.ending)
+            size = len(payload) + len(key.encode())  # entry_size, inline
         except ValueError as error:  # e.g. a lone surrogate, an infinite number
             return Outcome(DEAD_LETTER, reason=f"cannot be written as JSON: {error}")
         if size > MAX_RECORD_BYTES:
@@ -154,10 +156,13 @@ def _depth(text: str) -> int:
 
 def parse_record(data: bytes) -> dict:
     """A record: a JSON object, or BadRecord saying why not."""
-    record = parse_json(data)
-    if not isinstance(record, dict):
-        raise BadRecord(f"not a JSON object: got {json_type(record)}")
-    return record
+    return _as_record(parse_json(data))
+
+
+def _as_record(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise BadRecord(f"not a JSON object: got {json_type(value)}")
+    return value
 
 
 class _Encoder(threading.local):
@@ -181,18 +186,25 @@ class _Encoder(threading.local):
             False,  # allow_nan
         )
 
-    def __call__(self, record: dict) -> str:
+    def __call__(self, record: dict, ending: str) -> str:
         try:
-            return "".join(self.encode(record, 0))
+            chunks = self.encode(record, 0)
         except BaseException:
             self.encode = self._make()
             raise
+        chunks.append(ending)  # a list of its own: the text is joined once, ending included
+        return "".join(chunks)
 
 
-_encode = _Encoder() if c_make_encoder is not None else _ENCODER.encode
+def _encode_plainly(record: dict, ending: str) -> str:
+    return _ENCODER.encode(record) + ending
 
 
-def encode(record: dict) -> bytes:
-    """A record as sinks receive it: compact JSON in UTF-8. Raises ValueError for what JSON
-    cannot hold (an infinite number) or UTF-8 cannot encode (a lone surrogate)."""
-    return _encode(record).encode("utf-8")
+_encode = _Encoder() if c_make_encoder is not None else _encode_plainly
+
+
+def encode(record: dict, ending: str = "") -> bytes:
+    """A record as sinks receive it: compact JSON in UTF-8, then `ending`. Raises ValueError
+    for what JSON cannot hold (an infinite number) or UTF-8 cannot encode (a lone
+    surrogate)."""
+    return _encode(record, ending).encode("utf-8")
