@@ -31,22 +31,23 @@ route:
 READ_LIMIT = 50  # records per GetRecords call, so that a run takes many rounds
 
 
-def run(tmp_path, sessions, before_get=lambda call, backend: None):
+def run(tmp_path, sessions, before_get=lambda call, backend: None, most=lambda call: READ_LIMIT):
     """Run the spec over `sessions` put into its source, calling `before_get(n, backend)`
-    before the nth GetRecords call; returns the engine and the records read from `out`."""
+    before the nth GetRecords call, which gives at most `most(n)` records; returns the
+    engine and the records read from `out`."""
     path = tmp_path / "shop.yaml"
     path.write_text(SPEC)
     loaded = spec.load(path)
     backend = LocalBackend(tmp_path / "state")
     apply(loaded, backend, lambda line: None)
-    for start in range(0, len(sessions), 500):
-        batch = sessions[start : start + 500]
+    for start in range(0, len(sessions), 100):
+        batch = sessions[start : start + 100]
         backend.put_records("in", [(json.dumps(s).encode(), s["session_id"]) for s in batch])
     read_back = Counter()
 
     def get_records(get, iterator, limit):
         before_get(reading.called["get_records"], backend)
-        answer = get(iterator, min(limit, READ_LIMIT))
+        answer = get(iterator, min(limit, most(reading.called["get_records"])))
         stream = json.loads(base64.urlsafe_b64decode(iterator))["stream"]
         read_back[stream] += len(answer.records)
         return answer
@@ -114,3 +115,20 @@ def test_a_delivery_delivers_what_others_put_on_its_stream_in_order(tmp_path):
         assert delivered == held
     ids = [json.loads(data)["session_id"] for _, held in shards.values() for data in held]
     assert len(ids) > 400 and len([i for i in ids if i.startswith("other-")]) == len(ids) - 400
+
+
+def test_what_a_delivery_takes_fills_objects_of_about_the_buffer_size(tmp_path):
+    padded = [{**session, "pad": "x" * 20_000} for session in sessions(300)]
+
+    # A first round of 10 records, then rounds of 3 MB, each more than an object.
+    run_, backend, read_back = run(tmp_path, padded, most=lambda call: 10 if call == 1 else 500)
+
+    (delivery,) = run_.deliveries
+    bodies = [backend.get_object("shop-out", key) for key in delivery.objects]
+    record_size = max(len(line) for body in bodies for line in body.splitlines(keepends=True))
+    assert read_back < 300
+    assert max(len(body) for body in bodies) <= 1024 * 1024 + record_size
+    total = sum(len(body) for body in bodies)
+    assert len(bodies) <= total // (1024 * 1024) + 1  # all but the last one full
+    for delivered, held in delivered_by_shard(run_, backend).values():
+        assert delivered == held
