@@ -1,6 +1,6 @@
 import pytest
 
-from runner.records import expressions
+from runner.records import expressions, processor
 from runner.records.processor import (
     DEAD_LETTER,
     DROPPED,
@@ -61,6 +61,21 @@ def test_a_record_that_failed_to_encode_leaves_nothing_behind():
 
     del record["a"]["me"]  # the same objects, no longer a cycle
     assert encode(record) == b'{"a":{"b":[1]}}'
+
+
+@pytest.mark.parametrize("c_encoder", [True, False])
+def test_records_are_written_as_compact_json_with_or_without_the_c_encoder(c_encoder, monkeypatch):
+    if not c_encoder:
+        monkeypatch.setattr(processor, "_ONCE", None)
+    assert encode({"a": [1, 2.5, None, True], "é": {"b": "x\n"}}, "\n") == (
+        '{"a":[1,2.5,null,true],"é":{"b":"x\\n"}}\n'.encode()
+    )
+    with pytest.raises(ValueError, match="^Out of range float values are not JSON compliant"):
+        encode({"a": float("inf")})
+    itself = {"a": []}
+    itself["a"].append(itself)
+    with pytest.raises(ValueError, match="^Circular reference detected$"):
+        encode(itself)
 
 
 def test_a_record_holding_itself_is_dead_lettered():

@@ -6,7 +6,6 @@ The engine and `preview` both use `Journey.process`, so what preview shows is wh
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
 from json.encoder import c_make_encoder, encode_basestring
@@ -165,46 +164,35 @@ def _as_record(value: object) -> dict:
     return value
 
 
-class _Encoder(threading.local):
-    """_ENCODER.encode without making a C encoder for every record: one is made once in each
-    thread, and again after a failure, which may leave it holding the ids of the objects it
-    was in."""
-
-    def __init__(self) -> None:
-        self.encode = self._make()
-
-    def _make(self) -> Callable[[object, int], Sequence[str]]:
-        return c_make_encoder(
-            {},  # the ids of the arrays and objects being written, to refuse a cycle
-            _ENCODER.default,
-            encode_basestring,  # ensure_ascii=False
-            None,  # no indent
-            _ENCODER.key_separator,
-            _ENCODER.item_separator,
-            False,  # sort_keys
-            False,  # skipkeys
-            False,  # allow_nan
-        )
-
-    def __call__(self, record: dict, ending: str) -> str:
-        try:
-            chunks = self.encode(record, 0)
-        except BaseException:
-            self.encode = self._make()
-            raise
-        chunks.append(ending)  # a list of its own: the text is joined once, ending included
-        return "".join(chunks)
-
-
-def _encode_plainly(record: dict, ending: str) -> str:
-    return _ENCODER.encode(record) + ending
-
-
-_encode = _Encoder() if c_make_encoder is not None else _encode_plainly
+# One C encoder for every record (json.dumps and JSONEncoder.encode make one per call), and
+# without check_circular's record of the objects it is in, it holds no state: threads may
+# share it. A record holding itself then ends in RecursionError, and JSONEncoder says why.
+_ONCE = (
+    c_make_encoder(
+        None,  # no markers: no check for cycles
+        _ENCODER.default,
+        encode_basestring,  # ensure_ascii=False
+        None,  # no indent
+        _ENCODER.key_separator,
+        _ENCODER.item_separator,
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+    if c_make_encoder is not None
+    else None
+)
 
 
 def encode(record: dict, ending: str = "") -> bytes:
     """A record as sinks receive it: compact JSON in UTF-8, then `ending`. Raises ValueError
     for what JSON cannot hold (an infinite number) or UTF-8 cannot encode (a lone
     surrogate)."""
-    return _encode(record, ending).encode("utf-8")
+    try:
+        chunks = _ONCE(record, 0) if _ONCE is not None else None
+    except RecursionError:  # a cycle: JSONEncoder says so
+        chunks = None
+    if chunks is None:
+        return (_ENCODER.encode(record) + ending).encode("utf-8")
+    chunks.append(ending)  # a list of its own: the text is joined once, ending included
+    return "".join(chunks).encode("utf-8")
