@@ -7,11 +7,13 @@ nothing.
    idle wait at the end);
 2. records/s of a hand-written loop over the same records in one process: read a batch,
    decode, add the four attributes, route, encode, write in PutRecords batches;
-3. the transform-and-route cost per record alone, through `runner` and by hand;
-4. peak memory (the run process's own high-water RSS) at N and at 5 N records;
-5. the ratios;
-6. the cost of `--metrics`: records/s of the run with it against without it (each the best of
-   two runs over copies of the same produced records);
+3. records/s of the work alone, with no streams: a hand-written loop reading the same records
+   from a JSON Lines file and writing each route's records to a JSON Lines file of its own
+   (the standard library's json only), the floor any runner of this job stands on;
+4. the transform-and-route cost per record alone, through `runner` and by hand (CPU time);
+5. peak memory (the run process's own high-water RSS) at N and at 5 N records;
+6. the ratios, and the cost of `--metrics`: records/s of the run with it against without it
+   (each the best of two runs over copies of the same produced records);
 7. the spec's Lambda package: its size, and its cold start: in a fresh interpreter as the
    Lambda runtime starts one, the time to import what the handler needs and load the packaged
    spec (median of 5), with no bytecode cached (the package holds none and Lambda cannot
@@ -161,8 +163,34 @@ def hand_loop(backend: LocalBackend) -> tuple[int, float]:
     return handled, time.perf_counter() - started
 
 
+def pure_compute_loop(folder: Path, count: int) -> tuple[int, float]:
+    """The same `count` sessions from a JSON Lines file, each processed by hand and written to
+    its route's JSON Lines file, in one process: (records, seconds)."""
+    source = folder / "sessions.jsonl"
+    with source.open("wb") as out:
+        for session in itertools.islice(synthetic_sessions(SEED), count):
+            out.write(json.dumps(session).encode() + b"\n")
+    started = time.perf_counter()
+    handled = 0
+    with (
+        source.open("rb") as lines,
+        (folder / "usa.jsonl").open("wb") as usa,
+        (folder / "international.jsonl").open("wb") as international,
+    ):
+        files = {USA: usa, INTERNATIONAL: international}
+        while batch := list(itertools.islice(lines, 500)):  # the time is read once per batch
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            for line in batch:
+                sink, payload, _ = hand_process(line, now)
+                files[sink].write(payload)
+            handled += len(batch)
+    return handled, time.perf_counter() - started
+
+
 def per_record(records: list[bytes]) -> tuple[float, float]:
-    """Nanoseconds per record of transform and route: through runner, by hand (best of 5)."""
+    """Nanoseconds per record of transform and route: through runner, by hand (best of 5).
+    Timed in CPU time of this process: a cost, which other processes on a shared machine
+    do not add to as they add to the time on the clock."""
     loaded = spec_module.load(SPEC)
     journey = Journey(loaded.transform, loaded.route)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -170,9 +198,9 @@ def per_record(records: list[bytes]) -> tuple[float, float]:
     def best(work) -> float:
         times = []
         for _ in range(5):
-            started = time.perf_counter()
+            started = time.process_time()
             work()
-            times.append(time.perf_counter() - started)
+            times.append(time.process_time() - started)
         return min(times) / len(records) * 1e9
 
     process = journey.process
@@ -274,6 +302,8 @@ def main() -> None:
         hand_backend = produce(Path(folder) / "hand", count)
         hand_count, hand_s = hand_loop(hand_backend)
         assert hand_count == count, hand_count
+        pure_count, pure_s = pure_compute_loop(Path(folder), count)
+        assert pure_count == count, pure_count
     with tempfile.TemporaryDirectory() as folder:
         state = Path(folder) / "big"
         produce(state, big)
@@ -281,10 +311,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         size, cold_ms, cached_ms, imported = cold_start(Path(folder))
         handler_ns = handler_cost(Path(folder) / "handler", min(count, 20_000))
-    run_rate, hand_rate = count / run_s, count / hand_s
+    run_rate, hand_rate, pure_rate = count / run_s, count / hand_s, count / pure_s
     rows = [
         (f"pipeline run, {count:,} records", f"{run_rate:,.0f} records/s", f"{run_s:.2f} s"),
         (f"hand-written loop, {count:,} records", f"{hand_rate:,.0f} records/s", f"{hand_s:.2f} s"),
+        (
+            f"pure-compute hand loop, {count:,} records",
+            f"{pure_rate:,.0f} records/s",
+            f"{pure_s:.2f} s",
+        ),
         ("transform + route per record, runner", f"{runner_ns:,.0f} ns", ""),
         ("transform + route per record, by hand", f"{hand_ns:,.0f} ns", ""),
         (f"peak memory of the run, {count:,} records", f"{run_rss / 1024:.1f} MiB", ""),
@@ -294,8 +329,9 @@ def main() -> None:
             f"{big / big_s:,.0f} records/s",
         ),
         ("run / hand-written records/s", f"{run_rate / hand_rate:.2f}", "goal >= 0.50"),
+        ("run / pure-compute hand loop", f"{run_rate / pure_rate:.2f}", "goal >= 0.50"),
         ("run with / without --metrics, records/s", f"{run_s / metrics_s:.2f}", "goal >= 0.95"),
-        ("runner / hand per-record cost", f"{runner_ns / hand_ns:.2f}", "goal <= 1.50"),
+        ("runner / hand per-record cost", f"{runner_ns / hand_ns:.2f}", "goal <= 1.00"),
         (f"memory at {big:,} / at {count:,}", f"{big_rss / run_rss:.2f}", "goal <= 1.20"),
         ("Lambda package of the spec", f"{size / 1024:,.0f} KiB", "limit 50 MiB zipped"),
         ("Lambda cold start, no bytecode cached", f"{cold_ms:,.0f} ms", "median of 5"),

@@ -1,6 +1,7 @@
 """`make bench` measures the reference scenario, whatever a user did to the shipped spec."""
 
 import importlib.util
+import json
 
 from conftest import PIPELINES, REPO, read_stream
 
@@ -83,3 +84,30 @@ def test_the_latency_bench_runs_the_scenario_in_its_own_process_behind_a_late_ta
     backend = LocalBackend(tmp_path / "state")
     assert sum(len(read_stream(backend, sink)) for sink in sinks) == 100
     assert [len(backend.list_shards(sink)) for sink in sinks] == [4, 4]
+
+
+def test_bench_times_the_work_alone_from_a_jsonl_file_to_one_per_route(tmp_path):
+    bench = load_bench()
+
+    handled, seconds = bench.pure_compute_loop(tmp_path, 300)
+
+    assert handled == 300 and seconds > 0
+    usa = (tmp_path / "usa.jsonl").read_bytes().splitlines()
+    international = (tmp_path / "international.jsonl").read_bytes().splitlines()
+    assert len(usa) + len(international) == 300
+    records = [json.loads(line) for line in usa + international]
+    assert {r["country"] == "USA" for r in map(json.loads, usa)} == {True}
+    assert "USA" not in {r["country"] for r in map(json.loads, international)}
+    added = {"processing_timestamp", "overall_product_quantity", "overall_in_shopping_cart"}
+    assert all(added | {"total_different_products"} <= record.keys() for record in records)
+
+
+def test_the_emulators_bench_says_so_and_succeeds_where_node_is_missing(monkeypatch, capsys):
+    emulators = load_bench("emulators")
+    monkeypatch.setattr(emulators.shutil, "which", lambda tool: None)
+
+    assert emulators.main() == 0
+
+    assert capsys.readouterr().out == (
+        "bench-emulators: node and npm not found: kinesalite needs them; skipped\n"
+    )

@@ -1,4 +1,5 @@
 import errno
+import gc
 import json
 import os
 import subprocess
@@ -145,6 +146,18 @@ def test_a_command_prints_the_warnings_once_and_goes_on(write_spec, state):
         "+ create stream other-out (1 shard)\n"
         "Plan: 3 to create, 0 to change, 0 unchanged.\n"
     )
+
+
+def test_a_run_leaves_the_cycle_collector_as_it_found_it(write_spec, state):
+    path = write_spec(MINIMAL)
+    invoke("apply", str(path))
+    invoke("produce", "--stream", "in", "--json", '{"session_id": "a", "country": "USA"}')
+    before = (gc.get_threshold(), gc.get_freeze_count())
+
+    result = invoke("run", str(path), "--until-idle", "0")
+
+    assert result.exit_code == 0, result.stderr
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_run_says_whether_it_resumes_from_checkpoints_or_starts_at_source_start(write_spec, state):

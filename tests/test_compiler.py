@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from jmespath.functions import Functions, signature
 from jmespath.visitor import TreeInterpreter
 
-from runner.compiler import CompileError, Function, SearchError, compile
+from runner.compiler import CompileError, Function, SearchError, compile, compile_object
 from runner.records import expressions
 
 # The official suite lies beside the repository (as CI lays it out); only its cases are
@@ -283,6 +283,37 @@ def test_literal_results_are_fresh_copies():
     compiled = compile("{tags: `[]`}")
     compiled.search({})["tags"].append("changed")
     assert compiled.search({}) == {"tags": []}
+
+
+def test_several_expressions_compile_into_one_object_of_their_values():
+    data = {"items": [{"n": 2}, {"n": 3}], "name": "ada"}
+    compiled = compile_object(
+        [("total", "sum(items[].n)"), ("count", "length(items)"), ("who", "upper(name)")],
+        CUSTOM,
+    )
+
+    assert compiled.search(data) == {"total": 5, "count": 2, "who": "ADA"}
+    assert compiled.text == '{"total": sum(items[].n), "count": length(items), "who": upper(name)}'
+    assert compiled.search(None) is None  # as the multi-select hash it is
+    assert compile_object([("tags", "`[]`")]).search({}) == jmespath.search("{tags: `[]`}", {})
+
+
+def test_an_object_of_expressions_fails_as_its_expressions_do():
+    with pytest.raises(CompileError) as caught:
+        compile_object([("a", "length(items)"), ("b", "sum(")])
+    assert str(caught.value) == compile_error("sum(")
+    with pytest.raises(SearchError) as caught:
+        compile_object([("a", "length(items)"), ("b", "sum(name)")]).search(
+            {"items": [], "name": "x"}
+        )
+    assert str(caught.value) == "sum() expects array[number], got string"
+
+
+def compile_error(text):
+    try:
+        compile(text)
+    except CompileError as error:
+        return str(error)
 
 
 UPPER = Function("upper", str.upper, ("string",))

@@ -175,10 +175,11 @@ def test_latest_returns_only_records_put_after_it(backend, three_records):
 
 
 def test_records_keep_key_and_utc_arrival(backend, three_records):
-    first = read_all(backend, "events", "shardId-000000000000")[0]
+    records = read_all(backend, "events", "shardId-000000000000")
 
-    assert (first.sequence, first.partition_key) == (three_records[0], "k")
-    assert first.arrival == datetime.datetime.fromtimestamp(START, datetime.timezone.utc)
+    assert (records[0].sequence, records[0].partition_key) == (three_records[0], "k")
+    assert records[0].arrival == datetime.datetime.fromtimestamp(START, datetime.timezone.utc)
+    assert [r.arrival for r in records] == [at(0), at(1), at(2)]  # each put's own time
 
 
 def test_get_records_pages_by_limit_and_reports_lag(backend, clock):
@@ -213,6 +214,19 @@ def test_get_records_returns_at_most_ten_mib(backend):
     assert (len(first.records), len(second.records)) == (10, 1)
 
 
+def test_get_records_counts_a_partition_key_in_utf8_bytes(backend):
+    backend.create_stream("events", 1)
+    # "é" is 2 bytes: ten of these are 10 MiB exactly, and one more byte is over.
+    for count in (4, 4, 2):
+        backend.put_records("events", [(b"x" * (1024 * 1024 - 2), "é")] * count)
+    backend.put_records("events", [(b"x", "é")])
+    iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
+
+    first = backend.get_records(iterator)
+
+    assert len(first.records) == 10
+
+
 def test_iterators_expire_after_five_minutes(backend, clock, three_records):
     iterator = backend.get_shard_iterator("events", "shardId-000000000000", "TRIM_HORIZON")
     clock.now += 299
@@ -242,6 +256,21 @@ def test_iterator_arguments_are_checked(backend, three_records):
         backend.get_shard_iterator("nope", shard, "LATEST")
 
 
+def test_a_new_state_file_has_pages_of_16_kib_and_an_older_one_keeps_its_own(tmp_path):
+    older = tmp_path / "older"
+    older.mkdir()
+    with contextlib.closing(sqlite3.connect(older / "pipeline.db")) as db:
+        db.executescript("PRAGMA page_size=4096; CREATE TABLE earlier (x)")
+    for folder, page_size in ((tmp_path / "new", 16384), (older, 4096)):
+        backend = LocalBackend(folder)
+        backend.create_stream("events", 1)
+        put(backend, "events", "a")
+        assert [r.data for r in read_all(backend, "events", "shardId-000000000000")] == [b"a"]
+        backend.close()
+        with contextlib.closing(sqlite3.connect(folder / "pipeline.db")) as db:
+            assert db.execute("PRAGMA page_size").fetchone() == (page_size,)
+
+
 def test_records_survive_closing_and_reopening(tmp_path):
     backend = LocalBackend(tmp_path)
     backend.create_stream("events", 2)
@@ -267,6 +296,28 @@ def test_records_past_retention_are_gone(backend, clock):
     assert read_all(backend, "events", "shardId-000000000000") == []
     put(backend, "events", "new")
     assert [r.data for r in read_all(backend, "events", "shardId-000000000000")] == [b"new"]
+
+
+def test_behind_counts_the_records_after_a_position_that_are_still_retained(backend, clock):
+    backend.create_stream("events", 2)
+    half = partition_hash("k") >= 2**127
+    other_key = next(k for k in map(str, range(99)) if (partition_hash(k) >= 2**127) != half)
+    old, _ = put(backend, "events", "old", "old")
+    (other,) = put(backend, "events", "old, in the other shard", key=other_key)
+    assert other.shard_id != old.shard_id
+    clock.now += 24 * 3600 - 10
+    first, *_ = put(backend, "events", "a", "b", "c")
+    put(backend, "events", "new, in the other shard", key=other_key)
+
+    def behind(iterator_type, **position):
+        return backend.behind("events", old.shard_id, iterator_type, **position).records
+
+    assert behind("TRIM_HORIZON") == 5
+    assert behind("AFTER_SEQUENCE_NUMBER", sequence=first.sequence) == 2
+    clock.now += 20  # the three old records are past the 24 hours, not yet removed
+    assert behind("TRIM_HORIZON") == 3
+    assert behind("AFTER_SEQUENCE_NUMBER", sequence=old.sequence) == 3
+    assert behind("AFTER_SEQUENCE_NUMBER", sequence=first.sequence) == 2
 
 
 # PutRecords refusals

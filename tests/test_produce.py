@@ -1,7 +1,9 @@
 import json
+import random
 import shutil
 import signal
 import statistics
+import string
 import subprocess
 import sys
 from itertools import islice
@@ -293,6 +295,39 @@ def test_synthetic_count_puts_that_many_sessions_of_the_seed(backend):
 def test_synthetic_sessions_are_the_same_for_the_same_seed():
     assert list(islice(synthetic_sessions(7), 50)) == list(islice(synthetic_sessions(7), 50))
     assert list(islice(synthetic_sessions(7), 50)) != list(islice(synthetic_sessions(8), 50))
+
+
+def drawn_one_call_at_a_time(seed):
+    """The sessions as random's randint, choice and choices draw them, call by call."""
+    rng = random.Random(seed)
+    alphabet = string.ascii_lowercase + string.digits
+    while True:
+        if rng.random() < 0.5:
+            city, country = rng.choice(USA_CITIES), "USA"
+        else:
+            city, country = rng.choice(ABROAD)
+        products = rng.sample(range(1, 31), rng.randint(1, 5))
+        yield {
+            "session_id": "".join(rng.choices(alphabet, k=12)),
+            "customer_number": rng.randint(100, 999_999),
+            "city": city,
+            "country": country,
+            "credit_limit": rng.choice([500, 1000, 1500, 2000, 5000, 10000]),
+            "browse_history": [
+                {
+                    "product_code": f"Product{number}",
+                    "quantity": rng.randint(1, 5),
+                    "in_shopping_cart": rng.random() < 0.5,
+                }
+                for number in products
+            ],
+        }
+
+
+@pytest.mark.parametrize("seed", [7, 42])
+def test_synthetic_sessions_are_those_randint_choice_and_choices_draw(seed):
+    expected = list(islice(drawn_one_call_at_a_time(seed), 2000))
+    assert list(islice(synthetic_sessions(seed), 2000)) == expected
 
 
 def test_synthetic_sessions_are_shaped_like_the_scenarios():

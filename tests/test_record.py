@@ -1,12 +1,13 @@
 import pytest
 
-from runner.records import expressions
+from runner.records import expressions, processor
 from runner.records.processor import (
     DEAD_LETTER,
     DROPPED,
     ROUTED,
     BadRecord,
     Journey,
+    encode,
     parse_json,
     parse_record,
 )
@@ -60,6 +61,66 @@ def test_each_dead_lettered_outcome_names_the_class_of_its_reason():
         data: (DEAD_LETTER, cause) for data, cause in records.items()
     }
     assert journey.process(b'{"id": "a", "items": [2]}').cause == ""
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "not JSON: Expecting value at column 1"),
+        (b" ", "not JSON: Expecting value at column 2"),
+        (b'{"a": 1} x', "not JSON: Extra data at column 10"),
+        (b'{"a": 1}{"b": 2}', "not JSON: Extra data at column 9"),
+        (b'{"a": tru}', "not JSON: Expecting value at column 7"),
+    ],
+)
+def test_json_is_read_whole_or_refused_saying_where(data, reason):
+    with pytest.raises(BadRecord) as caught:
+        parse_record(data)
+    assert str(caught.value) == reason
+
+
+def test_whitespace_around_a_record_is_json_too():
+    for data in (b'{"a": 1}\n', b' \t{"a": 1}', b'\r\n{"a": [1, 2]}  \n'):
+        assert parse_record(data)["a"] in (1, [1, 2])
+
+
+def test_a_record_that_failed_to_encode_leaves_nothing_behind():
+    record = {"a": {"b": [1]}}
+    record["a"]["me"] = record
+    with pytest.raises(ValueError, match="^Circular reference detected$"):
+        encode(record)
+
+    del record["a"]["me"]  # the same objects, no longer a cycle
+    assert encode(record) == b'{"a":{"b":[1]}}'
+
+
+@pytest.mark.parametrize("c_encoder", [True, False])
+def test_records_are_written_as_compact_json_with_or_without_the_c_encoder(c_encoder, monkeypatch):
+    if not c_encoder:
+        monkeypatch.setattr(processor, "_ONCE", None)
+    assert encode({"a": [1, 2.5, None, True], "é": {"b": "x\n"}}, "\n") == (
+        '{"a":[1,2.5,null,true],"é":{"b":"x\\n"}}\n'.encode()
+    )
+    with pytest.raises(ValueError, match="^Out of range float values are not JSON compliant"):
+        encode({"a": float("inf")})
+    itself = {"a": []}
+    itself["a"].append(itself)
+    with pytest.raises(ValueError, match="^Circular reference detected$"):
+        encode(itself)
+
+
+def test_a_record_holding_itself_is_dead_lettered():
+    journey = Journey(
+        [SetStep("transform[0].set", (("me", expressions.compile("@")),))],
+        Route(expressions.compile("id"), (Case("out"),)),
+    )
+
+    outcome = journey.process(b'{"id": "a"}')
+
+    assert (outcome.kind, outcome.reason) == (
+        DEAD_LETTER,
+        "cannot be written as JSON: Circular reference detected",
+    )
 
 
 def test_the_depth_limit_is_the_same_wherever_it_is_checked_and_ignores_text():

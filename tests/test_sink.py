@@ -517,3 +517,16 @@ def test_a_lane_refused_fails_the_put_and_stops_the_others_before_their_next_cal
 
 def hash_key(key):
     return int.from_bytes(hashlib.md5(key.encode()).digest(), "big")
+
+
+def test_a_sink_keeps_what_the_stream_took_in_order_once_asked():
+    kinesis = Kinesis(set(), {b"b"})  # b fails once, then goes in after c
+    sink, _ = sink_on(kinesis)
+    sink.put(entries("x"))
+    assert sink.take_written() == {}  # nothing kept until asked
+
+    sink.keep_written()
+    sink.put(entries("a", "b", "c"))
+
+    assert sink.take_written() == {"shardId-000000000000": [(2, b"a"), (3, b"c"), (4, b"b")]}
+    assert sink.take_written() == {}

@@ -1,6 +1,6 @@
 import pytest
 
-from runner.records import expressions
+from runner.records import expressions, transform
 from runner.records.transform import (
     Filtered,
     FilterStep,
@@ -53,3 +53,18 @@ def test_a_failing_expression_names_the_step_and_attribute():
     with pytest.raises(TransformError) as caught:
         applied([step], {"browse_history": [{"quantity": "two"}]})
     assert str(caught.value).startswith("transform[0].set.quantity: ")
+
+
+def test_a_set_step_that_cannot_compile_whole_searches_each_expression(monkeypatch):
+    def nested_too_deeply(fields):
+        raise expressions.ExpressionError("expression is nested too deeply")
+
+    monkeypatch.setattr(transform, "compile_object", nested_too_deeply)
+    step = set_step(total="sum(items[].n)", doubled="total", count="length(items)")
+
+    record = applied([step], {"items": [{"n": 2}, {"n": 3}], "total": "old"})
+
+    assert record == {"items": [{"n": 2}, {"n": 3}], "total": 5, "doubled": "old", "count": 2}
+    with pytest.raises(TransformError) as caught:
+        applied([step], {"items": [{"n": "two"}]})
+    assert str(caught.value).startswith("transform[0].set.total: ")

@@ -10,7 +10,8 @@ call of that function, about as fast as the same logic written by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "Function",
     "SearchError",
     "compile",
+    "compile_object",
     "quoted_operands",
 ]
 
@@ -58,6 +60,30 @@ def compile(
     table = {**BUILTIN_FUNCTIONS, **(functions or {})}
     try:
         tree = parse(text, table)
+        search, source = Generator(table).build(fold(tree, table), context)
+    except RecursionError:
+        raise CompileError("expression is nested too deeply", 1) from None
+    return Compiled(text, search, source)
+
+
+def compile_object(
+    fields: Sequence[tuple[str, str]],
+    functions: Mapping[str, Function] | None = None,
+    context: Any = None,
+) -> Compiled:
+    """Compile several expressions into one function giving the object of their values by
+    name, as the multi-select hash `{name: expression, ...}` gives it on an object (null on
+    null). One search in place of one per expression: a set step's values in one call.
+
+    Each expression is checked as `compile` checks it; `text` is the multi-select hash."""
+    table = {**BUILTIN_FUNCTIONS, **(functions or {})}
+    pairs = [
+        {"type": "key_val_pair", "value": name, "children": [parse(text, table)]}
+        for name, text in fields
+    ]
+    tree = {"type": "multi_select_dict", "children": pairs}
+    text = "{" + ", ".join(f"{json.dumps(name)}: {text}" for name, text in fields) + "}"
+    try:
         search, source = Generator(table).build(fold(tree, table), context)
     except RecursionError:
         raise CompileError("expression is nested too deeply", 1) from None

@@ -16,11 +16,14 @@ from collections.abc import Callable
 
 from runner.backends.base import SHARD_END, Backend, BackendError
 from runner.loop.reader import StreamReader, stored_checkpoints
+from runner.loop.sink import Sink
 from runner.spec import Firehose, Spec
 
 # Records per GetRecords call: about a 1 MB buffer of the scenario's records, so that a
 # delivery catching up holds little more than its buffer (12,500 records/s per shard at 5 calls/s).
 READ_LIMIT = 2500
+# Records the run wrote to a shard that a delivery holds while its reader is behind them.
+MAX_WRITTEN = 4 * READ_LIMIT
 COMPRESSIONS = {"UNCOMPRESSED": ("", lambda body: body), "GZIP": (".gz", gzip.compress)}
 
 
@@ -42,6 +45,7 @@ class Delivery:
         *,
         clock: Callable[[], float] = time.monotonic,
         forget: bool = False,  # checkpoints kept for an earlier stream of the same name
+        sink: Sink | None = None,  # the run's own writer to the stream, if it has one
     ) -> None:
         if firehose.compression not in COMPRESSIONS:
             raise BackendError(
@@ -76,10 +80,18 @@ class Delivery:
         self._pending: dict[str, str] = {}  # shard -> sequence to checkpoint after the write
         self.records = 0
         self.objects: list[str] = []
+        self.sink = sink if sink is not None and sink.stream == self.stream else None
+        # shard id -> (sequence number, data) of what the run wrote there and the reader has
+        # neither read nor taken yet, in order
+        self._written: dict[str, list[tuple[int, bytes]]] = {}
 
     def step(self) -> int:
-        """Read what the stream has, deliver if a limit is reached; returns records read."""
-        taken = 0
+        """Take what the run wrote to the stream, read what else it has, deliver if a limit
+        is reached; returns records taken."""
+        # What the run wrote follows what was read so far unless someone else wrote there
+        # too, or the reader is behind: then it reads what comes first, and takes the rest
+        # after. Its first poll is read: it tells where the reader stands.
+        taken = self._take_written()
         for batch in self.reader.poll():
             for record in batch.records:
                 if not self._buffer:
@@ -93,11 +105,49 @@ class Delivery:
                     self.flush()
             if batch.finished:
                 self._pending[batch.shard_id] = SHARD_END
+        taken += self._take_written()
+        if self.sink is not None:
+            self.sink.keep_written()
         if self._buffer and self.clock() - self._first_at >= self.firehose.buffer_interval_s:
             self.flush()
         elif not self._buffer:
             self._checkpoint()  # e.g. a shard finished with nothing left to write
         return taken
+
+    def _take_written(self) -> int:
+        """Buffer what the run wrote to each shard where it is all that follows the records
+        read so far; returns records taken."""
+        written = self._written
+        for shard_id, entries in (self.sink.take_written() if self.sink else {}).items():
+            written[shard_id] = written[shard_id] + entries if shard_id in written else entries
+        taken = 0
+        for shard_id, entries in list(written.items()):
+            after = self.reader.handed_out(shard_id)
+            if after is not None:
+                entries = [entry for entry in entries if entry[0] > after]  # the rest were read
+            if after is not None and entries:
+                if self.reader.take_known(shard_id, len(entries), entries[-1][0]):
+                    self._buffer_written(shard_id, entries)
+                    taken += len(entries)
+                    entries = []
+            if entries and len(entries) <= MAX_WRITTEN:
+                written[shard_id] = entries
+            else:  # taken, read, or more than is worth holding: the reader reads them
+                del written[shard_id]
+        return taken
+
+    def _buffer_written(self, shard_id: str, entries: list[tuple[int, bytes]]) -> None:
+        arrival = datetime.datetime.now(datetime.timezone.utc)  # put just now, by this run
+        for sequence, data in entries:
+            if not self._buffer:
+                self._first_at = self.clock()
+                self._first_arrival = arrival
+            self._buffer.append(data)
+            self._size += len(data)
+            if self._size >= self.max_bytes:
+                self._pending[shard_id] = str(sequence)
+                self.flush()
+        self._pending[shard_id] = str(entries[-1][0])
 
     def flush(self) -> None:
         """Write the buffer as one object, then checkpoint what it holds."""

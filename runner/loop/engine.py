@@ -155,7 +155,14 @@ class Engine:
             []
             if backend.delivers_firehoses
             else [
-                Delivery(spec, f, backend, clock=clock, forget=options.forget_old_checkpoints)
+                Delivery(
+                    spec,
+                    f,
+                    backend,
+                    clock=clock,
+                    forget=options.forget_old_checkpoints,
+                    sink=self._sink(spec.streams[f.stream].name),
+                )
                 for f in spec.firehoses.values()
             ]
         )

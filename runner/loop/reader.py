@@ -189,6 +189,36 @@ class StreamReader:
                 return False
         return True
 
+    def handed_out(self, shard_id: str) -> int | None:
+        """The sequence number of the last record of a shard handed out (or of the checkpoint
+        it started from); None when there is none, or this reader does not read the shard."""
+        state = self._shards.get(shard_id)
+        if state is None or state.finished:
+            return None
+        last = state.last_sequence or state.start
+        return None if last is None or is_start_mark(last) else int(last)
+
+    def take_known(self, shard_id: str, count: int, last: int) -> bool:
+        """Count as handed out the next `count` records of a shard, up to sequence number
+        `last`, which the caller holds already (it wrote them), when they are all that the
+        shard holds after the last record handed out; returns whether they were taken. Left
+        alone, they are read as any others, e.g. when someone else wrote there meanwhile."""
+        after = self.handed_out(shard_id)
+        if after is None:
+            return False
+        try:
+            behind = self.backend.behind(
+                self.stream, shard_id, "AFTER_SEQUENCE_NUMBER", sequence=str(after)
+            )
+        except Throttled:
+            return False
+        if behind.records != count:  # unknown (a target that cannot count), or others' too
+            return False
+        state = self._shards[shard_id]
+        state.last_sequence = str(last)
+        state.iterator = None  # the next call starts after them
+        return True
+
     @property
     def shard_count(self) -> int:
         """How many shards this reader reads now (finished ones left out)."""

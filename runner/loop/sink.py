@@ -111,6 +111,21 @@ class Sink:
         self._written_lock = threading.Lock()  # lanes put at once
         self._shard_starts: list[int] = []  # the open shards' starting hash keys, sorted
         self._shards_until = 0.0  # by the patience's clock
+        # shard id -> (sequence number, data) of each entry put there, in order, while a
+        # delivery of the stream takes them (keep_written), so that it need not read them back
+        self._kept: dict[str, list[tuple[int, bytes]]] | None = None
+
+    def keep_written(self) -> None:
+        """From now on, keep each entry put for take_written."""
+        if self._kept is None:
+            self._kept = {}
+
+    def take_written(self) -> dict[str, list[tuple[int, bytes]]]:
+        """Shard id -> (sequence number, data) of each entry put there since the last call,
+        in the order the stream took them (rising numbers: one lane puts a shard's entries)."""
+        with self._written_lock:
+            kept, self._kept = self._kept or {}, {} if self._kept is not None else None
+        return kept
 
     def put(
         self,
@@ -196,12 +211,16 @@ class Sink:
             return pending, error
         self.observer.put_records(self.stream, _by_result(results))
         with self._written_lock:
+            kept = self._kept
             for position, result in zip(pending, results, strict=True):
                 if result.ok:
                     accepted[position] = True
                     sequence = int(result.sequence)
                     if sequence > self.written.get(result.shard_id, -1):
                         self.written[result.shard_id] = sequence
+                    if kept is not None:
+                        found = (sequence, entries[position][0])
+                        kept.setdefault(result.shard_id, []).append(found)
         failed = [p for p, result in zip(pending, results, strict=True) if not result.ok]
         refused = [r for r in results if not r.ok and r.error_code not in RETRYABLE]
         if refused:

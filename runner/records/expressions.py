@@ -19,7 +19,7 @@ import random
 import re
 import time
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from runner import compiler
@@ -33,6 +33,7 @@ __all__ = [
     "ExpressionError",
     "SearchError",
     "compile",
+    "compile_object",
     "is_true",
     "json_type",
     "likely_mistakes",
@@ -68,16 +69,17 @@ class Clock:
     ) -> None:
         self.read = read
         self.uuid = uuid
-        self._last_now: tuple[int, str] = (-1, "")
+        self._last_millis = -1
+        self._last_now = ""
 
     def now(self) -> str:
         """The time in UTC to the millisecond, ISO-8601: 2026-11-26T13:33:50.123+00:00."""
         # Records handled within the same millisecond share one timestamp, formatted once.
         millis = int(self.read() * 1000)
-        if millis != self._last_now[0]:
+        if millis != self._last_millis:
             moment = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
-            self._last_now = (millis, moment.isoformat(timespec="milliseconds"))
-        return self._last_now[1]
+            self._last_millis, self._last_now = millis, moment.isoformat(timespec="milliseconds")
+        return self._last_now
 
     def epoch(self) -> int:
         """Whole seconds since 1970-01-01 UTC."""
@@ -111,6 +113,15 @@ def compile(text: str) -> Expression:  # noqa: A001 - the name JMESPath users ex
         return compiler.compile(text, ADDED, SYSTEM_CLOCK)
     except compiler.CompileError as error:
         raise ExpressionError(f"{error}{_suggestion(error.reason)}") from None
+
+
+def compile_object(fields: Sequence[tuple[str, str]]) -> Expression:
+    """Compile several valid expressions (`compile` took each) into one search giving the
+    object of their values by name; raises ExpressionError if, together, they cannot be."""
+    try:
+        return compiler.compile_object(fields, ADDED, SYSTEM_CLOCK)
+    except compiler.CompileError as error:
+        raise ExpressionError(str(error)) from None
 
 
 def likely_mistakes(expression: Expression) -> list[str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from json.encoder import c_make_encoder, encode_basestring
 
-from runner.backends.limits import MAX_RECORD_BYTES, entry_size
+from runner.backends.limits import MAX_RECORD_BYTES
 from runner.records.expressions import Clock, json_type
 from runner.records.routing import Route, RouteError
 from runner.records.transform import Filtered, Step, TransformError
@@ -59,19 +60,22 @@ class Journey:
         self.clock = clock if isinstance(clock, Clock) else Clock(clock)
         self.steps = tuple(steps)
         self.route = route
-        self.ending = b"\n" if route.newline else b""
+        self.ending = "\n" if route.newline else ""
         self.drop_unmatched = route.unmatched == "drop"
 
     def process(self, data: bytes) -> Outcome:
         """Decide what happens to one record; never raises for anything in `data`."""
         try:
-            record = parse_record(data)
+            record = parse_json(data)
+            if type(record) is not dict:  # the usual object passes without another call
+                record = _as_record(record)
         except BadRecord as error:
             return Outcome(DEAD_LETTER, reason=str(error), cause=error.cause)
+        clock = self.clock
         try:
             for step in self.steps:
-                step.apply(record, self.clock)
-            sinks, key = self.route.decide(record, self.clock)
+                step.apply(record, clock)
+            sinks, key = self.route.decide(record, clock)
         except Filtered:
             return Outcome(FILTERED)
         except TransformError as error:
@@ -82,8 +86,8 @@ class Journey:
             kind = DROPPED if self.drop_unmatched else DEAD_LETTER
             return Outcome(kind, reason="no route case took the record", cause=UNMATCHED)
         try:
-            payload = encode(record) + self.ending
-            size = entry_size(payload, key)
+            payload = encode(record, self.ending)
+            size = len(payload) + len(key.encode())  # entry_size, inline
         except ValueError as error:  # e.g. a lone surrogate, an infinite number
             reason = f"cannot be written as JSON: {error}"
             return Outcome(DEAD_LETTER, reason=reason, cause=NOT_ENCODABLE)
@@ -112,6 +116,7 @@ def _not_json(constant: str) -> None:
 # Made once: json.loads and json.dumps with options build a new coder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SCAN = _DECODER.scan_once
 
 
 def parse_json(data: bytes) -> object:
@@ -124,6 +129,14 @@ def parse_json(data: bytes) -> object:
     # could disagree near it; a fixed limit, checked only where it could be reached, cannot.
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise BadRecord(f"not JSON this runner reads: nested deeper than {MAX_DEPTH} levels")
+    # What decode() does for text with no whitespace around the value, without its two regex
+    # matches; anything else (whitespace, an error) takes decode() to be read or explained.
+    try:
+        value, end = _SCAN(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as error:
@@ -161,13 +174,44 @@ def _depth(text: str) -> int:
 
 def parse_record(data: bytes) -> dict:
     """A record: a JSON object, or BadRecord saying why not."""
-    record = parse_json(data)
-    if not isinstance(record, dict):
-        raise BadRecord(f"not a JSON object: got {json_type(record)}", NOT_OBJECT)
-    return record
+    return _as_record(parse_json(data))
 
 
-def encode(record: dict) -> bytes:
-    """A record as sinks receive it: compact JSON in UTF-8. Raises ValueError for what JSON
-    cannot hold (an infinite number) or UTF-8 cannot encode (a lone surrogate)."""
-    return _ENCODER.encode(record).encode("utf-8")
+def _as_record(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise BadRecord(f"not a JSON object: got {json_type(value)}", NOT_OBJECT)
+    return value
+
+
+# One C encoder for every record (json.dumps and JSONEncoder.encode make one per call), and
+# without check_circular's record of the objects it is in, it holds no state: threads may
+# share it. A record holding itself then ends in RecursionError, and JSONEncoder says why.
+_ONCE = (
+    c_make_encoder(
+        None,  # no markers: no check for cycles
+        _ENCODER.default,
+        encode_basestring,  # ensure_ascii=False
+        None,  # no indent
+        _ENCODER.key_separator,
+        _ENCODER.item_separator,
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+    if c_make_encoder is not None
+    else None
+)
+
+
+def encode(record: dict, ending: str = "") -> bytes:
+    """A record as sinks receive it: compact JSON in UTF-8, then `ending`. Raises ValueError
+    for what JSON cannot hold (an infinite number) or UTF-8 cannot encode (a lone
+    surrogate)."""
+    try:
+        chunks = _ONCE(record, 0) if _ONCE is not None else None
+    except RecursionError:  # a cycle: JSONEncoder says so
+        chunks = None
+    if chunks is None:
+        return (_ENCODER.encode(record) + ending).encode("utf-8")
+    chunks.append(ending)  # a list of its own: the text is joined once, ending included
+    return "".join(chunks).encode("utf-8")

@@ -11,7 +11,6 @@ from runner.records.expressions import (
     Clock,
     Expression,
     SearchError,
-    is_true,
     json_type,
 )
 
@@ -34,24 +33,40 @@ class Route:
     unmatched: str = "dead_letter"  # or "drop"
     newline: bool = True
 
+    def __post_init__(self) -> None:
+        # Bound once: decide runs for every record.
+        cases = tuple(
+            (index, case.when.search if case.when else None, case.to, case.continue_)
+            for index, case in enumerate(self.cases)
+        )
+        object.__setattr__(self, "_cases", cases)
+        object.__setattr__(self, "_key", self.partition_key.search)
+
     def decide(self, record: Any, clock: Clock = SYSTEM_CLOCK) -> tuple[list[str], str]:
         """The sink stream keys the record goes to (empty: no case took it) and its key;
         `clock` gives the time functions of the expressions."""
         sinks = []
-        for index, case in enumerate(self.cases):
-            if case.when is not None:
+        for index, when, to, go_on in self._cases:
+            if when is not None:
                 try:
-                    taken = is_true(case.when.search(record, clock))
+                    taken = when(record, clock)
                 except SearchError as error:
                     raise RouteError(f"route.cases[{index}].when: {error}") from None
-                if not taken:
+                # is_true, inline: only null, false and empty text, arrays and objects are false
+                if not (taken or type(taken) is int or type(taken) is float):
                     continue
-            sinks.append(case.to)
-            if not case.continue_:
+            sinks.append(to)
+            if not go_on:
                 break
         if not sinks:
             return sinks, ""
-        return sinks, partition_key(self.partition_key, record, clock=clock)
+        try:
+            key = self._key(record, clock)
+        except SearchError as error:
+            raise RouteError(f"route.partition_key: {error}") from None
+        if type(key) is str and 0 < len(key) <= MAX_PARTITION_KEY_CHARS:
+            return sinks, key  # the usual key, as key_text would give it
+        return sinks, key_text(key, "route.partition_key")
 
 
 def partition_key(
@@ -65,6 +80,12 @@ def partition_key(
         value = expression.search(record, clock)
     except SearchError as error:
         raise RouteError(f"{what}: {error}") from None
+    return key_text(value, what)
+
+
+def key_text(value: Any, what: str) -> str:
+    """A partition key from what its expression (`what`) gave: text or a number, 1-256
+    characters."""
     if isinstance(value, str):
         key = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner.records.expressions import SYSTEM_CLOCK, Clock, Expression, SearchError, is_true
+from runner.records.expressions import (
+    SYSTEM_CLOCK,
+    Clock,
+    Expression,
+    ExpressionError,
+    SearchError,
+    compile_object,
+    is_true,
+)
 
 
 class TransformError(ValueError):
@@ -27,16 +35,22 @@ class SetStep:
     assignments: tuple[tuple[str, Expression], ...]
 
     def __post_init__(self) -> None:
-        # Bound once: this runs for every record.
-        object.__setattr__(self, "_names", tuple(name for name, _ in self.assignments))
-        object.__setattr__(self, "_searches", tuple(e.search for _, e in self.assignments))
+        # One search giving every value by name: this runs for every record.
+        try:
+            values = compile_object(tuple((name, e.text) for name, e in self.assignments))
+            object.__setattr__(self, "_values", values.search)
+        except ExpressionError:  # nested too deeply together: one search per expression
+            object.__setattr__(self, "_values", self._each_value)
 
     def apply(self, record: dict, clock: Clock = SYSTEM_CLOCK) -> None:
         try:
-            values = [search(record, clock) for search in self._searches]
+            values = self._values(record, clock)
         except SearchError:
             raise TransformError(self._failure(record, clock)) from None
-        record.update(zip(self._names, values))
+        record.update(values)
+
+    def _each_value(self, record: dict, clock: Clock) -> dict:
+        return {name: expression.search(record, clock) for name, expression in self.assignments}
 
     def _failure(self, record: dict, clock: Clock) -> str:
         """Which assignment failed, and why."""
