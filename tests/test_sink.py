@@ -9,7 +9,7 @@ from runner.backends.limits import MAX_BATCH_BYTES
 from runner.backends.local import LocalBackend
 from runner.loop.observer import Observer
 from runner.loop.patience import Abandoned, Patience
-from runner.loop.sink import Sink, batches, put_all, waves
+from runner.loop.sink import Sink, batch_positions, put_all, wave_positions
 from runner.loop.workers import Workers
 
 MIB = 1024 * 1024
@@ -47,6 +47,16 @@ def entries(*names):
 def sink_on(kinesis, jitter=lambda: 1.0):
     waits = []
     return Sink(kinesis, "events", sleep=waits.append, jitter=jitter), waits
+
+
+def batches(entries):
+    """The entries of each PutRecords call the sink makes of `entries`."""
+    return ([entries[i] for i in group] for group in batch_positions(entries))
+
+
+def waves(batch):
+    """The entries of each call the sink makes of one batch."""
+    return [[batch[i] for i in wave] for wave in wave_positions(batch)]
 
 
 # batches

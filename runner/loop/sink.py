@@ -45,14 +45,9 @@ def put_all(puts: Iterable[tuple[Sink, Sequence[Entry]]], workers: Workers) -> N
     workers.all([lane for sink, entries in puts for lane in sink.lanes(entries)])
 
 
-def batches(entries: Sequence[Entry]) -> Iterator[list[Entry]]:
-    """Split entries into PutRecords calls of at most 500 records and 5 MiB."""
-    for group in _batch_positions(entries):
-        yield [entries[i] for i in group]
-
-
-def _batch_positions(entries: Sequence[Entry]) -> Iterator[list[int]]:
-    """batches(), as positions in `entries`."""
+def batch_positions(entries: Sequence[Entry]) -> Iterator[list[int]]:
+    """Split entries into PutRecords calls of at most 500 records and 5 MiB, as positions in
+    `entries`."""
     batch: list[int] = []
     size = 0
     for position, (data, key) in enumerate(entries):
@@ -66,14 +61,10 @@ def _batch_positions(entries: Sequence[Entry]) -> Iterator[list[int]]:
         yield batch
 
 
-def waves(batch: list[Entry]) -> list[list[Entry]]:
-    """Split one batch into calls holding at most one entry per partition key: wave n holds
-    the n-th entry of each key, in batch order. Distinct keys (the usual case) are one wave."""
-    return [[batch[i] for i in wave] for wave in _wave_positions(batch)]
-
-
-def _wave_positions(batch: Sequence[Entry]) -> list[list[int]]:
-    """waves(), as positions in `batch`."""
+def wave_positions(batch: Sequence[Entry]) -> list[list[int]]:
+    """Split one batch into calls holding at most one entry per partition key, as positions in
+    `batch`: wave n holds the n-th entry of each key, in batch order. Distinct keys (the usual
+    case) are one wave."""
     if len({key for _, key in batch}) == len(batch):
         return [list(range(len(batch)))]
     found: list[list[int]] = []
@@ -139,9 +130,9 @@ class Sink:
         short (an error, a stop, Lambda's deadline) knows which are in. Once `stop` is set,
         raises Stopped before its next call."""
         flags = accepted if accepted is not None else [False] * len(entries)
-        for group in _batch_positions(entries):
+        for group in batch_positions(entries):
             batch = [entries[i] for i in group]
-            for wave in _wave_positions(batch):
+            for wave in wave_positions(batch):
                 self._put_wave([group[i] for i in wave], entries, flags, stop)
 
     def lanes(self, entries: Sequence[Entry]) -> list[Call]:
