@@ -298,6 +298,31 @@ def test_records_past_retention_are_gone(backend, clock):
     assert [r.data for r in read_all(backend, "events", "shardId-000000000000")] == [b"new"]
 
 
+def test_one_put_across_shards_reads_back_in_each_shard_in_order_a_page_at_a_time(backend):
+    backend.create_stream("events", 2)
+    keys = [str(n) for n in range(12)]
+    results = backend.put_records("events", [(f"r{n}".encode(), k) for n, k in enumerate(keys)])
+    shards = [r.shard_id for r in results]
+    assert len(set(shards)) == 2 and shards != sorted(shards)  # interleaved
+
+    for shard_id in set(shards):
+        expected = [
+            (result.sequence, key, f"r{n}".encode())
+            for n, (result, key) in enumerate(zip(results, keys))
+            if result.shard_id == shard_id
+        ]
+        iterator = backend.get_shard_iterator("events", shard_id, "TRIM_HORIZON")
+        read = []
+        while (batch := backend.get_records(iterator, limit=2)).records:
+            read.append([(r.sequence, r.partition_key, r.data) for r in batch.records])
+            iterator = batch.next_iterator
+        assert [one for page in read for one in page] == expected
+        assert all(len(page) == 2 for page in read[:-1])
+        third = expected[2][0]
+        behind = backend.behind("events", shard_id, "AFTER_SEQUENCE_NUMBER", sequence=third)
+        assert behind.records == len(expected) - 3
+
+
 def test_behind_counts_the_records_after_a_position_that_are_still_retained(backend, clock):
     backend.create_stream("events", 2)
     half = partition_hash("k") >= 2**127
@@ -565,6 +590,41 @@ def test_a_state_file_of_the_previous_version_opens_with_its_checkpoints(tmp_pat
     with pytest.raises(EarlierStream) as error:
         other.get_checkpoints("shop", "events")
     assert str(error.value) == "checkpoints are for an earlier stream named events"
+
+
+def test_the_records_of_a_previous_version_keep_their_numbers_and_new_ones_follow(tmp_path, clock):
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        db.executescript(PREVIOUS_SCHEMA)
+        for data in "bcde":  # numbered 2 to 5; 3 and 5 then trimmed
+            db.execute(
+                "INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms) "
+                "VALUES ('events', 'shardId-000000000000', ?, ?, 1800000001000)",
+                (f"key {data}", data.encode()),
+            )
+        db.execute("DELETE FROM records WHERE sequence IN (3, 5)")
+        db.commit()
+    shard = "shardId-000000000000"
+
+    backend = LocalBackend(tmp_path, clock=clock)
+    put(backend, "events", "f")
+
+    assert [(r.sequence, r.partition_key, r.data) for r in read_all(backend, "events", shard)] == [
+        ("1", "k", b"a"),
+        ("2", "key b", b"b"),
+        ("4", "key d", b"d"),
+        ("6", "k", b"f"),
+    ]
+    assert backend.behind("events", shard, "AFTER_SEQUENCE_NUMBER", sequence="2").records == 2
+    at = datetime.datetime.fromtimestamp(1_800_000_001, datetime.timezone.utc)
+    assert [r.data for r in read_all(backend, "events", shard, "AT_TIMESTAMP", timestamp=at)] == [
+        b"b",
+        b"d",
+        b"f",
+    ]
+    backend.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "records" not in tables
 
 
 # The state of the version before checkpoints were dated and runs recorded.

@@ -7,14 +7,18 @@ line. A failure of the disk (full, read-only) is one line naming the path and th
 
 Its `owned` table says which pipeline's apply created which stream, bucket and firehose.
 
-Sequence numbers are rowids of one global records table. SQLite lets one writer commit at a
-time and AUTOINCREMENT never reuses a rowid, so numbers rise within every shard and become
-visible in order: a reader polling "after sequence N" never skips a record. A closed shard's
-ending_sequence is its last record's number, or starting_sequence - 1 if it never held one.
+Records are kept a row for the records one PutRecords call put into one shard (`puts`): one
+row written instead of hundreds, and read back at once. Sequence numbers are global: each call
+takes the next ones in entry order, and its row of a shard is keyed by its last record's number.
+SQLite lets one writer commit at a time and AUTOINCREMENT never goes back, so numbers rise
+within every shard and become visible in order: a reader polling "after sequence N" never skips
+a record. A closed shard's ending_sequence is its last record's number, or starting_sequence - 1
+if it never held one.
 """
 
 from __future__ import annotations
 
+import array
 import base64
 import bisect
 import contextlib
@@ -22,6 +26,7 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -32,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from runner.backends.base import (
@@ -91,11 +96,13 @@ CREATE TABLE IF NOT EXISTS shards (
     starting_sequence INTEGER NOT NULL, ending_sequence INTEGER,
     parent_shard_id TEXT, adjacent_parent_shard_id TEXT, closed_ms INTEGER,
     PRIMARY KEY (stream, shard_id));
-CREATE TABLE IF NOT EXISTS records (
-    sequence INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
-    partition_key TEXT NOT NULL, data BLOB NOT NULL, arrival_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS records_by_shard ON records (stream, shard_id, sequence);
-CREATE INDEX IF NOT EXISTS records_by_arrival ON records (stream, arrival_ms);
+CREATE TABLE IF NOT EXISTS puts (
+    last INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+    arrival_ms INTEGER NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+    sequences BLOB, keys TEXT NOT NULL, key_ends BLOB NOT NULL,
+    data BLOB NOT NULL, data_ends BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS puts_by_shard ON puts (stream, shard_id, last);
+CREATE INDEX IF NOT EXISTS puts_by_arrival ON puts (stream, arrival_ms);
 CREATE TABLE IF NOT EXISTS checkpoints (
     pipeline TEXT NOT NULL, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
     sequence TEXT NOT NULL, stream_uid TEXT, stream_created_ms INTEGER, checkpointed_ms INTEGER,
@@ -253,7 +260,7 @@ class LocalBackend(Backend):
                 return
             for shard in old:
                 (last,) = db.execute(
-                    "SELECT MAX(sequence) FROM records WHERE stream = ? AND shard_id = ?",
+                    "SELECT MAX(last) FROM puts WHERE stream = ? AND shard_id = ?",
                     (name, shard.shard_id),
                 ).fetchone()
                 ending = int(shard.starting_sequence) - 1 if last is None else last
@@ -268,7 +275,7 @@ class LocalBackend(Backend):
         """Delete the stream with its shards, records and every pipeline's checkpoints."""
         with self._tx(write=True) as db:
             self._stream(db, name)
-            for table in ("records", "shards", "checkpoints"):
+            for table in ("puts", "shards", "checkpoints"):
                 db.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
             db.execute("DELETE FROM streams WHERE name = ?", (name,))
             _own(db, "stream", name, None)
@@ -298,9 +305,9 @@ class LocalBackend(Backend):
             elif iterator_type == "LATEST":
                 after = self._latest(db)
             elif iterator_type == "AT_TIMESTAMP":
-                row = db.execute(
-                    "SELECT sequence FROM records WHERE stream = ? AND shard_id = ? "
-                    "AND arrival_ms >= ? ORDER BY sequence LIMIT 1",
+                row = db.execute(  # the records of one put share their time
+                    "SELECT first FROM puts WHERE stream = ? AND shard_id = ? "
+                    "AND arrival_ms >= ? ORDER BY last LIMIT 1",
                     (stream, shard_id, int(timestamp.timestamp() * 1000)),
                 ).fetchone()
                 after = row[0] - 1 if row else self._next_sequence(db) - 1
@@ -329,16 +336,18 @@ class LocalBackend(Backend):
         _, _, after, _ = _decode_iterator(iterator)
         with self._tx() as db:
             cutoff = self._now_ms() - self._stream(db, stream) * 3_600_000
-            # Those after it, counted in the shard's index alone, less those past retention,
-            # found through the index by arrival: reading every row would cost as much as
-            # reading the records.
+            retained = "stream = ? AND shard_id = ? AND last > ? AND arrival_ms >= ?"
+            where = (stream, shard_id, after, cutoff)
             (count,) = db.execute(
-                "SELECT (SELECT COUNT(*) FROM records "
-                "WHERE stream = ?1 AND shard_id = ?2 AND sequence > ?3) - "
-                "(SELECT COUNT(*) FROM records INDEXED BY records_by_arrival "
-                "WHERE stream = ?1 AND arrival_ms < ?4 AND shard_id = ?2 AND sequence > ?3)",
-                (stream, shard_id, after, cutoff),
+                f"SELECT COALESCE(SUM(count), 0) FROM puts WHERE {retained}", where
             ).fetchone()
+            # Less those of the put it is in the middle of that are not after it.
+            row = db.execute(
+                f"SELECT first, count, sequences FROM puts WHERE {retained} ORDER BY last LIMIT 1",
+                where,
+            ).fetchone()
+        if row is not None and row[0] <= after:
+            count -= bisect.bisect_right(_numbers(*row), after)
         return Behind(records=count)
 
     def get_records(self, iterator: str, limit: int = MAX_GET_RECORDS) -> RecordBatch:
@@ -352,27 +361,24 @@ class LocalBackend(Backend):
         with self._tx() as db:
             shard = self._shard(db, stream, shard_id)
             cutoff = self._now_ms() - self._stream(db, stream) * 3_600_000
-            retained = "stream = ? AND shard_id = ? AND sequence > ? AND arrival_ms >= ?"
-            # Each row's size as entry_size counts it: its data and its key's UTF-8 bytes.
+            retained = "stream = ? AND shard_id = ? AND last > ? AND arrival_ms >= ?"
             rows = db.execute(
-                "SELECT sequence, partition_key, data, arrival_ms, "
-                "length(data) + length(CAST(partition_key AS BLOB)) FROM records "
-                f"WHERE {retained} ORDER BY sequence LIMIT ?",
-                (stream, shard_id, after, cutoff, limit),
+                f"SELECT {_PUT_READ} FROM puts WHERE {retained} ORDER BY last",
+                (stream, shard_id, after, cutoff),
             )
             records: list[Record] = []
             size = last_arrival_ms = 0
             arrival = _utc(0)
-            for number, key, data, arrival_ms, entry_bytes in rows:
-                size += entry_bytes
-                if records and size > MAX_GET_BYTES:
+            for number, key, data, arrival_ms in _stored(rows, after):
+                size += len(data) + len(key.encode())  # entry_size, inline
+                if len(records) == limit or (records and size > MAX_GET_BYTES):
                     break
                 if arrival_ms != last_arrival_ms:  # the records of one put share their time
                     arrival = _utc(arrival_ms)
                 records.append(Record(str(number), key, data, arrival))
                 after, last_arrival_ms = number, arrival_ms
             newest = db.execute(
-                f"SELECT arrival_ms FROM records WHERE {retained} ORDER BY sequence DESC LIMIT 1",
+                f"SELECT arrival_ms FROM puts WHERE {retained} ORDER BY last DESC LIMIT 1",
                 (stream, shard_id, after, cutoff),
             ).fetchone()
         if newest is None:
@@ -396,35 +402,31 @@ class LocalBackend(Backend):
             # The open shards come from one _open_shards call, so they are in hash order.
             shards = [s for s in self._shards(db, stream) if s.is_open]
             starts = [s.starting_hash_key for s in shards]
-            ids = [s.shard_id for s in shards]
-            rows = [
-                (
-                    stream,
-                    ids[bisect.bisect_right(starts, partition_hash(key)) - 1],
-                    key,
-                    data,
-                    arrival_ms,
-                )
-                for data, key in entries
-            ]
-            # One statement for the batch. This transaction holds the write lock, so the rows
-            # take the next numbers in turn, as AUTOINCREMENT gives them.
+            owners = [bisect.bisect_right(starts, partition_hash(key)) - 1 for _, key in entries]
+            # This transaction holds the write lock, so the entries take the next numbers in
+            # turn; each shard's take one row.
             first = self._next_sequence(db)
+            by_shard: dict[int, list[int]] = {}
+            for position, owner in enumerate(owners):
+                by_shard.setdefault(owner, []).append(position)
             db.executemany(
-                "INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms) "
-                "VALUES (?, ?, ?, ?, ?)",
-                rows,
+                f"INSERT INTO puts ({_PUT_WRITE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    _put_row(stream, shards[owner].shard_id, arrival_ms, entries, positions, first)
+                    for owner, positions in by_shard.items()
+                ],
             )
+            ids = [s.shard_id for s in shards]
             results = [
-                PutResult(shard_id=row[1], sequence=str(number))
-                for number, row in enumerate(rows, first)
+                PutResult(shard_id=ids[owner], sequence=str(number))
+                for number, owner in enumerate(owners, first)
             ]
             # Trimming on every write would cost a scan per batch; once a minute is plenty.
             if self._clock() - self._last_trim.get(stream, 0.0) >= TRIM_INTERVAL_S:
                 self._last_trim[stream] = self._clock()
                 cutoff = arrival_ms - retention_hours * 3_600_000
                 # Like Kinesis, also forget shards closed for longer than the retention period.
-                for table, column in (("records", "arrival_ms"), ("shards", "closed_ms")):
+                for table, column in (("puts", "arrival_ms"), ("shards", "closed_ms")):
                     sql = f"DELETE FROM {table} WHERE stream = ? AND {column} < ?"
                     db.execute(sql, (stream, cutoff))
         return results
@@ -802,7 +804,7 @@ class LocalBackend(Backend):
         return self._next_sequence(db) - 1
 
     def _next_sequence(self, db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'puts'").fetchone()
         return (row[0] if row else 0) + 1
 
     def _open_shards(
@@ -870,10 +872,75 @@ def _writable(folder: Path, db: Path) -> bool:
     return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
 
 
+# A `puts` row: the records one call put into one shard, numbered `first` to `last`, where
+# `sequences` is NULL, else as it lists them (int64s); their partition keys joined in `keys` and
+# their data in `data`, where each ends in `key_ends` and `data_ends` (uint32s, this machine's
+# byte order).
+_PUT_WRITE = (
+    "last, stream, shard_id, arrival_ms, first, count, sequences, keys, key_ends, data, data_ends"
+)
+_PUT_READ = "first, count, sequences, keys, key_ends, data, data_ends, arrival_ms"
+
+
+def _put_row(
+    stream: str,
+    shard_id: str,
+    arrival_ms: int,
+    entries: Sequence[tuple[bytes, str]],
+    positions: list[int],  # of the entries this shard takes, rising
+    first: int,  # the number of the call's first entry
+) -> tuple:
+    """The `puts` row (_PUT_WRITE) of the entries at `positions`."""
+    data = [entries[p][0] for p in positions]
+    keys = [entries[p][1] for p in positions]
+    contiguous = positions[-1] - positions[0] == len(positions) - 1
+    sequences = None if contiguous else array.array("q", [first + p for p in positions]).tobytes()
+    return (
+        first + positions[-1],
+        stream,
+        shard_id,
+        arrival_ms,
+        first + positions[0],
+        len(positions),
+        sequences,
+        "".join(keys),
+        _ends(keys),
+        b"".join(data),
+        _ends(data),
+    )
+
+
+def _ends(parts: Sequence[str] | Sequence[bytes]) -> bytes:
+    return array.array("I", itertools.accumulate(map(len, parts))).tobytes()
+
+
+def _numbers(first: int, count: int, sequences: bytes | None) -> Sequence[int]:
+    """The sequence numbers of a `puts` row's records, rising."""
+    return range(first, first + count) if sequences is None else array.array("q", sequences)
+
+
+def _stored(rows: Iterable[tuple], after: int) -> Iterator[tuple[int, str, bytes, int]]:
+    """(number, partition key, data, arrival ms) of each record after `after` in `puts` rows
+    (_PUT_READ) of one shard, in order."""
+    for first, count, sequences, keys, key_ends, data, data_ends, arrival_ms in rows:
+        key_start = data_start = 0
+        for number, key_end, data_end in zip(
+            _numbers(first, count, sequences),
+            array.array("I", key_ends),
+            array.array("I", data_ends),
+        ):
+            if number > after:
+                yield number, keys[key_start:key_end], data[data_start:data_end], arrival_ms
+            key_start, data_start = key_end, data_end
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a state file of an earlier version up to this schema, inside the open transaction:
-    its streams get a uid, and its checkpoints the life of the stream they were kept for and
-    a column for when they are written (unknown for those written before)."""
+    its records move into `puts`, its streams get a uid, and its checkpoints the life of the
+    stream they were kept for and a column for when they are written (unknown for those
+    written before)."""
+    if _columns(db, "records"):
+        _move_records(db)
     if "checkpointed_ms" not in _columns(db, "checkpoints"):
         db.execute("ALTER TABLE checkpoints ADD COLUMN checkpointed_ms INTEGER")
     if "uid" in _columns(db, "streams"):
@@ -887,6 +954,27 @@ def _migrate(db: sqlite3.Connection) -> None:
         "UPDATE checkpoints SET stream_uid = "
         "(SELECT uid FROM streams WHERE name = checkpoints.stream)"
     )
+
+
+def _move_records(db: sqlite3.Connection) -> None:
+    """The records of the version before `puts` (a row each) into it, each as a put of its
+    own, with the number it had; numbers go on from where that version left them."""
+    rows = db.execute(
+        "SELECT sequence, stream, shard_id, arrival_ms, partition_key, CAST(data AS BLOB) "
+        "FROM records "
+        "ORDER BY sequence"
+    )
+    while chunk := rows.fetchmany(10_000):
+        db.executemany(
+            f"INSERT INTO puts ({_PUT_WRITE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                _put_row(stream, shard_id, arrival_ms, [(data, key)], [0], number)
+                for number, stream, shard_id, arrival_ms, key, data in chunk
+            ],
+        )
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'puts'")
+    db.execute("UPDATE sqlite_sequence SET name = 'puts' WHERE name = 'records'")
+    db.execute("DROP TABLE records")
 
 
 def _own(db: sqlite3.Connection, kind: str, name: str, owner: str | None) -> None:
