@@ -66,6 +66,7 @@ from runner.backends.base import (
     is_start_mark,
 )
 from runner.backends.limits import (
+    MAX_BATCH_RECORDS,
     MAX_GET_BYTES,
     MAX_GET_RECORDS,
     check_batch,
@@ -412,7 +413,13 @@ class LocalBackend(Backend):
             db.executemany(
                 f"INSERT INTO puts ({_PUT_WRITE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    _put_row(stream, shards[owner].shard_id, arrival_ms, entries, positions, first)
+                    _put_row(
+                        stream,
+                        shards[owner].shard_id,
+                        arrival_ms,
+                        [entries[p] for p in positions],
+                        [first + p for p in positions],
+                    )
                     for owner, positions in by_shard.items()
                 ],
             )
@@ -887,21 +894,20 @@ def _put_row(
     shard_id: str,
     arrival_ms: int,
     entries: Sequence[tuple[bytes, str]],
-    positions: list[int],  # of the entries this shard takes, rising
-    first: int,  # the number of the call's first entry
+    numbers: Sequence[int],  # the entries' sequence numbers, rising
 ) -> tuple:
-    """The `puts` row (_PUT_WRITE) of the entries at `positions`."""
-    data = [entries[p][0] for p in positions]
-    keys = [entries[p][1] for p in positions]
-    contiguous = positions[-1] - positions[0] == len(positions) - 1
-    sequences = None if contiguous else array.array("q", [first + p for p in positions]).tobytes()
+    """The `puts` row (_PUT_WRITE) of one shard's entries."""
+    data = [entry[0] for entry in entries]
+    keys = [entry[1] for entry in entries]
+    contiguous = numbers[-1] - numbers[0] == len(numbers) - 1
+    sequences = None if contiguous else array.array("q", numbers).tobytes()
     return (
-        first + positions[-1],
+        numbers[-1],
         stream,
         shard_id,
         arrival_ms,
-        first + positions[0],
-        len(positions),
+        numbers[0],
+        len(numbers),
         sequences,
         "".join(keys),
         _ends(keys),
@@ -957,21 +963,19 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _move_records(db: sqlite3.Connection) -> None:
-    """The records of the version before `puts` (a row each) into it, each as a put of its
-    own, with the number it had; numbers go on from where that version left them."""
+    """The records of the version before `puts` (a row each) into it, with the numbers they
+    had: a shard's records that arrived at the same time (those of one put) as one row. Numbers
+    go on from where that version left them."""
     rows = db.execute(
-        "SELECT sequence, stream, shard_id, arrival_ms, partition_key, CAST(data AS BLOB) "
-        "FROM records "
-        "ORDER BY sequence"
+        "SELECT stream, shard_id, arrival_ms, sequence, partition_key, CAST(data AS BLOB) "
+        "FROM records ORDER BY stream, shard_id, sequence"
     )
-    while chunk := rows.fetchmany(10_000):
-        db.executemany(
-            f"INSERT INTO puts ({_PUT_WRITE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                _put_row(stream, shard_id, arrival_ms, [(data, key)], [0], number)
-                for number, stream, shard_id, arrival_ms, key, data in chunk
-            ],
-        )
+    insert = f"INSERT INTO puts ({_PUT_WRITE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    for (stream, shard_id, arrival_ms), put in itertools.groupby(rows, lambda row: row[:3]):
+        while chunk := list(itertools.islice(put, MAX_BATCH_RECORDS)):
+            entries = [(data, key) for *_, key, data in chunk]
+            numbers = [row[3] for row in chunk]
+            db.execute(insert, _put_row(stream, shard_id, arrival_ms, entries, numbers))
     db.execute("DELETE FROM sqlite_sequence WHERE name = 'puts'")
     db.execute("UPDATE sqlite_sequence SET name = 'puts' WHERE name = 'records'")
     db.execute("DROP TABLE records")
