@@ -141,6 +141,21 @@ def test_each_expectation_holds_with_the_clock_and_uuids_of_the_test(shop, monke
     assert sorted(os.listdir(folder)) == ["shop.test.yaml", "shop.yaml"]  # no state folder
 
 
+def test_a_timestamp_written_without_quotes_is_expected_as_written(shop):
+    folder = shop(
+        "tests:\n"
+        "  - name: unquoted times\n"
+        "    now: 2026-11-26T12:00:00Z\n"
+        "    records:\n"
+        "      - input: {session_id: a1, country: USA, seen: 2026-11-26 08:30:00}\n"
+        "        contains: {seen: 2026-11-26 08:30:00, at: 2026-11-26T12:00:00.000+00:00}\n"
+    )
+
+    done = pipeline_test(str(folder / "shop.yaml"))
+
+    assert (done.exit_code, done.stdout.splitlines()[-1]) == (0, "1 passed, 0 failed")
+
+
 def test_each_expectation_that_fails_says_where_it_is_and_what_came_instead(shop):
     folder = shop(AS_EXPECTED + WRONG)
     test_file = folder / "shop.test.yaml"

@@ -51,6 +51,19 @@ def test_a_specs_tests_hold_each_records_bytes_and_where_each_expectation_is(wri
     assert second.dead_letter == "not JSON"
 
 
+def test_a_records_timestamps_and_dates_without_quotes_stay_the_text_written(write_spec):
+    path = write_spec(
+        MINIMAL
+        + "tests:\n  - name: t\n    records:\n"
+        + "      - input: {at: 2026-11-26 08:30:00Z, day: 2026-11-26, n: 2026}\n"
+        + "        to: [usa]\n"
+    )
+
+    (test,) = spec.load(path).tests
+
+    assert test.records[0].data == b'{"at": "2026-11-26 08:30:00Z", "day": "2026-11-26", "n": 2026}'
+
+
 def test_a_test_file_beside_the_spec_is_read_against_it(write_spec):
     loaded = spec.load(write_spec(MINIMAL))
     beside = write_spec(TESTS.replace('    now: "2026-11-26T12:00:00Z"\n', ""), "spec.test.yaml")

@@ -5,7 +5,6 @@ and the shape checked against the JSON Schema. Every problem names FILE:LINE:COL
 from __future__ import annotations
 
 import copy
-import datetime
 import difflib
 import json
 import os
@@ -197,9 +196,9 @@ class Reader:
             return [
                 self._value(loader, item, path + (index,)) for index, item in enumerate(node.value)
             ]
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            return node.value  # a YAML timestamp: the user meant the text, as written
         value = loader.construct_object(node, deep=True)
-        if isinstance(value, (datetime.date, datetime.datetime)):
-            return value.isoformat()  # a YAML timestamp the user meant as text
         if isinstance(value, bytes):
             self.problem(path, "binary values are not supported")
             return None
