@@ -592,10 +592,12 @@ def test_a_state_file_of_the_previous_version_opens_with_its_checkpoints(tmp_pat
     assert str(error.value) == "checkpoints are for an earlier stream named events"
 
 
-def test_the_records_of_a_previous_version_keep_their_numbers_and_new_ones_follow(tmp_path, clock):
-    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+def previous_version_with_records(folder):
+    """A state file of the version before `puts`: records 1 (a), 2 (b) and 4 (d) left of 1 to 5
+    in shard 0 of `events`, 3 and 5 trimmed."""
+    with contextlib.closing(sqlite3.connect(folder / "pipeline.db")) as db:
         db.executescript(PREVIOUS_SCHEMA)
-        for data in "bcde":  # numbered 2 to 5; 3 and 5 then trimmed
+        for data in "bcde":
             db.execute(
                 "INSERT INTO records (stream, shard_id, partition_key, data, arrival_ms) "
                 "VALUES ('events', 'shardId-000000000000', ?, ?, 1800000001000)",
@@ -603,6 +605,19 @@ def test_the_records_of_a_previous_version_keep_their_numbers_and_new_ones_follo
             )
         db.execute("DELETE FROM records WHERE sequence IN (3, 5)")
         db.commit()
+
+
+# What a version before `puts` does first when it opens a state.
+PREVIOUS_OPENING = """
+CREATE TABLE IF NOT EXISTS records (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, shard_id TEXT NOT NULL,
+    partition_key TEXT NOT NULL, data BLOB NOT NULL, arrival_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS records_by_shard ON records (stream, shard_id, sequence);
+"""
+
+
+def test_the_records_of_a_previous_version_keep_their_numbers_and_new_ones_follow(tmp_path, clock):
+    previous_version_with_records(tmp_path)
     shard = "shardId-000000000000"
 
     backend = LocalBackend(tmp_path, clock=clock)
@@ -623,8 +638,60 @@ def test_the_records_of_a_previous_version_keep_their_numbers_and_new_ones_follo
     ]
     backend.close()
     with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    assert "records" not in tables
+        kind = db.execute("SELECT type FROM sqlite_master WHERE name = 'records'").fetchone()
+    assert kind == ("view",)  # the table is gone
+
+
+@pytest.mark.parametrize("made_by", ["this version", "the previous version"])
+def test_a_version_before_puts_cannot_open_a_state_this_one_wrote(tmp_path, clock, made_by):
+    if made_by == "the previous version":
+        previous_version_with_records(tmp_path)
+    backend = LocalBackend(tmp_path, clock=clock)
+    backend.create_stream("other", 1)
+    put(backend, "other", "x")
+    backend.close()
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        with pytest.raises(sqlite3.OperationalError, match="^views may not be indexed$"):
+            db.executescript(PREVIOUS_OPENING)
+
+
+def test_a_read_only_state_of_the_version_before_puts_is_read_as_it_is(tmp_path, monkeypatch):
+    previous_version_with_records(tmp_path)
+    before = (tmp_path / "pipeline.db").read_bytes()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK and access(path, mode))
+    shard = "shardId-000000000000"
+
+    reader = LocalBackend(tmp_path)
+
+    assert reader.read_only
+    assert [(r.sequence, r.partition_key, r.data) for r in read_all(reader, "events", shard)] == [
+        ("1", "k", b"a"),
+        ("2", "key b", b"b"),
+        ("4", "key d", b"d"),
+    ]
+    assert reader.behind("events", shard, "AFTER_SEQUENCE_NUMBER", sequence="1").records == 2
+    assert reader.latest_iterator("events", shard)[1] == "5"  # after the last number given
+    reader.close()
+    assert (tmp_path / "pipeline.db").read_bytes() == before
+
+
+def test_numbers_go_on_from_the_higher_counter_of_records_and_puts(tmp_path, clock):
+    previous_version_with_records(tmp_path)  # records' counter: 5
+    with contextlib.closing(LocalBackend(tmp_path, clock=clock)) as backend:
+        put(backend, "events", "f", "g", "h", "i")  # numbered 6 to 9 in puts
+    with contextlib.closing(sqlite3.connect(tmp_path / "pipeline.db")) as db:
+        # A records table again, with a counter behind puts' (no guard stopped its maker).
+        db.executescript("DROP VIEW records;" + PREVIOUS_OPENING)
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('records', 7)")
+        db.commit()
+
+    backend = LocalBackend(tmp_path, clock=clock)
+    (new,) = put(backend, "events", "k")
+
+    assert new.sequence == "10"
+    backend.close()
 
 
 # The state of the version before checkpoints were dated and runs recorded.

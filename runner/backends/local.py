@@ -83,11 +83,19 @@ _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SEQUENCE = re.compile(r"[0-9]{1,18}")  # local rowids; longer ones would overflow SQLite
 
+# Versions before `puts` kept a row per record in a table `records`: a view of that name in its
+# place makes one of them that opens this state fail at once (it cannot index a view), instead
+# of numbering records from 1 again where no reader here would find them.
+_RECORDS_GUARD = (
+    "CREATE VIEW IF NOT EXISTS records AS SELECT 'kept in puts by a newer version' AS moved"
+)
+
 # Hash keys are decimal TEXT: 128-bit values overflow SQLite integers. A stream's uid tells
 # its lives apart (deleted and created again under one name); checkpoints keep the uid and the
 # creation time of the life they belong to, and when they were written. `runs` holds what each
 # pipeline's last run recorded for `pipeline status`.
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS streams (
     name TEXT PRIMARY KEY, status TEXT NOT NULL, retention_hours INTEGER NOT NULL,
     uid TEXT, created_ms INTEGER);
@@ -117,6 +125,9 @@ CREATE TABLE IF NOT EXISTS notes (
     pipeline TEXT NOT NULL, name TEXT NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (pipeline, name));
 """
+    + _RECORDS_GUARD
+    + ";"
+)
 
 
 def partition_hash(partition_key: str) -> int:
@@ -206,9 +217,12 @@ class LocalBackend(Backend):
         if not os.access(self.state_dir, os.W_OK) and not (wal.exists() and shm.exists()):
             uri += "&immutable=1"
             self._immutable = True
-        return sqlite3.connect(
+        db = sqlite3.connect(
             uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
         )
+        if _is_table(db, "records"):  # a state of a version before `puts`, not moved yet
+            _read_records_as_puts(db)
+        return db
 
     @property
     def location(self) -> str:
@@ -811,8 +825,11 @@ class LocalBackend(Backend):
         return self._next_sequence(db) - 1
 
     def _next_sequence(self, db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'puts'").fetchone()
-        return (row[0] if row else 0) + 1
+        # An earlier version's state read as it is keeps its counter under `records`.
+        (seq,) = db.execute(
+            "SELECT MAX(seq) FROM sqlite_sequence WHERE name IN ('puts', 'records')"
+        ).fetchone()
+        return (seq or 0) + 1
 
     def _open_shards(
         self, db: sqlite3.Connection, stream: str, count: int, parents: list[Shard]
@@ -945,7 +962,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     its records move into `puts`, its streams get a uid, and its checkpoints the life of the
     stream they were kept for and a column for when they are written (unknown for those
     written before)."""
-    if _columns(db, "records"):
+    if _is_table(db, "records"):
         _move_records(db)
     if "checkpointed_ms" not in _columns(db, "checkpoints"):
         db.execute("ALTER TABLE checkpoints ADD COLUMN checkpointed_ms INTEGER")
@@ -976,9 +993,32 @@ def _move_records(db: sqlite3.Connection) -> None:
             entries = [(data, key) for *_, key, data in chunk]
             numbers = [row[3] for row in chunk]
             db.execute(insert, _put_row(stream, shard_id, arrival_ms, entries, numbers))
-    db.execute("DELETE FROM sqlite_sequence WHERE name = 'puts'")
-    db.execute("UPDATE sqlite_sequence SET name = 'puts' WHERE name = 'records'")
+    # Numbers never go back: the higher of the two counters goes on.
+    (seq,) = db.execute(
+        "SELECT MAX(seq) FROM sqlite_sequence WHERE name IN ('puts', 'records')"
+    ).fetchone()
     db.execute("DROP TABLE records")
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'puts'")
+    if seq is not None:
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('puts', ?)", (seq,))
+    db.execute(_RECORDS_GUARD)
+
+
+def _read_records_as_puts(db: sqlite3.Connection) -> None:
+    """Read the records of a version before `puts` that this process may not move (it may
+    not write the state) through a view of `puts`' shape, each as a put of its own."""
+    db.create_function("one_end", 1, lambda part: _ends([part]), deterministic=True)
+    db.execute(
+        "CREATE TEMP VIEW puts AS SELECT sequence AS last, stream, shard_id, arrival_ms, "
+        "sequence AS first, 1 AS count, NULL AS sequences, partition_key AS keys, "
+        "one_end(partition_key) AS key_ends, CAST(data AS BLOB) AS data, "
+        "one_end(CAST(data AS BLOB)) AS data_ends FROM records"
+    )
+
+
+def _is_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT type FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return row is not None and row[0] == "table"
 
 
 def _own(db: sqlite3.Connection, kind: str, name: str, owner: str | None) -> None:
