@@ -93,6 +93,19 @@ def test_a_bad_line_is_reported_and_every_good_line_after_it_is_still_sent(backe
     assert [key for key, _ in stream_records(backend)] == ["s1", "s3", "s4", "s5"]
 
 
+def test_a_line_holding_text_utf8_cannot_is_reported_and_the_rest_are_sent(backend):
+    text = '{"session_id": "s1", "note": "\\ud800"}\n{"session_id": "s2"}\n'
+
+    result = pipeline("--stream", STREAM, "--file", "-", input=text)
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "line 1: cannot be written as JSON: 'utf-8' codec can't encode character '\\ud800' "
+        f"in position 27: surrogates not allowed\nput 1 record into {STREAM}; 1 line not sent\n"
+    )
+    assert [key for key, _ in stream_records(backend)] == ["s2"]
+
+
 def test_one_bad_line_is_counted_in_the_singular(backend):
     result = pipeline("--stream", STREAM, "--file", "-", input='{"session_id": "s1"}\n[]\n')
 

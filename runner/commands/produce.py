@@ -222,7 +222,11 @@ def _entry(label: str, record: dict | bytes | BadLine, key: Expression) -> tuple
         entry = (record, label)
     else:
         try:
-            entry = (encode(record), partition_key(key, record, f"--partition-key {key.text}"))
+            data = encode(record)
+        except ValueError as error:  # a lone surrogate (\ud800), which UTF-8 cannot hold
+            return f"{label}: cannot be written as JSON: {error}"
+        try:
+            entry = (data, partition_key(key, record, f"--partition-key {key.text}"))
         except RouteError as error:
             return f"{label}: {error}"
     size = entry_size(*entry)
