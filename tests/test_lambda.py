@@ -18,6 +18,7 @@ from conftest import PIPELINES
 from test_aws_pipeline import read_stream
 
 from runner import spec
+from runner.backends import aws as aws_backends
 from runner.backends.aws import AwsBackend
 from runner.cli import cli
 from runner.commands.produce import synthetic_sessions
@@ -364,6 +365,39 @@ def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
     found = json.loads(pipeline("status", str(edited), "--json").stdout)["lambda"]
     assert (found["as_the_spec_says"], len(found["differences"])) == (False, 2)
     assert found["mapping"]["batch_size"] == 100
+
+
+@pytest.fixture
+def lambda_calls(monkeypatch):
+    """The Lambda operations the aws backends the CLI makes call, in order."""
+    calls = []
+
+    class Watched(AwsBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Before any client is made: every client inherits the session's hooks.
+            self._session.events.register(
+                "before-call.lambda", lambda model, **_: calls.append(model.name)
+            )
+
+    monkeypatch.setattr(aws_backends, "AwsBackend", Watched)
+    return calls
+
+
+def test_status_describes_the_function_and_its_mapping_once(aws, lambda_calls):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+    lambda_calls.clear()
+
+    pipeline("status", str(LAMBDA_SPEC))
+
+    # Each description reads the pipeline tag of what it describes too.
+    assert lambda_calls == [
+        "GetFunctionConfiguration",
+        "ListTags",
+        "ListEventSourceMappings",
+        "ListTags",
+    ]
 
 
 def test_a_lambda_section_removed_from_the_spec_is_pruned(aws, tmp_path):
