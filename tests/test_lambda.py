@@ -11,16 +11,13 @@ import sys
 import zipfile
 from itertools import islice
 
-import boto3
 import pytest
-from click.testing import CliRunner
 from conftest import PIPELINES
 from test_aws_pipeline import read_stream
 
 from runner import spec
 from runner.backends import aws as aws_backends
 from runner.backends.aws import AwsBackend
-from runner.cli import cli
 from runner.commands.produce import synthetic_sessions
 from runner.function import package
 from runner.spec import version
@@ -35,31 +32,11 @@ INTERNATIONAL = "de-c2w2lab1-international-data-stream"
 
 
 @pytest.fixture
-def aws(endpoint, tmp_path, monkeypatch):
-    """Fake credentials only, the moto server as the endpoint, no AWS config files."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-    def client(service):
-        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
-
-    def pipeline(*args, exit_code=0):
-        done = CliRunner().invoke(cli, [*args, "--target", "aws", "--endpoint-url", endpoint])
-        assert done.exit_code == exit_code, done.stdout + done.stderr
-        return done
-
-    yield client, pipeline
-    CliRunner().invoke(
-        cli, ["destroy", str(LAMBDA_SPEC), "--yes", "--target", "aws", "--endpoint-url", endpoint]
-    )
+def aws(moto_cli):
+    """conftest's moto_cli; the Lambda spec's resources are destroyed after the test."""
+    yield moto_cli
+    _, pipeline = moto_cli
+    pipeline("destroy", str(LAMBDA_SPEC), "--yes", exit_code=None)
 
 
 def aws_endpoint(client):
