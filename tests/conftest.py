@@ -4,6 +4,7 @@ import os
 import re
 from pathlib import Path
 
+import boto3
 import botocore.loaders
 import botocore.session
 import pytest
@@ -181,6 +182,25 @@ def aws_env(monkeypatch, tmp_path):
     for variable in (*CREDENTIALS, "AWS_SECURITY_TOKEN"):
         monkeypatch.setenv(variable, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def moto_cli(endpoint, aws_env, tmp_path, monkeypatch):
+    """`client(service)`, a boto3 client on the moto server, and `pipeline(*args, exit_code=0)`,
+    the CLI through click's CliRunner on the aws target there, with a state folder in tmp_path,
+    asserting its exit code (None: any)."""
+    monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
+
+    def client(service):
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
+
+    def pipeline(*args, exit_code=0):
+        done = CliRunner().invoke(cli, [*args, "--target", "aws", "--endpoint-url", endpoint])
+        if exit_code is not None:
+            assert done.exit_code == exit_code, done.stdout + done.stderr
+        return done
+
+    return client, pipeline
 
 
 class CliTarget:

@@ -103,32 +103,11 @@ def in_clean_env(home, *args, **variables):
 
 
 @pytest.fixture
-def aws(endpoint, tmp_path, monkeypatch):
-    """Fake credentials only, the moto server as the endpoint, no AWS config files."""
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
-        "PIPELINE_TARGET": "aws",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-    def client(service):
-        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
-
-    def pipeline(*args, check=True):
-        done = CliRunner().invoke(cli, [*args, "--endpoint-url", endpoint])
-        if check:
-            assert done.exit_code == 0, done.stdout + done.stderr
-        return done
-
-    yield client, pipeline
-    pipeline("destroy", str(PIPELINES / "ecommerce.yaml"), "--yes", check=False)
+def aws(moto_cli):
+    """conftest's moto_cli; the scenario's resources are destroyed after the test."""
+    yield moto_cli
+    _, pipeline = moto_cli
+    pipeline("destroy", str(PIPELINES / "ecommerce.yaml"), "--yes", exit_code=None)
 
 
 def read_stream(kinesis, name):

@@ -11,15 +11,13 @@ import sys
 import zipfile
 from itertools import islice
 
-import boto3
 import pytest
-from click.testing import CliRunner
 from conftest import PIPELINES
 from test_aws_pipeline import read_stream
 
 from runner import spec
+from runner.backends import aws as aws_backends
 from runner.backends.aws import AwsBackend
-from runner.cli import cli
 from runner.commands.produce import synthetic_sessions
 from runner.function import package
 from runner.spec import version
@@ -34,31 +32,11 @@ INTERNATIONAL = "de-c2w2lab1-international-data-stream"
 
 
 @pytest.fixture
-def aws(endpoint, tmp_path, monkeypatch):
-    """Fake credentials only, the moto server as the endpoint, no AWS config files."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "PIPELINE_STATE_DIR": str(tmp_path / "state"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-    def client(service):
-        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
-
-    def pipeline(*args, exit_code=0):
-        done = CliRunner().invoke(cli, [*args, "--target", "aws", "--endpoint-url", endpoint])
-        assert done.exit_code == exit_code, done.stdout + done.stderr
-        return done
-
-    yield client, pipeline
-    CliRunner().invoke(
-        cli, ["destroy", str(LAMBDA_SPEC), "--yes", "--target", "aws", "--endpoint-url", endpoint]
-    )
+def aws(moto_cli):
+    """conftest's moto_cli; the Lambda spec's resources are destroyed after the test."""
+    yield moto_cli
+    _, pipeline = moto_cli
+    pipeline("destroy", str(LAMBDA_SPEC), "--yes", exit_code=None)
 
 
 def aws_endpoint(client):
@@ -364,6 +342,39 @@ def test_status_shows_the_function_and_its_mapping(aws, tmp_path):
     found = json.loads(pipeline("status", str(edited), "--json").stdout)["lambda"]
     assert (found["as_the_spec_says"], len(found["differences"])) == (False, 2)
     assert found["mapping"]["batch_size"] == 100
+
+
+@pytest.fixture
+def lambda_calls(monkeypatch):
+    """The Lambda operations the aws backends the CLI makes call, in order."""
+    calls = []
+
+    class Watched(AwsBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Before any client is made: every client inherits the session's hooks.
+            self._session.events.register(
+                "before-call.lambda", lambda model, **_: calls.append(model.name)
+            )
+
+    monkeypatch.setattr(aws_backends, "AwsBackend", Watched)
+    return calls
+
+
+def test_status_describes_the_function_and_its_mapping_once(aws, lambda_calls):
+    client, pipeline = aws
+    pipeline("apply", str(LAMBDA_SPEC))
+    lambda_calls.clear()
+
+    pipeline("status", str(LAMBDA_SPEC))
+
+    # Each description reads the pipeline tag of what it describes too.
+    assert lambda_calls == [
+        "GetFunctionConfiguration",
+        "ListTags",
+        "ListEventSourceMappings",
+        "ListTags",
+    ]
 
 
 def test_a_lambda_section_removed_from_the_spec_is_pruned(aws, tmp_path):

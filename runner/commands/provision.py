@@ -481,16 +481,27 @@ def _refuse_a_second_reader(spec: Spec, backend: Backend, planned: list[Change])
         )
 
 
-def lambda_changes(spec: Spec, backend: Backend) -> list[Change]:
-    """What apply would change of the function and mapping of a spec Lambda runs."""
-    found = [*_function(spec, backend), *_mapping(spec, backend)]
+def lambda_changes(
+    spec: Spec,
+    backend: Backend,
+    function: FunctionDescription | None,
+    mapping: MappingDescription | None,
+) -> list[Change]:
+    """What apply would change of the function and mapping of a spec Lambda runs, given them
+    as the target describes them (None: not there)."""
+    found = [*_function_changes(spec, backend, function), *_mapping_changes(spec, backend, mapping)]
     return [change for change in found if change.action != UNCHANGED]
 
 
 def _function(spec: Spec, backend: Backend) -> Iterator[Change]:
+    return _function_changes(spec, backend, backend.describe_function(spec.function.name))
+
+
+def _function_changes(
+    spec: Spec, backend: Backend, current: FunctionDescription | None
+) -> Iterator[Change]:
     package = build(spec)
     wanted = function_description(spec, package)
-    current = backend.describe_function(wanted.name)
     if current is not None and current.owner != spec.pipeline:
         # Adopting it would replace someone's code, and destroy would then delete the role
         # it was given.
@@ -563,8 +574,14 @@ def mapping_description(spec: Spec) -> MappingDescription:
 
 
 def _mapping(spec: Spec, backend: Backend) -> Iterator[Change]:
+    current = backend.describe_mapping(spec.function.name, _source_name(spec))
+    return _mapping_changes(spec, backend, current)
+
+
+def _mapping_changes(
+    spec: Spec, backend: Backend, current: MappingDescription | None
+) -> Iterator[Change]:
     wanted = mapping_description(spec)
-    current = backend.describe_mapping(wanted.function, wanted.stream)
     kind = MAPPING
     if current is None:
         yield Change(

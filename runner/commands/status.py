@@ -316,7 +316,7 @@ def function_status(spec: Spec, backend: Backend) -> FunctionStatus:
     name = spec.function.name
     function = backend.describe_function(name)
     mapping = backend.describe_mapping(name, spec.streams[spec.source.stream].name)
-    differences = [change.line() for change in lambda_changes(spec, backend)]
+    differences = [change.line() for change in lambda_changes(spec, backend, function, mapping)]
     return FunctionStatus(name, function, mapping, differences, spec.source.start.iterator_type)
 
 
