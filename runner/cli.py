@@ -449,7 +449,7 @@ class ExpressionType(click.ParamType):
     "--raw",
     is_flag=True,
     help="Put each line of --json or --file as it is, unparsed (keyed by its line), "
-    "e.g. to see where bad records go.",
+    "e.g. to see where bad records go; blank lines are skipped.",
 )
 @click.option("--synthetic", is_flag=True, help="Put scenario-shaped browsing sessions.")
 @click.option(
