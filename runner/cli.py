@@ -270,12 +270,21 @@ def plan(spec: str, strict: bool, target: Target) -> int:
 
 def _confirm_deleting(yes: bool, verb: str, pipeline: str, target: Target) -> Callable[[], bool]:
     """Yes with --yes, else the user's answer to whether to delete what was listed; a no
-    aborts (exit 1)."""
+    changes nothing (exit 1)."""
     question = (
         f"{verb} these resources of {pipeline} on the {target.name} target, "
         "with the records and objects in them?"
     )
-    return lambda: yes or click.confirm(question, abort=True)
+    return lambda: yes or _asked(question)
+
+
+def _asked(question: str) -> bool:
+    """The user's yes to `question`; a no ends the command there, having changed nothing
+    (exit 1)."""
+    if click.confirm(question):
+        return True
+    say("Nothing changed.")
+    raise click.exceptions.Exit(EXIT_FAILURE)
 
 
 @cli.command()
@@ -657,7 +666,7 @@ def reset(spec: str, to: Any, shard: str | None, yes: bool, strict: bool, target
         target.backend(loaded.region),
         to,
         shard=shard,
-        confirm=lambda question: yes or click.confirm(question, abort=True),
+        confirm=lambda question: yes or _asked(question),
         report=echo,
         wait_report=lambda line: say(f"[{loaded.pipeline}] {line}"),
     )

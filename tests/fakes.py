@@ -304,9 +304,9 @@ class FaultyBackend(Backend):
         return self._call("delete_checkpoint_store", pipeline)
 
     def running(
-        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+        self, pipeline: str, report: Callable[[str], None] = lambda line: None, **options: str
     ) -> contextlib.AbstractContextManager[Lease]:
-        return self._call("running", pipeline, report)
+        return self._call("running", pipeline, report, **options)
 
     def close(self) -> None:
         return self._call("close")

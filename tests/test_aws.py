@@ -1117,7 +1117,7 @@ def gone_pid():
 
 
 REFUSED = (
-    "pipeline shop is already running ({} renewed its lease while this run waited); "
+    "pipeline shop is already running ({} renewed its lease while this one waited); "
     "two runs at once would write every record twice"
 )
 WAITING = "waiting for the run lease held by {} (free in 60 s unless renewed)"
@@ -1340,7 +1340,7 @@ def test_a_dead_run_lease_taken_by_another_run_first_is_not_taken_again(backend)
             pass
     assert str(refused.value) == (
         "pipeline shop is already running (elsewhere.example pid 7 run 0badf00d took the lease "
-        "while this run waited); two runs at once would write every record twice"
+        "while this one waited); two runs at once would write every record twice"
     )
     assert lease_holder(backend, "shop") == "elsewhere.example pid 7 run 0badf00d"
 

@@ -152,7 +152,7 @@ def test_destroy_answered_no_keeps_everything_and_exits_1(state, backend):
     result = pipeline("destroy", ECOMMERCE, input="n\n", exit_code=1)
 
     assert result.stdout == LISTED + PROMPT + "n\n"
-    assert result.stderr == "Aborted!\n"
+    assert result.stderr == "Nothing changed.\n"
     assert pipeline("apply", ECOMMERCE).stdout == "No changes: 8 resources up to date.\n"
     assert backend.list_objects(USA_BUCKET) == ["firehose/kept.json"]
     iterator = backend.get_shard_iterator(SOURCE, "shardId-000000000000", "TRIM_HORIZON")
@@ -305,7 +305,7 @@ def test_apply_prune_asks_before_touching_anything(state, backend, write_spec):
     accepted = pipeline("apply", spec, "--prune", input="y\n")
 
     assert declined.stdout == GONE + prompt + "n\n"
-    assert declined.stderr == "Aborted!\n"
+    assert declined.stderr == "Nothing changed.\n"
     assert untouched == [True, False]
     assert accepted.stdout == (
         GONE

@@ -445,22 +445,20 @@ def test_a_redrive_is_refused_while_a_run_goes_and_a_run_while_it_goes(tmp_path,
     monkeypatch.setenv("PIPELINE_STATE_DIR", str(tmp_path / "state"))
     setup = Setup(tmp_path, "local", "file")
     setup.dead_letter_broken()
-    holding = (
-        "error: pipeline shop is already running on {} ({} pid {}); two runs at once would "
-        "write every record twice"
-    )
+    holding = "error: pipeline shop is already running on {} ({} pid {}); {}\n"
+    holder = (setup.state, socket.gethostname(), os.getpid())
 
     with setup.backend().running("shop"):
         refused = setup.cli("redrive", setup.fixed)
 
     assert refused.exit_code == 1
-    assert refused.output == holding.format(setup.state, socket.gethostname(), os.getpid()) + "\n"
+    assert refused.output == holding.format(*holder, "stop it before redriving its dead letter")
     assert setup.sinks() == {"usa-out": ["d"], "other-out": ["d"]}
     runs = []
     meanwhile = Meanwhile(setup.backend(), lambda: runs.append(setup.cli("run", setup.fixed)))
     redrive_with(setup, meanwhile)
     assert [(run.exit_code, run.output) for run in runs] == [
-        (1, holding.format(setup.state, socket.gethostname(), os.getpid()) + "\n")
+        (1, holding.format(*holder, "two runs at once would write every record twice"))
     ]
     assert setup.sinks() == SINKS
 
@@ -491,8 +489,8 @@ def test_on_aws_a_redrive_waits_for_the_run_lease_and_is_refused_once_its_holder
                     lines.append, None)  # fmt: skip
 
         assert str(refused.value) == (
-            f"pipeline shop is already running ({holder} renewed its lease while this run "
-            "waited); two runs at once would write every record twice"
+            f"pipeline shop is already running ({holder} renewed its lease while this one "
+            "waited); stop it before redriving its dead letter"
         )
         assert lines == [f"[shop] waiting for the run lease held by {holder} (free in 60 s "
                          "unless renewed)"]  # fmt: skip

@@ -56,6 +56,7 @@ def test_reset_to_trim_horizon_makes_the_next_run_read_everything_again(cli_targ
         *shown,
         f"Move 2 checkpoints of pipeline shop on {backend.location}? [y/N]: n",
     ]
+    assert declined.stderr == "Nothing changed.\n"
     assert moved.exit_code == 0, moved.output
     assert moved.stdout.splitlines() == [
         *shown,

@@ -44,6 +44,7 @@ from runner.backends.base import (
     DEFAULT_REGION,
     LOCAL_ACCOUNT_ID,
     SHARD_END,
+    TWO_RUNS,
     AlreadyExists,
     Backend,
     BackendError,
@@ -674,7 +675,11 @@ class LocalBackend(Backend):
 
     @contextlib.contextmanager
     def running(
-        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+        self,
+        pipeline: str,
+        report: Callable[[str], None] = lambda line: None,
+        *,
+        why: str = TWO_RUNS,
     ) -> Iterator[Lease]:
         path = self._lock_path(pipeline)
         self.check_writable()
@@ -689,7 +694,7 @@ class LocalBackend(Backend):
                 holder = _lock_holder(os.pread(lock, _LOCK_TEXT_MAX, 0))
                 raise BackendError(
                     f"pipeline {pipeline} is already running on {self.state_dir} "
-                    f"({holder.owner}); two runs at once would write every record twice"
+                    f"({holder.owner}); {why}"
                 ) from None
             since = _utc(self._now_ms()).isoformat()
             holder_text = {"host": socket.gethostname(), "pid": os.getpid(), "since": since}

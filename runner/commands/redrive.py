@@ -57,7 +57,9 @@ def redrive(
     options = {"batch_size": batch_size, "clock": clock, "sleep": sleep, "now": now}
     if dry_run:
         return _dry_run(spec, backend, state_dir, say, out, options)
-    with backend.running(spec.pipeline, say) as lease:
+    with backend.running(
+        spec.pipeline, say, why="stop it before redriving its dead letter"
+    ) as lease:
         job = Redrive(spec, Fenced(backend, lease), state_dir, say, lease=lease, **options)
         waiting = job.count()
         if not sum(waiting.values()):

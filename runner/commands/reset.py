@@ -24,6 +24,8 @@ from runner.commands.status import held_by, source_stream
 from runner.loop.reader import FORGET_OPTION
 from runner.spec import Position, Spec, SpecError
 
+STOP_IT = "stop it before resetting its checkpoints"
+
 
 def reset(
     spec: Spec,
@@ -44,11 +46,8 @@ def reset(
     stream = source_stream(spec, backend)
     holder = backend.run_holder(spec.pipeline)
     if holder is not None and not holder.left_over(now()):
-        raise BackendError(
-            f"pipeline {spec.pipeline} is running ({held_by(holder)}): stop it before "
-            "resetting its checkpoints"
-        )
-    with backend.running(spec.pipeline, wait_report):
+        raise BackendError(f"pipeline {spec.pipeline} is running ({held_by(holder)}): {STOP_IT}")
+    with backend.running(spec.pipeline, wait_report, why=STOP_IT):
         shards = _chosen(backend.list_shards(stream), shard, stream)
         try:
             current, earlier = backend.get_checkpoints(spec.pipeline, stream), None

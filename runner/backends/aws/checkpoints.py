@@ -30,6 +30,7 @@ from runner.backends.aws.lease import (
 from runner.backends.aws.session import AwsSession, owner_tags
 from runner.backends.base import (
     SHARD_END,
+    TWO_RUNS,
     BackendError,
     EarlierStream,
     RunHolder,
@@ -258,11 +259,16 @@ class CheckpointsMixin(AwsSession):
 
     @contextlib.contextmanager
     def running(
-        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+        self,
+        pipeline: str,
+        report: Callable[[str], None] = lambda line: None,
+        *,
+        why: str = TWO_RUNS,
     ) -> Iterator[RunLease]:
         with self._checkpoint_table(pipeline) as table:
+            dynamodb = self._client("dynamodb")
             item, taken = take(
-                self._client("dynamodb"), table, pipeline, new_owner(), self.lease_timing, report
+                dynamodb, table, pipeline, new_owner(), self.lease_timing, report, why
             )
         lease = RunLease(self._lease_client(), table, item, taken, self.lease_timing)
         self._leases[pipeline] = lease

@@ -76,6 +76,7 @@ def take(
     owner: str,
     timing: LeaseTiming,
     report: Callable[[str], None],
+    why: str,  # what the refusal ends with
 ) -> tuple[dict[str, Any], float]:
     """Take the lease item for `owner`; returns the item written and the clock when the write
     began. Raises BackendError, naming the holder, if the item changes while this run waits."""
@@ -97,7 +98,7 @@ def take(
                         f"(free in {math.ceil(timing.seconds)} s unless renewed)"
                     )
             elif found != seen:
-                raise BackendError(_refusal(pipeline, seen, found))
+                raise BackendError(_refusal(pipeline, seen, found, why))
             waited = looked - since
             if not dead and waited < timing.seconds:
                 timing.sleep(min(timing.seconds / 12, timing.seconds - waited))
@@ -291,13 +292,10 @@ def _with(params: dict[str, Any], names: dict[str, str], values: dict[str, Any])
     }
 
 
-def _refusal(pipeline: str, seen: dict[str, Any], found: dict[str, Any]) -> str:
+def _refusal(pipeline: str, seen: dict[str, Any], found: dict[str, Any], why: str) -> str:
     holder = found["owner"]["S"]
     how = "renewed its lease" if holder == seen["owner"]["S"] else "took the lease"
-    return (
-        f"pipeline {pipeline} is already running ({holder} {how} while this run waited); "
-        "two runs at once would write every record twice"
-    )
+    return f"pipeline {pipeline} is already running ({holder} {how} while this one waited); {why}"
 
 
 def _pid_namespace() -> str:

@@ -18,6 +18,7 @@ from runner.backends.base.buckets import Buckets
 from runner.backends.base.checkpoints import (
     SHARD_END,
     START_MARK,
+    TWO_RUNS,
     Checkpoints,
     Lease,
     RunHolder,
@@ -74,6 +75,7 @@ __all__ = [
     "RUNTIME",
     "SHARD_END",
     "START_MARK",
+    "TWO_RUNS",
     "AlreadyExists",
     "Backend",
     "BackendError",

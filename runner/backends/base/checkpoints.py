@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from runner.backends.base.errors import LeaseLost
 
+# What a run refused because another holds the pipeline's run lock or lease is told.
+TWO_RUNS = "two runs at once would write every record twice"
+
 # A checkpoint value meaning "this closed shard was read to its end".
 SHARD_END = "SHARD_END"
 
@@ -157,12 +160,16 @@ class Checkpoints(abc.ABC):
 
     @contextlib.contextmanager
     def running(
-        self, pipeline: str, report: Callable[[str], None] = lambda line: None
+        self,
+        pipeline: str,
+        report: Callable[[str], None] = lambda line: None,
+        *,
+        why: str = TWO_RUNS,
     ) -> Iterator[Lease]:
         """Hold the pipeline's run lock while the block runs: a second run of it at once would
         write everything twice. Yields the Lease the run checks before each write; raises
-        BackendError when another run holds it; `report` gets a line while it waits for one.
-        The default locks nothing."""
+        BackendError when another run holds it, ending in `why` (what the one refused should
+        know); `report` gets a line while it waits for one. The default locks nothing."""
         yield Lease()
 
     def run_holder(self, pipeline: str) -> RunHolder | None:
