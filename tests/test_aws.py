@@ -23,7 +23,7 @@ from botocore.exceptions import (
 )
 from botocore.stub import Stubber
 from click.testing import CliRunner
-from conftest import PIPELINES
+from conftest import PIPELINES, CliTarget, sessions, shop_applied
 from fakes import HungRenewals, VirtualClock, lease_on, started_since, wait_until
 from moto import mock_aws
 
@@ -1242,6 +1242,20 @@ def test_a_run_lease_stops_renewing_as_its_run_ends_not_a_third_of_a_lease_later
         renewing = started_since(before)
 
     assert (renewing, started_since(before)) == (["run-lease"], [])
+
+
+def test_a_run_returns_once_every_thread_it_started_has_ended(aws_env, tmp_path):
+    with mock_aws():
+        target = CliTarget("aws", tmp_path / "state")
+        path = shop_applied(target, tmp_path)
+        target.backend().put_records("shop-in", sessions(*(f"s{n}" for n in range(20))))
+        before = set(threading.enumerate())
+
+        ran = target.invoke("run", str(path), "--until-idle", "0")
+
+        assert ran.exit_code == 0, ran.stderr
+        assert "[shop] done: in 20 | out out 20 |" in ran.stderr
+        assert started_since(before) == []
 
 
 def test_a_lapsed_lease_is_held_again_once_a_renewal_gets_through(backend, clock):
