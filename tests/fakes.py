@@ -440,6 +440,21 @@ class VirtualClock(Clock):
             self._moved.wait_for(lambda: self.now >= until)
             self.waiting -= 1
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """threading.Event.wait by this clock (a lease's renewals): `sleep`, but in another
+        thread than the driving one it returns as soon as `event` is set, which it looks at
+        every few milliseconds; returns whether it is."""
+        if threading.current_thread() is self.driver:
+            self.advance(seconds)
+            return event.is_set()
+        with self._moved:
+            until = self.now + seconds
+            self.waiting += 1
+            while not (event.is_set() or self.now >= until):
+                self._moved.wait(timeout=0.005)
+            self.waiting -= 1
+        return event.is_set()
+
 
 def lease_on(clock: VirtualClock, while_waiting=lambda: None) -> AwsBackend:
     """An AwsBackend whose run lease keeps time by `clock`; `while_waiting` is called after
@@ -450,18 +465,22 @@ def lease_on(clock: VirtualClock, while_waiting=lambda: None) -> AwsBackend:
         if threading.current_thread() is clock.driver:
             while_waiting()
 
-    return AwsBackend("us-east-1", poll_s=0, lease=LeaseTiming(clock=clock, sleep=sleep))
+    timing = LeaseTiming(clock=clock, sleep=sleep, wait=clock.wait)
+    return AwsBackend("us-east-1", poll_s=0, lease=timing)
 
 
 class HungRenewals:
-    """The AWS backend's lease renewals, made to hang until `resume()`; then the one hanging
-    fails as a timed-out call would, and the next ones get through. `hanging` is set once one
-    hangs."""
+    """The AWS backend's lease renewals, made to hang until `resume()`, or until the run lets
+    its lease go (whose wait for the renewal in flight would last the call's timeout); then
+    the one hanging fails as a timed-out call would, and the next ones get through. `hanging`
+    is set once one hangs."""
 
     def __init__(self, backend: AwsBackend) -> None:
         self.hanging = threading.Event()
         self._resumed = threading.Event()
-        backend._lease_client().meta.events.register("before-call.dynamodb.UpdateItem", self._hang)
+        events = backend._lease_client().meta.events
+        events.register("before-call.dynamodb.UpdateItem", self._hang)
+        events.register("before-call.dynamodb.DeleteItem", lambda **_: self.resume())
 
     def resume(self) -> None:
         self._resumed.set()
@@ -472,6 +491,11 @@ class HungRenewals:
         self.hanging.set()
         self._resumed.wait()
         raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")
+
+
+def started_since(before: set[threading.Thread]) -> list[str]:
+    """The names of the threads alive now that were not in `before` (a set of them)."""
+    return sorted(thread.name for thread in threading.enumerate() if thread not in before)
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:

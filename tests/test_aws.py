@@ -23,8 +23,8 @@ from botocore.exceptions import (
 )
 from botocore.stub import Stubber
 from click.testing import CliRunner
-from conftest import PIPELINES
-from fakes import HungRenewals, VirtualClock, lease_on, wait_until
+from conftest import PIPELINES, CliTarget, sessions, shop_applied
+from fakes import HungRenewals, VirtualClock, lease_on, started_since, wait_until
 from moto import mock_aws
 
 from runner import spec
@@ -1155,7 +1155,9 @@ def test_the_lease_item_says_since_when_it_is_held_and_when_it_expires_unless_re
     backend, clock
 ):
     backend.create_checkpoint_store("shop")
-    timing = LeaseTiming(clock=clock, sleep=clock.sleep, wall=lambda: 1_800_000_000 + clock.now)
+    timing = LeaseTiming(
+        clock=clock, sleep=clock.sleep, wait=clock.wait, wall=lambda: 1_800_000_000 + clock.now
+    )
     holder = AwsBackend("us-east-1", poll_s=0, lease=timing)
     assert backend.run_holder("shop") is None
 
@@ -1230,6 +1232,30 @@ def test_a_run_whose_renewals_hang_stops_writing_before_another_can_take_its_lea
 
     assert seen == [(float(t), t < 45) for t in range(5, 65, 5)]
     assert str(lost.value) == LOST.format(taken.owner)
+
+
+def test_a_run_lease_stops_renewing_as_its_run_ends_not_a_third_of_a_lease_later(backend):
+    backend.create_checkpoint_store("shop")  # the lease's time is real here: 60 s
+    before = set(threading.enumerate())
+
+    with backend.running("shop"):
+        renewing = started_since(before)
+
+    assert (renewing, started_since(before)) == (["run-lease"], [])
+
+
+def test_a_run_returns_once_every_thread_it_started_has_ended(aws_env, tmp_path):
+    with mock_aws():
+        target = CliTarget("aws", tmp_path / "state")
+        path = shop_applied(target, tmp_path)
+        target.backend().put_records("shop-in", sessions(*(f"s{n}" for n in range(20))))
+        before = set(threading.enumerate())
+
+        ran = target.invoke("run", str(path), "--until-idle", "0")
+
+        assert ran.exit_code == 0, ran.stderr
+        assert "[shop] done: in 20 | out out 20 |" in ran.stderr
+        assert started_since(before) == []
 
 
 def test_a_lapsed_lease_is_held_again_once_a_renewal_gets_through(backend, clock):

@@ -833,7 +833,7 @@ def test_two_runs_started_together_never_both_write(endpoint, aws_env, tmp_path)
     clock = VirtualClock()  # the leases' clock, moved by this test and by the holder's reads
 
     def backend():
-        lease = LeaseTiming(clock=clock, sleep=clock.sleep)
+        lease = LeaseTiming(clock=clock, sleep=clock.sleep, wait=clock.wait)
         return AwsBackend("us-east-1", endpoint_url=endpoint, poll_s=0, lease=lease)
 
     def records(numbers):

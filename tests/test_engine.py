@@ -5,13 +5,14 @@ keeps making every call in the run's own thread."""
 
 import json
 import threading
+import time
 
 import pytest
 from conftest import MINIMAL, session_ids
-from fakes import Clock, FaultyBackend
+from fakes import Clock, FaultyBackend, started_since
 
 from runner import spec
-from runner.backends.base import BackendError, is_start_mark
+from runner.backends.base import BackendError, Throttled, is_start_mark
 from runner.backends.local import LocalBackend
 from runner.commands.provision import apply
 from runner.loop import engine
@@ -193,3 +194,60 @@ def test_on_the_local_target_a_run_makes_every_call_in_its_own_thread(tmp_path):
 
     assert threads == {"MainThread"}
     assert sorted(session_ids(backend, "usa-out", "other-out")) == ids
+
+
+def test_a_run_on_the_network_returns_once_the_threads_it_started_have_ended(tmp_path):
+    loaded, backend, state = setup(tmp_path, source_shards=3)
+    ids, _ = put_sessions(backend, 30)
+    clock = Clock()
+    network = on_the_network(backend, clock)
+    before = set(threading.enumerate())
+
+    run_on(loaded, network, state, clock).run()
+
+    assert any(name.startswith("shard-reader") for name in network.reads)  # shards at once
+    assert started_since(before) == []
+    assert sorted(session_ids(backend, "usa-out", "other-out")) == ids
+
+
+def test_a_read_failing_ends_at_once_the_wait_of_another_shard_read_at_the_same_time(tmp_path):
+    # Shard 1's start cannot be recorded (throttled, for 10 s of real time at most) while
+    # shard 0 cannot be read: the run fails, and shard 1's wait ends with it, recording
+    # nothing, not once --give-up-after has passed.
+    loaded, backend, state = setup(tmp_path, source_shards=2)
+    shards = [shard.shard_id for shard in backend.list_shards("in")]
+    clock = Clock()
+    throttled_until = time.monotonic() + 10
+    waiting = threading.Event()  # shard 1's read waits for the checkpoint table
+
+    def get_shard_iterator(get, stream, shard_id, *args, **kwargs):
+        if shard_id == shards[0]:
+            waiting.wait(timeout=10)
+            raise BackendError("stream 'in': AccessDeniedException: not allowed to read")
+        return get(stream, shard_id, *args, **kwargs)
+
+    def set_checkpoint(write, pipeline, stream, shard_id, sequence):
+        if shard_id == shards[1] and time.monotonic() < throttled_until:
+            waiting.set()
+            raise Throttled("checkpoint table: ProvisionedThroughputExceededException")
+        write(pipeline, stream, shard_id, sequence)
+
+    def sleep(seconds):  # the run's clock stands still while shard 1 waits
+        if threading.current_thread() is threading.main_thread():
+            clock.sleep(seconds)
+        else:
+            time.sleep(0.001)
+
+    network = on_the_network(
+        backend, clock, get_shard_iterator=get_shard_iterator, set_checkpoint=set_checkpoint
+    )
+    before = set(threading.enumerate())
+    run = engine.Engine(
+        loaded, network, state, engine.RunOptions(), lambda line: None, clock=clock, sleep=sleep
+    )
+
+    with pytest.raises(BackendError, match="not allowed to read"):
+        run.run()
+
+    assert started_since(before) == []
+    assert backend.get_checkpoints("shop", "in") == {}

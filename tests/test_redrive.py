@@ -13,13 +13,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 from click.testing import CliRunner
 from conftest import FIXED_NOW, MINIMAL, REPO, read_stream
-from fakes import VirtualClock, lease_on
+from fakes import VirtualClock, lease_on, started_since
 from moto import mock_aws
 
 from runner import spec
@@ -222,6 +223,17 @@ def test_a_fixed_spec_sends_what_failed_to_its_sinks_and_the_rest_waits_with_its
     # What fails again is written again, as a new entry, and waits once.
     assert setup.entries() == BROKEN_ENTRIES + AGAIN + AGAIN
     assert setup.waiting() == waiting_in(setup, 2)
+
+
+@pytest.mark.parametrize("setup", [("aws", "stream")], indirect=True, ids=["aws-stream"])
+def test_a_dry_run_returns_once_every_thread_it_started_has_ended(setup):
+    setup.dead_letter_broken()  # in a dead-letter stream of two shards, read at once
+    before = set(threading.enumerate())
+
+    result = setup.cli("redrive", setup.fixed, "--dry-run")
+
+    assert result.exit_code == 0, result.output
+    assert started_since(before) == []
 
 
 # The forms where what is tested differs by target: on AWS, a stream (read by time marks).

@@ -261,14 +261,18 @@ def read_through(
     sleep: Callable[[float], None],
     until: Callable[[], bool] = lambda: False,
 ) -> Iterator[ShardBatch]:
-    """What the reader hands out until it has caught up with every shard, or `until()`."""
-    while not until():
-        batches = reader.poll()
-        yield from batches
-        if reader.caught_up or reader.done:
-            return
-        if not any(batch.records for batch in batches):
-            sleep(min(reader.wait_time(), MAX_SLEEP_S))
+    """What the reader hands out until it has caught up with every shard, or `until()`; its
+    threads end with it (when the caller drops it early too)."""
+    try:
+        while not until():
+            batches = reader.poll()
+            yield from batches
+            if reader.caught_up or reader.done:
+                return
+            if not any(batch.records for batch in batches):
+                sleep(min(reader.wait_time(), MAX_SLEEP_S))
+    finally:
+        reader.close()
 
 
 class BucketBacklog(Backlog):

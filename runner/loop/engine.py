@@ -196,13 +196,23 @@ class Engine:
         self._stopping.set()
 
     def run(self) -> Counts:
-        """Run until stopped, idle for --until-idle or --max-records handled."""
+        """Run until stopped, idle for --until-idle or --max-records handled. Returns once
+        the threads it started have ended, but after a stop at once (a second Ctrl-C): then
+        reads still waiting on the network are left to the process's end."""
+        at_once = False
         try:
             return self._run()
+        except KeyboardInterrupt:
+            at_once = True
+            raise
         finally:
+            # A read still under way in another thread (a shard's, after another's failed)
+            # ends its wait for a failing service at once.
+            self._stopping.set()
             self._drop_ahead()
             if self._ahead_pool is not None:
                 self._ahead_pool.shutdown()
+            self.reader.close(wait=not at_once)
             self.writers.close()
             self.ended = True
 

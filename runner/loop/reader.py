@@ -133,6 +133,13 @@ class StreamReader:
             self._try_refresh(now)  # children of a finished parent may start now
         return batches
 
+    def close(self, *, wait: bool = True) -> None:
+        """Let the threads reading shards at once go, once their reads under way have ended
+        (without `wait`, at once: those reads end on their own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
     @property
     def failing(self) -> tuple[Throttled, float] | None:
         """The last error of the calls that have been failing the longest (a shard's reads or

@@ -45,13 +45,16 @@ _STOPPED = "stopped without writing or checkpointing further"
 
 @dataclass(frozen=True)
 class LeaseTiming:
-    """How long a run's lease lasts after its last renewal, and the monotonic clock and the
-    sleep it is kept by (tests pass fakes); `wall` only dates the item for people."""
+    """How long a run's lease lasts after its last renewal, and the monotonic clock, the sleep
+    and the renewals' wait it is kept by (tests pass fakes); `wall` only dates the item for
+    people. `wait(event, seconds)` returns once the event is set (the run ends) or the seconds
+    have passed, so that a run's renewals stop as it ends, not a third of a lease later."""
 
     seconds: float = 60.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     wall: Callable[[], float] = time.time
+    wait: Callable[[threading.Event, float], object] = threading.Event.wait
 
     def expires(self) -> dict[str, Any]:
         """The item's `expires`, as DynamoDB writes it: a lease from now, on the wall clock."""
@@ -175,12 +178,15 @@ class RunLease(Lease):
 
     def release(self) -> None:
         """Stop renewing and free the item if it still names this run; a release that fails
-        lets the lease lapse. A renewal still in flight finds the item gone and stops."""
+        lets the lease lapse. Returns once the renewals' thread has ended: a renewal still in
+        flight (at most its short timeouts) finds the item gone and stops."""
         self._done.set()
         try:
             self._client.delete_item(TableName=self.table, Key=LEASE_KEY, **self.mine())
         except (ClientError, BotoCoreError):
             pass
+        if self._renewer.is_alive():
+            self._renewer.join()
 
     def _keep(self) -> None:
         """Renew every third of the lease; after a failure try again soon, until the run ends
@@ -189,7 +195,7 @@ class RunLease(Lease):
         proves that no run took it over meanwhile."""
         due = self._renewed + self._timing.seconds / 3
         while True:
-            self._timing.sleep(max(0.0, due - self._timing.clock()))
+            self._timing.wait(self._done, max(0.0, due - self._timing.clock()))
             if self._done.is_set() or self._lost is not None:
                 return
             began = self._timing.clock()
