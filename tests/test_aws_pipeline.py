@@ -2,6 +2,8 @@
 
 import base64
 import contextlib
+import datetime
+import hashlib
 import http.client
 import http.server
 import json
@@ -27,7 +29,7 @@ from fakes import HungRenewals, Processes, VirtualClock, wait_until
 from runner import spec
 from runner.backends.aws import AwsBackend, LeaseTiming
 from runner.backends.aws import session as aws_session
-from runner.backends.base import LeaseLost, Throttled
+from runner.backends.base import LeaseLost, RunInfo, Throttled
 from runner.cli import cli
 from runner.commands import run as run_command
 from runner.commands.produce import synthetic_sessions
@@ -291,7 +293,7 @@ def stream_exists(kinesis, name):
     return True
 
 
-def test_what_the_spec_no_longer_declares_is_pruned_if_apply_created_it(aws, tmp_path):
+def test_what_the_spec_no_longer_declares_is_pruned_if_apply_created_it(aws, endpoint, tmp_path):
     client, pipeline = aws
     kinesis, s3, logs = client("kinesis"), client("s3"), client("logs")
     adopted = "de-c2w2lab1-audit-stream"
@@ -325,7 +327,14 @@ def test_what_the_spec_no_longer_declares_is_pruned_if_apply_created_it(aws, tmp
     planned = pipeline("plan", str(spec))
     left = pipeline("apply", str(spec))
     still_there = stream_exists(kinesis, USA)
-    pruned = pipeline("apply", str(spec), "--prune", "--yes")
+    running = AwsBackend("us-east-1", endpoint_url=endpoint, poll_s=0)
+    with running.running("de-c2w2lab1-etl") as lease:  # a run of the version applied first
+        earlier = hashlib.sha256(with_audit.encode()).hexdigest()[:12]
+        running.set_run_info(
+            "de-c2w2lab1-etl", RunInfo(earlier, datetime.datetime.now(datetime.timezone.utc))
+        )
+        refused = pipeline("apply", str(spec), "--prune", "--yes", exit_code=1)
+    pruned = pipeline("apply", str(spec), "--prune", "--yes")  # once it stopped
 
     deletions = [
         "- delete firehose de-c2w2lab1-firehose-usa (no longer in the spec)",
@@ -345,6 +354,17 @@ def test_what_the_spec_no_longer_declares_is_pruned_if_apply_created_it(aws, tmp
         "4 resources are no longer in the spec: pipeline apply --prune deletes them",
     ]
     assert still_there
+    refusal = refused.stderr.splitlines()[-1]  # after the warning about the spec's modeline
+    assert refused.stdout == ""
+    assert refusal.startswith(
+        f"error: pipeline de-c2w2lab1-etl is running (lease held by {lease.owner} since "
+    )
+    assert refusal.endswith(
+        f"with another version of the spec ({earlier}; this file is "
+        f"{hashlib.sha256(spec.read_bytes()).hexdigest()[:12]}), which may still use "
+        f"firehose de-c2w2lab1-firehose-usa, log group {usa_group}, stream {USA}, "
+        f"bucket {usa_bucket}: let it reload this version (run --watch) or stop it, then prune"
+    )
     assert pruned.stdout.splitlines() == [
         *deletions,
         "Applied: 0 created, 0 changed, 4 deleted, 8 unchanged.",

@@ -1,4 +1,6 @@
+import datetime
 import os
+import socket
 
 import pytest
 from click.testing import CliRunner
@@ -6,6 +8,7 @@ from conftest import MINIMAL, PIPELINES, without_usa
 from fakes import FaultyBackend
 
 from runner import spec
+from runner.backends.base import RunInfo
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import provision
@@ -372,6 +375,117 @@ def test_pruning_a_route_deletes_its_firehose_before_its_stream_and_bucket(
     assert backend.describe_stream(USA) is None
     assert not backend.bucket_exists(USA_BUCKET)
     assert backend.describe_firehose(INT_FIREHOSE).stream == INTERNATIONAL
+
+
+# Under a run: what the run may still use is neither pruned nor destroyed
+
+LATER = datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc)  # live on any clock
+
+
+def holder_text(target, lease):
+    """How a refusal names the run lock (local) or lease (aws) the test holds."""
+    if target.name == "aws":
+        return f"lease held by {lease.owner} since 2100-01-01 00:00:00 UTC"
+    return f"lock held by {socket.gethostname()} pid {os.getpid()} since 2100-01-01 00:00:00 UTC"
+
+
+def usa_resources(target):
+    """The resources of the ecommerce spec's USA route on the target, in the order of
+    deletion, as (kind, name)."""
+    account = "123456789012" if target.name == "aws" else "000000000000"
+    groups = [("log group", "de-c2w2lab1-firehose-usa-log-group")] if target.name == "aws" else []
+    return [
+        ("firehose", USA_FIREHOSE),
+        *groups,
+        ("stream", USA),
+        ("bucket", f"de-c2w2lab1-{account}-usa"),
+    ]
+
+
+def copy_without_usa(tmp_path):
+    """A copy of the ecommerce spec in tmp_path without its USA route, stream, bucket and
+    firehose (and its editor modeline, whose schema path is relative to pipelines/)."""
+    copy = tmp_path / "ecommerce.yaml"
+    copy.write_text(without_usa(ECOMMERCE.read_text()).split("\n", 1)[1])
+    return copy
+
+
+def test_prune_is_refused_while_a_run_uses_another_version_and_done_once_it_reloaded(
+    cli_target, tmp_path
+):
+    applied = cli_target.invoke("apply", str(ECOMMERCE))
+    assert applied.exit_code == 0, applied.output
+    copy = copy_without_usa(tmp_path)
+    old, new = spec.load(ECOMMERCE).version, spec.load(copy).version
+    backend = cli_target.backend()
+    gone = usa_resources(cli_target)
+    used = ", ".join(f"{kind} {name}" for kind, name in gone)
+
+    with cli_target.backend(wall=LATER.timestamp).running("de-c2w2lab1-etl") as lease:
+        backend.set_run_info("de-c2w2lab1-etl", RunInfo(old, LATER))
+        refused = cli_target.invoke("apply", str(copy), "--prune", "--yes")
+        still_there = backend.describe_stream(USA) is not None
+        left = cli_target.invoke("apply", str(copy))  # plain apply is no matter
+        backend.set_run_info("de-c2w2lab1-etl", RunInfo(new, LATER))  # the run reloaded it
+        pruned = cli_target.invoke("apply", str(copy), "--prune", "--yes")
+
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        f"error: pipeline de-c2w2lab1-etl is running ({holder_text(cli_target, lease)}) with "
+        f"another version of the spec ({old}; this file is {new}), which may still use "
+        f"{used}: let it reload this version (run --watch) or stop it, then prune\n"
+    )
+    assert still_there
+    assert left.exit_code == 0, left.output
+    assert left.stdout.splitlines()[-1] == (
+        f"{len(gone)} resources are no longer in the spec: pipeline apply --prune deletes them"
+    )
+    assert pruned.exit_code == 0, pruned.output
+    assert pruned.stdout.splitlines()[: len(gone)] == [
+        f"- delete {kind} {name} (no longer in the spec)" for kind, name in gone
+    ]
+    assert backend.describe_stream(USA) is None
+    assert backend.describe_firehose(USA_FIREHOSE) is None
+
+
+def test_prune_is_refused_while_a_run_holds_the_pipeline_before_recording_its_version(
+    cli_target, tmp_path
+):
+    applied = cli_target.invoke("apply", str(ECOMMERCE))
+    assert applied.exit_code == 0, applied.output
+    copy = copy_without_usa(tmp_path)
+
+    with cli_target.backend(wall=LATER.timestamp).running("de-c2w2lab1-etl") as lease:
+        refused = cli_target.invoke("apply", str(copy), "--prune", "--yes")
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(
+        f"error: pipeline de-c2w2lab1-etl is running ({holder_text(cli_target, lease)}) with "
+        f"another version of the spec (none recorded yet; this file is {spec.load(copy).version})"
+    )
+    assert cli_target.backend().describe_stream(USA) is not None
+
+
+def test_destroy_is_refused_while_a_run_holds_the_pipeline(cli_target):
+    applied = cli_target.invoke("apply", str(ECOMMERCE))
+    assert applied.exit_code == 0, applied.output
+    backend = cli_target.backend()
+
+    with cli_target.backend(wall=LATER.timestamp).running("de-c2w2lab1-etl") as lease:
+        backend.set_run_info("de-c2w2lab1-etl", RunInfo(spec.load(ECOMMERCE).version, LATER))
+        refused = cli_target.invoke("destroy", str(ECOMMERCE), "--yes")
+    destroyed = cli_target.invoke("destroy", str(ECOMMERCE), "--yes")  # once it stopped
+
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        f"error: pipeline de-c2w2lab1-etl is running ({holder_text(cli_target, lease)}), "
+        "reading and writing what destroy deletes: stop it, then destroy\n"
+    )
+    assert destroyed.exit_code == 0, destroyed.output
+    assert destroyed.stdout.splitlines()[-1].startswith("Destroyed ")
+    assert backend.describe_stream(SOURCE) is None
 
 
 def test_destroy_also_removes_what_the_pipeline_owns_and_the_spec_no_longer_declares(

@@ -10,7 +10,6 @@ there and did not create (adopted) is never deleted.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from runner.backends.base import (
     mapping_name,
     split_mapping_name,
 )
+from runner.commands.holder import held_by, live_holder
 from runner.function.handler import SPEC_VERSION
 from runner.function.package import Package, build
 from runner.plural import count
@@ -105,6 +105,7 @@ def apply(
     deletions = [change for change in planned if change.action == DELETE]
     if prune and deletions:
         backend.check_writable()  # before listing them, as if they could go
+        _refuse_pruning_under_a_run(spec, backend, deletions)
         for change in deletions:
             report(change.line())
         if not confirm():
@@ -174,6 +175,12 @@ def destroy(
     then delete it, each before what it uses; returns how many were deleted. What the spec
     declares but the pipeline did not create is kept, and listed as kept."""
     backend.check_writable()  # before listing anything, as if it could go
+    holder = live_holder(spec.pipeline, backend)
+    if holder is not None:
+        raise BackendError(
+            f"pipeline {spec.pipeline} is running ({held_by(holder)}), reading and writing what "
+            "destroy deletes: stop it, then destroy"
+        )
     declared = _declared(spec, backend)
     exists, delete = _kinds(spec, backend)
     owned = _in_order(backend.owned(spec.pipeline), declared)
@@ -190,6 +197,25 @@ def destroy(
     for kind, name in owned:
         delete[kind](name)
     return len(owned)
+
+
+def _refuse_pruning_under_a_run(spec: Spec, backend: Backend, deletions: list[Change]) -> None:
+    """Refuse, before touching anything, to delete what a run of the pipeline may still use:
+    one that runs another version of the spec than this file (a run that took this version up
+    uses none of it)."""
+    holder = live_holder(spec.pipeline, backend)
+    if holder is None:
+        return
+    info = backend.get_run_info(spec.pipeline)
+    running = "none recorded yet" if info is None else info.spec_version
+    if running == spec.version:
+        return
+    used = ", ".join(f"{change.kind} {change.name}" for change in deletions)
+    raise BackendError(
+        f"pipeline {spec.pipeline} is running ({held_by(holder)}) with another version of the "
+        f"spec ({running}; this file is {spec.version}), which may still use {used}: let it "
+        "reload this version (run --watch) or stop it, then prune"
+    )
 
 
 def _declared(spec: Spec, backend: Backend) -> list[tuple[str, str]]:
@@ -470,10 +496,10 @@ def _refuse_a_second_reader(spec: Spec, backend: Backend, planned: list[Change])
     """Refuse, before touching anything, to map the source stream to the function while a
     `pipeline run` of the pipeline reads it: both would handle every record."""
     mapping = [c for c in planned if c.kind == MAPPING and c.action == CREATE]
-    if not mapping or not backend.checkpoint_store_exists(spec.pipeline):
+    if not mapping:
         return
-    holder = backend.run_holder(spec.pipeline)
-    if holder is not None and not holder.left_over(datetime.datetime.now(datetime.timezone.utc)):
+    holder = live_holder(spec.pipeline, backend)
+    if holder is not None:
         raise BackendError(
             f"a pipeline run of {spec.pipeline} reads stream {_source_name(spec)} ({holder.kind} "
             f"held by {holder.owner}): stop it before Lambda runs the pipeline, or both handle "

@@ -20,7 +20,8 @@ from runner.backends.base import (
     parse_start_mark,
     start_mark,
 )
-from runner.commands.status import held_by, source_stream
+from runner.commands.holder import held_by
+from runner.commands.status import source_stream
 from runner.loop.reader import FORGET_OPTION
 from runner.spec import Position, Spec, SpecError
 

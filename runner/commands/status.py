@@ -30,6 +30,7 @@ from runner.backends.base import (
     is_start_mark,
     parse_start_mark,
 )
+from runner.commands.holder import held_by, when
 from runner.commands.provision import lambda_changes
 from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs
 from runner.loop.dead_letter import DeadLetter
@@ -207,7 +208,7 @@ class Status:
                 "open" if s.shard.is_open else "closed",
                 _checkpoint_text(s),
                 _behind_text(s.behind),
-                _when(s.checkpointed_at) if s.checkpointed_at else "-",
+                when(s.checkpointed_at) if s.checkpointed_at else "-",
             )
             for s in self.shards
         ]
@@ -227,10 +228,10 @@ class Status:
             return f"not running ({held}, whose process is gone: the next run takes it over)"
         if holder.left_over(self.now):
             return (
-                f"not running ({held}, expired {_when(holder.expires)}: the next run takes it "
+                f"not running ({held}, expired {when(holder.expires)}: the next run takes it "
                 "over once it sees it unrenewed for a whole lease)"
             )
-        expires = f", expires {_when(holder.expires)} unless renewed" if holder.expires else ""
+        expires = f", expires {when(holder.expires)} unless renewed" if holder.expires else ""
         return f"running ({held}{expires})"
 
     def _dead_letter_lines(self) -> list[str]:
@@ -247,7 +248,7 @@ class Status:
         version, last = self.spec.version, self.last_run
         if last is None:
             return f"{self.spec.path} version {version}; no run recorded one yet"
-        since = _when(last.recorded_at)
+        since = when(last.recorded_at)
         if self.differs:
             return (
                 f"{self.spec.path} differs from what the last run used: version {version} "
@@ -331,12 +332,6 @@ def source_stream(spec: Spec, backend: Backend) -> str:
     return stream
 
 
-def held_by(holder: RunHolder) -> str:
-    """E.g. 'lock held by host pid 12 since 2026-11-26 12:00:00 UTC'."""
-    since = f" since {_when(holder.since)}" if holder.since else ""
-    return f"{holder.kind} held by {holder.owner}{since}"
-
-
 def _shard_status(
     backend: Backend,
     stream: str,
@@ -403,12 +398,6 @@ def _behind_text(behind: Behind) -> str:
     if behind.records is not None:
         return count(behind.records, "record")
     return f"{behind.millis} ms"
-
-
-def _when(moment: datetime.datetime | None) -> str:
-    if moment is None:
-        return "?"
-    return f"{moment.astimezone(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _iso(moment: datetime.datetime | None) -> str | None:
