@@ -202,12 +202,16 @@ class CheckpointsMixin(AwsSession):
         return len(earlier)
 
     def _checkpoint_items(self, pipeline: str, stream: str) -> list[dict[str, Any]]:
+        return self._items(pipeline, "#stream = :stream", {":stream": {"S": stream}})
+
+    def _items(self, pipeline: str, condition: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+        """The items of the checkpoint table a key condition on `#stream` finds, as last
+        written (a restarted run must see the checkpoint the previous one wrote last)."""
         items: list[dict[str, Any]] = []
         params: dict[str, Any] = {
-            "KeyConditionExpression": "#stream = :stream",
+            "KeyConditionExpression": condition,
             "ExpressionAttributeNames": {"#stream": "stream"},
-            "ExpressionAttributeValues": {":stream": {"S": stream}},
-            # A restarted run must see the checkpoint the previous one wrote last.
+            "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
         with self._checkpoint_table(pipeline) as table:
@@ -305,6 +309,11 @@ class CheckpointsMixin(AwsSession):
             )
         item = found.get("Item")
         return item["text"]["S"] if item else None
+
+    def notes(self, pipeline: str, prefix: str) -> dict[str, str]:
+        values = {":note": _note_key("")["stream"], ":prefix": {"S": prefix}}
+        items = self._items(pipeline, "#stream = :note AND begins_with(shard_id, :prefix)", values)
+        return {item["shard_id"]["S"]: item["text"]["S"] for item in items}
 
     def set_note(self, pipeline: str, name: str, text: str | None) -> None:
         with self._checkpoint_table(pipeline, during_run=True) as table:
