@@ -347,20 +347,38 @@ def earlier_places(
 ) -> list[Backlog]:
     """The streams and buckets the pipeline wrote dead-letter entries to that the spec no
     longer names as its dead letter, and that are still there."""
+    current = {backlog.where for backlog in backlogs(spec, backend, None)}
+    found = remembered(spec, backend, clock=clock, sleep=sleep)
+    return [backlog for backlog in found if backlog.where not in current]
+
+
+def remembered(
+    spec: Spec,
+    backend: Backend,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Backlog]:
+    """The streams and buckets the pipeline wrote dead-letter entries to, that are still
+    there, the spec's dead letter now or not."""
     if not backend.checkpoint_store_exists(spec.pipeline):
         return []
-    current = {backlog.where for backlog in backlogs(spec, backend, None)}
     found: list[Backlog] = []
-    for name, text in sorted(backend.notes(spec.pipeline, PLACE_NOTE).items()):
+    for _, text in sorted(backend.notes(spec.pipeline, PLACE_NOTE).items()):
         place = json.loads(text)
-        if name.removeprefix(PLACE_NOTE) in current:
-            continue
         if "bucket" in place and backend.bucket_exists(place["bucket"]):
             found.append(BucketBacklog(backend, spec.pipeline, place["bucket"], place["prefix"]))
         elif "stream" in place and backend.describe_stream(place["stream"]) is not None:
             stream = place["stream"]
             found.append(StreamBacklog(backend, spec.pipeline, stream, clock=clock, sleep=sleep))
     return found
+
+
+def resource(backlog: Backlog) -> tuple[str, str]:
+    """The kind and name of the stream or bucket a backlog is in."""
+    if isinstance(backlog, BucketBacklog):
+        return "bucket", backlog.bucket
+    return "stream", backlog.group
 
 
 def entries_waiting(

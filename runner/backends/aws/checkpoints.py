@@ -42,6 +42,10 @@ from runner.backends.base import (
 
 SEQUENCE_DIGITS = 64
 
+# The partition key of the notes kept beside the checkpoints: no stream is named so, so no
+# checkpoint can collide with a note.
+NOTE_PARTITION = "#note"
+
 RUN_INFO_KEY = {"stream": {"S": "#run-info"}, "shard_id": {"S": "#run-info"}}
 
 # Why DynamoDB may cancel a transaction that a later try can get through.
@@ -311,7 +315,7 @@ class CheckpointsMixin(AwsSession):
         return item["text"]["S"] if item else None
 
     def notes(self, pipeline: str, prefix: str) -> dict[str, str]:
-        values = {":note": _note_key("")["stream"], ":prefix": {"S": prefix}}
+        values = {":note": {"S": NOTE_PARTITION}, ":prefix": {"S": prefix}}
         items = self._items(pipeline, "#stream = :note AND begins_with(shard_id, :prefix)", values)
         return {item["shard_id"]["S"]: item["text"]["S"] for item in items}
 
@@ -415,8 +419,7 @@ def _checkpoint_update(
 
 
 def _note_key(name: str) -> dict[str, Any]:
-    # No stream is named "#note", so no checkpoint can collide with a note.
-    return {"stream": {"S": "#note"}, "shard_id": {"S": name}}
+    return {"stream": {"S": NOTE_PARTITION}, "shard_id": {"S": name}}
 
 
 def _life_of(item: dict[str, Any]) -> tuple[str, str] | None:
