@@ -253,6 +253,13 @@ dead_letter: {stream: rejects}
 """
 
 
+# SHOP with a bucket too, and the same with its dead letter moved to the bucket.
+SHOP_WITH_BUCKET = SHOP.replace(
+    "resources:\n", "resources:\n  buckets:\n    rejects_bucket: {name: shop-rejects-bucket}\n"
+)
+TO_BUCKET = SHOP_WITH_BUCKET.replace("{stream: rejects}", "{bucket: rejects_bucket, prefix: bad/}")
+
+
 def shop_applied(target: CliTarget, tmp_path: Path, text: str = SHOP) -> Path:
     """The spec written to tmp_path/shop.yaml and applied on the target; returns its path."""
     path = tmp_path / "shop.yaml"

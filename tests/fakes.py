@@ -329,6 +329,9 @@ class FaultyBackend(Backend):
     def get_run_info(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("get_run_info", *args, **kwargs)
 
+    def notes(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("notes", *args, **kwargs)
+
     def owned(self, *args: Any, **kwargs: Any) -> Any:
         return self._call("owned", *args, **kwargs)
 

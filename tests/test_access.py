@@ -72,6 +72,7 @@ def test_the_function_role_is_trusted_by_lambda_and_allowed_only_what_the_functi
         None,
         "shop-dead",
         "rejects/",
+        pipeline="shop",
         account_id="123456789012",
         region="cn-north-1",
         partition="aws-cn",
@@ -119,6 +120,15 @@ def test_the_function_role_is_trusted_by_lambda_and_allowed_only_what_the_functi
                     "Effect": "Allow",
                     "Action": ["s3:PutObject"],
                     "Resource": ["arn:aws-cn:s3:::shop-dead/rejects/*"],
+                },
+                {
+                    "Sid": "NoteDeadLetterPlaces",
+                    "Effect": "Allow",
+                    "Action": ["dynamodb:PutItem"],
+                    "Resource": [
+                        "arn:aws-cn:dynamodb:cn-north-1:123456789012:table/shop-checkpoints"
+                    ],
+                    "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["#note"]}},
                 },
                 {
                     "Sid": "WriteOwnLogs",

@@ -115,6 +115,9 @@ def test_apply_creates_the_function_its_role_and_its_mapping_with_the_specs_sett
     assert {r for a, r in allowed if a == "s3:PutObject"} == {
         f"arn:aws:s3:::de-c2w2lab1-{ACCOUNT}-dead-letter/dead-letter/*"
     }
+    assert {r for a, r in allowed if a.startswith("dynamodb:")} == {
+        f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/{FUNCTION}-checkpoints"
+    }
 
     again = pipeline("apply", str(LAMBDA_SPEC))
     assert again.stdout == "No changes: 15 resources up to date.\n"
@@ -292,6 +295,13 @@ print(json.dumps(handle(json.load(open("event.json")), Context())))
         "{",
     )
     assert entry["spec_version"] == loaded.version == version(LAMBDA_SPEC)
+    # Where it wrote the entry is noted beside the checkpoints, for `status` after a reload.
+    note = {
+        "stream": {"S": "#note"},
+        "shard_id": {"S": f"dead-letter:bucket {bucket} under dead-letter/"},
+    }
+    item = client("dynamodb").get_item(TableName=f"{FUNCTION}-checkpoints", Key=note)["Item"]
+    assert json.loads(item["text"]["S"]) == {"bucket": bucket, "prefix": "dead-letter/"}
 
 
 def test_status_shows_the_function_and_its_mapping(aws, tmp_path):

@@ -4,10 +4,19 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from conftest import MINIMAL, PIPELINES, without_usa
+from conftest import (
+    MINIMAL,
+    PIPELINES,
+    SHOP_WITH_BUCKET,
+    TO_BUCKET,
+    CliTarget,
+    shop_applied,
+    without_usa,
+)
 from fakes import FaultyBackend
 
 from runner import spec
+from runner.backends.aws import AwsBackend
 from runner.backends.base import RunInfo
 from runner.backends.local import LocalBackend
 from runner.cli import cli
@@ -535,3 +544,53 @@ def test_a_resource_apply_found_there_is_never_pruned_nor_destroyed(state, backe
     assert backend.describe_stream("usa-out").open_shard_count == 2
     assert backend.bucket_exists("shop-lake")
     assert backend.describe_stream("in") is None
+
+
+# TO_BUCKET without the stream the dead letter was before, which apply --prune then deletes.
+WITHOUT_STREAM = TO_BUCKET.replace("    rejects: {name: shop-rejects, shards: 1}\n", "")
+HOLDS = "holds 2 dead-letter entries of pipeline shop not redriven"
+
+
+def test_prune_and_destroy_say_which_stream_holds_dead_letter_entries_not_redriven(tmp_path):
+    target = CliTarget("local", tmp_path / "state")
+    path = shop_applied(target, tmp_path, SHOP_WITH_BUCKET)
+    target.backend().put_records("shop-in", [(b"not json", "x"), (b"[]", "y")])
+    assert target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    path.write_text(WITHOUT_STREAM)
+
+    pruned = target.invoke("apply", str(path), "--prune", input="n\n")
+    destroyed = target.invoke("destroy", str(path), input="n\n")
+
+    assert pruned.stdout.splitlines()[0] == (
+        f"- delete stream shop-rejects (no longer in the spec; {HOLDS})"
+    )
+    assert destroyed.stdout.splitlines()[:4] == [
+        "- destroy stream shop-in",
+        "- destroy stream shop-out",
+        f"- destroy stream shop-rejects (no longer in the spec; {HOLDS})",
+        "- destroy bucket shop-rejects-bucket (and every object in it)",
+    ]
+
+
+def test_on_aws_destroy_says_which_stream_and_bucket_hold_dead_letter_entries(
+    moto_cli, endpoint, tmp_path
+):
+    """Entries in a stream, then in a bucket once the spec names it instead: both say so."""
+    _, pipeline = moto_cli
+    path = tmp_path / "shop.yaml"
+    path.write_text(SHOP_WITH_BUCKET)
+    pipeline("apply", str(path))
+    backend = AwsBackend("us-east-1", endpoint_url=endpoint)
+    backend.put_records("shop-in", [(b"not json", "x"), (b"[]", "y")])
+    pipeline("run", str(path), "--until-idle", "0")
+    path.write_text(TO_BUCKET)
+    backend.put_records("shop-in", [(b"still not json", "z")])
+    pipeline("run", str(path), "--until-idle", "0")
+
+    destroyed = pipeline("destroy", str(path), exit_code=None)
+
+    assert [line for line in destroyed.stdout.splitlines() if "dead-letter" in line] == [
+        f"- destroy stream shop-rejects ({HOLDS})",
+        "- destroy bucket shop-rejects-bucket (and every object in it; holds 1 dead-letter "
+        "entry of pipeline shop not redriven)",
+    ]

@@ -19,7 +19,15 @@ from collections import Counter
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 from click.testing import CliRunner
-from conftest import FIXED_NOW, MINIMAL, REPO, read_stream
+from conftest import (
+    FIXED_NOW,
+    MINIMAL,
+    REPO,
+    SHOP_WITH_BUCKET,
+    TO_BUCKET,
+    read_stream,
+    shop_applied,
+)
 from fakes import VirtualClock, lease_on, started_since
 from moto import mock_aws
 
@@ -646,3 +654,34 @@ def test_a_corrupt_kpl_aggregate_redriven_keeps_its_reason(tmp_path, write_spec)
     assert shown.exit_code == 0, shown.output
     (line,) = [line for line in shown.output.splitlines() if line.startswith("line 1:")]
     assert line.startswith("line 1: dead letter: KPL aggregate: bad MD5 checksum of its ")
+
+
+def test_a_redrive_says_what_waits_in_an_earlier_dead_letter_it_leaves(cli_target, tmp_path):
+    path = shop_applied(cli_target, tmp_path, SHOP_WITH_BUCKET)
+    backend = cli_target.backend()
+    backend.put_records("shop-in", [(b"not json", "x"), (b"[]", "y")])
+    assert cli_target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    path.write_text(TO_BUCKET)
+    file = (
+        f"file {cli_target.state}/dead-letter/shop.jsonl or " if cli_target.name == "local" else ""
+    )
+    earlier = (
+        "2 entries wait in stream shop-rejects, an earlier dead letter the spec no longer names, "
+        "which this redrive leaves: to redrive them, point the spec's dead_letter: back to it "
+        "and run `pipeline redrive`"
+    )
+
+    redriven = cli_target.invoke("redrive", str(path))
+    dry = cli_target.invoke("redrive", str(path), "--dry-run")
+
+    assert (redriven.exit_code, redriven.stderr) == (
+        0,
+        f"[shop] nothing to redrive: no entries wait in {file}bucket shop-rejects-bucket under "
+        f"bad/; {earlier}\n",
+    )
+    assert (dry.exit_code, dry.stdout, dry.stderr) == (
+        0,
+        "0 entries\n",
+        f"[shop] dry run, nothing is written: no entries wait in {file}bucket "
+        f"shop-rejects-bucket under bad/; {earlier}\n",
+    )

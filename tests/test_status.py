@@ -9,7 +9,7 @@ import re
 import socket
 
 import pytest
-from conftest import SHOP, CliTarget, sessions, shop_applied
+from conftest import SHOP, SHOP_WITH_BUCKET, TO_BUCKET, CliTarget, sessions, shop_applied
 from moto import mock_aws
 
 from runner.backends.local import LocalBackend
@@ -271,3 +271,64 @@ def test_status_of_a_spec_without_a_route_shows_its_shards_unread(cli_target, tm
         (None, "trim_horizon"),
     ]
     assert (found["running"], found["spec"]["last_run"]) == (None, None)
+
+
+def test_status_lists_an_earlier_dead_letter_while_entries_wait_there(cli_target, tmp_path):
+    """Entries written to a stream wait there after a reload points the dead letter to a
+    bucket: status still counts them, marked as not the spec's dead letter now, until a
+    redrive empties the stream or it is deleted."""
+    path = shop_applied(cli_target, tmp_path, SHOP_WITH_BUCKET)
+    backend = cli_target.backend()
+    backend.put_records("shop-in", [(b"not json", "x"), (b"[]", "y")])
+    assert cli_target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    path.write_text(TO_BUCKET)
+
+    found = json.loads(status(cli_target, path, "--json"))["dead_letter"]
+    lines = status(cli_target, path).splitlines()[-3:-1]
+
+    assert found == [
+        {"where": "bucket shop-rejects-bucket under bad/", "entries": 0, "objects": 0},
+        {"where": "stream shop-rejects", "entries": 2, "current": False},
+    ]
+    assert lines == [
+        "dead letter: bucket shop-rejects-bucket under bad/: 0 entries in 0 objects",
+        "dead letter: stream shop-rejects: 2 entries, written before the spec named another "
+        "dead letter; to redrive them, point the spec's dead_letter: back to it and run "
+        "`pipeline redrive`",
+    ]
+
+
+def test_an_earlier_dead_letter_drops_out_once_redriven_or_deleted(cli_target, tmp_path):
+    path = shop_applied(cli_target, tmp_path, SHOP_WITH_BUCKET)
+    backend = cli_target.backend()
+    backend.put_records("shop-in", [(json.dumps({"id": "a"}).encode(), "a")])  # no session_id
+    assert cli_target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    path.write_text(TO_BUCKET.replace("partition_key: session_id", "partition_key: id"))
+    assert cli_target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    backend.put_records("shop-in", [(b"not json", "x")])  # to the bucket now
+    assert cli_target.invoke("run", str(path), "--until-idle", "0").exit_code == 0
+    assert [
+        place["where"] for place in json.loads(status(cli_target, path, "--json"))["dead_letter"]
+    ] == [
+        "bucket shop-rejects-bucket under bad/",
+        "stream shop-rejects",
+    ]
+    # Back to the stream, whose entry the fixed spec routes: the bucket is the earlier one now.
+    path.write_text(SHOP_WITH_BUCKET.replace("partition_key: session_id", "partition_key: id"))
+    redriven = cli_target.invoke("redrive", str(path))
+    assert redriven.exit_code == 0, redriven.output
+
+    found = json.loads(status(cli_target, path, "--json"))["dead_letter"]
+
+    assert found == [
+        {"where": "stream shop-rejects", "entries": 0},
+        {
+            "where": "bucket shop-rejects-bucket under bad/",
+            "entries": 1,
+            "objects": 1,
+            "current": False,
+        },
+    ]
+    backend.delete_bucket("shop-rejects-bucket")  # with its entry
+    found = json.loads(status(cli_target, path, "--json"))["dead_letter"]
+    assert found == [{"where": "stream shop-rejects", "entries": 0}]

@@ -557,6 +557,14 @@ class LocalBackend(Backend):
             ).fetchone()
         return row[0] if row else None
 
+    def notes(self, pipeline: str, prefix: str) -> dict[str, str]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT name, text FROM notes WHERE pipeline = ? AND substr(name, 1, ?) = ?",
+                (pipeline, len(prefix), prefix),
+            ).fetchall()
+        return dict(rows)
+
     def set_note(self, pipeline: str, name: str, text: str | None) -> None:
         with self._tx(write=True) as db:
             db.execute("DELETE FROM notes WHERE pipeline = ? AND name = ?", (pipeline, name))

@@ -31,6 +31,7 @@ from runner.backends.base import (
 from runner.commands.holder import held_by, live_holder
 from runner.function.handler import SPEC_VERSION
 from runner.function.package import Package, build
+from runner.loop.backlog import remembered, resource
 from runner.plural import count
 from runner.spec import Firehose, Spec
 
@@ -187,10 +188,13 @@ def destroy(
     for kind, name in declared:
         if (kind, name) not in owned and exists[kind](name):
             report(f"  keep {kind} {name} (not created by this pipeline)")
+    waiting = _dead_letter_entries(spec, backend, owned)
     for kind, name in owned:
         notes = ["and every object in it"] if kind == "bucket" else []
         if (kind, name) not in declared:
             notes.append("no longer in the spec")
+        if (kind, name) in waiting:
+            notes.append(waiting[kind, name])
         report(f"- destroy {kind} {name}" + (f" ({'; '.join(notes)})" if notes else ""))
     if not owned or not confirm():
         return 0
@@ -218,6 +222,25 @@ def _refuse_pruning_under_a_run(spec: Spec, backend: Backend, deletions: list[Ch
     )
 
 
+def _dead_letter_entries(
+    spec: Spec, backend: Backend, resources: list[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """For each of these streams and buckets that holds dead-letter entries of the pipeline
+    not yet redriven, a note saying so, e.g. 'holds 4 dead-letter entries of pipeline P'."""
+    if not any(kind in ("stream", "bucket") for kind, _ in resources):
+        return {}
+    found: dict[tuple[str, str], int] = {}
+    for backlog in remembered(spec, backend):
+        if resource(backlog) in resources:
+            found[resource(backlog)] = found.get(resource(backlog), 0) + backlog.count()
+    return {
+        place: f"holds {count(entries, 'dead-letter entry', 'dead-letter entries')} of "
+        f"pipeline {spec.pipeline} not redriven"
+        for place, entries in found.items()
+        if entries
+    }
+
+
 def _declared(spec: Spec, backend: Backend) -> list[tuple[str, str]]:
     """(kind, name) of every resource of the spec on this target, each before what it uses."""
     firehoses = spec.firehoses.values()
@@ -243,15 +266,19 @@ def _unclaimed(spec: Spec, backend: Backend) -> Iterator[Change]:
     """What the pipeline owns and the spec no longer declares, to delete."""
     declared = _declared(spec, backend)
     _, delete = _kinds(spec, backend)
-    for kind, name in _in_order(backend.owned(spec.pipeline), declared):
-        if (kind, name) not in declared:
-            yield Change(
-                DELETE,
-                kind,
-                name,
-                "no longer in the spec",
-                lambda kind=kind, name=name: delete[kind](name),
-            )
+    unclaimed = [r for r in _in_order(backend.owned(spec.pipeline), declared) if r not in declared]
+    waiting = _dead_letter_entries(spec, backend, unclaimed)
+    for kind, name in unclaimed:
+        notes = ["no longer in the spec"]
+        if (kind, name) in waiting:
+            notes.append(waiting[kind, name])
+        yield Change(
+            DELETE,
+            kind,
+            name,
+            "; ".join(notes),
+            lambda kind=kind, name=name: delete[kind](name),
+        )
 
 
 def _in_order(
@@ -457,6 +484,7 @@ def _function_role(spec: Spec, backend: Backend) -> Iterator[Change]:
         dead_letter_stream=spec.streams[dead_letter.stream].name if dead_letter.stream else None,
         dead_letter_bucket=spec.buckets[dead_letter.bucket].name if dead_letter.bucket else None,
         dead_letter_prefix=dead_letter.prefix,
+        pipeline=spec.pipeline,
     )
     current = backend.describe_role(wanted.name)
     if current == wanted:

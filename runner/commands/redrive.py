@@ -19,7 +19,7 @@ from typing import IO
 from runner.backends.base import Backend
 from runner.commands.preview import describe, tally
 from runner.commands.run import check_resources
-from runner.loop.backlog import Waiting
+from runner.loop.backlog import Waiting, earlier_places, earlier_remedy
 from runner.loop.dead_letter import run_refusal
 from runner.loop.engine import Fenced
 from runner.loop.redrive import BATCH_ENTRIES, Redrive
@@ -62,10 +62,11 @@ def redrive(
     ) as lease:
         job = Redrive(spec, Fenced(backend, lease), state_dir, say, lease=lease, **options)
         waiting = job.count()
+        elsewhere = _elsewhere(spec, backend, sleep)
         if not sum(waiting.values()):
-            say(f"nothing to redrive: {_entries(waiting)}")
+            say(f"nothing to redrive: {_entries(waiting)}{elsewhere}")
             return 0
-        say(f"redriving the dead letter: {_entries(waiting)}")
+        say(f"redriving the dead letter: {_entries(waiting)}{elsewhere}")
         try:
             counts = job.run()
         except Exception:
@@ -99,7 +100,8 @@ def _dry_run(
 
     job = Redrive(spec, backend, state_dir, say, show=show, **options)
     waiting = job.count()
-    say(f"dry run, nothing is written: {_entries(waiting)}")
+    elsewhere = _elsewhere(spec, backend, options["sleep"])
+    say(f"dry run, nothing is written: {_entries(waiting)}{elsewhere}")
     job.run()
     total = sum(waiting.values())
     out.write(tally(count(total, "entry", "entries"), fates) + "\n")
@@ -116,3 +118,17 @@ def _entries(waiting: dict[str, int]) -> str:
     if len(places) == 1:
         return f"{entries} in {places[0][0]}"
     return f"{entries}: " + ", ".join(f"{number} in {where}" for where, number in places)
+
+
+def _elsewhere(spec: Spec, backend: Backend, sleep: Callable[[float], None]) -> str:
+    """What waits in earlier dead letters, which this redrive leaves, as the end of a line:
+    e.g. '; 2 entries wait in stream S, an earlier dead letter ...'; '' if none."""
+    waiting = {place.where: place.count() for place in earlier_places(spec, backend, sleep=sleep)}
+    waiting = {where: number for where, number in waiting.items() if number}
+    if not waiting:
+        return ""
+    which = "an earlier dead letter" if len(waiting) == 1 else "earlier dead letters"
+    return (
+        f"; {_entries(waiting)}, {which} the spec no longer names, which this redrive leaves: "
+        f"{earlier_remedy(len(waiting))}"
+    )

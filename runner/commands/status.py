@@ -32,7 +32,7 @@ from runner.backends.base import (
 )
 from runner.commands.holder import held_by, when
 from runner.commands.provision import lambda_changes
-from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs
+from runner.loop.backlog import BucketBacklog, FileBacklog, backlogs, earlier_places, earlier_remedy
 from runner.loop.dead_letter import DeadLetter
 from runner.loop.reader import FORGET_OPTION
 from runner.plural import count
@@ -53,6 +53,7 @@ class DeadLetterPlace:
     where: str  # e.g. "stream shop-rejects"
     entries: int
     objects: int | None = None  # in a bucket: how many objects hold them
+    current: bool = True  # False: an earlier place, which the spec no longer names
 
 
 _MAPPING_FIELDS = ("uuid", "state", "last_result", *MAPPING_SETTINGS, "starting_position")
@@ -165,7 +166,7 @@ class Status:
                 "expires": _iso(holder.expires),
                 "left_over": holder.left_over(self.now),
             },
-            "dead_letter": [_given(vars(place)) for place in self.dead_letter],
+            "dead_letter": [_place_json(place) for place in self.dead_letter],
             "spec": {
                 "path": str(self.spec.path),
                 "version": self.spec.version,
@@ -241,7 +242,13 @@ class Status:
         for place in self.dead_letter:
             entries = count(place.entries, "entry", "entries")
             objects = f" in {count(place.objects, 'object')}" if place.objects is not None else ""
-            lines.append(f"{place.where}: {entries}{objects}")
+            if place.current:
+                lines.append(f"{place.where}: {entries}{objects}")
+            else:
+                lines.append(
+                    f"{place.where}: {entries}{objects}, written before the spec named another "
+                    f"dead letter; {earlier_remedy()}"
+                )
         return lines
 
     def _spec_text(self) -> str:
@@ -366,7 +373,8 @@ def dead_letter_places(
     positions: the declared bucket or stream, and the file in the state folder (on the local
     target, where entries too large for a dead-letter stream go too), shown when entries wait
     there or nothing else is declared. None where the target allows no file and none is
-    declared."""
+    declared. Then each earlier stream or bucket entries were written to where entries still
+    wait (not `current`)."""
     dead_letter = DeadLetter(spec, backend, state_dir)
     file = None if backend.name in CHECKPOINTS_OFF_MACHINE else dead_letter.path
     places, in_file = [], []
@@ -378,7 +386,20 @@ def dead_letter_places(
             places.append(DeadLetterPlace(backlog.where, entries))
         elif entries or spec.dead_letter is None:
             in_file.append(DeadLetterPlace(backlog.where, entries))
+    for backlog in earlier_places(spec, backend, sleep=sleep):
+        entries = backlog.count()
+        if entries:
+            objects = len(backlog.keys) if isinstance(backlog, BucketBacklog) else None
+            places.append(DeadLetterPlace(backlog.where, entries, objects, current=False))
     return places + in_file
+
+
+def _place_json(place: DeadLetterPlace) -> dict[str, Any]:
+    """A place of the dead letter; `current` only for an earlier one (false)."""
+    fields = _given(vars(place))
+    if place.current:
+        del fields["current"]
+    return fields
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:

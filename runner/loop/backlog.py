@@ -20,20 +20,24 @@ the entries it writes itself (the file's size, each shard's last record, the obj
 
 Locally the file is read whatever the spec declares: a stream dead letter puts there what is
 too large for a record, and a spec may have had no dead letter before. On AWS, only the
-declared stream or bucket.
+declared stream or bucket. The streams and buckets entries were written to before the spec
+named another place (remembered by the dead letter) are `earlier` ones: their entries are
+counted from the same positions, so what waits there is what a redrive would send once the
+spec names that place again.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.backends.base import SHARD_END, Backend, EarlierStream, Record
-from runner.loop.dead_letter import Entry, read_entry
+from runner.loop.dead_letter import PLACE_NOTE, Entry, read_entry
 from runner.loop.reader import ShardBatch, StreamReader
 from runner.spec import Spec
 
@@ -330,6 +334,55 @@ def backlogs(
         bucket = spec.buckets[declared.bucket].name
         found.append(BucketBacklog(backend, spec.pipeline, bucket, declared.prefix))
     return found
+
+
+def earlier_remedy(places: int = 1) -> str:
+    """What to do about the entries waiting in earlier places."""
+    to = "it" if places == 1 else "each in turn"
+    return f"to redrive them, point the spec's dead_letter: back to {to} and run `pipeline redrive`"
+
+
+def earlier_places(
+    spec: Spec,
+    backend: Backend,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Backlog]:
+    """The streams and buckets the pipeline wrote dead-letter entries to that the spec no
+    longer names as its dead letter, and that are still there."""
+    current = {backlog.where for backlog in backlogs(spec, backend, None)}
+    found = remembered(spec, backend, clock=clock, sleep=sleep)
+    return [backlog for backlog in found if backlog.where not in current]
+
+
+def remembered(
+    spec: Spec,
+    backend: Backend,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Backlog]:
+    """The streams and buckets the pipeline wrote dead-letter entries to, that are still
+    there, the spec's dead letter now or not."""
+    if not backend.checkpoint_store_exists(spec.pipeline):
+        return []
+    found: list[Backlog] = []
+    for _, text in sorted(backend.notes(spec.pipeline, PLACE_NOTE).items()):
+        place = json.loads(text)
+        if "bucket" in place and backend.bucket_exists(place["bucket"]):
+            found.append(BucketBacklog(backend, spec.pipeline, place["bucket"], place["prefix"]))
+        elif "stream" in place and backend.describe_stream(place["stream"]) is not None:
+            stream = place["stream"]
+            found.append(StreamBacklog(backend, spec.pipeline, stream, clock=clock, sleep=sleep))
+    return found
+
+
+def resource(backlog: Backlog) -> tuple[str, str]:
+    """The kind and name of the stream or bucket a backlog is in."""
+    if isinstance(backlog, BucketBacklog):
+        return "bucket", backlog.bucket
+    return "stream", backlog.group
 
 
 def entries_waiting(

@@ -8,6 +8,11 @@ one, otherwise `<state-dir>/dead-letter/<pipeline>.jsonl`. In a bucket, each wri
 Lines object keyed like Firehose's: prefix + YYYY/MM/DD/HH/ + <pipeline>-1-YYYY-MM-DD-HH-MM-SS-
 <uuid>.
 
+Each declared stream or bucket a pipeline writes entries to is remembered beside its checkpoints
+(a note named PLACE_NOTE + where it is, holding how to find it), once per DeadLetter, before
+its first write there: after a reload points the dead letter elsewhere, `pipeline status` and
+`pipeline redrive` still tell of the entries waiting in the earlier place.
+
 Where the checkpoints live off this machine (the aws target), nothing they move past may live
 only in its state folder: a run there needs a stream or a bucket, and an entry too large for a
 stream record stops the run instead of going to the file.
@@ -38,6 +43,9 @@ from runner.loop.patience import Patience
 from runner.loop.sink import Sink
 from runner.plural import count
 from runner.spec import Spec, dead_letter_off_machine, needs_dead_letter_off_machine
+
+# The names of the notes remembering the places entries were written to: this + 'stream S'.
+PLACE_NOTE = "dead-letter:"
 
 
 def entry(
@@ -153,6 +161,7 @@ class DeadLetter:
         self.count = 0
         self.in_file = 0  # entries written to the file, stream or not
         self.objects: list[str] = []  # keys of the objects written to the bucket
+        self._remembered = False  # whether this place is noted as one entries were written to
 
     def where(self) -> str:
         """Where entries go, e.g. 'bucket rejects under dead-letter/'."""
@@ -214,6 +223,7 @@ class DeadLetter:
         """Make every added entry durable before the caller checkpoints past it."""
         if not self._pending:
             return
+        self._remember()
         pending, self._pending = self._pending, []
         if self.bucket is not None:
             # One object per write; an object, unlike a stream record, has no 1 MiB limit.
@@ -235,6 +245,19 @@ class DeadLetter:
             self._append(b"".join(data for data, _ in to_file))
             self.in_file += len(to_file)
         self.count += len(pending)
+
+    def _remember(self) -> None:
+        """Note the declared stream or bucket as a place entries are written to, once (the
+        file is always read back where it may be)."""
+        if self._remembered or (self.bucket is None and self.sink is None):
+            return
+        if self.bucket is not None:
+            place = {"bucket": self.bucket, "prefix": self.prefix}
+        else:
+            place = {"stream": self.sink.stream}
+        name, text = PLACE_NOTE + self.where(), json.dumps(place)
+        self.patience.retry(lambda: self.backend.set_note(self.pipeline, name, text))
+        self._remembered = True
 
     def _append(self, lines: bytes) -> None:
         """Append whole lines to the file, durably, or raise leaving it as it was."""

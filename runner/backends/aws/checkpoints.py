@@ -43,6 +43,10 @@ from runner.backends.base import (
 
 SEQUENCE_DIGITS = 64
 
+# The partition key of the notes kept beside the checkpoints: no stream is named so, so no
+# checkpoint can collide with a note.
+NOTE_PARTITION = "#note"
+
 RUN_INFO_KEY = {"stream": {"S": "#run-info"}, "shard_id": {"S": "#run-info"}}
 
 # Why DynamoDB may cancel a transaction that a later try can get through.
@@ -203,12 +207,16 @@ class CheckpointsMixin(AwsSession):
         return len(earlier)
 
     def _checkpoint_items(self, pipeline: str, stream: str) -> list[dict[str, Any]]:
+        return self._items(pipeline, "#stream = :stream", {":stream": {"S": stream}})
+
+    def _items(self, pipeline: str, condition: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+        """The items of the checkpoint table a key condition on `#stream` finds, as last
+        written (a restarted run must see the checkpoint the previous one wrote last)."""
         items: list[dict[str, Any]] = []
         params: dict[str, Any] = {
-            "KeyConditionExpression": "#stream = :stream",
+            "KeyConditionExpression": condition,
             "ExpressionAttributeNames": {"#stream": "stream"},
-            "ExpressionAttributeValues": {":stream": {"S": stream}},
-            # A restarted run must see the checkpoint the previous one wrote last.
+            "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
         with self._checkpoint_table(pipeline) as table:
@@ -312,6 +320,11 @@ class CheckpointsMixin(AwsSession):
         item = found.get("Item")
         return item["text"]["S"] if item else None
 
+    def notes(self, pipeline: str, prefix: str) -> dict[str, str]:
+        values = {":note": {"S": NOTE_PARTITION}, ":prefix": {"S": prefix}}
+        items = self._items(pipeline, "#stream = :note AND begins_with(shard_id, :prefix)", values)
+        return {item["shard_id"]["S"]: item["text"]["S"] for item in items}
+
     def set_note(self, pipeline: str, name: str, text: str | None) -> None:
         with self._checkpoint_table(pipeline, during_run=True) as table:
             if text is None:
@@ -412,8 +425,7 @@ def _checkpoint_update(
 
 
 def _note_key(name: str) -> dict[str, Any]:
-    # No stream is named "#note", so no checkpoint can collide with a note.
-    return {"stream": {"S": "#note"}, "shard_id": {"S": name}}
+    return {"stream": {"S": NOTE_PARTITION}, "shard_id": {"S": name}}
 
 
 def _life_of(item: dict[str, Any]) -> tuple[str, str] | None:

@@ -102,6 +102,7 @@ class FunctionsMixin(AwsSession):
         dead_letter_stream: str | None = None,
         dead_letter_bucket: str | None = None,
         dead_letter_prefix: str = "",
+        pipeline: str | None = None,
     ) -> RoleDescription:
         """The function's execution role, least privilege (policies.py)."""
         return policies.function_role(
@@ -112,6 +113,7 @@ class FunctionsMixin(AwsSession):
             dead_letter_stream,
             dead_letter_bucket,
             dead_letter_prefix,
+            pipeline=pipeline,
             account_id=self.account_id,
             region=self.region,
             partition=self.partition,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from runner.backends.base import FirehoseDescription, RoleDescription
+from runner.backends.aws.checkpoints import NOTE_PARTITION
+from runner.backends.base import FirehoseDescription, RoleDescription, checkpoint_table
 
 POLICY_NAME = "pipeline-firehose-delivery"
 
@@ -127,14 +128,16 @@ def function_role(
     dead_letter_bucket: str | None,
     dead_letter_prefix: str,
     *,
+    pipeline: str | None = None,
     account_id: str,
     region: str,
     partition: str,
 ) -> RoleDescription:
     """The function's execution role `name`, trusted by Lambda, allowed only what the function
     and its mapping do: read the `source` stream, put records to the `sinks` and the
-    dead-letter stream, put objects to the dead-letter bucket under its prefix, and log to the
-    function's own log group. Every ARN is in the region's `partition`."""
+    dead-letter stream, put objects to the dead-letter bucket under its prefix, note in the
+    `pipeline`'s checkpoint table where it wrote dead-letter entries (notes only), and log to
+    the function's own log group. Every ARN is in the region's `partition`."""
 
     def stream(name: str) -> str:
         return f"arn:{partition}:kinesis:{region}:{account_id}:stream/{name}"
@@ -165,6 +168,19 @@ def function_role(
                 "Effect": "Allow",
                 "Action": ["s3:PutObject"],
                 "Resource": [f"arn:{partition}:s3:::{dead_letter_bucket}/{dead_letter_prefix}*"],
+            }
+        )
+    if pipeline is not None and (dead_letter_stream or dead_letter_bucket):
+        table = f"arn:{partition}:dynamodb:{region}:{account_id}:table/{checkpoint_table(pipeline)}"
+        statements.append(
+            {
+                "Sid": "NoteDeadLetterPlaces",
+                "Effect": "Allow",
+                "Action": ["dynamodb:PutItem"],
+                "Resource": [table],
+                "Condition": {
+                    "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [NOTE_PARTITION]}
+                },
             }
         )
     statements.append(

@@ -146,6 +146,10 @@ class Checkpoints(abc.ABC):
         (such as what a redrive is about to write); None deletes it. While this process holds
         the pipeline's run lease, written only if the lease still names it, as checkpoints."""
 
+    @abc.abstractmethod
+    def notes(self, pipeline: str, prefix: str) -> dict[str, str]:
+        """The pipeline's notes whose names start with `prefix`: name -> text."""
+
     # Only a target whose checkpoints live off the machine needs a store made for them: a
     # DynamoDB table on AWS.
     def checkpoint_store_exists(self, pipeline: str) -> bool:

@@ -142,11 +142,13 @@ class Functions:
         dead_letter_stream: str | None = None,
         dead_letter_bucket: str | None = None,
         dead_letter_prefix: str = "",
+        pipeline: str | None = None,
     ) -> RoleDescription:
         """The execution role `role` of the function, by resource names: allowed to read the
         `source` stream as its event source mapping does, to put records to the `sinks`
         streams and the dead-letter stream, objects to the dead-letter bucket under its
-        prefix, and logs to the function's own log group; nothing else. Put it with
+        prefix, notes (only) in the `pipeline`'s checkpoint store of where it wrote dead-letter
+        entries, and logs to the function's own log group; nothing else. Put it with
         Access.put_role."""
         raise self._no_functions()
 
