@@ -100,8 +100,8 @@ def test_a_line_holding_text_utf8_cannot_is_reported_and_the_rest_are_sent(backe
 
     assert result.exit_code == 1
     assert result.stderr == (
-        "line 1: cannot be written as JSON: 'utf-8' codec can't encode character '\\ud800' "
-        f"in position 27: surrogates not allowed\nput 1 record into {STREAM}; 1 line not sent\n"
+        "line 1: cannot be written as JSON: it holds a lone surrogate (\\ud800), which is not "
+        f"text UTF-8 can encode\nput 1 record into {STREAM}; 1 line not sent\n"
     )
     assert [key for key, _ in stream_records(backend)] == ["s2"]
 

@@ -440,10 +440,16 @@ def test_prune_is_refused_while_a_run_uses_another_version_and_done_once_it_relo
 
     assert refused.exit_code == 1
     assert refused.stdout == ""
+    then = (
+        "it delivers firehose de-c2w2lab1-firehose-usa itself, so it cannot reload a spec "
+        "without it: stop it, then prune"
+        if cli_target.name == "local"
+        else "let it reload this version (run --watch) or stop it, then prune"
+    )
     assert refused.stderr == (
         f"error: pipeline de-c2w2lab1-etl is running ({holder_text(cli_target, lease)}) with "
         f"another version of the spec ({old}; this file is {new}), which may still use "
-        f"{used}: let it reload this version (run --watch) or stop it, then prune\n"
+        f"{used}: {then}\n"
     )
     assert still_there
     assert left.exit_code == 0, left.output

@@ -123,6 +123,18 @@ def test_a_record_holding_itself_is_dead_lettered():
     )
 
 
+def test_a_record_holding_a_lone_surrogate_is_dead_lettered_saying_which():
+    journey = Journey([], Route(expressions.compile("id"), (Case("out"),)))
+
+    outcome = journey.process(b'{"id": "a", "note": "x\\udc80"}')
+
+    assert (outcome.kind, outcome.reason) == (
+        DEAD_LETTER,
+        "cannot be written as JSON: it holds a lone surrogate (\\udc80), which is not text "
+        "UTF-8 can encode",
+    )
+
+
 def test_the_depth_limit_is_the_same_wherever_it_is_checked_and_ignores_text():
     assert parse_json(b"[" * 512 + b"]" * 512) is not None
     brackets_in_text = b'{"x": "' + b"[{" * 600 + b'", "y": "\\"]"}'

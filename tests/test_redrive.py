@@ -37,6 +37,7 @@ from runner.backends.base import BackendError, Record
 from runner.backends.local import LocalBackend
 from runner.cli import cli
 from runner.commands import run as run_command
+from runner.commands.holder import held_by
 from runner.commands.provision import apply
 from runner.commands.redrive import redrive
 from runner.loop import engine
@@ -470,9 +471,12 @@ def test_a_redrive_is_refused_while_a_run_goes_and_a_run_while_it_goes(tmp_path,
 
     with setup.backend().running("shop"):
         refused = setup.cli("redrive", setup.fixed)
+        held = held_by(setup.backend().run_holder("shop"))
 
     assert refused.exit_code == 1
-    assert refused.output == holding.format(*holder, "stop it before redriving its dead letter")
+    assert refused.output == (
+        f"error: pipeline shop is running ({held}): stop it before redriving its dead letter\n"
+    )
     assert setup.sinks() == {"usa-out": ["d"], "other-out": ["d"]}
     runs = []
     meanwhile = Meanwhile(setup.backend(), lambda: runs.append(setup.cli("run", setup.fixed)))
@@ -483,22 +487,55 @@ def test_a_redrive_is_refused_while_a_run_goes_and_a_run_while_it_goes(tmp_path,
     assert setup.sinks() == SINKS
 
 
-def test_on_aws_a_redrive_waits_for_the_run_lease_and_is_refused_once_its_holder_renews(
+LEASE_ITEM = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
+HOLDER = "elsewhere.example pid 7 run 0badf00d"
+
+
+def held_elsewhere(setup, expires):
+    """The shop pipeline's run lease, as a run on another machine holds it, lasting until
+    `expires` (ISO, or None: an item of a version that did not say); returns DynamoDB."""
+    table = setup.backend()._client("dynamodb")
+    item = {"owner": {"S": HOLDER}, "epoch": {"S": "e1"}, "renewals": {"N": "0"}}
+    if expires:
+        item["expires"] = {"S": expires}
+    table.put_item(TableName="shop-checkpoints", Item={**LEASE_ITEM, **item})
+    return table
+
+
+@pytest.mark.parametrize("expires", [None, "2100-01-01T00:00:00Z"])
+def test_on_aws_a_redrive_is_refused_at_once_while_a_live_run_holds_the_lease(
+    tmp_path, aws_env, expires
+):
+    with mock_aws():
+        setup = Setup(tmp_path, "aws", "bucket")
+        setup.dead_letter_broken()
+        held_elsewhere(setup, expires)
+
+        lines = []
+        with pytest.raises(BackendError) as refused:
+            redrive(spec.load(setup.fixed), lease_on(VirtualClock()), setup.state, lines.append,
+                    None)  # fmt: skip
+
+        assert str(refused.value) == (
+            f"pipeline shop is running (lease held by {HOLDER}): stop it before redriving its "
+            "dead letter"
+        )
+        assert lines == []
+        assert setup.sinks() == {"usa-out": ["d"], "other-out": ["d"]}
+
+
+def test_on_aws_a_redrive_waits_for_a_lease_past_its_time_and_is_refused_once_it_is_renewed(
     tmp_path, aws_env
 ):
     with mock_aws():
         setup = Setup(tmp_path, "aws", "bucket")
         setup.dead_letter_broken()
-        table = setup.backend()._client("dynamodb")
-        key = {"stream": {"S": "#run-lock"}, "shard_id": {"S": "#run-lock"}}
-        holder = "elsewhere.example pid 7 run 0badf00d"
-        item = {"owner": {"S": holder}, "epoch": {"S": "e1"}, "renewals": {"N": "0"}}
-        table.put_item(TableName="shop-checkpoints", Item={**key, **item})
+        table = held_elsewhere(setup, "2000-01-01T00:00:00Z")  # its run may have died
 
         def renews():  # what the holder's renewal does, while the redrive waits
             table.update_item(
                 TableName="shop-checkpoints",
-                Key=key,
+                Key=LEASE_ITEM,
                 UpdateExpression="SET renewals = renewals + :one",
                 ExpressionAttributeValues={":one": {"N": "1"}},
             )
@@ -509,10 +546,10 @@ def test_on_aws_a_redrive_waits_for_the_run_lease_and_is_refused_once_its_holder
                     lines.append, None)  # fmt: skip
 
         assert str(refused.value) == (
-            f"pipeline shop is already running ({holder} renewed its lease while this one "
+            f"pipeline shop is already running ({HOLDER} renewed its lease while this one "
             "waited); stop it before redriving its dead letter"
         )
-        assert lines == [f"[shop] waiting for the run lease held by {holder} (free in 60 s "
+        assert lines == [f"[shop] waiting for the run lease held by {HOLDER} (free in 60 s "
                          "unless renewed)"]  # fmt: skip
         assert setup.sinks() == {"usa-out": ["d"], "other-out": ["d"]}
 

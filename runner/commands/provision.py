@@ -215,10 +215,17 @@ def _refuse_pruning_under_a_run(spec: Spec, backend: Backend, deletions: list[Ch
     if running == spec.version:
         return
     used = ", ".join(f"{change.kind} {change.name}" for change in deletions)
+    then = "let it reload this version (run --watch) or stop it, then prune"
+    if not backend.delivers_firehoses:  # the run delivers them: a reload cannot drop one
+        delivered = [change.name for change in deletions if change.kind == "firehose"]
+        if delivered:
+            then = (
+                f"it delivers firehose {delivered[0]} itself, so it cannot reload a spec "
+                "without it: stop it, then prune"
+            )
     raise BackendError(
         f"pipeline {spec.pipeline} is running ({held_by(holder)}) with another version of the "
-        f"spec ({running}; this file is {spec.version}), which may still use {used}: let it "
-        "reload this version (run --watch) or stop it, then prune"
+        f"spec ({running}; this file is {spec.version}), which may still use {used}: {then}"
     )
 
 

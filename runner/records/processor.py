@@ -212,6 +212,14 @@ def encode(record: dict, ending: str = "") -> bytes:
     except RecursionError:  # a cycle: JSONEncoder says so
         chunks = None
     if chunks is None:
-        return (_ENCODER.encode(record) + ending).encode("utf-8")
-    chunks.append(ending)  # a list of its own: the text is joined once, ending included
-    return "".join(chunks).encode("utf-8")
+        text = _ENCODER.encode(record) + ending
+    else:
+        chunks.append(ending)  # a list of its own: the text is joined once, ending included
+        text = "".join(chunks)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:  # where in the rebuilt text tells the user nothing
+        code = ord(error.object[error.start])
+        raise ValueError(
+            f"it holds a lone surrogate (\\u{code:04x}), which is not text UTF-8 can encode"
+        ) from None
