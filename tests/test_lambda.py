@@ -159,7 +159,10 @@ def test_edits_update_the_configuration_the_mapping_or_the_code(aws, tmp_path):
     assert changes[1].startswith(f"~ update function code {FUNCTION} (package ")
     assert changes[1].endswith(" MB: the runner or the spec changed)")
     assert len(changes) == 2
-    pipeline("apply", str(edited))
+    assert planned[-1] == "Plan: 0 to create, 1 to change, 14 unchanged."  # 15 resources
+    assert pipeline("apply", str(edited)).stdout.splitlines()[-1] == (
+        "Applied: 0 created, 1 changed, 14 unchanged."
+    )
     updated = client("lambda").get_function(FunctionName=FUNCTION)["Configuration"]
     assert updated["CodeSha256"] != code
     assert updated["Environment"]["Variables"] == {
@@ -456,6 +459,6 @@ def test_lambda_and_a_pipeline_run_never_both_read_the_source(aws, tmp_path):
     assert run.stderr == (
         f"error: Lambda function {FUNCTION} runs pipeline de-c2w2lab1-etl already (its event "
         f"source mapping reads stream {SOURCE}): a run here too would handle every record "
-        f"twice; `pipeline apply {plain} --prune` deletes the mapping of a spec without "
-        "lambda:\n"
+        f"twice; `pipeline apply {plain} --prune` deletes the mapping, since this spec has no "
+        "`lambda:` section\n"
     )

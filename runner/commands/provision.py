@@ -142,10 +142,11 @@ def _make(change: Change, spec: Spec, backend: Backend) -> Change:
 def summary(changes: list[Change], *, done: bool, pruned: bool = False) -> str:
     """'Plan: 2 to create, 1 to change, 4 unchanged.' or, after apply, what was done; after an
     apply that did not prune, a second line says how many resources it left."""
-    created = sum(c.action == CREATE for c in changes)
-    changed = sum(c.action == CHANGE for c in changes)
-    deleted = sum(c.action == DELETE for c in changes)
-    unchanged = len(changes) - created - changed - deleted
+    actions = _by_resource(changes)
+    created = actions.count(CREATE)
+    changed = actions.count(CHANGE)
+    deleted = actions.count(DELETE)
+    unchanged = len(actions) - created - changed - deleted
     left = deleted if done and not pruned else 0
     deleted -= left
     if done:
@@ -164,6 +165,16 @@ def summary(changes: list[Change], *, done: bool, pruned: bool = False) -> str:
             f"\n{left} {noun} {are} no longer in the spec: pipeline apply --prune deletes {them}"
         )
     return text
+
+
+def _by_resource(changes: list[Change]) -> list[str]:
+    """One action per resource: a function whose configuration and code both change is one
+    function changed, not two resources."""
+    actions: dict[tuple[str, str], str] = {}
+    for change in changes:
+        kind = "function" if change.kind == "function code" else change.kind
+        actions.setdefault((kind, change.name), change.action)  # both CHANGE, when two
+    return list(actions.values())
 
 
 def destroy(

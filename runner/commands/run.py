@@ -217,8 +217,8 @@ def check_not_in_lambda(spec: Spec, backend: Backend) -> None:
             raise BackendError(
                 f"Lambda function {mapping.function} runs pipeline {spec.pipeline} already (its "
                 f"event source mapping reads stream {source}): a run here too would handle "
-                f"every record twice; `pipeline apply {spec.path} --prune` deletes the mapping "
-                "of a spec without lambda:"
+                f"every record twice; `pipeline apply {spec.path} --prune` deletes the mapping, "
+                "since this spec has no `lambda:` section"
             )
 
 
