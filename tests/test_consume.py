@@ -1,3 +1,4 @@
+import base64
 import io
 import json
 import os
@@ -211,7 +212,9 @@ def test_jsonl_keeps_text_that_is_not_utf8_readable(backend):
 
     result = pipeline("--stream", STREAM, "--no-follow", "--jsonl")
 
-    assert json.loads(result.stdout)["data"] == "caf\ufffd \ufffd"
+    printed = json.loads(result.stdout)
+    assert printed["data"] == "caf\ufffd \ufffd"
+    assert base64.b64decode(printed["data_base64"]) == b"caf\xe9 \xff"  # the bytes, whole
 
 
 def test_from_latest_without_follow_prints_nothing(backend):

@@ -6,6 +6,7 @@ cannot be read is printed whole, and said so on stderr.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -26,10 +27,16 @@ def readable(shard_id: str, record: Record) -> str:
 
 
 def as_json(shard_id: str, record: Record) -> str:
+    """The record as one JSON object; its data parsed where it is JSON, else as text, and
+    where that text is not UTF-8 (a KPL aggregate cut short, a binary record), its bytes in
+    base64 too, as the dead letter keeps them."""
+    binary = None
     try:
         data = parse_json(record.data)
     except BadRecord:
         data = record.data.decode("utf-8", errors="replace")
+        if data.encode("utf-8") != record.data:
+            binary = base64.b64encode(record.data).decode("ascii")
     entry = {"shard": shard_id, "sequence": record.sequence}
     if record.sub_sequence is not None:
         entry["sub_sequence"] = record.sub_sequence
@@ -38,6 +45,8 @@ def as_json(shard_id: str, record: Record) -> str:
         "arrival": record.arrival.isoformat(),
         "data": data,
     }
+    if binary is not None:
+        entry["data_base64"] = binary
     text = json.dumps(entry, ensure_ascii=False)
     try:
         text.encode("utf-8")
