@@ -110,6 +110,22 @@ class Run:
         return [line for line in self.lines if not line.startswith(STATUS)]
 
 
+def test_a_reload_names_what_the_spec_no_longer_declares(tmp_path):
+    other = "    other: {name: other-out, shards: 1}\n"
+    spare = other + "    spare: {name: spare-out, shards: 1}\n"
+    lake = "resources:\n  buckets:\n    lake: {name: shop-lake}\n"
+    run = Run(tmp_path, MINIMAL.replace("resources:\n", lake).replace(other, spare))
+    run.at(1, run.edit(MINIMAL))
+    run.at(10, run.stop)
+
+    run.run()
+
+    assert run.said() == [
+        "[shop] spec reloaded (version 2): route unchanged; no longer in the spec: stream "
+        "spare-out, bucket shop-lake (apply --prune deletes them); transform unchanged"
+    ]
+
+
 def test_a_valid_edit_is_swapped_in_between_rounds_saying_what_changed(tmp_path):
     run = Run(tmp_path, MINIMAL)
     run.backend.create_stream("canada-out", 1)

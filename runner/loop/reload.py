@@ -249,8 +249,30 @@ def changes(old: Spec, new: Spec) -> str:
         parts.append(f"dead letter {dead_letter_place(old)} -> {dead_letter_place(new)}")
     if old.function and new.function and old.function != new.function:
         parts.append("lambda " + _function_changes(old.function, new.function))
+    if gone := _resources_gone(old, new):
+        parts.append(f"no longer in the spec: {', '.join(gone)} (apply --prune deletes them)")
     parts.append("transform " + ("unchanged" if old.transform == new.transform else "changed"))
     return "; ".join(parts)
+
+
+def _resources_gone(old: Spec, new: Spec) -> list[str]:
+    """Firehoses, buckets and streams the spec no longer declares, but for the streams the
+    route or the dead letter named (the summary tells of those): what the run no longer uses
+    and `apply --prune` deletes. (A run waits for what a reload adds to exist.)"""
+    told = {s.streams[key].name for s in (old, new) for key in routed(s)}
+    told |= {s.streams[s.dead_letter.stream].name for s in (old, new) if _to_stream(s)}
+    gone = []
+    for kind, names in (
+        ("firehose", lambda s: {each.name for each in s.firehoses.values()}),
+        ("stream", lambda s: {each.name for each in s.streams.values()} - told),
+        ("bucket", lambda s: {each.name for each in s.buckets.values()}),
+    ):
+        gone += [f"{kind} {name}" for name in sorted(names(old) - names(new))]
+    return gone
+
+
+def _to_stream(spec: Spec) -> bool:
+    return spec.dead_letter is not None and spec.dead_letter.stream is not None
 
 
 def _function_changes(old: Function, new: Function) -> str:
