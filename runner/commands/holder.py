@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 
-from runner.backends.base import Backend, RunHolder
+from runner.backends.base import Backend, BackendError, RunHolder
 
 
 def _utc_now() -> datetime.datetime:
@@ -23,6 +23,19 @@ def live_holder(
         return None
     holder = backend.run_holder(pipeline)
     return None if holder is None or holder.left_over(now()) else holder
+
+
+def refuse_while_running(
+    pipeline: str,
+    backend: Backend,
+    what_to_do: str,
+    now: Callable[[], datetime.datetime] = _utc_now,
+) -> None:
+    """Raise BackendError, naming the holder and `what_to_do`, while a run holds the pipeline:
+    at once, rather than after a wait for a lease that lives on."""
+    holder = live_holder(pipeline, backend, now)
+    if holder is not None:
+        raise BackendError(f"pipeline {pipeline} is running ({held_by(holder)}): {what_to_do}")
 
 
 def held_by(holder: RunHolder) -> str:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from runner.backends.base import Backend, BackendError
-from runner.commands.holder import held_by, live_holder
+from runner.backends.base import Backend
+from runner.commands.holder import refuse_while_running
 from runner.commands.preview import describe, tally
 from runner.commands.run import check_resources
 from runner.loop.backlog import Waiting, earlier_places, earlier_remedy
@@ -60,9 +60,7 @@ def redrive(
     options = {"batch_size": batch_size, "clock": clock, "sleep": sleep, "now": now}
     if dry_run:
         return _dry_run(spec, backend, state_dir, say, out, options)
-    holder = live_holder(spec.pipeline, backend)
-    if holder is not None:  # at once, as reset: not after a wait for a lease that lives on
-        raise BackendError(f"pipeline {spec.pipeline} is running ({held_by(holder)}): {STOP_IT}")
+    refuse_while_running(spec.pipeline, backend, STOP_IT)
     with backend.running(spec.pipeline, say, why=STOP_IT) as lease:
         job = Redrive(spec, Fenced(backend, lease), state_dir, say, lease=lease, **options)
         waiting = job.count()

@@ -20,7 +20,7 @@ from runner.backends.base import (
     parse_start_mark,
     start_mark,
 )
-from runner.commands.holder import held_by
+from runner.commands.holder import refuse_while_running
 from runner.commands.status import source_stream
 from runner.loop.reader import FORGET_OPTION
 from runner.spec import Position, Spec, SpecError
@@ -45,9 +45,7 @@ def reset(
     if spec.route is None:
         raise SpecError([f"{spec.path}: has no route, so no run reads it: nothing to reset"])
     stream = source_stream(spec, backend)
-    holder = backend.run_holder(spec.pipeline)
-    if holder is not None and not holder.left_over(now()):
-        raise BackendError(f"pipeline {spec.pipeline} is running ({held_by(holder)}): {STOP_IT}")
+    refuse_while_running(spec.pipeline, backend, STOP_IT, now)
     with backend.running(spec.pipeline, wait_report, why=STOP_IT):
         shards = _chosen(backend.list_shards(stream), shard, stream)
         try:
